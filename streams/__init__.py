@@ -1,0 +1,1 @@
+"""The PyFlink job: domain events to Weaviate chunks and training examples."""

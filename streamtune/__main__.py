@@ -1,0 +1,3 @@
+from streamtune.cli import run
+
+run()

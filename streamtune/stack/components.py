@@ -1,0 +1,373 @@
+"""How each local-stack component is installed, configured, started and checked.
+
+Installs go to ``<cache_dir>`` (reused by every checkout); data, logs and pid files to the stack home.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import urllib.request
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from streamtune.errors import StackError
+from streamtune.settings import Settings
+
+__all__ = ["Component", "FlinkConnector", "Kafka", "Weaviate", "components", "port_free"]
+
+_LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _require_tool(component: str, tool: str, fix: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise StackError(component, f"`{tool}` is not on PATH", fix)
+    return path
+
+
+def _run_logged(component: str, cmd: list[str], log: Path, timeout_s: float, fix: str, **kwargs: object) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        try:
+            result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False, **kwargs)  # type: ignore[call-overload]
+        except subprocess.TimeoutExpired as exc:
+            raise StackError(component, f"`{' '.join(cmd[:3])} ...` ran past {timeout_s:.0f}s (log: {log})", fix) from exc
+    if result.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-8:]
+        raise StackError(
+            component,
+            f"`{' '.join(cmd[:3])} ...` failed with exit code {result.returncode} (log: {log}):\n  " + "\n  ".join(tail),
+            fix,
+        )
+
+
+class Component(ABC):
+    """One piece of the stack. A component without a process (the connector jar) only installs."""
+
+    name: str
+    has_process = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.stack_home / self.name
+        self.cache = settings.cache_dir
+
+    @property
+    def log_file(self) -> Path:
+        return self.settings.stack_home / "logs" / f"{self.name}.log"
+
+    @property
+    def install_log(self) -> Path:
+        return self.settings.stack_home / "logs" / f"{self.name}-install.log"
+
+    @abstractmethod
+    def installed(self) -> bool: ...
+
+    @abstractmethod
+    def install(self) -> None: ...
+
+    @abstractmethod
+    def address(self) -> str: ...
+
+    def ports(self) -> list[int]:
+        return []
+
+    def check_tools(self) -> None:
+        """Fail before installing anything if a needed tool is missing."""
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Write configuration and format storage before a start."""
+
+    def healthy(self) -> bool:
+        return self.installed()
+
+
+class Kafka(Component):
+    name = "kafka"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        servers = settings.kafka.bootstrap_servers.split(",")
+        host, _, port = servers[0].strip().rpartition(":")
+        if len(servers) > 1 or host not in _LOCAL_HOSTS:
+            raise StackError(
+                self.name,
+                f"kafka.bootstrap_servers={settings.kafka.bootstrap_servers!r} is not one local address",
+                "the local stack runs a single broker on 127.0.0.1; unset STREAMTUNE__KAFKA__BOOTSTRAP_SERVERS "
+                "or set it to 127.0.0.1:<port> (a remote cluster needs no `stack up`)",
+            )
+        self.port = int(port)
+        self.libs = self.cache / "kafka" / settings.stack.kafka_version / "libs"
+
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def ports(self) -> list[int]:
+        return [self.port, self.settings.stack.kafka_controller_port]
+
+    def check_tools(self) -> None:
+        _require_tool(self.name, "java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)")
+        if not self.installed():
+            _require_tool(self.name, "mvn", "install Maven (apt-get install maven) to fetch the Kafka jars")
+
+    def installed(self) -> bool:
+        return (self.libs / f"kafka_2.13-{self.settings.stack.kafka_version}.jar").is_file()
+
+    def install(self) -> None:
+        stack = self.settings.stack
+        work = self.libs.parent
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "pom.xml").write_text(_KAFKA_POM.format(kafka=stack.kafka_version, log4j=stack.log4j_slf4j_version))
+        staging = work / "libs.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        _run_logged(
+            self.name,
+            ["mvn", "-q", "-B", f"-Dmaven.repo.local={self.cache / 'm2'}", "-f", str(work / "pom.xml"),
+             "dependency:copy-dependencies", f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
+            self.install_log,
+            stack.build_timeout_s,
+            "check that Maven Central is reachable, then run `streamtune stack up` again",
+        )
+        shutil.rmtree(self.libs, ignore_errors=True)
+        staging.rename(self.libs)
+
+    def prepare(self) -> None:
+        data = self.home / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        controller = self.settings.stack.kafka_controller_port
+        (self.home / "server.properties").write_text(
+            _KAFKA_PROPERTIES.format(port=self.port, controller=controller, data=data)
+        )
+        (self.home / "log4j2.properties").write_text(_KAFKA_LOG4J)
+        if (data / "meta.properties").is_file():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        _run_logged(
+            self.name,
+            ["java", "-cp", f"{self.libs}/*", f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.home / "server.properties")],
+            self.log_file,
+            120,
+            f"remove {data} if it holds a broken format, then run `streamtune stack up` again",
+        )
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return (
+            ["java", f"-Xmx{self.settings.stack.kafka_heap}", "-XX:+UseG1GC", "-cp", f"{self.libs}/*",
+             f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+             "kafka.Kafka", str(self.home / "server.properties")],
+            {},
+        )
+
+    def healthy(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        if port_free(self.port):
+            return False
+        try:
+            admin = AdminClient({"bootstrap.servers": self.address(), "log_level": 0, "logger": _silent})
+            admin.list_topics(timeout=3)
+        except Exception:  # noqa: BLE001 - any failure means "not healthy" here
+            return False
+        return True
+
+
+class Weaviate(Component):
+    name = "weaviate"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        if settings.weaviate.host not in _LOCAL_HOSTS:
+            raise StackError(
+                self.name,
+                f"weaviate.host={settings.weaviate.host!r} is not a local address",
+                "the local stack runs Weaviate on 127.0.0.1; unset STREAMTUNE__WEAVIATE__HOST "
+                "(a remote Weaviate needs no `stack up`)",
+            )
+        version = settings.stack.weaviate_version
+        self.gobin = self.cache / "weaviate" / version / "bin"
+        self.binary = self.gobin / "weaviate-server"
+
+    def address(self) -> str:
+        w = self.settings.weaviate
+        return f"http://127.0.0.1:{w.http_port} (gRPC {w.grpc_port})"
+
+    def ports(self) -> list[int]:
+        s, w = self.settings.stack, self.settings.weaviate
+        return [w.http_port, w.grpc_port, s.weaviate_gossip_port, s.weaviate_data_port,
+                s.weaviate_raft_port, s.weaviate_raft_rpc_port]
+
+    def check_tools(self) -> None:
+        if not self.installed():
+            _require_tool(self.name, "go", "install Go 1.24 or newer (https://go.dev/doc/install or apt-get install golang)")
+
+    def installed(self) -> bool:
+        return self.binary.is_file() and os.access(self.binary, os.X_OK)
+
+    def install(self) -> None:
+        gocache = self.cache / "go"
+        env = {
+            **os.environ,
+            "GOBIN": str(self.gobin),
+            "GOMODCACHE": str(gocache / "mod"),
+            "GOCACHE": str(gocache / "build"),
+            "GOFLAGS": "-mod=mod",
+            "CGO_ENABLED": "0",
+        }
+        _run_logged(
+            self.name,
+            ["go", "install", f"github.com/weaviate/weaviate/cmd/weaviate-server@{self.settings.stack.weaviate_version}"],
+            self.install_log,
+            self.settings.stack.build_timeout_s,
+            "check that the Go module proxy is reachable and the disk has ~5 GB free, then run `streamtune stack up` again",
+            env=env,
+        )
+
+    def prepare(self) -> None:
+        (self.home / "data").mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        s, w = self.settings.stack, self.settings.weaviate
+        env = {
+            "PERSISTENCE_DATA_PATH": str(self.home / "data"),
+            "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
+            "DEFAULT_VECTORIZER_MODULE": "none",
+            "ENABLE_MODULES": "",
+            "API_BASED_MODULES_DISABLED": "true",
+            "CLUSTER_HOSTNAME": "node1",
+            "CLUSTER_IN_LOCALHOST": "true",
+            "CLUSTER_BIND_ADDR": "127.0.0.1",
+            "CLUSTER_ADVERTISE_ADDR": "127.0.0.1",
+            "CLUSTER_GOSSIP_BIND_PORT": str(s.weaviate_gossip_port),
+            "CLUSTER_DATA_BIND_PORT": str(s.weaviate_data_port),
+            "RAFT_PORT": str(s.weaviate_raft_port),
+            "RAFT_INTERNAL_RPC_PORT": str(s.weaviate_raft_rpc_port),
+            "RAFT_BOOTSTRAP_EXPECT": "1",
+            "GRPC_PORT": str(w.grpc_port),
+            "DISABLE_TELEMETRY": "true",
+            "LOG_LEVEL": "info",
+            "GOMAXPROCS": "2",
+        }
+        cmd = [str(self.binary), "--host", "127.0.0.1", "--port", str(w.http_port), "--scheme", "http"]
+        return cmd, env
+
+    def healthy(self) -> bool:
+        url = f"http://127.0.0.1:{self.settings.weaviate.http_port}/v1/.well-known/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - fixed local URL
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+
+class FlinkConnector(Component):
+    """The Kafka connector jar that PyFlink jobs load with ``env.add_jars``; no process of its own."""
+
+    name = "flink-connector"
+    has_process = False
+
+    @property
+    def jar(self) -> Path:
+        if self.settings.flink.connector_jar is not None:
+            return self.settings.flink.connector_jar
+        version = self.settings.flink.connector_version
+        return self.cache / "flink" / f"flink-sql-connector-kafka-{version}.jar"
+
+    def address(self) -> str:
+        return str(self.jar)
+
+    def check_tools(self) -> None:
+        if not self.installed():
+            _require_tool(self.name, "mvn", "install Maven (apt-get install maven) to fetch the connector jar")
+
+    def installed(self) -> bool:
+        return self.jar.is_file()
+
+    def install(self) -> None:
+        if self.settings.flink.connector_jar is not None:
+            raise StackError(
+                self.name,
+                f"flink.connector_jar={self.settings.flink.connector_jar} does not exist",
+                "point STREAMTUNE__FLINK__CONNECTOR_JAR at an existing jar, or unset it to download one",
+            )
+        version = self.settings.flink.connector_version
+        _run_logged(
+            self.name,
+            ["mvn", "-q", "-B", f"-Dmaven.repo.local={self.cache / 'm2'}",
+             "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
+             f"-Dartifact=org.apache.flink:flink-sql-connector-kafka:{version}",
+             f"-DoutputDirectory={self.jar.parent}"],
+            self.install_log,
+            self.settings.stack.build_timeout_s,
+            "check that Maven Central is reachable and flink.connector_version names a released version",
+        )
+
+
+def components(settings: Settings) -> list[Component]:
+    return [Kafka(settings), Weaviate(settings), FlinkConnector(settings)]
+
+
+def _silent(*_: object) -> None:
+    return None
+
+
+_KAFKA_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>streamtune</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{kafka}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>{log4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_KAFKA_PROPERTIES = """# Written by `streamtune stack up` from the settings; edits are overwritten.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data}
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+"""
+
+_KAFKA_LOG4J = """status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.out.ref = OUT
+logger.kafka.name = kafka
+logger.kafka.level = info
+logger.state.name = state.change.logger
+logger.state.level = warn
+"""
