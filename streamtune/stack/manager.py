@@ -136,7 +136,7 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.say(f"{component.name}: starting (log: {component.log_file})")
         with component.log_file.open("ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - our own fixed command line
+            process = subprocess.Popen(
                 cmd,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from streamtune.settings import load_settings
 from streams.flink import kafka_sink_ddl, kafka_source_ddl, table_environment
+from streamtune.settings import load_settings
 
 
 def main(source: str, target: str, group_id: str) -> None:
@@ -18,7 +18,9 @@ def main(source: str, target: str, group_id: str) -> None:
     rows = t_env.to_data_stream(t_env.sql_query("SELECT `key`, `value` FROM src"))
     upper = rows.map(
         lambda row: Row(key=row[0], value=bytes(row[1]).upper()),
-        output_type=Types.ROW_NAMED(["key", "value"], [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())]),
+        output_type=Types.ROW_NAMED(
+            ["key", "value"], [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())]
+        ),
     )
     t_env.from_data_stream(upper).execute_insert("dst").wait()
 
