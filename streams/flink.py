@@ -29,8 +29,9 @@ def connector_jar(settings: Settings) -> Path:
     return jar
 
 
-def table_environment(settings: Settings, *, checkpointing: bool = True) -> Any:
+def table_environment(settings: Settings, *, checkpointing: bool = True, config: dict[str, str] | None = None) -> Any:
     """A streaming TableEnvironment (local MiniCluster unless submitted with `flink run`)."""
+    from pyflink.common import Configuration
     from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
 
@@ -40,16 +41,19 @@ def table_environment(settings: Settings, *, checkpointing: bool = True) -> Any:
     bin_dir = str(Path(python).parent)
     if not os.environ.get("PATH", "").startswith(bin_dir):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    env = StreamExecutionEnvironment.get_execution_environment()
+    configuration = Configuration()
+    for key, value in (config or {}).items():
+        configuration.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(configuration)
     env.add_jars(connector_jar(settings).resolve().as_uri())
     env.set_parallelism(settings.flink.parallelism)
     if checkpointing:
         env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     t_env = StreamTableEnvironment.create(env)
-    config = t_env.get_config()
-    config.set("python.executable", python)
-    config.set("python.client.executable", python)
-    config.set("pipeline.name", "streamtune")
+    table_config = t_env.get_config()
+    table_config.set("python.executable", python)
+    table_config.set("python.client.executable", python)
+    table_config.set("pipeline.name", "streamtune")
     return env, t_env
 
 
@@ -79,9 +83,24 @@ CREATE TEMPORARY TABLE `{table}` (
 )"""
 
 
-def kafka_sink_ddl(table: str, topic: str, settings: Settings, *, with_headers: bool = False) -> str:
-    """A table that writes ``key``, ``value`` (and ``headers``) to ``topic``."""
+def kafka_sink_ddl(
+    table: str, topic: str, settings: Settings, *, with_headers: bool = False, transactional_id: str | None = None
+) -> str:
+    """A table that writes ``key``, ``value`` (and ``headers``) to ``topic``.
+
+    With ``transactional_id`` the sink is exactly-once: records become visible to read_committed
+    consumers when the checkpoint that covers them completes, and a restart never duplicates them.
+    """
     headers = ",\n  `headers` MAP<STRING, BYTES> METADATA" if with_headers else ""
+    if transactional_id is None:
+        guarantee = "  'sink.delivery-guarantee' = 'at-least-once',\n"
+    else:
+        guarantee = (
+            "  'sink.delivery-guarantee' = 'exactly-once',\n"
+            f"  'sink.transactional-id-prefix' = '{transactional_id}',\n"
+            # the broker caps transactions at transaction.max.timeout.ms (15 minutes by default)
+            "  'properties.transaction.timeout.ms' = '900000',\n"
+        )
     return f"""
 CREATE TEMPORARY TABLE `{table}` (
   `key` BYTES,
@@ -93,6 +112,5 @@ CREATE TEMPORARY TABLE `{table}` (
   'key.fields' = 'key',
   'value.format' = 'raw',
   'value.fields-include' = 'EXCEPT_KEY',
-  'sink.delivery-guarantee' = 'at-least-once',
-{_properties(settings)}
+{guarantee}{_properties(settings)}
 )"""

@@ -85,6 +85,46 @@ def _config_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _streams_run(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.job import main as job_main
+
+    return job_main(settings)
+
+
+def _dlq_show(settings: Settings, args: argparse.Namespace) -> int:
+    from streamtune.dlq import read_dead_letters
+
+    shown = 0
+    for letter in read_dead_letters(settings):
+        if shown >= args.limit:
+            break
+        source = f"{letter.headers.get('source.topic')}[{letter.headers.get('source.partition')}]@" + (
+            letter.headers.get("source.offset") or "?"
+        )
+        value = (letter.value or b"")[: args.width]
+        print(f"{source:<28} {letter.reason}\n{'':<28} key={letter.key!r} value={value!r}")
+        shown += 1
+    print(f"{shown} dead letter(s)")
+    return 0
+
+
+def _search(settings: Settings, args: argparse.Namespace) -> int:
+    from retrieval import connect
+    from retrieval.store import ChunkStore
+    from streamtune.models import load_embedder
+
+    embedder = load_embedder(settings)
+    vector = embedder.encode([args.text], normalize_embeddings=True)[0].tolist()
+    with connect(settings.weaviate) as client:
+        store = ChunkStore(client, settings, dimension=len(vector), model=settings.embedding.model)
+        hits = store.search(args.tenant, args.text, vector, args.k or settings.retrieval.top_k, args.alpha)
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank}. {hit.score:.3f}  {hit.chunk_id}  {hit.title}\n   {hit.text[:300]}")
+    if not hits:
+        print(f"no chunks for tenant {args.tenant!r}")
+    return 0
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from streamtune.demo import main as demo_main
 
@@ -125,6 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="action"
     )
     config.add_parser("show", help="print the effective settings as TOML").set_defaults(func=_config_show)
+
+    streams = commands.add_parser("streams", help="the Flink ingest job").add_subparsers(
+        dest="action", required=True, metavar="action"
+    )
+    streams.add_parser("run", help="run the job (local MiniCluster) until stopped").set_defaults(func=_streams_run)
+
+    dlq = commands.add_parser("dlq", help="the dead-letter topic").add_subparsers(
+        dest="action", required=True, metavar="action"
+    )
+    show = dlq.add_parser("show", help="list dead letters with their reasons")
+    show.add_argument("--limit", type=int, default=100)
+    show.add_argument("--width", type=int, default=120, help="bytes of each value to print")
+    show.set_defaults(func=_dlq_show)
+
+    search = commands.add_parser("search", help="hybrid search over one tenant's chunks")
+    search.add_argument("text")
+    search.add_argument("--tenant", default="default")
+    search.add_argument("-k", type=int, default=None, help="results (default: retrieval.top_k)")
+    search.add_argument("--alpha", type=float, default=None, help="0 = BM25 only, 1 = vector only")
+    search.set_defaults(func=_search)
 
     commands.add_parser("demo", help="the end-to-end demonstration (`make demo`)").set_defaults(func=_demo)
     return parser

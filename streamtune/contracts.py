@@ -125,6 +125,8 @@ class TrainingExample(_Message):
     messages: list[ChatMessage] = Field(min_length=2)
     source_event_id: Identifier
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    context_doc_ids: list[Identifier] | None = None
+    """Documents the example relies on (optional; a deleted document's examples are left out of training)."""
 
 
 class Query(_Message):

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,8 +29,10 @@ __all__ = [
     "FlinkSettings",
     "KafkaSettings",
     "ModelSettings",
+    "RetrievalSettings",
     "Settings",
     "StackSettings",
+    "StreamsSettings",
     "TopicSettings",
     "WeaviateSettings",
     "load_settings",
@@ -105,6 +107,32 @@ class EmbeddingSettings(_Section):
     device: str = Field("cpu", description="torch device for encoding.")
 
 
+class StreamsSettings(_Section):
+    group_id: str = Field("streamtune-streams", description="Kafka consumer group of the Flink job.")
+    max_event_bytes: int = Field(524_288, ge=256, description="Larger domain events go to the DLQ.")
+    max_text_chars: int = Field(200_000, ge=1, description="Documents with longer text go to the DLQ.")
+    chunk_tokens: int = Field(200, ge=8, description="Tokens per chunk (embedding tokenizer).")
+    chunk_overlap: int = Field(32, ge=0, description="Tokens shared by consecutive chunks.")
+    pii_scrubbing: bool = Field(True, description="Replace e-mails, phones, cards, IBANs before indexing/training.")
+    checkpoint_dir: Path | None = Field(
+        None, description="Flink checkpoints, for resuming after a restart; default <cache_dir>/flink/checkpoints."
+    )
+    bundle_time_ms: int = Field(100, ge=1, description="Longest a record waits before reaching the Python worker.")
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> StreamsSettings:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})"
+            )
+        return self
+
+
+class RetrievalSettings(_Section):
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Hybrid search weight: 0 = BM25 only, 1 = vector only.")
+    top_k: int = Field(4, ge=1, le=100, description="Chunks returned when a query does not say.")
+
+
 class ModelSettings(_Section):
     base_model: str = Field(
         PACKAGED_BASE_MODEL,
@@ -155,6 +183,8 @@ class Settings(BaseSettings):
     weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
+    streams: StreamsSettings = Field(default_factory=StreamsSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
 
@@ -177,6 +207,10 @@ class Settings(BaseSettings):
             env_settings,
             TomlConfigSettingsSource(settings_cls, toml_file=_TOML_FILES.get(), deep_merge=True),
         )
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return (self.streams.checkpoint_dir or self.cache_dir / "flink" / "checkpoints").expanduser()
 
     @property
     def stack_home(self) -> Path:

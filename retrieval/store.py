@@ -1,0 +1,219 @@
+"""The chunk collection in Weaviate: schema, idempotent writes, tenant-isolated hybrid search.
+
+Each streamtune tenant is a Weaviate tenant (native multi-tenancy), so a search for one tenant cannot
+see another's chunks. Object ids are uuid5(tenant, doc_id, chunk index): replays and restarts overwrite
+instead of duplicating. The collection records the embedding model and dimension it was built with,
+and a mismatch with the configured model is a start-up error.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from retrieval.client import RetrievalError
+from streamtune.errors import ConfigError
+from streamtune.settings import Settings
+
+__all__ = ["ChunkStore", "DocumentChunks", "SearchHit", "chunk_uuid"]
+
+_NAMESPACE = uuid.UUID("5b0e4f38-2f55-4b8f-9c39-8f1f3f6a2b7e")
+
+
+def chunk_uuid(tenant: str, doc_id: str, index: int) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{tenant}\x1f{doc_id}\x1f{index}"))
+
+
+@dataclass(frozen=True)
+class DocumentChunks:
+    """Everything one document contributes to the index."""
+
+    tenant: str
+    doc_id: str
+    title: str
+    chunks: Sequence[str]
+    vectors: Sequence[Sequence[float]]
+    event_id: str
+    occurred_at: str
+    source: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    doc_id: str
+    chunk_id: str
+    title: str
+    text: str
+    score: float
+
+
+class ChunkStore:
+    def __init__(self, client: Any, settings: Settings, *, dimension: int, model: str) -> None:
+        self.client = client
+        self.settings = settings
+        self.name = settings.weaviate.collection
+        self.dimension = dimension
+        self.model = model
+        self._tenants: set[str] = set()
+
+    # -- schema ---------------------------------------------------------------------------------
+    def ensure_collection(self) -> None:
+        """Create the collection, or check that an existing one matches the embedding model."""
+        from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
+
+        marker = {"embedding_model": self.model, "dimension": self.dimension}
+        try:
+            if self.client.collections.exists(self.name):
+                self._check_marker(self.client.collections.get(self.name).config.get().description)
+                return
+            self.client.collections.create(
+                self.name,
+                description=json.dumps(marker),
+                properties=[
+                    Property(name="doc_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+                    Property(name="chunk_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+                    Property(name="chunk_index", data_type=DataType.INT),
+                    Property(name="title", data_type=DataType.TEXT),
+                    Property(name="text", data_type=DataType.TEXT),
+                    Property(name="event_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+                    Property(name="source", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+                    Property(name="occurred_at", data_type=DataType.DATE),
+                    Property(name="metadata", data_type=DataType.TEXT, skip_vectorization=True, index_searchable=False),
+                ],
+                vector_config=Configure.Vectors.self_provided(
+                    vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)
+                ),
+                multi_tenancy_config=Configure.multi_tenancy(enabled=True, auto_tenant_activation=True),
+            )
+        except ConfigError:
+            raise
+        except Exception as exc:
+            if self.client.collections.exists(self.name):  # created concurrently by another worker
+                return
+            raise RetrievalError(f"could not create Weaviate collection {self.name}: {exc}") from exc
+
+    def _check_marker(self, description: str | None) -> None:
+        try:
+            recorded = json.loads(description or "")
+        except json.JSONDecodeError:
+            recorded = {}
+        if recorded.get("dimension") != self.dimension:
+            raise ConfigError(
+                "weaviate.collection",
+                self.name,
+                f"the existing collection holds {recorded.get('dimension', 'unknown')}-d vectors from "
+                f"{recorded.get('embedding_model', 'an unknown model')}, but embedding.model={self.model!r} makes "
+                f"{self.dimension}-d vectors; use another collection name or re-index into a new one",
+            )
+
+    def _tenant(self, tenant: str) -> Any:
+        from weaviate.classes.tenants import Tenant
+
+        collection = self.client.collections.get(self.name)
+        if tenant not in self._tenants:
+            if not collection.tenants.exists(tenant):
+                collection.tenants.create([Tenant(name=tenant)])
+            self._tenants.add(tenant)
+        return collection.with_tenant(tenant)
+
+    def _known_tenant(self, tenant: str) -> Any | None:
+        collection = self.client.collections.get(self.name)
+        if tenant in self._tenants or collection.tenants.exists(tenant):
+            self._tenants.add(tenant)
+            return collection.with_tenant(tenant)
+        return None
+
+    # -- writes ---------------------------------------------------------------------------------
+    def upsert(self, documents: Sequence[DocumentChunks]) -> int:
+        """Write every chunk of each document and remove chunks a shorter new version no longer has."""
+        from weaviate.classes.data import DataObject
+        from weaviate.classes.query import Filter
+
+        written = 0
+        by_tenant: dict[str, list[DocumentChunks]] = {}
+        for doc in documents:
+            by_tenant.setdefault(doc.tenant, []).append(doc)
+        for tenant, docs in by_tenant.items():
+            collection = self._tenant(tenant)
+            objects = [
+                DataObject(
+                    uuid=chunk_uuid(tenant, doc.doc_id, index),
+                    properties={
+                        "doc_id": doc.doc_id,
+                        "chunk_id": f"{doc.doc_id}#{index}",
+                        "chunk_index": index,
+                        "title": doc.title,
+                        "text": text,
+                        "event_id": doc.event_id,
+                        "source": doc.source or "",
+                        "occurred_at": doc.occurred_at,
+                        "metadata": json.dumps(doc.metadata, sort_keys=True),
+                    },
+                    vector=list(map(float, vector)),
+                )
+                for doc in docs
+                for index, (text, vector) in enumerate(zip(doc.chunks, doc.vectors, strict=True))
+            ]
+            if objects:
+                result = collection.data.insert_many(objects)
+                if result.has_errors:
+                    first = next(iter(result.errors.values()))
+                    raise RetrievalError(f"Weaviate rejected {len(result.errors)} chunks (tenant {tenant}): {first}")
+                written += len(objects)
+            stale = [
+                Filter.by_property("doc_id").equal(doc.doc_id)
+                & Filter.by_property("chunk_index").greater_or_equal(len(doc.chunks))
+                for doc in docs
+            ]
+            collection.data.delete_many(where=Filter.any_of(stale))
+        return written
+
+    def delete(self, tenant: str, doc_ids: Sequence[str]) -> int:
+        from weaviate.classes.query import Filter
+
+        collection = self._known_tenant(tenant)
+        if collection is None or not doc_ids:
+            return 0
+        result = collection.data.delete_many(where=Filter.by_property("doc_id").contains_any(list(doc_ids)))
+        return int(result.successful)
+
+    # -- reads ----------------------------------------------------------------------------------
+    def search(
+        self, tenant: str, text: str, vector: Sequence[float], k: int, alpha: float | None = None
+    ) -> list[SearchHit]:
+        """Hybrid (BM25 + vector) search within one tenant; an unknown tenant has no chunks."""
+        from weaviate.classes.query import MetadataQuery
+
+        collection = self._known_tenant(tenant)
+        if collection is None:
+            return []
+        result = collection.query.hybrid(
+            query=text,
+            vector=list(map(float, vector)),
+            alpha=self.settings.retrieval.alpha if alpha is None else alpha,
+            limit=k,
+            return_metadata=MetadataQuery(score=True),
+        )
+        return [
+            SearchHit(
+                doc_id=o.properties["doc_id"],
+                chunk_id=o.properties["chunk_id"],
+                title=o.properties.get("title") or "",
+                text=o.properties["text"],
+                score=float(o.metadata.score or 0.0),
+            )
+            for o in result.objects
+        ]
+
+    def count(self, tenant: str, doc_id: str | None = None) -> int:
+        from weaviate.classes.query import Filter
+
+        collection = self._known_tenant(tenant)
+        if collection is None:
+            return 0
+        where = Filter.by_property("doc_id").equal(doc_id) if doc_id else None
+        return int(collection.aggregate.over_all(total_count=True, filters=where).total_count or 0)

@@ -1,0 +1,347 @@
+"""The ingest job on the real stack: Kafka → PyFlink → Weaviate + training-examples + DLQ.
+
+The job runs as `streamtune streams run` does, in its own process, on uuid-named topics, group,
+collection and checkpoint directory. A live (unbounded) source is used, as in production: batches
+flush on size or time, so the tail of the stream is never left waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from retrieval import connect
+from retrieval.store import ChunkStore
+from streams.processing import example_id
+from streamtune.dlq import read_dead_letters
+from streamtune.kafka import client_config, create_topics
+from streamtune.models import load_embedder
+from streamtune.settings import Settings, load_settings
+from streamtune.topics import ALL_TOPICS, DOMAIN_EVENTS, TRAINING_EXAMPLES, topic_name
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def eventually(check: Callable[[], Any], timeout_s: float = 90.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s}s: {what or check}")
+        time.sleep(0.5)
+
+
+class Ingest:
+    """One isolated deployment of the job: its settings, its process, and helpers to drive and observe it."""
+
+    def __init__(self, stack: Settings, tmp: Path) -> None:
+        tag = uuid.uuid4().hex[:10]
+        self.overrides = {
+            "STREAMTUNE__TOPICS__PREFIX": f"it-{tag}.",
+            "STREAMTUNE__WEAVIATE__COLLECTION": f"Ingest{tag}",
+            "STREAMTUNE__STREAMS__GROUP_ID": f"ingest-{tag}",
+            "STREAMTUNE__STREAMS__CHECKPOINT_DIR": str(tmp / "checkpoints"),
+            "STREAMTUNE__STREAMS__CHUNK_TOKENS": "24",
+            "STREAMTUNE__STREAMS__CHUNK_OVERLAP": "4",
+            "STREAMTUNE__FLINK__CHECKPOINT_INTERVAL_MS": "1000",
+            "STREAMTUNE__EMBEDDING__BATCH_SIZE": "16",
+            "STREAMTUNE__STREAMS__MAX_EVENT_BYTES": "65536",
+            "STREAMTUNE__STREAMS__MAX_TEXT_CHARS": "20000",
+        }
+        self.settings = self._settings()
+        self.tmp = tmp
+        self.starts = 0
+        self.log = tmp / "job-0.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        create_topics(self.settings.kafka, self.settings.topics)
+        self.producer = Producer(client_config(self.settings.kafka))
+        self.embedder = load_embedder(self.settings)
+        self.client = connect(self.settings.weaviate)
+        self.store = ChunkStore(self.client, self.settings, dimension=384, model=self.settings.embedding.model)
+
+    def _settings(self, **extra: str) -> Settings:
+        saved = dict(os.environ)
+        os.environ.update({**self.overrides, **extra})
+        try:
+            return load_settings(config_files=[])
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def start(self, **extra: str) -> None:
+        self.overrides.update(extra)
+        self.settings = self._settings()
+        env = {**os.environ, **self.overrides, "OMP_WAIT_POLICY": "PASSIVE"}
+        self.starts += 1
+        self.log = self.tmp / f"job-{self.starts}.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streamtune", "streams", "run"], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        eventually(lambda: b"running" in self.log.read_bytes() or self.process.poll() is not None, 240, "job start")
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no chance to clean up."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def send(self, key: str | None, value: bytes | dict[str, Any]) -> None:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        self.producer.produce(
+            topic_name(DOMAIN_EVENTS, self.settings.topics), key=key.encode() if key else None, value=raw
+        )
+
+    def flush(self) -> None:
+        assert self.producer.flush(15) == 0
+
+    def chunks(self, tenant: str, doc_id: str | None = None) -> int:
+        return self.store.count(tenant, doc_id)
+
+    def search(self, tenant: str, text: str, k: int = 5) -> list[Any]:
+        vector = self.embedder.encode([text], normalize_embeddings=True)[0].tolist()
+        return self.store.search(tenant, text, vector, k)
+
+    def examples(self) -> list[dict[str, Any]]:
+        """Every committed training example (read_committed, from the beginning)."""
+        consumer = Consumer(
+            client_config(
+                self.settings.kafka,
+                **{"group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest", "isolation.level": "read_committed"},
+            )
+        )
+        consumer.subscribe([topic_name(TRAINING_EXAMPLES, self.settings.topics)])
+        found: list[dict[str, Any]] = []
+        idle = 0
+        while idle < 4:
+            message = consumer.poll(1.0)
+            if message is None:
+                idle += 1
+            elif message.error() is None:
+                found.append(json.loads(message.value() or b""))
+        consumer.close()
+        return found
+
+    def close(self) -> None:
+        self.stop()
+        from confluent_kafka.admin import AdminClient
+
+        if self.client.collections.exists(self.settings.weaviate.collection):
+            self.client.collections.delete(self.settings.weaviate.collection)
+        self.client.close()
+        admin = AdminClient(client_config(self.settings.kafka))
+        names = [topic_name(spec, self.settings.topics) for spec in ALL_TOPICS]
+        for future in admin.delete_topics(names).values():
+            future.result(15)
+
+
+def doc_event(
+    event_id: str, doc_id: str, text: str, tenant: str = "acme", title: str = ""
+) -> tuple[str, dict[str, Any]]:
+    value = {
+        "schema_version": 1,
+        "event_id": event_id,
+        "type": "document.upserted",
+        "tenant": tenant,
+        "occurred_at": "2026-11-21T10:00:00Z",
+        "source": "test",
+        "data": {"doc_id": doc_id, "title": title or doc_id, "text": text},
+    }
+    return f"{tenant}:{doc_id}", value
+
+
+def other_event(event_id: str, type_: str, data: dict[str, Any], tenant: str = "acme") -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "event_id": event_id,
+        "type": type_,
+        "tenant": tenant,
+        "occurred_at": "2026-11-21T10:00:00Z",
+        "data": data,
+    }
+
+
+@pytest.fixture(scope="module")
+def ingest(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
+    deployment = Ingest(stack, tmp_path_factory.mktemp("ingest"))
+    deployment.start()
+    yield deployment
+    deployment.close()
+
+
+LONG_POLICY = " ".join(f"Clause {i}: refunds are issued to the original payment method." for i in range(12))
+
+
+def test_documents_updates_deletes_examples_and_dead_letters(ingest: Ingest) -> None:
+    ingest.send(*doc_event("e-1", "refund-policy", LONG_POLICY, title="Refund policy"))
+    ingest.send(*doc_event("e-2", "shipping", "Orders ship within two business days from Lisbon."))
+    ingest.send(*doc_event("e-3", "shipping", "Secret: beta tenant text about shipping.", tenant="beta"))
+    ingest.send("bad-1", b"{not json")  # malformed JSON
+    ingest.send("bad-2", b"\xff\xfe\xfd")  # not UTF-8
+    ingest.send("bad-3", other_event("e-4", "order.placed", {"order": 1}))  # unknown type
+    ingest.send("bad-4", other_event("e-5", "document.upserted", {"title": "no doc_id", "text": "x"}))  # missing field
+    ingest.send(
+        "bad-5",
+        other_event("e-6", "feedback.recorded", {"query_id": "q", "rating": "1", "question": "q", "answer": "a"}),
+    )  # wrong type
+    ingest.send("bad-6", doc_event("e-7", "huge", "z " * 50_000)[1])  # oversized payload
+    ingest.send("bad-7", doc_event("e-7b", "long", "w " * 15_000)[1])  # text over streams.max_text_chars
+    ingest.send(
+        "e-8",
+        other_event(
+            "e-8",
+            "qa.recorded",
+            {
+                "question": "How long do refunds take?",
+                "answer": "Five business days.",
+                "context_doc_ids": ["refund-policy"],
+            },
+        ),
+    )
+    ingest.send(
+        "e-8",
+        other_event("e-8", "qa.recorded", {"question": "How long do refunds take?", "answer": "Five business days."}),
+    )  # duplicate event
+    ingest.send(
+        "e-9",
+        other_event(
+            "e-9",
+            "feedback.recorded",
+            {"query_id": "q-1", "rating": 1, "question": "Ship from?", "answer": "Porto", "correction": "Lisbon."},
+        ),
+    )
+    ingest.send(
+        "e-10",
+        other_event("e-10", "feedback.recorded", {"query_id": "q-2", "rating": -1, "question": "x?", "answer": "y"}),
+    )
+    ingest.flush()
+
+    long_chunks = eventually(lambda: ingest.chunks("acme", "refund-policy"), what="refund-policy indexed")
+    assert long_chunks > 2  # a long document becomes several overlapping chunks
+    eventually(lambda: ingest.chunks("acme", "shipping") == 1 and ingest.chunks("beta", "shipping") == 1)
+
+    hits = ingest.search("acme", "where do orders ship from?")
+    assert hits[0].doc_id == "shipping" and hits[0].chunk_id == "shipping#0"
+    assert all("beta" not in h.text for h in ingest.search("acme", "secret beta tenant text", k=10))
+    assert ingest.search("nobody", "anything") == []
+
+    letters = eventually(
+        lambda: len(list(read_dead_letters(ingest.settings))) >= 7 and list(read_dead_letters(ingest.settings)),
+        what="six dead letters",
+    )
+    by_key = {(d.key or b"").decode(): d for d in letters}
+    assert {k: by_key[k].headers["error.class"] for k in by_key} == {
+        "bad-1": "MalformedJson",
+        "bad-2": "NotUtf8",
+        "bad-3": "UnknownEventType",
+        "bad-4": "InvalidEvent",
+        "bad-5": "InvalidEvent",
+        "bad-6": "PayloadTooLarge",
+        "bad-7": "TextTooLarge",
+    }
+    assert "data.doc_id" in by_key["bad-4"].headers["error.message"]
+    assert "data.rating" in by_key["bad-5"].headers["error.message"]
+    assert by_key["bad-2"].value == b"\xff\xfe\xfd"  # the original bytes, untouched
+    assert by_key["bad-1"].headers["source.topic"] == topic_name(DOMAIN_EVENTS, ingest.settings.topics)
+    assert {"source.partition", "source.offset"} <= set(by_key["bad-1"].headers)
+
+    examples = eventually(lambda: len(ingest.examples()) >= 3 and ingest.examples(), what="training examples")
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for example in examples:
+        by_id.setdefault(example["example_id"], []).append(example)
+    assert set(by_id) == {example_id("acme", "e-8"), example_id("acme", "e-9")}  # negative feedback: none
+    assert len(by_id[example_id("acme", "e-8")]) == 2  # the duplicated event: two records, one id
+    assert by_id[example_id("acme", "e-9")][0]["messages"][1]["content"] == "Lisbon."  # the correction
+
+    # Update: a shorter new version replaces every chunk, leaving no stale one.
+    ingest.send(*doc_event("e-11", "refund-policy", "Refunds: 14 days, store credit only.", title="Refund policy"))
+    ingest.flush()
+    eventually(lambda: ingest.chunks("acme", "refund-policy") == 1, what="update replaced chunks")
+    assert "14 days" in ingest.search("acme", "refund policy", k=1)[0].text
+
+    # Delete removes the document's chunks; the other tenant's same doc_id is untouched.
+    ingest.send("acme:shipping", other_event("e-12", "document.deleted", {"doc_id": "shipping"}))
+    ingest.flush()
+    eventually(lambda: ingest.chunks("acme", "shipping") == 0, what="delete")
+    assert ingest.chunks("beta", "shipping") == 1
+
+
+def test_pii_in_a_document_is_not_retrievable(ingest: Ingest) -> None:
+    text = "Escalations go to Dana at dana.smith@acme.com, phone +44 20 7946 0958, card 4111 1111 1111 1111."
+    ingest.send(*doc_event("e-20", "escalation", text))
+    ingest.flush()
+    eventually(lambda: ingest.chunks("acme", "escalation") == 1)
+    for probe in ("dana.smith@acme.com", "+44 20 7946 0958", "4111 1111 1111 1111"):
+        for hit in ingest.search("acme", probe, k=10):
+            assert probe not in hit.text
+    stored = ingest.search("acme", "escalations Dana", k=1)[0].text
+    assert "[EMAIL]" in stored and "[PHONE]" in stored and "[CARD]" in stored
+
+
+def test_a_replay_from_the_beginning_creates_no_duplicates(ingest: Ingest) -> None:
+    eventually(lambda: ingest.chunks("acme", "escalation") == 1)  # earlier tests' data is in place
+    before = {t: ingest.chunks(t) for t in ("acme", "beta")}
+    examples_before = {e["example_id"] for e in ingest.examples()}
+    ingest.stop()
+    # A new consumer group and no checkpoint: the whole topic is processed a second time.
+    ingest.start(STREAMTUNE__STREAMS__GROUP_ID=f"replay-{uuid.uuid4().hex[:8]}")
+    marker = doc_event("e-30", "replay-marker", "The replay reached the end of the topic.")
+    ingest.send(*marker)
+    ingest.flush()
+    eventually(lambda: ingest.chunks("acme", "replay-marker") == 1, what="replay reached the end")
+    assert {t: ingest.chunks(t) for t in ("acme", "beta")} == {"acme": before["acme"] + 1, "beta": before["beta"]}
+    assert {e["example_id"] for e in ingest.examples()} == examples_before
+
+
+def test_a_crash_mid_stream_loses_and_duplicates_nothing(ingest: Ingest) -> None:
+    total = 120
+    for i in range(total // 2):
+        ingest.send(*doc_event(f"c-{i}", f"crash-{i:03d}", f"Crash test document number {i}.", tenant="crash"))
+        ingest.send(
+            f"cq-{i}", other_event(f"cq-{i}", "qa.recorded", {"question": f"q{i}?", "answer": f"a{i}."}, tenant="crash")
+        )
+    ingest.flush()
+    eventually(lambda: ingest.chunks("crash") > 0, what="first half started")
+    ingest.kill()  # mid-stream: some of the first half is processed, some not
+    for i in range(total // 2, total):
+        ingest.send(*doc_event(f"c-{i}", f"crash-{i:03d}", f"Crash test document number {i}.", tenant="crash"))
+        ingest.send(
+            f"cq-{i}", other_event(f"cq-{i}", "qa.recorded", {"question": f"q{i}?", "answer": f"a{i}."}, tenant="crash")
+        )
+    ingest.flush()
+    ingest.start()
+    assert b"resuming from checkpoint" in ingest.log.read_bytes()
+    eventually(lambda: ingest.chunks("crash") == total, timeout_s=180, what=f"{total} documents after restart")
+    crash_examples = eventually(
+        lambda: (
+            [e for e in ingest.examples() if e["tenant"] == "crash"]
+            if len([e for e in ingest.examples() if e["tenant"] == "crash"]) >= total
+            else None
+        ),
+        timeout_s=120,
+        what="examples after restart",
+    )
+    ids = [e["example_id"] for e in crash_examples]
+    assert len(ids) == total and len(set(ids)) == total  # none lost, none duplicated

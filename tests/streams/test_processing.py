@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from streams.chunking import Chunker
+from streams.processing import DocumentDelete, RawRecord, example_id, plan_batch
+from streamtune.settings import StreamsSettings
+
+
+def event(i: int, type_: str, data: dict[str, Any], tenant: str = "acme") -> bytes:
+    return json.dumps(
+        {
+            "schema_version": 1,
+            "event_id": f"e-{i}",
+            "type": type_,
+            "tenant": tenant,
+            "occurred_at": "2026-11-21T10:00:00Z",
+            "data": data,
+        }
+    ).encode()
+
+
+def records(*values: bytes | None) -> list[RawRecord]:
+    return [RawRecord(f"k{i}".encode(), value, "domain-events", 0, i) for i, value in enumerate(values)]
+
+
+@pytest.fixture
+def chunker(tokenizer: Any) -> Chunker:
+    return Chunker(tokenizer, 32, 8)
+
+
+def test_every_record_is_accounted_for(chunker: Chunker) -> None:
+    batch = records(
+        event(1, "document.upserted", {"doc_id": "a", "text": "Refunds within 30 days."}),
+        b"{not json",
+        event(2, "qa.recorded", {"question": "Refund window?", "answer": "30 days."}),
+        b"\xff",
+        event(3, "feedback.recorded", {"query_id": "q", "rating": -1, "question": "q", "answer": "a"}),
+        event(
+            4,
+            "feedback.recorded",
+            {"query_id": "q", "rating": 1, "question": "Q?", "answer": "old", "correction": "new"},
+        ),
+        event(5, "document.deleted", {"doc_id": "b"}),
+        None,
+        event(6, "order.placed", {}),
+    )
+    result = plan_batch(batch, StreamsSettings(), chunker)
+    assert result.counts == {"indexed": 1, "example": 2, "skipped": 1, "deleted": 1, "dead_letter": 4}
+    assert sum(result.counts.values()) == len(batch)
+    assert [w.event.data.doc_id for w in result.writes] == ["a"]
+    assert result.deletes == [DocumentDelete("acme", "b")]
+    assert [e.messages[1].content for e in result.examples] == ["30 days.", "new"]
+    assert result.examples[0].example_id == example_id("acme", "e-2")
+
+
+def test_dead_letters_carry_the_contract_headers(chunker: Chunker) -> None:
+    result = plan_batch(records(b"ok", b"{bad"), StreamsSettings(), chunker)
+    letter = result.dead_letters[1]
+    headers = dict(letter.headers)
+    assert (letter.key, letter.value) == (b"k1", b"{bad")
+    assert headers["error.class"] == b"MalformedJson"
+    assert b"not JSON" in headers["error.message"]
+    assert (headers["source.topic"], headers["source.partition"], headers["source.offset"]) == (
+        b"domain-events",
+        b"0",
+        b"1",
+    )
+
+
+def test_oversized_events_and_texts_are_dead_lettered(chunker: Chunker) -> None:
+    settings = StreamsSettings(max_event_bytes=400, max_text_chars=50)
+    big_event = event(1, "document.upserted", {"doc_id": "a", "text": "x " * 400})
+    long_text = event(2, "document.upserted", {"doc_id": "b", "text": "y" * 60})
+    result = plan_batch(records(big_event, long_text), settings, chunker)
+    classes = [dict(d.headers)["error.class"] for d in result.dead_letters]
+    assert classes == [b"PayloadTooLarge", b"TextTooLarge"]
+    assert not result.writes
+
+
+def test_last_event_per_document_wins_within_a_batch(chunker: Chunker) -> None:
+    result = plan_batch(
+        records(
+            event(1, "document.upserted", {"doc_id": "a", "text": "first"}),
+            event(2, "document.deleted", {"doc_id": "a"}),
+            event(3, "document.upserted", {"doc_id": "b", "text": "old"}),
+            event(4, "document.upserted", {"doc_id": "b", "text": "new"}),
+            event(5, "document.upserted", {"doc_id": "a", "text": "same id, other tenant"}, tenant="other"),
+        ),
+        StreamsSettings(),
+        chunker,
+    )
+    assert result.deletes == [DocumentDelete("acme", "a")]
+    assert [(w.event.tenant, w.event.data.doc_id, w.chunks) for w in result.writes] == [
+        ("acme", "b", ["new"]),
+        ("other", "a", ["same id, other tenant"]),
+    ]
+
+
+def test_pii_is_scrubbed_from_documents_and_examples_unless_disabled(chunker: Chunker) -> None:
+    batch = records(
+        event(1, "document.upserted", {"doc_id": "a", "title": "Mail x@y.com", "text": "Card 4111 1111 1111 1111."}),
+        event(2, "qa.recorded", {"question": "Is +1 415-555-0132 yours?", "answer": "Yes, or mail a@b.org."}),
+    )
+    result = plan_batch(batch, StreamsSettings(), chunker)
+    assert result.writes[0].title == "Mail [EMAIL]"
+    assert result.writes[0].chunks == ["Card [CARD]."]
+    assert [m.content for m in result.examples[0].messages] == ["Is [PHONE] yours?", "Yes, or mail [EMAIL]."]
+    assert result.pii == {"email": 2, "card": 1, "phone": 1}
+    raw = plan_batch(batch, StreamsSettings(pii_scrubbing=False), chunker)
+    assert raw.writes[0].chunks == ["Card 4111 1111 1111 1111."]
+
+
+def test_duplicate_events_give_the_same_example_id(chunker: Chunker) -> None:
+    qa = event(7, "qa.recorded", {"question": "q?", "answer": "a."})
+    result = plan_batch(records(qa, qa), StreamsSettings(), chunker)
+    assert len({e.example_id for e in result.examples}) == 1
