@@ -39,6 +39,7 @@ class Chunker:
         offsets: list[tuple[int, int]] = [tuple(o) for o in encoded["offset_mapping"]]
         if len(offsets) <= self.max_tokens:
             return [Chunk(0, text.strip(), 0, len(text))] if text.strip() else []
+
         def starts_word(i: int) -> bool:
             return i == 0 or offsets[i][0] > offsets[i - 1][1]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -25,6 +26,13 @@ def stack(settings: Settings) -> Settings:
     bad = [s for s in statuses if not s.ok]
     assert not bad, f"local stack not healthy: {bad}"
     return settings
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No STREAMTUNE__ variables from the shell: for tests about the built-in defaults."""
+    for key in [k for k in os.environ if k.startswith("STREAMTUNE__")]:
+        monkeypatch.delenv(key)
 
 
 @pytest.fixture

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +20,7 @@ from confluent_kafka import Consumer, Producer
 
 from retrieval import connect
 from retrieval.store import ChunkStore
+from streams.process import JobProcess
 from streams.processing import example_id
 from streamtune.dlq import read_dead_letters
 from streamtune.kafka import client_config, create_topics
@@ -62,10 +60,7 @@ class Ingest:
             "STREAMTUNE__STREAMS__MAX_TEXT_CHARS": "20000",
         }
         self.settings = self._settings()
-        self.tmp = tmp
-        self.starts = 0
-        self.log = tmp / "job-0.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.job = JobProcess(tmp)
         create_topics(self.settings.kafka, self.settings.topics)
         self.producer = Producer(client_config(self.settings.kafka))
         self.embedder = load_embedder(self.settings)
@@ -84,29 +79,13 @@ class Ingest:
     def start(self, **extra: str) -> None:
         self.overrides.update(extra)
         self.settings = self._settings()
-        env = {**os.environ, **self.overrides, "OMP_WAIT_POLICY": "PASSIVE"}
-        self.starts += 1
-        self.log = self.tmp / f"job-{self.starts}.log"
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "streamtune", "streams", "run"], stdout=log, stderr=subprocess.STDOUT, env=env
-            )
-        eventually(lambda: b"running" in self.log.read_bytes() or self.process.poll() is not None, 240, "job start")
-        assert self.process.poll() is None, self.log.read_text()[-3000:]
+        self.job.start(**self.overrides)
 
     def kill(self) -> None:
-        """A crash: SIGKILL, no chance to clean up."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
+        self.job.kill()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        self.job.stop()
 
     def send(self, key: str | None, value: bytes | dict[str, Any]) -> None:
         raw = value if isinstance(value, bytes) else json.dumps(value).encode()
@@ -332,7 +311,7 @@ def test_a_crash_mid_stream_loses_and_duplicates_nothing(ingest: Ingest) -> None
         )
     ingest.flush()
     ingest.start()
-    assert b"resuming from checkpoint" in ingest.log.read_bytes()
+    assert b"resuming from checkpoint" in ingest.job.log.read_bytes()
     eventually(lambda: ingest.chunks("crash") == total, timeout_s=180, what=f"{total} documents after restart")
     crash_examples = eventually(
         lambda: (

@@ -19,8 +19,8 @@ def compose() -> dict:  # type: ignore[type-arg]
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-@pytest.fixture(scope="module")
-def defaults() -> Settings:
+@pytest.fixture
+def defaults(clean_env: None) -> Settings:
     return load_settings(config_files=[])
 
 
@@ -85,7 +85,9 @@ def test_streamtune_services_reach_kafka_and_weaviate_inside_compose(compose: di
         assert env["STREAMTUNE__WEAVIATE__HOST"] == "weaviate"
 
 
-def test_compose_environment_loads_as_settings(compose: dict, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+def test_compose_environment_loads_as_settings(
+    compose: dict, defaults: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[type-arg]
     for key, value in compose["services"]["inference"]["environment"].items():
         monkeypatch.setenv(key, str(value))
     settings = load_settings(config_files=[])

@@ -7,6 +7,8 @@ import pytest
 from streamtune.errors import ConfigError
 from streamtune.settings import Settings, load_settings
 
+pytestmark = pytest.mark.usefixtures("clean_env")
+
 
 def test_defaults_match_the_local_stack() -> None:
     s = load_settings(config_files=[])
