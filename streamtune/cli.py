@@ -125,6 +125,61 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(settings: Settings, args: argparse.Namespace) -> int:
+    if args.what and (args.what[0] != "replay" or len(args.what) != 2):
+        print("usage: streamtune train [--tenant T] [--watch] | streamtune train replay VERSION", file=sys.stderr)
+        return 2
+    if args.what:
+        from training.refresh import replay
+
+        outcome = replay(settings, args.tenant, args.what[1])
+        verdict = "identical" if outcome.identical else "DIFFERENT"
+        print(f"{args.tenant} {outcome.version}: recorded sha256 {outcome.recorded_sha256}")
+        print(f"{args.tenant} {outcome.version}: replayed sha256 {outcome.replayed_sha256} ({verdict})")
+        return 0 if outcome.identical else 1
+    if args.watch:
+        from training.watch import watch
+
+        return watch(settings)
+    from training.refresh import refresh
+
+    result = refresh(settings, args.tenant)
+    print(f"{args.tenant}: {result.status} {result.version or ''} ({result.reason})")
+    return 0
+
+
+def _adapters(settings: Settings, args: argparse.Namespace) -> int:
+    from training.refresh import announce
+    from training.registry import AdapterRegistry
+
+    registry = AdapterRegistry(settings.adapters_dir, args.tenant)
+    if args.action == "list":
+        current = registry.current()
+        for v in registry.versions():
+            held = v.manifest.get("metrics", {}).get("candidate", {}).get("held_out", {})
+            mark = "*" if current and v.name == current.name else " "
+            print(
+                f"{mark} {v.name}  {v.status:<9} held-out loss {held.get('loss', float('nan')):.4f}  "
+                f"examples {v.manifest['data']['new_examples']}  {v.manifest['created_at']}"
+            )
+        if not registry.versions():
+            print(f"no adapters for tenant {args.tenant!r} under {registry.root}")
+    elif args.action == "show":
+        import json
+
+        version = registry.get(args.version)
+        print(json.dumps({"status": version.status, "path": str(version.path), **version.manifest}, indent=2))
+    elif args.action == "promote":
+        version = registry.promote(args.version)
+        announce(settings, args.tenant, version)
+        print(f"{args.tenant}: {version.name} is current and announced")
+    elif args.action == "rollback":
+        version = registry.rollback()
+        announce(settings, args.tenant, version)
+        print(f"{args.tenant}: rolled back; {version.name} is current and announced")
+    return 0
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from streamtune.demo import main as demo_main
 
@@ -185,6 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=None, help="results (default: retrieval.top_k)")
     search.add_argument("--alpha", type=float, default=None, help="0 = BM25 only, 1 = vector only")
     search.set_defaults(func=_search)
+
+    train = commands.add_parser("train", help="refresh the adapter; `train replay V` rebuilds V from its manifest")
+    train.add_argument("what", nargs="*", metavar="replay VERSION")
+    train.add_argument("--tenant", default="default")
+    train.add_argument("--watch", action="store_true", help="train whenever enough new examples accumulate")
+    train.set_defaults(func=_train)
+
+    adapters = commands.add_parser("adapters", help="the adapter registry")
+    adapters.add_argument("action", choices=["list", "show", "promote", "rollback"])
+    adapters.add_argument("version", nargs="?")
+    adapters.add_argument("--tenant", default="default")
+    adapters.set_defaults(func=_adapters)
 
     commands.add_parser("demo", help="the end-to-end demonstration (`make demo`)").set_defaults(func=_demo)
     return parser

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamtune.errors import KafkaUnavailableError
@@ -18,8 +20,10 @@ __all__ = [
     "TopicResult",
     "admin_client",
     "client_config",
+    "committed_end_offsets",
     "create_topics",
     "dlq_headers",
+    "read_range",
 ]
 
 DLQ_HEADERS = ("error.class", "error.message", "source.topic", "source.partition", "source.offset")
@@ -79,6 +83,69 @@ def create_topics(
                 "is it running (`streamtune stack status`)?"
             ) from exc
     return sorted(results, key=lambda r: r.name)
+
+
+def committed_end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int]:
+    """Per partition, the offset after the last committed record (the last stable offset)."""
+    from confluent_kafka import IsolationLevel, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    admin = admin_client(kafka)
+    try:
+        metadata = admin.list_topics(topic=topic, timeout=kafka.request_timeout_s)
+        partitions = sorted(metadata.topics[topic].partitions)
+        futures = admin.list_offsets(
+            {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
+            isolation_level=IsolationLevel.READ_COMMITTED,
+            request_timeout=kafka.request_timeout_s,
+        )
+        return {tp.partition: int(f.result().offset) for tp, f in futures.items()}
+    except KafkaException as exc:
+        raise KafkaUnavailableError(f"could not read the end offsets of {topic}: {exc}") from exc
+
+
+def read_range(
+    kafka: KafkaSettings, topic: str, ranges: Mapping[int, tuple[int, int]], timeout_s: float = 30.0
+) -> Iterator[Message]:
+    """Every committed record in ``[start, end)`` of each partition, in partition-offset order.
+
+    Reads with ``read_committed`` and without a group commit, so it never moves anyone's offsets.
+    Transaction markers take offsets too, so a partition is done once its position reaches ``end``.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    wanted = {p: r for p, r in ranges.items() if r[1] > r[0]}
+    if not wanted:
+        return
+    consumer = Consumer(
+        client_config(
+            kafka,
+            **{
+                "group.id": f"streamtune-reader-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": False,
+            },
+        )
+    )
+    try:
+        consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in wanted.items()])
+        deadline = time.monotonic() + timeout_s
+        while wanted:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                deadline = time.monotonic() + timeout_s
+                _, end = wanted.get(message.partition() or 0, (0, 0))
+                if (message.offset() or 0) < end:
+                    yield message
+            positions = consumer.position([TopicPartition(topic, p) for p in wanted])
+            for tp in positions:
+                if tp.offset >= wanted[tp.partition][1]:
+                    del wanted[tp.partition]
+            if wanted and time.monotonic() > deadline:
+                raise KafkaUnavailableError(f"{topic}: no progress for {timeout_s:.0f}s reading {wanted}")
+    finally:
+        consumer.close()
 
 
 def _partition_count(admin: AdminClient, name: str, kafka: KafkaSettings) -> int:

@@ -33,6 +33,7 @@ __all__ = [
     "Settings",
     "StackSettings",
     "StreamsSettings",
+    "TrainingSettings",
     "TopicSettings",
     "WeaviateSettings",
     "load_settings",
@@ -142,6 +143,30 @@ class ModelSettings(_Section):
     torch_threads: int = Field(0, ge=0, description="torch threads per process; 0 lets the component choose.")
 
 
+class TrainingSettings(_Section):
+    adapters_dir: Path | None = Field(None, description="Adapter registry; default <cache_dir>/adapters.")
+    max_steps: int = Field(60, ge=1, description="Optimizer steps per refresh.")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
+    batch_size: int = Field(4, ge=1, description="Examples per device step.")
+    max_length: int = Field(512, ge=16, description="Tokens per example (longer ones are truncated).")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    quantize_4bit: bool = Field(True, description="QLoRA: NF4 + double quantization (plain LoRA where unavailable).")
+    seed: int = Field(42, description="Seed of training, sampling and the split.")
+    held_out_percent: int = Field(20, ge=1, le=50, description="Share of new examples held out for the gate.")
+    replay_sample: int = Field(32, ge=0, description="Earlier examples mixed in against forgetting.")
+    min_examples: int = Field(2, ge=1, description="Fewer new examples than this: no refresh.")
+    anchor_file: Path | None = Field(None, description="Frozen anchor set (JSONL of messages); default: bundled.")
+    anchor_tolerance: float = Field(
+        0.05, ge=0, description="Largest relative rise of the anchor loss a promoted adapter may cause."
+    )
+    eval_max_new_tokens: int = Field(48, ge=1, description="Tokens generated per example for exact match / F1.")
+    torch_threads: int = Field(2, ge=1, description="torch threads; part of a replayable manifest.")
+    watch_min_examples: int = Field(20, ge=1, description="`train --watch`: refresh after this many new examples.")
+    watch_minutes: float = Field(10.0, gt=0, description="`train --watch`: or after this long with at least one.")
+
+
 class FlinkSettings(_Section):
     parallelism: int = Field(1, ge=1, description="Default parallelism of the Flink job.")
     checkpoint_interval_ms: int = Field(5_000, ge=100, description="Checkpoint interval.")
@@ -184,6 +209,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     streams: StreamsSettings = Field(default_factory=StreamsSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
@@ -211,6 +237,10 @@ class Settings(BaseSettings):
     @property
     def checkpoint_dir(self) -> Path:
         return (self.streams.checkpoint_dir or self.cache_dir / "flink" / "checkpoints").expanduser()
+
+    @property
+    def adapters_dir(self) -> Path:
+        return (self.training.adapters_dir or self.cache_dir / "adapters").expanduser()
 
     @property
     def stack_home(self) -> Path:

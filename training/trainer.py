@@ -1,0 +1,250 @@
+"""QLoRA training and evaluation with transformers, peft, bitsandbytes and TRL.
+
+Two small pure functions turn settings into ``BitsAndBytesConfig`` / ``LoraConfig``; ``train`` runs
+TRL's ``SFTTrainer`` on prompt/completion conversations (the model's chat template, loss on the
+assistant's tokens only); ``evaluate`` gives loss, exact match and token F1 of generated answers.
+All heavy libraries are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamtune.contracts import TrainingExample
+from streamtune.settings import TrainingSettings
+
+__all__ = ["EvalMetrics", "TrainResult", "bnb_config", "evaluate", "lora_config", "quantization_support", "train"]
+
+
+def quantization_support() -> tuple[bool, str]:
+    """Whether bitsandbytes 4-bit works here, and why not when it does not."""
+    try:
+        import bitsandbytes  # noqa: F401
+        import torch
+        from bitsandbytes.functional import quantize_4bit
+
+        quantize_4bit(torch.ones(64, 64), quant_type="nf4")
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    return True, ""
+
+
+def bnb_config(settings: TrainingSettings) -> Any:
+    """NF4 with double quantization; computes in bf16 on a GPU, fp32 on CPU."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+    )
+
+
+def lora_config(settings: TrainingSettings) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model(
+    source: str, settings: TrainingSettings, *, quantize: bool, adapter: Path | None, trainable: bool
+) -> Any:
+    """The base model (4-bit when ``quantize``), wrapped with ``adapter`` or a fresh LoRA when training.
+
+    PEFT wraps the model before its first forward pass: bitsandbytes repacks 4-bit weights at the first
+    eval-mode forward, and reading them back afterwards is lossy (DESIGN.md).
+    """
+    import torch
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if torch.cuda.is_available() else torch.float32}
+    if quantize:
+        kwargs["quantization_config"] = bnb_config(settings)
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if quantize and trainable:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    return get_peft_model(model, lora_config(settings)) if trainable else model
+
+
+def _rows(examples: Sequence[TrainingExample]) -> list[dict[str, Any]]:
+    """Prompt/completion conversations: everything before the last assistant turn is the prompt."""
+    rows = []
+    for example in examples:
+        messages = [m.model_dump() for m in example.messages]
+        if messages[-1]["role"] == "assistant":
+            rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
+    return rows
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    tokens: int
+    seconds: float
+    losses: list[tuple[int, float]]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def train(
+    source: str,
+    tokenizer: Any,
+    examples: Sequence[TrainingExample],
+    settings: TrainingSettings,
+    *,
+    quantize: bool,
+    parent: Path | None,
+    work_dir: Path,
+    say: Callable[[str], None] = print,
+) -> tuple[Any, TrainResult]:
+    """Train a LoRA adapter (continuing from ``parent`` when given); returns the PEFT model and figures."""
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    set_seed(settings.seed, deterministic=True)
+    model = load_model(source, settings, quantize=quantize, adapter=parent, trainable=True)
+    config = SFTConfig(
+        output_dir=str(work_dir),
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        full_determinism=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
+        max_length=settings.max_length,
+        completion_only_loss=True,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    begin = time.monotonic()
+
+    class Progress(TrainerCallback):  # type: ignore[misc]
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
+            if logs and "loss" in logs and (state.global_step % 10 == 0 or state.global_step == state.max_steps):
+                rate = float(logs.get("num_tokens", 0)) / max(time.monotonic() - begin, 1e-9)
+                say(
+                    f"    step {state.global_step}/{state.max_steps}  loss {float(logs['loss']):.3f}  {rate:.0f} tokens/s"
+                )
+
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(_rows(examples)),
+        processing_class=tokenizer,
+        callbacks=[Progress()],
+    )
+    trainer.remove_callback(PrinterCallback)  # our Progress callback reports instead
+    output = trainer.train()
+    history = trainer.state.log_history
+    losses = [(int(h["step"]), float(h["loss"])) for h in history if "loss" in h]
+    tokens = int(max((float(h.get("num_tokens", 0)) for h in history), default=0))
+    result = TrainResult(int(trainer.state.global_step), tokens, float(output.metrics["train_runtime"]), losses)
+    return trainer.model, result
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    loss: float
+    exact_match: float
+    token_f1: float
+    examples: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "loss": self.loss,
+            "exact_match": self.exact_match,
+            "token_f1": self.token_f1,
+            "examples": self.examples,
+        }
+
+
+def _normalize(text: str) -> list[str]:
+    return re.sub(r"[^\w\s]", " ", text.lower()).split()
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    pred, ref = _normalize(prediction), _normalize(reference)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not pred or not ref or not common:
+        return float(pred == ref)
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def evaluate(
+    model: Any, tokenizer: Any, examples: Sequence[TrainingExample], max_new_tokens: int, *, generate: bool = True
+) -> EvalMetrics:
+    """Mean loss over the assistant's tokens, and exact match / token F1 of greedy answers."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, total_tokens, exact, f1 = 0.0, 0, 0.0, 0.0
+    rows = _rows(examples)
+    with torch.no_grad():
+        for row in rows:
+            prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
+            full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
+            prompt_ids, full_ids = _ids(prompt), _ids(full)
+            ids = torch.tensor([full_ids], device=device)
+            labels = ids.clone()
+            labels[0, : len(prompt_ids)] = -100
+            counted = int((labels != -100).sum())
+            if counted:
+                loss = model(input_ids=ids, labels=labels).loss
+                total_loss += float(loss) * counted
+                total_tokens += counted
+            if generate:
+                output = model.generate(
+                    input_ids=torch.tensor([prompt_ids], device=device),
+                    attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                )
+                answer = tokenizer.decode(output[0][len(prompt_ids) :], skip_special_tokens=True).strip()
+                reference = row["completion"][0]["content"]
+                exact += float(_normalize(answer) == _normalize(reference))
+                f1 += token_f1(answer, reference)
+    n = max(len(rows), 1)
+    loss = total_loss / total_tokens if total_tokens else math.nan
+    return EvalMetrics(loss, exact / n if generate else math.nan, f1 / n if generate else math.nan, len(rows))
+
+
+def _ids(encoded: Any) -> list[int]:
+    """``apply_chat_template(tokenize=True)`` returns a list or a BatchEncoding depending on the version."""
+    if isinstance(encoded, dict) or hasattr(encoded, "keys"):
+        encoded = encoded["input_ids"]
+    return [int(i) for i in encoded]
