@@ -180,6 +180,26 @@ def _adapters(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from inference.service import serve
+
+    return serve(settings, say=lambda line: print(line, flush=True))
+
+
+def _ask(settings: Settings, args: argparse.Namespace) -> int:
+    from inference.service import ask
+
+    answer = ask(settings, args.question, args.tenant, top_k=args.k, adapter=args.adapter, timeout_s=args.timeout)
+    if answer.error is not None:
+        print(f"error {answer.error.code}: {answer.error.message}")
+        return 1
+    print(answer.answer)
+    for i, c in enumerate(answer.citations, 1):
+        print(f"  [{i}] {c.doc_id} ({c.chunk_id}, score {c.score:.3f})")
+    print(f"  adapter {answer.adapter_version or 'none (base model)'}, model {answer.model}, {answer.timings_ms}")
+    return 0
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from streamtune.demo import main as demo_main
 
@@ -252,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     adapters.add_argument("version", nargs="?")
     adapters.add_argument("--tenant", default="default")
     adapters.set_defaults(func=_adapters)
+
+    commands.add_parser("serve", help="answer queries from the queries topic").set_defaults(func=_serve)
+    ask = commands.add_parser("ask", help="send one question through queries and print its answer")
+    ask.add_argument("question")
+    ask.add_argument("--tenant", default="default")
+    ask.add_argument("-k", type=int, default=None, help="chunks to retrieve (default: retrieval.top_k)")
+    ask.add_argument("--adapter", default=None, help="pin an adapter version")
+    ask.add_argument("--timeout", type=float, default=180.0)
+    ask.set_defaults(func=_ask)
 
     commands.add_parser("demo", help="the end-to-end demonstration (`make demo`)").set_defaults(func=_demo)
     return parser

@@ -27,14 +27,15 @@ __all__ = [
     "ENV_PREFIX",
     "EmbeddingSettings",
     "FlinkSettings",
+    "InferenceSettings",
     "KafkaSettings",
     "ModelSettings",
     "RetrievalSettings",
     "Settings",
     "StackSettings",
     "StreamsSettings",
-    "TrainingSettings",
     "TopicSettings",
+    "TrainingSettings",
     "WeaviateSettings",
     "load_settings",
 ]
@@ -167,6 +168,19 @@ class TrainingSettings(_Section):
     watch_minutes: float = Field(10.0, gt=0, description="`train --watch`: or after this long with at least one.")
 
 
+class InferenceSettings(_Section):
+    group_id: str = Field("streamtune-inference", description="Consumer group shared by `serve` processes.")
+    max_new_tokens: int = Field(96, ge=1, description="Longest generated answer, in tokens.")
+    max_query_bytes: int = Field(65_536, ge=64, description="Larger queries are answered with an error.")
+    context_chars: int = Field(1_200, ge=100, description="Characters of each retrieved chunk put in the prompt.")
+    torch_threads: int = Field(2, ge=1, description="torch threads of a `serve` process.")
+    system_prompt: str = Field(
+        "You answer questions for a company's customers. Use only the numbered context; "
+        "if it does not contain the answer, say you do not know.",
+        description="System message before the numbered context.",
+    )
+
+
 class FlinkSettings(_Section):
     parallelism: int = Field(1, ge=1, description="Default parallelism of the Flink job.")
     checkpoint_interval_ms: int = Field(5_000, ge=100, description="Checkpoint interval.")
@@ -210,6 +224,7 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     streams: StreamsSettings = Field(default_factory=StreamsSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
     stack: StackSettings = Field(default_factory=StackSettings)

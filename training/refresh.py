@@ -263,10 +263,11 @@ def _gate(
                 model, tokenizer, anchor, settings.training.eval_max_new_tokens, generate=False
             ).as_dict(),
         }
+        which = "new" if label == "candidate" else current.name if current else "base"
+        held, anchored = scores[label]["held_out"], scores[label]["anchor"]
         say(
-            f"    {label:<9} ({current.name if label == 'current' and current else 'base' if label == 'current' else 'new'}): "
-            f"held-out loss {scores[label]['held_out']['loss']:.3f} EM {scores[label]['held_out']['exact_match']:.2f} "
-            f"F1 {scores[label]['held_out']['token_f1']:.2f}; anchor loss {scores[label]['anchor']['loss']:.3f}"
+            f"    {label:<9} ({which}): held-out loss {held['loss']:.3f} EM {held['exact_match']:.2f} "
+            f"F1 {held['token_f1']:.2f}; anchor loss {anchored['loss']:.3f}"
         )
         del model
     cand, curr = scores["candidate"], scores["current"]
@@ -280,7 +281,8 @@ def _gate(
     elif not better:
         reason = f"held-out loss {cand['held_out']['loss']:.4f} is not below the current {curr['held_out']['loss']:.4f}"
     else:
-        reason = f"anchor loss {cand['anchor']['loss']:.4f} exceeds {limit:.4f} (current +{settings.training.anchor_tolerance:.0%})"
+        tolerance = settings.training.anchor_tolerance
+        reason = f"anchor loss {cand['anchor']['loss']:.4f} exceeds {limit:.4f} (current +{tolerance:.0%})"
     return {
         "promoted": better and anchor_ok,
         "reason": reason,
@@ -342,7 +344,8 @@ def replay(settings: Settings, tenant: str, name: str, *, say: Callable[[str], N
         list(manifest["data"]["excluded_example_ids"]),
     )
     say(
-        f"  replaying {tenant} {name}: ranges {manifest['data']['ranges']}, {len(data.train)} train, {len(data.replay)} replay"
+        f"  replaying {tenant} {name}: ranges {manifest['data']['ranges']}, "
+        f"{len(data.train)} train, {len(data.replay)} replay"
     )
     with tempfile.TemporaryDirectory(prefix="streamtune-replay-") as tmp:
         work = Path(tmp)

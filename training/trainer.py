@@ -150,12 +150,13 @@ def train(
     )
     begin = time.monotonic()
 
-    class Progress(TrainerCallback):  # type: ignore[misc]
+    class Progress(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
             if logs and "loss" in logs and (state.global_step % 10 == 0 or state.global_step == state.max_steps):
                 rate = float(logs.get("num_tokens", 0)) / max(time.monotonic() - begin, 1e-9)
                 say(
-                    f"    step {state.global_step}/{state.max_steps}  loss {float(logs['loss']):.3f}  {rate:.0f} tokens/s"
+                    f"    step {state.global_step}/{state.max_steps}  "
+                    f"loss {float(logs['loss']):.3f}  {rate:.0f} tokens/s"
                 )
 
     trainer = SFTTrainer(
