@@ -77,7 +77,7 @@ test: lint stack-up
 	exit $$status
 
 demo: env stack-up
-	$(ML)/streamtune demo
+	STREAMTUNE__FLINK__PYTHON_EXECUTABLE=$(CURDIR)/$(FLINK)/python $(ML)/streamtune demo
 
 clean: stack-down
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -27,9 +27,9 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from retrieval import connect
-from streams.process import JobProcess
 from streamtune.kafka import client_config, create_topics
 from streamtune.models import load_embedder
+from streamtune.process import ingest_job
 from streamtune.settings import load_settings
 from streamtune.topics import ALL_TOPICS, DOMAIN_EVENTS, topic_name
 
@@ -74,7 +74,7 @@ def main() -> None:
         raw_rate = args.docs / (time.perf_counter() - begin)
         print(f"yardstick: raw batched encode {raw_rate:.0f} docs/s (batch {settings.embedding.batch_size})")
 
-        job = JobProcess(Path(tmp), env)
+        job = ingest_job(Path(tmp), env)
         job.start()
         client = connect(settings.weaviate)
         producer = Producer(client_config(settings.kafka))

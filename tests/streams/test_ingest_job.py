@@ -20,11 +20,11 @@ from confluent_kafka import Consumer, Producer
 
 from retrieval import connect
 from retrieval.store import ChunkStore
-from streams.process import JobProcess
 from streams.processing import example_id
 from streamtune.dlq import read_dead_letters
 from streamtune.kafka import client_config, create_topics
 from streamtune.models import load_embedder
+from streamtune.process import ingest_job
 from streamtune.settings import Settings, load_settings
 from streamtune.topics import ALL_TOPICS, DOMAIN_EVENTS, TRAINING_EXAMPLES, topic_name
 
@@ -60,7 +60,7 @@ class Ingest:
             "STREAMTUNE__STREAMS__MAX_TEXT_CHARS": "20000",
         }
         self.settings = self._settings()
-        self.job = JobProcess(tmp)
+        self.job = ingest_job(tmp)
         create_topics(self.settings.kafka, self.settings.topics)
         self.producer = Producer(client_config(self.settings.kafka))
         self.embedder = load_embedder(self.settings)
