@@ -71,7 +71,7 @@ test-unit: env
 # The stack is stopped whatever the tests' outcome; the exit code is the tests'.
 test: lint stack-up
 	@status=0; \
-	$(ML)/pytest $(ML_TESTS) || status=$$?; \
+	STREAMTUNE__FLINK__PYTHON_EXECUTABLE=$(CURDIR)/$(FLINK)/python $(ML)/pytest $(ML_TESTS) || status=$$?; \
 	$(FLINK)/pytest $(FLINK_TESTS) || status=$$?; \
 	$(MAKE) --no-print-directory stack-down; \
 	exit $$status

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrieval.client import RetrievalError
 from streamtune.contracts import AdapterUpdate, Answer, AnswerError, Citation, Query
 from streamtune.settings import Settings
 
@@ -140,9 +141,14 @@ class Answerer:
                 timings_ms={k: round(v, 1) for k, v in timings.items()},
             )
         except AnswerFailure as failure:
-            return Answer(
-                query_id=query.query_id,
-                tenant=query.tenant,
-                model=self.model_name,
-                error=AnswerError(code=failure.code, message=failure.message),
-            )
+            code, message = failure.code, failure.message
+        except RetrievalError as exc:
+            code, message = "retrieval_unavailable", str(exc)
+        except Exception as exc:
+            code, message = "internal_error", f"{type(exc).__name__}: {exc}"
+        return Answer(
+            query_id=query.query_id,
+            tenant=query.tenant,
+            model=self.model_name,
+            error=AnswerError(code=code, message=message),
+        )

@@ -121,11 +121,19 @@ class ChunkStore:
         return collection.with_tenant(tenant)
 
     def _known_tenant(self, tenant: str) -> Any | None:
-        collection = self.client.collections.get(self.name)
-        if tenant in self._tenants or collection.tenants.exists(tenant):
-            self._tenants.add(tenant)
-            return collection.with_tenant(tenant)
-        return None
+        """The tenant's view of the collection, or None when nothing was ever indexed for it."""
+        if tenant in self._tenants:
+            return self.client.collections.get(self.name).with_tenant(tenant)
+        try:
+            if not self.client.collections.exists(self.name):
+                return None
+            collection = self.client.collections.get(self.name)
+            if not collection.tenants.exists(tenant):
+                return None
+        except Exception as exc:
+            raise RetrievalError(f"Weaviate could not look up tenant {tenant} of {self.name}: {exc}") from exc
+        self._tenants.add(tenant)
+        return collection.with_tenant(tenant)
 
     # -- writes ---------------------------------------------------------------------------------
     def upsert(self, documents: Sequence[DocumentChunks]) -> int:
@@ -191,13 +199,16 @@ class ChunkStore:
         collection = self._known_tenant(tenant)
         if collection is None:
             return []
-        result = collection.query.hybrid(
-            query=text,
-            vector=list(map(float, vector)),
-            alpha=self.settings.retrieval.alpha if alpha is None else alpha,
-            limit=k,
-            return_metadata=MetadataQuery(score=True),
-        )
+        try:
+            result = collection.query.hybrid(
+                query=text,
+                vector=list(map(float, vector)),
+                alpha=self.settings.retrieval.alpha if alpha is None else alpha,
+                limit=k,
+                return_metadata=MetadataQuery(score=True),
+            )
+        except Exception as exc:
+            raise RetrievalError(f"Weaviate search in {self.name} (tenant {tenant}) failed: {exc}") from exc
         return [
             SearchHit(
                 doc_id=o.properties["doc_id"],

@@ -1,0 +1,141 @@
+"""The refresh job on the real Kafka (and Weaviate), with the tiny model: quality is not the subject here."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from streamtune.contracts import ChatMessage, TrainingExample, encode
+from streamtune.kafka import client_config, committed_end_offsets, create_topics
+from streamtune.settings import Settings, load_settings
+from streamtune.topics import ADAPTER_UPDATES, ALL_TOPICS, TRAINING_EXAMPLES, topic_name
+from training.refresh import refresh, replay
+from training.registry import AdapterRegistry
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def trainer_settings(stack: Settings, tiny_model: Path, tmp_path: Path) -> Iterator[Settings]:
+    settings = load_settings(
+        config_files=[],
+        topics={"prefix": f"tr-{uuid.uuid4().hex[:8]}."},
+        models={"base_model": str(tiny_model)},
+        training={
+            "adapters_dir": tmp_path / "adapters",
+            "max_steps": 12,
+            "learning_rate": 5e-3,
+            "batch_size": 4,
+            "eval_max_new_tokens": 8,
+            "torch_threads": 1,
+            "replay_sample": 4,
+        },
+    )
+    create_topics(settings.kafka, settings.topics)
+    yield settings
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(client_config(settings.kafka))
+    for future in admin.delete_topics([topic_name(s, settings.topics) for s in ALL_TOPICS]).values():
+        future.result(15)
+
+
+def publish(settings: Settings, tenant: str, start: int, count: int, answer: str = "30 days.") -> None:
+    producer = Producer(client_config(settings.kafka))
+    for i in range(start, start + count):
+        example = TrainingExample(
+            example_id=f"{tenant}-ex-{i}",
+            tenant=tenant,
+            messages=[
+                ChatMessage(role="user", content=f"What is the refund window? ({i})"),
+                ChatMessage(role="assistant", content=answer),
+            ],
+            source_event_id=f"e-{i}",
+        )
+        producer.produce(
+            topic_name(TRAINING_EXAMPLES, settings.topics), key=example.example_id.encode(), value=encode(example)
+        )
+    assert producer.flush(15) == 0
+
+
+def announcements(settings: Settings) -> list[dict[str, Any]]:
+    consumer = Consumer(
+        client_config(settings.kafka, **{"group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"})
+    )
+    consumer.subscribe([topic_name(ADAPTER_UPDATES, settings.topics)])
+    found, idle = [], 0
+    while idle < 3:
+        message = consumer.poll(1.0)
+        if message is None:
+            idle += 1
+        elif message.error() is None:
+            found.append(json.loads(message.value() or b""))
+    consumer.close()
+    return found
+
+
+def test_refresh_promotes_records_exact_offsets_and_replays_byte_identically(trainer_settings: Settings) -> None:
+    settings = trainer_settings
+    publish(settings, "acme", 0, 16)
+    publish(settings, "other", 0, 5)  # another tenant's examples are not trained on
+    lines: list[str] = []
+    first = refresh(settings, "acme", say=lines.append)
+    assert first.status == "promoted", first.reason
+    ends = committed_end_offsets(settings.kafka, topic_name(TRAINING_EXAMPLES, settings.topics))
+    manifest = first.manifest
+    assert manifest["data"]["ranges"] == {str(p): [0, end] for p, end in sorted(ends.items())}
+    assert manifest["data"]["new_examples"] == 16
+    assert manifest["data"]["train"] + manifest["data"]["held_out"] == 16
+    assert manifest["quantization"].startswith("nf4")
+    assert manifest["base_model"]["sha256"]  # the base weights are pinned by hash
+    assert {"torch", "transformers", "peft", "trl", "bitsandbytes"} <= set(manifest["libraries"])
+    assert any("step 12/12" in line for line in lines)  # progress was shown
+
+    version = AdapterRegistry(settings.adapters_dir, "acme").get("v0001")
+    assert {"adapter_model.safetensors", "adapter_config.json", "manifest.json", "loss.png"} <= {
+        p.name for p in version.path.iterdir()
+    }
+    announced = announcements(settings)
+    assert [(a["tenant"], a["version"]) for a in announced] == [("acme", "v0001")]
+    assert announced[0]["manifest"]["adapter"]["sha256"] == manifest["adapter"]["sha256"]
+
+    outcome = replay(settings, "acme", "v0001", say=lambda _: None)
+    assert outcome.identical, (outcome.recorded_sha256, outcome.replayed_sha256)
+
+    assert refresh(settings, "acme", say=lambda _: None).status == "skipped"  # nothing new
+
+    # New examples: the next candidate continues from v0001 and reads only the new offsets.
+    publish(settings, "acme", 16, 8)
+    second = refresh(settings, "acme", say=lambda _: None)
+    assert second.manifest["parent"]["version"] == "v0001"
+    assert second.manifest["data"]["new_examples"] == 8
+    assert second.manifest["data"]["replay"] == 4  # sampled from the earlier range
+
+
+def test_the_gate_rejects_a_worse_candidate_and_keeps_it(trainer_settings: Settings) -> None:
+    settings = trainer_settings
+    publish(settings, "acme", 0, 12)
+    assert refresh(settings, "acme", say=lambda _: None).status == "promoted"
+    publish(settings, "acme", 12, 12)
+    # A learning rate this large wrecks the adapter: the held-out loss rises, and the gate must say no.
+    wrecked = settings.model_copy(update={"training": settings.training.model_copy(update={"learning_rate": 5.0})})
+    outcome = refresh(wrecked, "acme", say=lambda _: None)
+    assert outcome.status == "rejected", outcome.reason
+    registry = AdapterRegistry(settings.adapters_dir, "acme")
+    assert registry.current().name == "v0001"  # type: ignore[union-attr]
+    rejected = registry.get("v0002")
+    assert rejected.status == "rejected"
+    assert rejected.manifest["metrics"]["candidate"]["held_out"]["loss"] > 0
+    assert [a["version"] for a in announcements(settings)] == ["v0001"]  # a rejected one is never announced
+
+
+def test_too_few_examples_is_skipped(trainer_settings: Settings, unique_name: Callable[[str], str]) -> None:
+    publish(trainer_settings, "lonely", 0, 1)
+    outcome = refresh(trainer_settings, "lonely", say=lambda _: None)
+    assert outcome.status == "skipped" and "fewer than 2" in outcome.reason
