@@ -20,7 +20,16 @@ from typing import Any
 from streamtune.contracts import TrainingExample
 from streamtune.settings import TrainingSettings
 
-__all__ = ["EvalMetrics", "TrainResult", "bnb_config", "evaluate", "lora_config", "quantization_support", "train"]
+__all__ = [
+    "EvalMetrics",
+    "TrainResult",
+    "bnb_config",
+    "conversation_rows",
+    "evaluate",
+    "lora_config",
+    "quantization_support",
+    "train",
+]
 
 
 def quantization_support() -> tuple[bool, str]:
@@ -86,7 +95,7 @@ def load_model(
     return get_peft_model(model, lora_config(settings)) if trainable else model
 
 
-def _rows(examples: Sequence[TrainingExample]) -> list[dict[str, Any]]:
+def conversation_rows(examples: Sequence[TrainingExample]) -> list[dict[str, Any]]:
     """Prompt/completion conversations: everything before the last assistant turn is the prompt."""
     rows = []
     for example in examples:
@@ -162,7 +171,7 @@ def train(
     trainer = SFTTrainer(
         model=model,
         args=config,
-        train_dataset=Dataset.from_list(_rows(examples)),
+        train_dataset=Dataset.from_list(conversation_rows(examples)),
         processing_class=tokenizer,
         callbacks=[Progress()],
     )
@@ -213,7 +222,7 @@ def evaluate(
     model.eval()
     device = next(model.parameters()).device
     total_loss, total_tokens, exact, f1 = 0.0, 0, 0.0, 0.0
-    rows = _rows(examples)
+    rows = conversation_rows(examples)
     with torch.no_grad():
         for row in rows:
             prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
