@@ -69,6 +69,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=12)
     parser.add_argument("--swaps", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=2.5,
+        help="seconds between queries during swaps (keep it above one answer's time)",
+    )
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -136,7 +142,7 @@ def main() -> None:
             flush=True,
         )
 
-        swap = _hot_swaps(settings, args.swaps, tmp)
+        swap = _hot_swaps(settings, args.swaps, args.interval)
         print(
             json.dumps(
                 {
@@ -161,7 +167,7 @@ def main() -> None:
             future.result(15)
 
 
-def _hot_swaps(settings: Any, swaps: int, tmp: Path) -> dict[str, Any]:
+def _hot_swaps(settings: Any, swaps: int, interval: float) -> dict[str, Any]:
     registry = AdapterRegistry(settings.adapters_dir, TENANT)
     sent: list[str] = []
     stop = threading.Event()
@@ -174,7 +180,7 @@ def _hot_swaps(settings: Any, swaps: int, tmp: Path) -> dict[str, Any]:
             producer.produce(topic_name(QUERIES, settings.topics), key=query_id.encode(), value=encode(query))
             producer.flush(10)
             sent.append(query_id)
-            time.sleep(0.5)
+            time.sleep(interval)
 
     consumer = Consumer(client_config(settings.kafka, **{"group.id": uuid.uuid4().hex, "auto.offset.reset": "latest"}))
     consumer.subscribe([topic_name(ANSWERS, settings.topics)])
@@ -217,6 +223,7 @@ def _hot_swaps(settings: Any, swaps: int, tmp: Path) -> dict[str, Any]:
     print(f"queries during swaps: {len(sent)}; failed {len(failed)}; unanswered {len(missing)}", flush=True)
     return {
         "swap_ms": [round(d * 1000) for d in delays],
+        "swap_interval_s": interval,
         "swap_queries": len(sent),
         "swap_failed": len(failed),
         "swap_unanswered": len(missing),

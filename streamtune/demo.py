@@ -174,7 +174,7 @@ def main(settings: Settings) -> int:
             ),
         )
         producer.flush(30)
-        vector = store_vector(settings, CHANGED_QUESTION)
+        vector = _vector(settings, CHANGED_QUESTION)
         _wait(lambda: any("699" in h.text for h in store.search(TENANT, CHANGED_QUESTION, vector, 4)), 120, "update")
         _say(f"searchable {time.monotonic() - changed_at:.1f}s after it was published")
         _show(CHANGED_QUESTION, ask(settings, CHANGED_QUESTION, TENANT))
@@ -186,7 +186,7 @@ def main(settings: Settings) -> int:
     return 0
 
 
-def store_vector(settings: Settings, text: str) -> list[float]:
+def _vector(settings: Settings, text: str) -> list[float]:
     from streamtune.models import load_embedder
 
     return [float(x) for x in load_embedder(settings).encode([text], normalize_embeddings=True)[0]]

@@ -1,6 +1,6 @@
 """Training benchmark: tokens/s of the refresh job's trainer ÷ a plain TRL ``SFTTrainer`` run.
 
-    .venv/ml/bin/python bench/training.py [--steps 10]
+    .venv/ml/bin/python bench/refresh.py [--steps 10]
 
 Same base model (the configured one, SmolLM2-135M-Instruct by default), same data (the bundled demo
 QA pairs), same steps, batch size, learning rate, LoRA and 4-bit settings. The yardstick is the plain
