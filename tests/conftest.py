@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,19 @@ def stack(settings: Settings) -> Settings:
     bad = [s for s in statuses if not s.ok]
     assert not bad, f"local stack not healthy: {bad}"
     return settings
+
+
+def settings_for_env(env: Mapping[str, str]) -> Settings:
+    """The settings a child process started with these extra environment variables would load."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        return load_settings(config_files=[])
+
+
+@pytest.fixture(scope="session")
+def env_settings() -> Callable[[Mapping[str, str]], Settings]:
+    return settings_for_env
 
 
 @pytest.fixture

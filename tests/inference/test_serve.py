@@ -6,7 +6,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from inference.service import ask
 from streamtune.contracts import ChatMessage, Query, TrainingExample, encode
 from streamtune.kafka import client_config, create_topics
 from streamtune.process import ServiceProcess, ingest_job, query_server
-from streamtune.settings import Settings, load_settings
+from streamtune.settings import Settings
 from streamtune.topics import ALL_TOPICS, ANSWERS, DOMAIN_EVENTS, QUERIES, TRAINING_EXAMPLES, topic_name
 from training.refresh import announce, refresh
 from training.registry import AdapterRegistry
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 class Deployment:
     """Uuid-named topics, collection, group and registry, with settings passed to child processes by env."""
 
-    def __init__(self, stack: Settings, tiny_model: Path, tmp: Path) -> None:
+    def __init__(self, load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: Path) -> None:
         tag = uuid.uuid4().hex[:8]
         self.env = {
             "STREAMTUNE__TOPICS__PREFIX": f"inf-{tag}.",
@@ -46,20 +46,9 @@ class Deployment:
             "STREAMTUNE__TRAINING__TORCH_THREADS": "1",
         }
         self.tmp = tmp
-        self.settings = self.load()
+        self.settings = load(self.env)
         create_topics(self.settings.kafka, self.settings.topics)
         self.producer = Producer(client_config(self.settings.kafka))
-
-    def load(self) -> Settings:
-        import os
-
-        saved = dict(os.environ)
-        os.environ.update(self.env)
-        try:
-            return load_settings(config_files=[])
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
 
     def server(self) -> ServiceProcess:
         return query_server(self.tmp / "logs", self.env)
@@ -96,8 +85,10 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(stack: Settings, tiny_model: Path, tmp_path: Path) -> Iterator[Deployment]:
-    d = Deployment(stack, tiny_model, tmp_path)
+def deployment(
+    stack: Settings, env_settings: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp_path: Path
+) -> Iterator[Deployment]:
+    d = Deployment(env_settings, tiny_model, tmp_path)
     yield d
     d.close()
 

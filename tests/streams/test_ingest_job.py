@@ -8,10 +8,9 @@ flush on size or time, so the tail of the stream is never left waiting.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from streamtune.dlq import read_dead_letters
 from streamtune.kafka import client_config, create_topics
 from streamtune.models import load_embedder
 from streamtune.process import ingest_job
-from streamtune.settings import Settings, load_settings
+from streamtune.settings import Settings
 from streamtune.topics import ALL_TOPICS, DOMAIN_EVENTS, TRAINING_EXAMPLES, topic_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -45,7 +44,8 @@ def eventually(check: Callable[[], Any], timeout_s: float = 90.0, what: str = ""
 class Ingest:
     """One isolated deployment of the job: its settings, its process, and helpers to drive and observe it."""
 
-    def __init__(self, stack: Settings, tmp: Path) -> None:
+    def __init__(self, load: Callable[[Mapping[str, str]], Settings], tmp: Path) -> None:
+        self.load = load
         tag = uuid.uuid4().hex[:10]
         self.overrides = {
             "STREAMTUNE__TOPICS__PREFIX": f"it-{tag}.",
@@ -59,7 +59,7 @@ class Ingest:
             "STREAMTUNE__STREAMS__MAX_EVENT_BYTES": "65536",
             "STREAMTUNE__STREAMS__MAX_TEXT_CHARS": "20000",
         }
-        self.settings = self._settings()
+        self.settings = self.load(self.overrides)
         self.job = ingest_job(tmp)
         create_topics(self.settings.kafka, self.settings.topics)
         self.producer = Producer(client_config(self.settings.kafka))
@@ -67,18 +67,9 @@ class Ingest:
         self.client = connect(self.settings.weaviate)
         self.store = ChunkStore(self.client, self.settings, dimension=384, model=self.settings.embedding.model)
 
-    def _settings(self, **extra: str) -> Settings:
-        saved = dict(os.environ)
-        os.environ.update({**self.overrides, **extra})
-        try:
-            return load_settings(config_files=[])
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-
     def start(self, **extra: str) -> None:
         self.overrides.update(extra)
-        self.settings = self._settings()
+        self.settings = self.load(self.overrides)
         self.job.start(**self.overrides)
 
     def kill(self) -> None:
@@ -163,8 +154,10 @@ def other_event(event_id: str, type_: str, data: dict[str, Any], tenant: str = "
 
 
 @pytest.fixture(scope="module")
-def ingest(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
-    deployment = Ingest(stack, tmp_path_factory.mktemp("ingest"))
+def ingest(
+    stack: Settings, env_settings: Callable[[Mapping[str, str]], Settings], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Ingest]:
+    deployment = Ingest(env_settings, tmp_path_factory.mktemp("ingest"))
     deployment.start()
     yield deployment
     deployment.close()
