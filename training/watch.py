@@ -50,8 +50,10 @@ def _trained_up_to(settings: Settings, tenant: str) -> dict[int, int]:
     return {int(p): int(r[1]) for p, r in current.manifest["data"]["ranges"].items()}
 
 
-def watch(settings: Settings, *, say: Callable[[str], None] = print, poll_s: float = 10.0) -> int:
-    """Run until SIGTERM / Ctrl-C."""
+def watch(
+    settings: Settings, *, say: Callable[[str], None] = print, poll_s: float = 10.0, max_refreshes: int | None = None
+) -> int:
+    """Run until SIGTERM / Ctrl-C (or after ``max_refreshes`` refreshes, for tests)."""
     from training.refresh import refresh
 
     stopping = False
@@ -64,12 +66,13 @@ def watch(settings: Settings, *, say: Callable[[str], None] = print, poll_s: flo
     seen: dict[int, int] = {}
     waiting_since: dict[str, float] = {}
     pending: Counter[str] = Counter()
+    refreshes = 0
     say(
         f"watch: refresh at {settings.training.watch_min_examples} new examples, "
         f"or after {settings.training.watch_minutes:g} min with at least one"
     )
     try:
-        while not stopping:
+        while not stopping and (max_refreshes is None or refreshes < max_refreshes):
             counts, seen = pending_counts(settings, seen, lambda tenant: _trained_up_to(settings, tenant))
             pending.update(counts)
             now = time.monotonic()
@@ -81,7 +84,9 @@ def watch(settings: Settings, *, say: Callable[[str], None] = print, poll_s: flo
                     outcome = refresh(settings, tenant, say=say)
                     say(f"watch: {tenant}: {outcome.status} {outcome.version or ''} ({outcome.reason})")
                     del pending[tenant], waiting_since[tenant]
-            time.sleep(poll_s)
+                    refreshes += 1
+            if max_refreshes is None or refreshes < max_refreshes:
+                time.sleep(poll_s)
     except KeyboardInterrupt:
         pass
     return 0

@@ -139,3 +139,28 @@ def test_too_few_examples_is_skipped(trainer_settings: Settings, unique_name: Ca
     publish(trainer_settings, "lonely", 0, 1)
     outcome = refresh(trainer_settings, "lonely", say=lambda _: None)
     assert outcome.status == "skipped" and "fewer than 2" in outcome.reason
+
+
+def test_watch_refreshes_on_count_and_on_time(trainer_settings: Settings) -> None:
+    from training.watch import watch
+
+    by_count = trainer_settings.model_copy(
+        update={"training": trainer_settings.training.model_copy(update={"watch_min_examples": 6, "watch_minutes": 60})}
+    )
+    publish(by_count, "acme", 0, 6)
+    lines: list[str] = []
+    watch(by_count, say=lines.append, poll_s=0.2, max_refreshes=1)
+    assert any("acme: 6 new examples; refreshing" in line for line in lines)
+    assert AdapterRegistry(by_count.adapters_dir, "acme").current() is not None
+
+    # Fewer than the count, but the time limit passes: a refresh all the same, on the new examples only.
+    by_time = trainer_settings.model_copy(
+        update={
+            "training": trainer_settings.training.model_copy(update={"watch_min_examples": 100, "watch_minutes": 0.01})
+        }
+    )
+    publish(by_time, "acme", 6, 3)
+    lines.clear()
+    watch(by_time, say=lines.append, poll_s=0.2, max_refreshes=1)
+    assert any("acme: 3 new examples; refreshing" in line for line in lines), lines
+    assert len(AdapterRegistry(by_time.adapters_dir, "acme").versions()) == 2
