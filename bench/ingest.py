@@ -24,14 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
 
 from retrieval import connect
-from streamtune.kafka import client_config, create_topics
+from streamtune.kafka import client_config, create_topics, delete_topics
 from streamtune.models import load_embedder
 from streamtune.process import ingest_job
 from streamtune.settings import load_settings
-from streamtune.topics import ALL_TOPICS, DOMAIN_EVENTS, topic_name
+from streamtune.topics import DOMAIN_EVENTS, topic_name
 
 WORDS = "refund shipping invoice warranty order parcel customer account policy return exchange store".split()  # noqa: SIM905
 
@@ -130,9 +129,7 @@ def main() -> None:
             if client.collections.exists(settings.weaviate.collection):
                 client.collections.delete(settings.weaviate.collection)
             client.close()
-            admin = AdminClient(client_config(settings.kafka))
-            for future in admin.delete_topics([topic_name(s, settings.topics) for s in ALL_TOPICS]).values():
-                future.result(15)
+            delete_topics(settings.kafka, settings.topics)
 
 
 def _send(producer: Producer, topic: str, tenant: str, i: int, text: str) -> None:

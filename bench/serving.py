@@ -28,17 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
 
 from inference.service import ask
 from retrieval import connect
 from retrieval.store import ChunkStore, DocumentChunks
 from streamtune.contracts import Query, encode
-from streamtune.kafka import client_config, create_topics
+from streamtune.kafka import client_config, create_topics, delete_topics
 from streamtune.models import base_model_source, load_embedder
 from streamtune.process import query_server
 from streamtune.settings import load_settings
-from streamtune.topics import ALL_TOPICS, ANSWERS, QUERIES, topic_name
+from streamtune.topics import ANSWERS, QUERIES, topic_name
 from training.refresh import announce
 from training.registry import AdapterRegistry
 
@@ -162,9 +161,7 @@ def main() -> None:
         if client.collections.exists(settings.weaviate.collection):
             client.collections.delete(settings.weaviate.collection)
         client.close()
-        admin = AdminClient(client_config(settings.kafka))
-        for future in admin.delete_topics([topic_name(s, settings.topics) for s in ALL_TOPICS]).values():
-            future.result(15)
+        delete_topics(settings.kafka, settings.topics)
 
 
 def _hot_swaps(settings: Any, swaps: int, interval: float) -> dict[str, Any]:

@@ -22,6 +22,7 @@ __all__ = [
     "client_config",
     "committed_end_offsets",
     "create_topics",
+    "delete_topics",
     "dlq_headers",
     "read_range",
 ]
@@ -83,6 +84,18 @@ def create_topics(
                 "is it running (`streamtune stack status`)?"
             ) from exc
     return sorted(results, key=lambda r: r.name)
+
+
+def delete_topics(kafka: KafkaSettings, topics: TopicSettings, specs: Iterable[TopicSpec] = ALL_TOPICS) -> None:
+    """Delete the declared topics under this prefix (tests, benchmarks); missing ones are ignored."""
+    admin = admin_client(kafka)
+    for future in admin.delete_topics([topic_name(spec, topics) for spec in specs]).values():
+        try:
+            future.result(timeout=kafka.request_timeout_s)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not (isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+                raise KafkaUnavailableError(f"could not delete topics on {kafka.bootstrap_servers}: {exc}") from exc
 
 
 def committed_end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int]:

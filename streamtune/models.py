@@ -18,7 +18,14 @@ from typing import Any
 from streamtune.errors import ConfigError
 from streamtune.settings import PACKAGED_BASE_MODEL, PACKAGED_EMBEDDING_MODEL, Settings
 
-__all__ = ["base_model_source", "embedding_model_source", "load_base_model", "load_embedder", "packaged_dir"]
+__all__ = [
+    "base_model_source",
+    "embedding_model_source",
+    "load_base_model",
+    "load_embedder",
+    "packaged_dir",
+    "sha256_file",
+]
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -67,7 +74,7 @@ def _converted_from_gguf(folder: Path, gguf_file: str, cache_dir: Path) -> Path:
     source = folder / gguf_file
     if not source.is_file():
         raise ConfigError("models.gguf_file", str(source), "name a GGUF file that exists in models.base_model")
-    digest = _sha256(source)[:16]
+    digest = sha256_file(source)[:16]
     target = cache_dir / "models" / f"{source.stem}-{digest}"
     if (target / "config.json").is_file():
         return target
@@ -86,7 +93,7 @@ def _converted_from_gguf(folder: Path, gguf_file: str, cache_dir: Path) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(str(partial), safe_serialization=True)
     tokenizer.save_pretrained(str(partial))
-    (partial / "SOURCE").write_text(f"converted from {gguf_file} sha256 {_sha256(source)}\n")
+    (partial / "SOURCE").write_text(f"converted from {gguf_file} sha256 {sha256_file(source)}\n")
     try:
         partial.rename(target)
     except OSError:  # another process converted it first
@@ -102,7 +109,8 @@ def load_base_model(settings: Settings, **kwargs: Any) -> tuple[Any, Any]:
     return AutoTokenizer.from_pretrained(source), AutoModelForCausalLM.from_pretrained(source, **kwargs)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -20,6 +20,7 @@ from typing import Any
 
 from streamtune.contracts import AdapterUpdate, TrainingExample, encode
 from streamtune.kafka import client_config, committed_end_offsets
+from streamtune.models import sha256_file
 from streamtune.settings import Settings, TrainingSettings
 from streamtune.topics import ADAPTER_UPDATES, TRAINING_EXAMPLES, topic_name
 from training.data import Ranges, load_anchor, read_examples, replay_sample, split
@@ -49,14 +50,6 @@ class ReplayOutcome:
     @property
     def identical(self) -> bool:
         return self.recorded_sha256 == self.replayed_sha256
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _ranges_json(ranges: Ranges) -> dict[str, list[int]]:

@@ -15,10 +15,10 @@ from confluent_kafka import Consumer, Producer
 
 from inference.service import ask
 from streamtune.contracts import ChatMessage, Query, TrainingExample, encode
-from streamtune.kafka import client_config, create_topics
+from streamtune.kafka import client_config, create_topics, delete_topics
 from streamtune.process import ServiceProcess, ingest_job, query_server
 from streamtune.settings import Settings
-from streamtune.topics import ALL_TOPICS, ANSWERS, DOMAIN_EVENTS, QUERIES, TRAINING_EXAMPLES, topic_name
+from streamtune.topics import ANSWERS, DOMAIN_EVENTS, QUERIES, TRAINING_EXAMPLES, topic_name
 from training.refresh import announce, refresh
 from training.registry import AdapterRegistry
 
@@ -72,16 +72,13 @@ class Deployment:
         return found
 
     def close(self) -> None:
-        from confluent_kafka.admin import AdminClient
 
         from retrieval import connect
 
         with connect(self.settings.weaviate) as client:
             if client.collections.exists(self.settings.weaviate.collection):
                 client.collections.delete(self.settings.weaviate.collection)
-        admin = AdminClient(client_config(self.settings.kafka))
-        for future in admin.delete_topics([topic_name(s, self.settings.topics) for s in ALL_TOPICS]).values():
-            future.result(15)
+        delete_topics(self.settings.kafka, self.settings.topics)
 
 
 @pytest.fixture

@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from retrieval import connect
 from retrieval.store import ChunkStore
 from streams.processing import example_id
 from streamtune.dlq import read_dead_letters
-from streamtune.kafka import client_config, create_topics
+from streamtune.kafka import client_config, committed_end_offsets, create_topics, delete_topics, read_range
 from streamtune.models import load_embedder
 from streamtune.process import ingest_job
 from streamtune.settings import Settings
-from streamtune.topics import ALL_TOPICS, DOMAIN_EVENTS, TRAINING_EXAMPLES, topic_name
+from streamtune.topics import DOMAIN_EVENTS, TRAINING_EXAMPLES, topic_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -95,36 +95,21 @@ class Ingest:
         return self.store.search(tenant, text, vector, k)
 
     def examples(self) -> list[dict[str, Any]]:
-        """Every committed training example (read_committed, from the beginning)."""
-        consumer = Consumer(
-            client_config(
-                self.settings.kafka,
-                **{"group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest", "isolation.level": "read_committed"},
-            )
-        )
-        consumer.subscribe([topic_name(TRAINING_EXAMPLES, self.settings.topics)])
-        found: list[dict[str, Any]] = []
-        idle = 0
-        while idle < 4:
-            message = consumer.poll(1.0)
-            if message is None:
-                idle += 1
-            elif message.error() is None:
-                found.append(json.loads(message.value() or b""))
-        consumer.close()
-        return found
+        """Every committed training example, oldest first."""
+        topic = topic_name(TRAINING_EXAMPLES, self.settings.topics)
+        ends = committed_end_offsets(self.settings.kafka, topic)
+        return [
+            json.loads(m.value() or b"")
+            for m in read_range(self.settings.kafka, topic, {p: (0, e) for p, e in ends.items()})
+        ]
 
     def close(self) -> None:
         self.stop()
-        from confluent_kafka.admin import AdminClient
 
         if self.client.collections.exists(self.settings.weaviate.collection):
             self.client.collections.delete(self.settings.weaviate.collection)
         self.client.close()
-        admin = AdminClient(client_config(self.settings.kafka))
-        names = [topic_name(spec, self.settings.topics) for spec in ALL_TOPICS]
-        for future in admin.delete_topics(names).values():
-            future.result(15)
+        delete_topics(self.settings.kafka, self.settings.topics)
 
 
 def doc_event(

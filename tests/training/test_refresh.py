@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from streamtune.contracts import ChatMessage, TrainingExample, encode
-from streamtune.kafka import client_config, committed_end_offsets, create_topics
+from streamtune.kafka import client_config, committed_end_offsets, create_topics, delete_topics, read_range
 from streamtune.settings import Settings, load_settings
-from streamtune.topics import ADAPTER_UPDATES, ALL_TOPICS, TRAINING_EXAMPLES, topic_name
+from streamtune.topics import ADAPTER_UPDATES, TRAINING_EXAMPLES, topic_name
 from training.refresh import refresh, replay
 from training.registry import AdapterRegistry
 
@@ -39,11 +39,7 @@ def trainer_settings(stack: Settings, tiny_model: Path, tmp_path: Path) -> Itera
     )
     create_topics(settings.kafka, settings.topics)
     yield settings
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(client_config(settings.kafka))
-    for future in admin.delete_topics([topic_name(s, settings.topics) for s in ALL_TOPICS]).values():
-        future.result(15)
+    delete_topics(settings.kafka, settings.topics)
 
 
 def publish(settings: Settings, tenant: str, start: int, count: int, answer: str = "30 days.") -> None:
@@ -65,19 +61,11 @@ def publish(settings: Settings, tenant: str, start: int, count: int, answer: str
 
 
 def announcements(settings: Settings) -> list[dict[str, Any]]:
-    consumer = Consumer(
-        client_config(settings.kafka, **{"group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"})
-    )
-    consumer.subscribe([topic_name(ADAPTER_UPDATES, settings.topics)])
-    found, idle = [], 0
-    while idle < 3:
-        message = consumer.poll(1.0)
-        if message is None:
-            idle += 1
-        elif message.error() is None:
-            found.append(json.loads(message.value() or b""))
-    consumer.close()
-    return found
+    topic = topic_name(ADAPTER_UPDATES, settings.topics)
+    ends = committed_end_offsets(settings.kafka, topic)
+    return [
+        json.loads(m.value() or b"") for m in read_range(settings.kafka, topic, {p: (0, e) for p, e in ends.items()})
+    ]
 
 
 def test_refresh_promotes_records_exact_offsets_and_replays_byte_identically(trainer_settings: Settings) -> None:
