@@ -252,15 +252,13 @@ def _gate(
         model = load_model(source, settings.training, quantize=quantize, adapter=adapter, trainable=False)
         scores[label] = {
             "held_out": evaluate(model, tokenizer, held_out, settings.training.eval_max_new_tokens).as_dict(),
-            "anchor": evaluate(
-                model, tokenizer, anchor, settings.training.eval_max_new_tokens, generate=False
-            ).as_dict(),
+            "anchor": evaluate(model, tokenizer, anchor, settings.training.eval_max_new_tokens).as_dict(),
         }
         which = "new" if label == "candidate" else current.name if current else "base"
         held, anchored = scores[label]["held_out"], scores[label]["anchor"]
         say(
             f"    {label:<9} ({which}): held-out loss {held['loss']:.3f} EM {held['exact_match']:.2f} "
-            f"F1 {held['token_f1']:.2f}; anchor loss {anchored['loss']:.3f}"
+            f"F1 {held['token_f1']:.2f}; anchor loss {anchored['loss']:.3f} F1 {anchored['token_f1']:.2f}"
         )
         del model
     cand, curr = scores["candidate"], scores["current"]

@@ -152,3 +152,15 @@ def test_watch_refreshes_on_count_and_on_time(trainer_settings: Settings) -> Non
     watch(by_time, say=lines.append, poll_s=0.2, max_refreshes=1)
     assert any("acme: 3 new examples; refreshing" in line for line in lines), lines
     assert len(AdapterRegistry(by_time.adapters_dir, "acme").versions()) == 2
+
+
+def test_plain_lora_when_4bit_is_off_and_the_manifest_says_so(trainer_settings: Settings) -> None:
+    plain = trainer_settings.model_copy(
+        update={"training": trainer_settings.training.model_copy(update={"quantize_4bit": False})}
+    )
+    publish(plain, "acme", 0, 8)
+    lines: list[str] = []
+    outcome = refresh(plain, "acme", say=lines.append)
+    assert outcome.manifest["quantization"] == "none (disabled by setting)"
+    assert any("training plain LoRA" in line for line in lines)
+    assert {"loss", "exact_match", "token_f1"} <= set(outcome.manifest["metrics"]["candidate"]["anchor"])
