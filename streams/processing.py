@@ -117,7 +117,10 @@ def plan_batch(records: Sequence[RawRecord], settings: StreamsSettings, chunker:
             result.dead_letters.append(_dead_letter(record, type(exc).__name__, str(exc)))
             result.counts["dead_letter"] += 1
     for action in last_for_doc.values():
-        (result.writes if isinstance(action, DocumentWrite) else result.deletes).append(action)  # type: ignore[arg-type]
+        if isinstance(action, DocumentWrite):
+            result.writes.append(action)
+        else:
+            result.deletes.append(action)
     return result
 
 

@@ -11,9 +11,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamtune.errors import StreamtuneError
 from streamtune.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from streamtune.stack import ComponentStatus
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -43,11 +47,11 @@ def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if all(s.ok for s in statuses) else 1
 
 
-def _print_status(statuses: Sequence[object]) -> None:
+def _print_status(statuses: Sequence[ComponentStatus]) -> None:
     for s in statuses:
-        pid = f" pid={s.pid}" if s.pid else ""  # type: ignore[attr-defined]
-        detail = f" ({s.detail})" if s.detail else ""  # type: ignore[attr-defined]
-        print(f"{s.name:<16} {s.state:<14} {s.address}{pid}{detail}")  # type: ignore[attr-defined]
+        pid = f" pid={s.pid}" if s.pid else ""
+        detail = f" ({s.detail})" if s.detail else ""
+        print(f"{s.name:<16} {s.state:<14} {s.address}{pid}{detail}")
 
 
 def _stack_logs(settings: Settings, args: argparse.Namespace) -> int:
