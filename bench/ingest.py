@@ -26,6 +26,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from retrieval import connect
+from retrieval.store import ChunkStore
 from streamtune.kafka import client_config, create_topics, delete_topics
 from streamtune.models import load_embedder
 from streamtune.process import ingest_job
@@ -126,8 +127,7 @@ def main() -> None:
             )
         finally:
             job.stop()
-            if client.collections.exists(settings.weaviate.collection):
-                client.collections.delete(settings.weaviate.collection)
+            ChunkStore(client, settings).drop()
             client.close()
             delete_topics(settings.kafka, settings.topics)
 

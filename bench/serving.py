@@ -102,8 +102,8 @@ def main() -> None:
     server = query_server(tmp / "logs", env)
     try:
         embedder = load_embedder(settings)
-        store = ChunkStore(client, settings, dimension=384, model=settings.embedding.model)
-        store.ensure_collection()
+        store = ChunkStore(client, settings)
+        store.ensure_collection(int(embedder.get_sentence_embedding_dimension()))
         vectors = embedder.encode([d["text"] for d in documents], normalize_embeddings=True).tolist()
         store.upsert(
             [
@@ -158,8 +158,7 @@ def main() -> None:
         )
     finally:
         server.stop()
-        if client.collections.exists(settings.weaviate.collection):
-            client.collections.delete(settings.weaviate.collection)
+        ChunkStore(client, settings).drop()
         client.close()
         delete_topics(settings.kafka, settings.topics)
 

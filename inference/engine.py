@@ -48,21 +48,19 @@ class AdapterBook:
 class Answerer:
     def __init__(self, settings: Settings) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from retrieval import connect
         from retrieval.store import ChunkStore
-        from streamtune.models import base_model_source, load_embedder
+        from streamtune.models import load_base_model, load_embedder
 
         torch.set_num_threads(settings.inference.torch_threads)
         self.settings = settings
         self.embedder = load_embedder(settings)
         self.client = connect(settings.weaviate)
-        dimension = int(self.embedder.get_sentence_embedding_dimension())
-        self.store = ChunkStore(self.client, settings, dimension=dimension, model=settings.embedding.model)
-        source = base_model_source(settings)
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(source)
-        self.model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        self.store = ChunkStore(self.client, settings)
+        self.tokenizer: Any
+        self.model: Any
+        self.tokenizer, self.model = load_base_model(settings, dtype=torch.float32)
         self.model.eval()
         self.model_name = settings.models.base_model
         self.book = AdapterBook.empty(settings.models.base_model)

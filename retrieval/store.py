@@ -52,24 +52,24 @@ class SearchHit:
 
 
 class ChunkStore:
-    def __init__(self, client: Any, settings: Settings, *, dimension: int, model: str) -> None:
+    def __init__(self, client: Any, settings: Settings) -> None:
         self.client = client
         self.settings = settings
         self.name = settings.weaviate.collection
-        self.dimension = dimension
-        self.model = model
         self._tenants: set[str] = set()
 
     # -- schema ---------------------------------------------------------------------------------
-    def ensure_collection(self) -> None:
-        """Create the collection, or check that an existing one matches the embedding model."""
+    def ensure_collection(self, dimension: int) -> None:
+        """Create the collection for ``embedding.model`` vectors of ``dimension``, or check that an existing
+        one holds vectors of that dimension (a mismatch is a start-up error naming the setting)."""
         from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 
-        marker = {"embedding_model": self.model, "dimension": self.dimension}
+        model = self.settings.embedding.model
+        if self.client.collections.exists(self.name):
+            self._check_marker(self.client.collections.get(self.name).config.get().description, dimension, model)
+            return
+        marker = {"embedding_model": model, "dimension": dimension}
         try:
-            if self.client.collections.exists(self.name):
-                self._check_marker(self.client.collections.get(self.name).config.get().description)
-                return
             self.client.collections.create(
                 self.name,
                 description=json.dumps(marker),
@@ -89,26 +89,30 @@ class ChunkStore:
                 ),
                 multi_tenancy_config=Configure.multi_tenancy(enabled=True, auto_tenant_activation=True),
             )
-        except ConfigError:
-            raise
         except Exception as exc:
             if self.client.collections.exists(self.name):  # created concurrently by another worker
                 return
             raise RetrievalError(f"could not create Weaviate collection {self.name}: {exc}") from exc
 
-    def _check_marker(self, description: str | None) -> None:
+    def _check_marker(self, description: str | None, dimension: int, model: str) -> None:
         try:
             recorded = json.loads(description or "")
         except json.JSONDecodeError:
             recorded = {}
-        if recorded.get("dimension") != self.dimension:
+        if recorded.get("dimension") != dimension:
             raise ConfigError(
                 "weaviate.collection",
                 self.name,
                 f"the existing collection holds {recorded.get('dimension', 'unknown')}-d vectors from "
-                f"{recorded.get('embedding_model', 'an unknown model')}, but embedding.model={self.model!r} makes "
-                f"{self.dimension}-d vectors; use another collection name or re-index into a new one",
+                f"{recorded.get('embedding_model', 'an unknown model')}, but embedding.model={model!r} makes "
+                f"{dimension}-d vectors; use another collection name or re-index into a new one",
             )
+
+    def drop(self) -> None:
+        """Delete the whole collection (tests, benchmarks); a missing one is fine."""
+        if self.client.collections.exists(self.name):
+            self.client.collections.delete(self.name)
+        self._tenants.clear()
 
     def _tenant(self, tenant: str) -> Any:
         from weaviate.classes.tenants import Tenant
@@ -180,14 +184,20 @@ class ChunkStore:
             collection.data.delete_many(where=Filter.any_of(stale))
         return written
 
-    def delete(self, tenant: str, doc_ids: Sequence[str]) -> int:
+    def delete(self, documents: Sequence[tuple[str, str]]) -> int:
+        """Remove every chunk of each ``(tenant, doc_id)``; one request per tenant."""
         from weaviate.classes.query import Filter
 
-        collection = self._known_tenant(tenant)
-        if collection is None or not doc_ids:
-            return 0
-        result = collection.data.delete_many(where=Filter.by_property("doc_id").contains_any(list(doc_ids)))
-        return int(result.successful)
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, doc_id in documents:
+            by_tenant.setdefault(tenant, []).append(doc_id)
+        removed = 0
+        for tenant, doc_ids in by_tenant.items():
+            collection = self._known_tenant(tenant)
+            if collection is not None:
+                result = collection.data.delete_many(where=Filter.by_property("doc_id").contains_any(doc_ids))
+                removed += int(result.successful)
+        return removed
 
     # -- reads ----------------------------------------------------------------------------------
     def search(

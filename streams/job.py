@@ -45,7 +45,7 @@ def preflight(settings: Settings) -> tuple[int, str]:
     embedder = load_embedder(settings)
     dimension = int(embedder.get_sentence_embedding_dimension())
     with connect(settings.weaviate) as client:
-        ChunkStore(client, settings, dimension=dimension, model=settings.embedding.model).ensure_collection()
+        ChunkStore(client, settings).ensure_collection(dimension)
     return dimension, settings.embedding.model
 
 
@@ -137,13 +137,8 @@ def _index_batches_class() -> type:
             streams = self.settings.streams
             self.chunker = Chunker(self.embedder.tokenizer, streams.chunk_tokens, streams.chunk_overlap)
             self.client = connect(self.settings.weaviate)
-            self.store = ChunkStore(
-                self.client,
-                self.settings,
-                dimension=int(self.embedder.get_sentence_embedding_dimension()),
-                model=self.settings.embedding.model,
-            )
-            self.store.ensure_collection()
+            self.store = ChunkStore(self.client, self.settings)
+            self.store.ensure_collection(int(self.embedder.get_sentence_embedding_dimension()))
             self.buffer = runtime_context.get_list_state(ListStateDescriptor("buffer", Types.PICKLED_BYTE_ARRAY()))
             self.size = runtime_context.get_state(ValueStateDescriptor("size", Types.INT()))
             self.timer = runtime_context.get_state(ValueStateDescriptor("timer", Types.LONG()))
@@ -174,8 +169,7 @@ def _index_batches_class() -> type:
             yield from self._flush(ctx)
 
         def _flush(self, ctx: Any) -> Iterator[Any]:
-            from retrieval.store import DocumentChunks
-            from streams.processing import RawRecord, plan_batch
+            from streams.processing import RawRecord, documents, plan_batch
             from streamtune.contracts import encode
 
             pending = self.timer.value()
@@ -196,29 +190,8 @@ def _index_batches_class() -> type:
                 if texts
                 else []
             )
-            documents, cursor = [], 0
-            for write in plan.writes:
-                event = write.event
-                documents.append(
-                    DocumentChunks(
-                        tenant=event.tenant,
-                        doc_id=event.data.doc_id,
-                        title=write.title,
-                        chunks=write.chunks,
-                        vectors=vectors[cursor : cursor + len(write.chunks)],
-                        event_id=event.event_id,
-                        occurred_at=event.occurred_at.isoformat(),
-                        source=event.source,
-                        metadata=event.data.metadata,
-                    )
-                )
-                cursor += len(write.chunks)
-            by_tenant: dict[str, list[str]] = {}
-            for delete in plan.deletes:
-                by_tenant.setdefault(delete.tenant, []).append(delete.doc_id)
-            for tenant, doc_ids in by_tenant.items():
-                self.store.delete(tenant, doc_ids)
-            self.store.upsert(documents)
+            self.store.delete([(d.tenant, d.doc_id) for d in plan.deletes])
+            self.store.upsert(documents(plan.writes, vectors))
             self.counters["records"].inc(len(records))
             self.counters["chunks"].inc(len(texts))
             for name, count in plan.counts.items():

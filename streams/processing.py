@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from retrieval.store import DocumentChunks
 from streams.chunking import Chunker
 from streams.pii import scrub
 from streamtune.contracts import (
@@ -28,7 +29,16 @@ from streamtune.errors import ContractError
 from streamtune.kafka import dlq_headers
 from streamtune.settings import StreamsSettings
 
-__all__ = ["BatchResult", "DeadLetter", "DocumentDelete", "DocumentWrite", "RawRecord", "example_id", "plan_batch"]
+__all__ = [
+    "BatchResult",
+    "DeadLetter",
+    "DocumentDelete",
+    "DocumentWrite",
+    "RawRecord",
+    "documents",
+    "example_id",
+    "plan_batch",
+]
 
 _EXAMPLE_NAMESPACE = uuid.UUID("0f5b7d8e-54c6-4d0e-8a51-6b3f0c0f4a11")
 
@@ -122,6 +132,30 @@ def plan_batch(records: Sequence[RawRecord], settings: StreamsSettings, chunker:
         else:
             result.deletes.append(action)
     return result
+
+
+def documents(writes: Sequence[DocumentWrite], vectors: Sequence[Sequence[float]]) -> list[DocumentChunks]:
+    """The index writes of a batch, given one vector per chunk in the order of ``writes``' chunks."""
+    out, cursor = [], 0
+    for write in writes:
+        event = write.event
+        out.append(
+            DocumentChunks(
+                tenant=event.tenant,
+                doc_id=event.data.doc_id,
+                title=write.title,
+                chunks=write.chunks,
+                vectors=vectors[cursor : cursor + len(write.chunks)],
+                event_id=event.event_id,
+                occurred_at=event.occurred_at.isoformat(),
+                source=event.source,
+                metadata=event.data.metadata,
+            )
+        )
+        cursor += len(write.chunks)
+    if cursor != len(vectors):
+        raise ValueError(f"{len(vectors)} vectors for {cursor} chunks")
+    return out
 
 
 def _scrubber(counts: Counter[str]) -> Callable[[str], str]:

@@ -120,7 +120,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
     embedder = load_embedder(settings)
     vector = embedder.encode([args.text], normalize_embeddings=True)[0].tolist()
     with connect(settings.weaviate) as client:
-        store = ChunkStore(client, settings, dimension=len(vector), model=settings.embedding.model)
+        store = ChunkStore(client, settings)
         hits = store.search(args.tenant, args.text, vector, args.k or settings.retrieval.top_k, args.alpha)
     for rank, hit in enumerate(hits, 1):
         print(f"{rank}. {hit.score:.3f}  {hit.chunk_id}  {hit.title}\n   {hit.text[:300]}")

@@ -136,7 +136,7 @@ def main(settings: Settings) -> int:
         producer.flush(30)
 
         step("wait until every document is searchable and the examples are committed")
-        store = ChunkStore(client, settings, dimension=384, model=settings.embedding.model)
+        store = ChunkStore(client, settings)
         _wait(lambda: all(store.count(TENANT, d["doc_id"]) for d in documents), 300, "indexing")
         _say(f"{store.count(TENANT)} chunks indexed")
         examples_topic = topic_name(TRAINING_EXAMPLES, settings.topics)

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from streamtune.contracts import AdapterUpdate, TrainingExample, encode
+from streamtune.errors import KafkaUnavailableError
 from streamtune.kafka import client_config, committed_end_offsets
 from streamtune.models import sha256_file
 from streamtune.settings import Settings, TrainingSettings
 from streamtune.topics import ADAPTER_UPDATES, TRAINING_EXAMPLES, topic_name
 from training.data import Ranges, load_anchor, read_examples, replay_sample, split
-from training.registry import AdapterRegistry, Version
+from training.registry import AdapterRegistry, RegistryError, Version
 
 __all__ = ["RefreshOutcome", "ReplayOutcome", "announce", "refresh", "replay"]
 
@@ -99,11 +100,8 @@ def _exclude_deleted(settings: Settings, tenant: str, examples: list[TrainingExa
     from retrieval.store import ChunkStore
 
     with connect(settings.weaviate) as client:
-        if not client.collections.exists(settings.weaviate.collection):
-            gone = doc_ids
-        else:
-            store = ChunkStore(client, settings, dimension=0, model=settings.embedding.model)
-            gone = {d for d in doc_ids if store.count(tenant, d) == 0}
+        store = ChunkStore(client, settings)
+        gone = {d for d in doc_ids if store.count(tenant, d) == 0}
     return [e.example_id for e in examples if set(e.context_doc_ids or []) & gone]
 
 
@@ -118,13 +116,25 @@ class _Data:
     excluded: list[str]
 
 
-def _load_data(
-    settings: Settings, tenant: str, ranges: Ranges, replay_ranges: Ranges, excluded: list[str] | None
-) -> _Data:
-    loaded = read_examples(settings, tenant, ranges)
+def _new_examples(
+    settings: Settings, tenant: str, ranges: Ranges, excluded: list[str] | None
+) -> tuple[list[TrainingExample], list[str]]:
+    """The tenant's examples in ``ranges`` less the excluded ids (looked up in the index when not given)."""
+    examples = read_examples(settings, tenant, ranges).examples
     if excluded is None:
-        excluded = _exclude_deleted(settings, tenant, loaded.examples)
-    new = [e for e in loaded.examples if e.example_id not in set(excluded)]
+        excluded = _exclude_deleted(settings, tenant, examples)
+    dropped = set(excluded)
+    return [e for e in examples if e.example_id not in dropped], excluded
+
+
+def _with_split_and_replay(
+    settings: Settings,
+    tenant: str,
+    new: list[TrainingExample],
+    excluded: list[str],
+    ranges: Ranges,
+    replay_ranges: Ranges,
+) -> _Data:
     train_set, held_out = split(new, settings.training.held_out_percent, settings.training.seed)
     new_ids = {e.example_id for e in new}
     earlier = [e for e in read_examples(settings, tenant, replay_ranges).examples if e.example_id not in new_ids]
@@ -170,13 +180,16 @@ def refresh(settings: Settings, tenant: str, *, say: Callable[[str], None] = pri
     previous = _ranges_from_json(current.manifest["data"]["ranges"]) if current else {}
     starts = {p: previous.get(p, (0, 0))[1] for p in ends}
     ranges = {p: (starts[p], ends[p]) for p in ends}
-    data = _load_data(settings, tenant, ranges, {p: (0, starts[p]) for p in ends}, None)
+    new, excluded = _new_examples(settings, tenant, ranges, None)
+    if len(new) < settings.training.min_examples:
+        # checked before the earlier range is read for the replay sample: `--watch` polls often
+        say(f"  {tenant}: {len(new)} new examples in {_ranges_json(ranges)}")
+        return RefreshOutcome("skipped", f"{len(new)} new examples, fewer than {settings.training.min_examples}")
+    data = _with_split_and_replay(settings, tenant, new, excluded, ranges, {p: (0, starts[p]) for p in ends})
     say(
         f"  {tenant}: {len(data.new)} new examples in {_ranges_json(ranges)}; train {len(data.train)}, "
         f"held out {len(data.held_out)}, replay {len(data.replay)}, excluded (deleted docs) {len(data.excluded)}"
     )
-    if len(data.new) < settings.training.min_examples:
-        return RefreshOutcome("skipped", f"{len(data.new)} new examples, fewer than {settings.training.min_examples}")
 
     with tempfile.TemporaryDirectory(prefix="streamtune-train-") as tmp:
         work = Path(tmp)
@@ -312,8 +325,6 @@ def announce(settings: Settings, tenant: str, version: Version) -> None:
     producer = Producer(client_config(settings.kafka, **{"enable.idempotence": True}))
     producer.produce(topic_name(ADAPTER_UPDATES, settings.topics), key=tenant.encode(), value=encode(update))
     if producer.flush(settings.kafka.request_timeout_s) != 0:
-        from streamtune.errors import KafkaUnavailableError
-
         raise KafkaUnavailableError(f"could not announce {tenant} {version.name} on adapter-updates")
 
 
@@ -326,13 +337,11 @@ def replay(settings: Settings, tenant: str, name: str, *, say: Callable[[str], N
     replay_settings = settings.model_copy(update={"training": recorded})
     parent = registry.get(manifest["parent"]["version"]) if manifest["parent"] else None
     if parent is not None and parent.manifest["adapter"]["sha256"] != manifest["parent"]["sha256"]:
-        raise RuntimeError(f"parent {parent.name} no longer matches the sha256 recorded in {name}'s manifest")
-    data = _load_data(
-        replay_settings,
-        tenant,
-        _ranges_from_json(manifest["data"]["ranges"]),
-        _ranges_from_json(manifest["data"]["replay_ranges"]),
-        list(manifest["data"]["excluded_example_ids"]),
+        raise RegistryError(f"parent {parent.name} no longer matches the sha256 recorded in {name}'s manifest")
+    ranges = _ranges_from_json(manifest["data"]["ranges"])
+    new, excluded = _new_examples(replay_settings, tenant, ranges, list(manifest["data"]["excluded_example_ids"]))
+    data = _with_split_and_replay(
+        replay_settings, tenant, new, excluded, ranges, _ranges_from_json(manifest["data"]["replay_ranges"])
     )
     say(
         f"  replaying {tenant} {name}: ranges {manifest['data']['ranges']}, "

@@ -9,6 +9,7 @@ changelog-backed table that could drift from them; and it keeps one Kafka client
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from collections import Counter
@@ -73,7 +74,9 @@ def watch(
     )
     try:
         while not stopping and (max_refreshes is None or refreshes < max_refreshes):
-            counts, seen = pending_counts(settings, seen, lambda tenant: _trained_up_to(settings, tenant))
+            # each tenant's registry is read once per tick, not once per record
+            floor = functools.cache(lambda tenant: _trained_up_to(settings, tenant))
+            counts, seen = pending_counts(settings, seen, floor)
             pending.update(counts)
             now = time.monotonic()
             for tenant in list(pending):

@@ -74,10 +74,10 @@ class Deployment:
     def close(self) -> None:
 
         from retrieval import connect
+        from retrieval.store import ChunkStore
 
         with connect(self.settings.weaviate) as client:
-            if client.collections.exists(self.settings.weaviate.collection):
-                client.collections.delete(self.settings.weaviate.collection)
+            ChunkStore(client, self.settings).drop()
         delete_topics(self.settings.kafka, self.settings.topics)
 
 

@@ -47,3 +47,24 @@ def test_unreachable_weaviate_is_a_clear_error() -> None:
     settings = load_settings(config_files=[], weaviate={"http_port": 1, "grpc_port": 2, "timeout_s": 2})
     with pytest.raises(RetrievalError, match=r"cannot reach Weaviate at http://127\.0\.0\.1:1 "):
         connect(settings.weaviate)
+
+
+def test_a_collection_of_another_dimension_is_a_start_up_error(
+    stack: Settings, unique_name: Callable[[str], str]
+) -> None:
+    from retrieval.store import ChunkStore
+    from streamtune.errors import ConfigError
+
+    settings = load_settings(config_files=[], weaviate={"collection": "Dim" + unique_name("c").replace("-", "")})
+    with connect(settings.weaviate) as client:
+        store = ChunkStore(client, settings)
+        try:
+            store.ensure_collection(384)
+            store.ensure_collection(384)  # the same model again: accepted
+            with pytest.raises(ConfigError) as info:
+                store.ensure_collection(128)
+            assert info.value.setting == "weaviate.collection"
+            assert "384-d" in info.value.fix and "128-d" in info.value.fix
+        finally:
+            store.drop()
+        assert not client.collections.exists(settings.weaviate.collection)

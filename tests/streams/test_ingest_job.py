@@ -65,7 +65,7 @@ class Ingest:
         self.producer = Producer(client_config(self.settings.kafka))
         self.embedder = load_embedder(self.settings)
         self.client = connect(self.settings.weaviate)
-        self.store = ChunkStore(self.client, self.settings, dimension=384, model=self.settings.embedding.model)
+        self.store = ChunkStore(self.client, self.settings)
 
     def start(self, **extra: str) -> None:
         self.overrides.update(extra)
@@ -106,8 +106,7 @@ class Ingest:
     def close(self) -> None:
         self.stop()
 
-        if self.client.collections.exists(self.settings.weaviate.collection):
-            self.client.collections.delete(self.settings.weaviate.collection)
+        self.store.drop()
         self.client.close()
         delete_topics(self.settings.kafka, self.settings.topics)
 

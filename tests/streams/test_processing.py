@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from streams.chunking import Chunker
-from streams.processing import DocumentDelete, RawRecord, example_id, plan_batch
+from streams.processing import DocumentDelete, RawRecord, documents, example_id, plan_batch
 from streamtune.settings import StreamsSettings
 
 
@@ -118,3 +118,25 @@ def test_duplicate_events_give_the_same_example_id(chunker: Chunker) -> None:
     qa = event(7, "qa.recorded", {"question": "q?", "answer": "a."})
     result = plan_batch(records(qa, qa), StreamsSettings(), chunker)
     assert len({e.example_id for e in result.examples}) == 1
+
+
+def test_documents_get_their_own_slice_of_the_batch_vectors(chunker: Chunker) -> None:
+    long_text = " ".join(f"word{i}" for i in range(80))
+    result = plan_batch(
+        records(
+            event(1, "document.upserted", {"doc_id": "long", "text": long_text}),
+            event(2, "document.upserted", {"doc_id": "short", "text": "one chunk", "metadata": {"lang": "en"}}),
+        ),
+        StreamsSettings(),
+        chunker,
+    )
+    count = sum(len(w.chunks) for w in result.writes)
+    vectors = [[float(i)] for i in range(count)]
+    docs = documents(result.writes, vectors)
+    assert [(d.doc_id, len(d.chunks), len(d.vectors)) for d in docs] == [
+        ("long", count - 1, count - 1),
+        ("short", 1, 1),
+    ]
+    assert docs[1].vectors == [[float(count - 1)]] and docs[1].metadata == {"lang": "en"}
+    with pytest.raises(ValueError, match="vectors for"):
+        documents(result.writes, vectors[:-1])
