@@ -27,9 +27,9 @@ from confluent_kafka import Producer
 
 from retrieval import connect
 from retrieval.store import ChunkStore
+from streamtune.harness import ingest_job
 from streamtune.kafka import client_config, create_topics, delete_topics
 from streamtune.models import load_embedder
-from streamtune.process import ingest_job
 from streamtune.settings import load_settings
 from streamtune.topics import DOMAIN_EVENTS, topic_name
 
@@ -65,7 +65,7 @@ def main() -> None:
         create_topics(settings.kafka, settings.topics)
         import torch
 
-        torch.set_num_threads(settings.models.torch_threads or 2)
+        torch.set_num_threads(settings.embedding.torch_threads)
         embedder = load_embedder(settings)
         texts = [document(i) for i in range(args.docs)]
         embedder.encode(texts[:64], batch_size=settings.embedding.batch_size)  # warm-up

@@ -33,18 +33,19 @@ from inference.service import ask
 from retrieval import connect
 from retrieval.store import ChunkStore, DocumentChunks
 from streamtune.contracts import Query, encode
+from streamtune.harness import query_server
 from streamtune.kafka import client_config, create_topics, delete_topics
-from streamtune.models import base_model_source, load_embedder
-from streamtune.process import query_server
+from streamtune.manifest import Manifest
+from streamtune.models import base_model_source, load_embedder, sha256_file
 from streamtune.settings import load_settings
 from streamtune.topics import ANSWERS, QUERIES, topic_name
-from training.refresh import announce
+from training.publish import announce
 from training.registry import AdapterRegistry
 
 TENANT = "bench"
 
 
-def _untrained_adapter(settings: Any, target: Path, seed: int) -> None:
+def _untrained_adapter(settings: Any, target: Path, seed: int, name: str) -> None:
     """A real LoRA adapter for the base model (random B, so it changes the output slightly)."""
     import torch
     from peft import get_peft_model
@@ -60,7 +61,47 @@ def _untrained_adapter(settings: Any, target: Path, seed: int) -> None:
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=1e-3)
     model.save_pretrained(str(target))
-    (target / "manifest.json").write_text(json.dumps({"data": {"new_examples": 0}, "adapter": {"sha256": str(seed)}}))
+    (target / "manifest.json").write_text(_manifest(settings, name, target).to_json())
+
+
+def _manifest(settings: Any, name: str, folder: Path) -> Manifest:
+    """A manifest that says what this adapter is: random LoRA weights, trained on nothing."""
+    from datetime import UTC, datetime
+
+    from streamtune.manifest import (
+        AdapterDigest,
+        BaseModelIdentity,
+        CodeVersion,
+        DataWindow,
+        EvalScores,
+        Metrics,
+        SideScores,
+        Split,
+        TrainFigures,
+        Verdict,
+    )
+    from training.trainer import ADAPTER_WEIGHTS
+
+    nothing = EvalScores(loss=float("nan"), exact_match=float("nan"), token_f1=float("nan"), examples=0)
+    scores = SideScores(held_out=nothing, anchor=nothing)
+    return Manifest(
+        tenant=TENANT,
+        version=name,
+        created_at=datetime.now(UTC),
+        base_model=BaseModelIdentity(setting=settings.models.base_model, source=base_model_source(settings)),
+        parent=None,
+        data=DataWindow(topic="none", ranges={}, replay_ranges={}, new_examples=0, train=0, held_out=0, replay=0),
+        split=Split(seed=0, held_out_percent=0),
+        training=settings.training.model_dump(mode="json"),
+        quantization="none (benchmark: random LoRA weights)",
+        libraries={},
+        code=CodeVersion(streamtune="bench", training_sha256=""),
+        metrics=Metrics(
+            train=TrainFigures(steps=0, tokens=0, seconds=0, tokens_per_second=0), candidate=scores, current=scores
+        ),
+        gate=Verdict(promoted=True, reason="benchmark hot swap", anchor_tolerance=0),
+        adapter=AdapterDigest(sha256=sha256_file(folder / ADAPTER_WEIGHTS)),
+    )
 
 
 def main() -> None:
@@ -188,9 +229,11 @@ def _hot_swaps(settings: Any, swaps: int, interval: float) -> dict[str, Any]:
     try:
         for n in range(swaps):
             name = registry.next_name()
-            version = registry.publish(name, lambda target, n=n: _untrained_adapter(settings, target, n), "promoted")
+            version = registry.publish(
+                name, lambda target, n=n, name=name: _untrained_adapter(settings, target, n, name), "promoted"
+            )
             announced = time.monotonic()
-            announce(settings, TENANT, version)
+            announce(settings, version)
             while True:
                 message = consumer.poll(0.2)
                 if message is not None and message.error() is None:

@@ -4,60 +4,38 @@ with the base model plus the tenant's newest promoted adapter (or a pinned versi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inference.adapters import AdapterBook
 from retrieval.client import RetrievalError
-from streamtune.contracts import AdapterUpdate, Answer, AnswerError, Citation, Query
+from streamtune.contracts import Answer, AnswerError, Citation, Query
+from streamtune.errors import StreamtuneError
+from streamtune.prompt import chat_messages
 from streamtune.settings import Settings
 
-__all__ = ["AdapterBook", "Answerer"]
+__all__ = ["AnswerFailure", "Answerer"]
 
 
-class AnswerFailure(Exception):
+class AnswerFailure(StreamtuneError):
+    """A query that gets an error answer; ``code`` is the contract's error code."""
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
 
 
-@dataclass
-class AdapterBook:
-    """What ``adapter-updates`` announced: every version's location, and each tenant's newest."""
-
-    base_model: str
-    latest: dict[str, str]
-    uris: dict[tuple[str, str], str]
-    ignored: list[str]
-
-    @classmethod
-    def empty(cls, base_model: str) -> AdapterBook:
-        return cls(base_model, {}, {}, [])
-
-    def record(self, update: AdapterUpdate) -> bool:
-        """Take an announcement; False (and noted in ``ignored``) when its base model is not ours."""
-        if update.base_model != self.base_model:
-            self.ignored.append(f"{update.tenant} {update.version}: base {update.base_model} != {self.base_model}")
-            return False
-        self.uris[(update.tenant, update.version)] = update.uri
-        self.latest[update.tenant] = update.version
-        return True
-
-
 class Answerer:
     def __init__(self, settings: Settings) -> None:
         import torch
 
-        from retrieval import connect
-        from retrieval.store import ChunkStore
-        from streamtune.models import load_base_model, load_embedder
+        from retrieval import Retriever
+        from streamtune.models import load_base_model
 
         torch.set_num_threads(settings.inference.torch_threads)
         self.settings = settings
-        self.embedder = load_embedder(settings)
-        self.client = connect(settings.weaviate)
-        self.store = ChunkStore(self.client, settings)
+        self.retriever = Retriever(settings)
         self.tokenizer: Any
         self.model: Any
         self.tokenizer, self.model = load_base_model(settings, dtype=torch.float32)
@@ -67,7 +45,7 @@ class Answerer:
         self._loaded: set[str] = set()
 
     def close(self) -> None:
-        self.client.close()
+        self.retriever.close()
 
     def _use_adapter(self, tenant: str, version: str | None) -> str | None:
         """Activate the adapter for this query between requests; returns its version (None: base model)."""
@@ -98,24 +76,16 @@ class Answerer:
             adapter = self._use_adapter(query.tenant, query.adapter)
             timings["adapter"] = (time.perf_counter() - begin) * 1000
             mark = time.perf_counter()
-            vector = self.embedder.encode([query.question], normalize_embeddings=True)[0].tolist()
+            vector = self.retriever.embed([query.question])[0]
             timings["embed"] = (time.perf_counter() - mark) * 1000
             mark = time.perf_counter()
-            k = query.top_k or self.settings.retrieval.top_k
-            hits = self.store.search(query.tenant, query.question, vector, k)
+            hits = self.retriever.search_with(query.tenant, query.question, vector, query.top_k)
             timings["retrieve"] = (time.perf_counter() - mark) * 1000
             mark = time.perf_counter()
-            context = "\n".join(
-                f"[{i}] {h.title + ': ' if h.title else ''}{h.text[: self.settings.inference.context_chars]}"
-                for i, h in enumerate(hits, 1)
+            inference = self.settings.inference
+            messages = chat_messages(
+                inference.system_prompt, query.question, [(h.title, h.text) for h in hits], inference.context_chars
             )
-            messages = [
-                {
-                    "role": "system",
-                    "content": f"{self.settings.inference.system_prompt}\n\nContext:\n{context or '(none)'}",
-                },
-                {"role": "user", "content": query.question},
-            ]
             inputs: Any = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
             )

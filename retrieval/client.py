@@ -1,17 +1,99 @@
-"""Connecting to Weaviate from the settings, with its errors wrapped at the boundary."""
+"""Connecting to Weaviate from the settings, with its errors wrapped at the boundary and classified.
+
+``is_transient`` tells an outage (connection refused, time-outs, 5xx, read-only storage), which is worth
+waiting out, from a refusal of this particular request, which is not.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from streamtune.errors import StreamtuneError
+from streamtune.errors import UnavailableError
+from streamtune.retry import retrying
 from streamtune.settings import WeaviateSettings
 
-__all__ = ["RetrievalError", "connect"]
+__all__ = ["RetrievalError", "connect", "connect_when_ready", "is_transient"]
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT_WORDS = (
+    "unavailable",
+    "deadline_exceeded",
+    "deadline exceeded",
+    "connection refused",
+    "connection reset",
+    "failed to connect",
+    "connect error",
+    "timed out",
+    "timeout",
+    "read-only",
+    "readonly",
+    "read only",
+    "503",
+    "502",
+    "504",
+    "service unavailable",
+    "socket closed",
+    "broken pipe",
+)
 
 
-class RetrievalError(StreamtuneError):
+class RetrievalError(UnavailableError):
     """Weaviate could not be reached or refused an operation."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) looks like Weaviate being down, slow or read-only."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _transient_one(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _transient_one(exc: BaseException) -> bool:
+    from weaviate import exceptions as w
+
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    transient_types: tuple[type[BaseException], ...] = (
+        w.WeaviateConnectionError,
+        w.WeaviateTimeoutError,
+        w.WeaviateGRPCUnavailableError,
+        w.WeaviateStartUpError,
+        w.WeaviateRetryError,
+    )
+    if isinstance(exc, transient_types):
+        return True
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    try:
+        import grpc
+
+        if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+            return exc.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+    except ImportError:  # pragma: no cover - grpc ships with weaviate-client
+        pass
+    try:
+        import httpx
+
+        if isinstance(exc, httpx.TransportError):
+            return True
+    except ImportError:  # pragma: no cover - httpx ships with weaviate-client
+        pass
+    if isinstance(exc, w.WeaviateBaseError | RetrievalError):
+        text = str(exc).lower()
+        return any(word in text for word in _TRANSIENT_WORDS)
+    return False
 
 
 def connect(settings: WeaviateSettings) -> Any:
@@ -36,3 +118,15 @@ def connect(settings: WeaviateSettings) -> Any:
             f"cannot reach Weaviate at http://{settings.host}:{settings.http_port} (gRPC {settings.grpc_port}): {exc}. "
             "Start it with `streamtune stack up` or fix the [weaviate] settings."
         ) from exc
+
+
+def connect_when_ready(settings: WeaviateSettings, *, give_up: bool = True) -> Any:
+    """``connect``, waiting out an outage with the Weaviate backoff (services start before their dependencies)."""
+    return retrying(
+        lambda: connect(settings),
+        transient=lambda exc: isinstance(exc, RetrievalError),
+        backoff=settings.backoff(give_up=give_up),
+        what=f"Weaviate at http://{settings.host}:{settings.http_port}",
+        fix="Start Weaviate (`streamtune stack up`) or fix the [weaviate] settings.",
+        log=log,
+    )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrieval.client import RetrievalError
+from retrieval.client import RetrievalError, is_transient
 from streamtune.errors import ConfigError
 from streamtune.settings import Settings
 
@@ -140,52 +140,69 @@ class ChunkStore:
         return collection.with_tenant(tenant)
 
     # -- writes ---------------------------------------------------------------------------------
-    def upsert(self, documents: Sequence[DocumentChunks]) -> int:
-        """Write every chunk of each document and remove chunks a shorter new version no longer has."""
+    def upsert(self, documents: Sequence[DocumentChunks]) -> dict[tuple[str, str], str]:
+        """Write every chunk of each document and remove chunks a shorter new version no longer has.
+
+        Returns the documents Weaviate refused, ``(tenant, doc_id) → its message``; every other document is
+        written. A refused document keeps no chunk (neither its new ones nor, since they may have been
+        overwritten, its old ones): a document is in the index whole or not at all. A failure of the whole
+        request (Weaviate down, read-only) raises ``RetrievalError``; retrying it is harmless (fixed ids).
+        """
         from weaviate.classes.data import DataObject
         from weaviate.classes.query import Filter
 
-        written = 0
+        rejected: dict[tuple[str, str], str] = {}
         by_tenant: dict[str, list[DocumentChunks]] = {}
         for doc in documents:
             by_tenant.setdefault(doc.tenant, []).append(doc)
         for tenant, docs in by_tenant.items():
             collection = self._tenant(tenant)
-            objects = [
-                DataObject(
-                    uuid=chunk_uuid(tenant, doc.doc_id, index),
-                    properties={
-                        "doc_id": doc.doc_id,
-                        "chunk_id": f"{doc.doc_id}#{index}",
-                        "chunk_index": index,
-                        "title": doc.title,
-                        "text": text,
-                        "event_id": doc.event_id,
-                        "source": doc.source or "",
-                        "occurred_at": doc.occurred_at,
-                        "metadata": json.dumps(doc.metadata, sort_keys=True),
-                    },
-                    vector=list(map(float, vector)),
-                )
-                for doc in docs
-                for index, (text, vector) in enumerate(zip(doc.chunks, doc.vectors, strict=True))
-            ]
+            owners: list[str] = []
+            objects = []
+            for doc in docs:
+                for index, (text, vector) in enumerate(zip(doc.chunks, doc.vectors, strict=True)):
+                    owners.append(doc.doc_id)
+                    objects.append(
+                        DataObject(
+                            uuid=chunk_uuid(tenant, doc.doc_id, index),
+                            properties={
+                                "doc_id": doc.doc_id,
+                                "chunk_id": f"{doc.doc_id}#{index}",
+                                "chunk_index": index,
+                                "title": doc.title,
+                                "text": text,
+                                "event_id": doc.event_id,
+                                "source": doc.source or "",
+                                "occurred_at": doc.occurred_at,
+                                "metadata": json.dumps(doc.metadata, sort_keys=True),
+                            },
+                            vector=list(map(float, vector)),
+                        )
+                    )
             if objects:
-                result = collection.data.insert_many(objects)
-                if result.has_errors:
-                    first = next(iter(result.errors.values()))
-                    raise RetrievalError(f"Weaviate rejected {len(result.errors)} chunks (tenant {tenant}): {first}")
-                written += len(objects)
+                refused = self._call(
+                    f"write {len(objects)} chunks (tenant {tenant})", collection.data.insert_many, objects
+                )
+                for index, error in refused.errors.items():
+                    # only the message: the error also holds the object, vector included, which logs must not show
+                    if is_transient(RetrievalError(error.message)):
+                        raise RetrievalError(f"Weaviate could not write chunks (tenant {tenant}): {error.message}")
+                    rejected.setdefault((tenant, owners[index]), error.message)
+            gone = [doc.doc_id for doc in docs if (tenant, doc.doc_id) in rejected]
             stale = [
                 Filter.by_property("doc_id").equal(doc.doc_id)
                 & Filter.by_property("chunk_index").greater_or_equal(len(doc.chunks))
                 for doc in docs
+                if (tenant, doc.doc_id) not in rejected
             ]
-            collection.data.delete_many(where=Filter.any_of(stale))
-        return written
+            if gone:
+                stale.append(Filter.by_property("doc_id").contains_any(gone))
+            if stale:
+                self._delete_all(collection, Filter.any_of(stale), f"tenant {tenant}")
+        return rejected
 
     def delete(self, documents: Sequence[tuple[str, str]]) -> int:
-        """Remove every chunk of each ``(tenant, doc_id)``; one request per tenant."""
+        """Remove every chunk of each ``(tenant, doc_id)``, however many; one request per tenant and batch."""
         from weaviate.classes.query import Filter
 
         by_tenant: dict[str, list[str]] = {}
@@ -195,9 +212,27 @@ class ChunkStore:
         for tenant, doc_ids in by_tenant.items():
             collection = self._known_tenant(tenant)
             if collection is not None:
-                result = collection.data.delete_many(where=Filter.by_property("doc_id").contains_any(doc_ids))
-                removed += int(result.successful)
+                removed += self._delete_all(collection, Filter.by_property("doc_id").contains_any(doc_ids), tenant)
         return removed
+
+    def _delete_all(self, collection: Any, where: Any, what: str) -> int:
+        """``delete_many`` until nothing matches: one call removes at most QUERY_MAXIMUM_RESULTS (10,000)."""
+        removed = 0
+        while True:
+            result = self._call(f"delete chunks ({what})", collection.data.delete_many, where=where)
+            if result.failed:
+                raise RetrievalError(f"Weaviate failed to delete {result.failed} chunks ({what})")
+            removed += int(result.successful)
+            if not result.matches or not result.successful:
+                return removed
+
+    def _call(self, what: str, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return operation(*args, **kwargs)
+        except RetrievalError:
+            raise
+        except Exception as exc:
+            raise RetrievalError(f"Weaviate could not {what} in {self.name}: {exc}") from exc
 
     # -- reads ----------------------------------------------------------------------------------
     def search(
@@ -229,6 +264,10 @@ class ChunkStore:
             )
             for o in result.objects
         ]
+
+    def missing(self, tenant: str, doc_ids: set[str]) -> set[str]:
+        """Those of ``doc_ids`` that have no chunk in the tenant's index."""
+        return {doc_id for doc_id in doc_ids if self.count(tenant, doc_id) == 0}
 
     def count(self, tenant: str, doc_id: str | None = None) -> int:
         from weaviate.classes.query import Filter

@@ -15,13 +15,12 @@ from typing import Any
 from streamtune.errors import ConfigError
 from streamtune.kafka import client_config
 from streamtune.settings import Settings
-from streamtune.stack.components import FlinkConnector
 
-__all__ = ["connector_jar", "kafka_sink_ddl", "kafka_source_ddl", "table_environment"]
+__all__ = ["connector_jar", "kafka_sink", "kafka_source", "table_environment"]
 
 
 def connector_jar(settings: Settings) -> Path:
-    jar = FlinkConnector(settings).jar
+    jar = settings.connector_jar
     if not jar.is_file():
         raise ConfigError(
             "flink.connector_jar", str(jar), "run `streamtune stack up` to download it, or point the setting at a jar"
@@ -57,60 +56,79 @@ def table_environment(settings: Settings, *, checkpointing: bool = True, config:
     return env, t_env
 
 
-def _properties(settings: Settings, **extra: str) -> str:
-    props = {f"properties.{k}": str(v) for k, v in client_config(settings.kafka, **extra).items()}
-    return ",\n".join(f"  '{k}' = '{v}'" for k, v in props.items())
+def _properties(settings: Settings, **extra: Any) -> dict[str, str]:
+    return {f"properties.{k}": str(v) for k, v in client_config(settings.kafka, **extra).items()}
 
 
-def kafka_source_ddl(table: str, topic: str, settings: Settings, *, group_id: str, bounded: bool = False) -> str:
-    """A table over ``topic``: key, value, partition, offset. Resumes from the group's committed offsets."""
-    bounded_opt = "  'scan.bounded.mode' = 'latest-offset',\n" if bounded else ""
-    return f"""
-CREATE TEMPORARY TABLE `{table}` (
-  `key` BYTES,
-  `value` BYTES,
-  `partition` INT METADATA VIRTUAL,
-  `offset` BIGINT METADATA VIRTUAL
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '{topic}',
-  'key.format' = 'raw',
-  'key.fields' = 'key',
-  'value.format' = 'raw',
-  'value.fields-include' = 'EXCEPT_KEY',
-  'scan.startup.mode' = 'group-offsets',
-{bounded_opt}{_properties(settings, **{"group.id": group_id, "auto.offset.reset": "earliest"})}
-)"""
+def kafka_source(topic: str, settings: Settings, *, group_id: str, bounded: bool = False) -> Any:
+    """A table over ``topic``: key, value, partition, offset. Resumes from the group's committed offsets.
+
+    Built as a ``TableDescriptor``, not SQL text: option values (a SASL password with a quote in it) are
+    passed as they are, with no quoting to get wrong.
+    """
+    from pyflink.table import DataTypes, Schema, TableDescriptor
+
+    schema = (
+        Schema.new_builder()
+        .column("key", DataTypes.BYTES())
+        .column("value", DataTypes.BYTES())
+        .column_by_metadata("partition", DataTypes.INT(), "partition", True)
+        .column_by_metadata("offset", DataTypes.BIGINT(), "offset", True)
+        .build()
+    )
+    options = {
+        "topic": topic,
+        "key.format": "raw",
+        "key.fields": "key",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+        "scan.startup.mode": "group-offsets",
+        **({"scan.bounded.mode": "latest-offset"} if bounded else {}),
+        **_properties(settings, **{"group.id": group_id, "auto.offset.reset": "earliest"}),
+    }
+    return _descriptor(TableDescriptor, schema, options)
 
 
-def kafka_sink_ddl(
-    table: str, topic: str, settings: Settings, *, with_headers: bool = False, transactional_id: str | None = None
-) -> str:
+def kafka_sink(
+    topic: str,
+    settings: Settings,
+    *,
+    with_headers: bool = False,
+    transactional_id: str | None = None,
+    max_request_bytes: int | None = None,
+) -> Any:
     """A table that writes ``key``, ``value`` (and ``headers``) to ``topic``.
 
     With ``transactional_id`` the sink is exactly-once: records become visible to read_committed
     consumers when the checkpoint that covers them completes, and a restart never duplicates them.
     """
-    headers = ",\n  `headers` MAP<STRING, BYTES> METADATA" if with_headers else ""
+    from pyflink.table import DataTypes, Schema, TableDescriptor
+
+    builder = Schema.new_builder().column("key", DataTypes.BYTES()).column("value", DataTypes.BYTES())
+    if with_headers:
+        builder = builder.column_by_metadata("headers", DataTypes.MAP(DataTypes.STRING(), DataTypes.BYTES()), "headers")
+    options = {
+        "topic": topic,
+        "key.format": "raw",
+        "key.fields": "key",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+        **_properties(settings),
+    }
+    if max_request_bytes is not None:
+        options["properties.max.request.size"] = str(max_request_bytes)
     if transactional_id is None:
-        guarantee = "  'sink.delivery-guarantee' = 'at-least-once',\n"
+        options["sink.delivery-guarantee"] = "at-least-once"
     else:
-        guarantee = (
-            "  'sink.delivery-guarantee' = 'exactly-once',\n"
-            f"  'sink.transactional-id-prefix' = '{transactional_id}',\n"
-            # the broker caps transactions at transaction.max.timeout.ms (15 minutes by default)
-            "  'properties.transaction.timeout.ms' = '900000',\n"
-        )
-    return f"""
-CREATE TEMPORARY TABLE `{table}` (
-  `key` BYTES,
-  `value` BYTES{headers}
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '{topic}',
-  'key.format' = 'raw',
-  'key.fields' = 'key',
-  'value.format' = 'raw',
-  'value.fields-include' = 'EXCEPT_KEY',
-{guarantee}{_properties(settings)}
-)"""
+        options["sink.delivery-guarantee"] = "exactly-once"
+        options["sink.transactional-id-prefix"] = transactional_id
+        # the broker caps transactions at transaction.max.timeout.ms (15 minutes by default)
+        options["properties.transaction.timeout.ms"] = "900000"
+    return _descriptor(TableDescriptor, builder.build(), options)
+
+
+def _descriptor(table_descriptor: Any, schema: Any, options: dict[str, str]) -> Any:
+    builder = table_descriptor.for_connector("kafka").schema(schema)
+    for key, value in options.items():
+        builder = builder.option(key, value)
+    return builder.build()

@@ -8,92 +8,147 @@ Batches flush on ``embedding.batch_size`` records or ``embedding.flush_ms`` mill
 comes first, so the tail of a live stream is never left waiting. Buffered records live in Flink state
 and the Kafka sinks are transactional, so a restart from the retained checkpoint loses and duplicates
 nothing; Weaviate writes are idempotent (deterministic ids), so replaying them is harmless.
+
+Nothing stops the job but a Weaviate outage longer than ``weaviate.give_up_s``: a record the contract
+refuses, one Weaviate refuses (``IndexRejected``) or one our code fails on (``InternalError``) is
+dead-lettered; while Weaviate is down or read-only the operator waits with bounded backoff (the job stops
+consuming: backpressure) and says so once per ``weaviate.status_interval_s``.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from streamtune.errors import ConfigError
 from streamtune.settings import Settings, load_settings
 from streamtune.topics import DOMAIN_EVENTS, DOMAIN_EVENTS_DLQ, TRAINING_EXAMPLES, topic_name
 
-__all__ = ["latest_checkpoint", "main", "preflight", "run"]
+__all__ = ["DEAD_LETTER_CLASSES", "latest_checkpoint", "main", "preflight", "run"]
+
+log = logging.getLogger(__name__)
 
 _DLQ_TAG_NAME = "dead-letters"
+# Dead-letter counters are registered when the operator opens; a class not listed counts as "Other".
+DEAD_LETTER_CLASSES = (
+    "PayloadTooLarge",
+    "NotUtf8",
+    "MalformedJson",
+    "InvalidMessage",
+    "UnsupportedSchemaVersion",
+    "UnknownEventType",
+    "InvalidEvent",
+    "TextTooLarge",
+    "IndexRejected",
+    "InternalError",
+    "Other",
+)
+_PII_KINDS = ("email", "iban", "card", "phone")
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest completed checkpoint (a ``chk-N`` folder holding ``_metadata``) under ``directory``."""
-    done = [meta.parent for meta in directory.glob("*/chk-*/_metadata") if meta.is_file()]
-    return max(done, key=lambda p: p.stat().st_mtime) if done else None
+def latest_checkpoint(uri: str) -> str | None:
+    """The newest completed checkpoint (a ``chk-N`` folder holding ``_metadata``) under ``uri``, as a URI.
+
+    Listed through pyarrow's filesystems, so a local path, ``s3://`` and ``hdfs://`` work alike.
+    """
+    from pyarrow import fs
+
+    try:
+        filesystem, path = fs.FileSystem.from_uri(uri)
+        infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True, recursive=True))
+    except Exception as exc:
+        raise ConfigError(
+            "streams.checkpoint_dir", uri, f"its checkpoints cannot be listed ({exc}); use a reachable path or URI"
+        ) from exc
+    done = [info for info in infos if info.base_name == "_metadata" and info.path.rsplit("/", 2)[-2].startswith("chk-")]
+    if not done:
+        return None
+    newest = max(done, key=lambda info: info.mtime_ns or 0).path.rsplit("/", 1)[0]
+    scheme = uri.split("://", 1)[0]
+    return f"file://{newest}" if scheme == "file" else f"{scheme}://{newest}"
 
 
 def preflight(settings: Settings) -> tuple[int, str]:
     """Start-up checks in the submitting process, so that misconfiguration fails before the job runs:
     the embedding model loads, and an existing collection holds vectors of its dimension."""
-    from retrieval import connect
+    from retrieval.client import connect_when_ready
     from retrieval.store import ChunkStore
     from streamtune.models import load_embedder
 
     embedder = load_embedder(settings)
     dimension = int(embedder.get_sentence_embedding_dimension())
-    with connect(settings.weaviate) as client:
+    with connect_when_ready(settings.weaviate) as client:
         ChunkStore(client, settings).ensure_collection(dimension)
     return dimension, settings.embedding.model
 
 
 def _flink_config(settings: Settings) -> dict[str, str]:
-    checkpoints = settings.checkpoint_dir / settings.streams.group_id
+    checkpoints = f"{settings.checkpoint_uri}/{settings.streams.group_id}"
+    # An operator may wait out a Weaviate outage for up to weaviate.give_up_s; checkpoints taken meanwhile
+    # must neither time out into a restart nor count as failures that fail the job.
+    patience_ms = int((settings.weaviate.give_up_s + 120) * 1000)
     config = {
-        "execution.checkpointing.dir": checkpoints.resolve().as_uri(),
+        "execution.checkpointing.dir": checkpoints,
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.checkpointing.num-retained": "2",
+        "execution.checkpointing.timeout": f"{patience_ms} ms",
+        "execution.checkpointing.tolerable-failed-checkpoints": "1000",
         "restart-strategy.type": "exponential-delay",
         "python.fn-execution.bundle.time": str(settings.streams.bundle_time_ms),
         "python.fn-execution.bundle.size": str(max(settings.embedding.batch_size, 1000)),
     }
+    if settings.flink.local_rest_port:
+        config["rest.port"] = str(settings.flink.local_rest_port)
+    # A local MiniCluster listens on every interface unless told otherwise.
+    for key in (
+        "rest.bind-address",
+        "rest.address",
+        "jobmanager.bind-host",
+        "taskmanager.bind-host",
+        "taskmanager.host",
+    ):
+        config[key] = "127.0.0.1"
     restore = latest_checkpoint(checkpoints)
     if restore is not None:
-        config["execution.state-recovery.path"] = restore.resolve().as_uri()
+        config["execution.state-recovery.path"] = restore
     return config
 
 
-def run(settings: Settings, *, say: Callable[[str], None] = lambda line: print(line, flush=True)) -> Any:
+def run(settings: Settings) -> Any:
     """Build the job and submit it; returns the TableResult (``.wait()`` blocks until it ends)."""
     from pyflink.common import Types
     from pyflink.datastream import OutputTag
 
-    from streams.flink import kafka_sink_ddl, kafka_source_ddl, table_environment
+    from streams.flink import kafka_sink, kafka_source, table_environment
 
     config = _flink_config(settings)
     if "execution.state-recovery.path" in config:
-        say(f"streams: resuming from checkpoint {config['execution.state-recovery.path']}")
+        log.info("streams: resuming from checkpoint %s", config["execution.state-recovery.path"])
     _, t_env = table_environment(settings, config=config)
     events = topic_name(DOMAIN_EVENTS, settings.topics)
-    t_env.execute_sql(kafka_source_ddl("events", events, settings, group_id=settings.streams.group_id))
-    # Stable across restarts and replays: on start the sink aborts transactions a crashed run left
-    # open under this prefix, which would otherwise hold back read_committed consumers.
-    prefix = f"streamtune-{settings.topics.prefix}"
-    t_env.execute_sql(
-        kafka_sink_ddl(
-            "examples", topic_name(TRAINING_EXAMPLES, settings.topics), settings, transactional_id=f"{prefix}examples"
-        )
+    t_env.create_temporary_table("events", kafka_source(events, settings, group_id=settings.streams.group_id))
+    # Stable across restarts of this deployment, distinct per consumer group: on start the sink aborts the
+    # transactions a crashed run left open under this prefix (they would hold back read_committed readers),
+    # and a replay with another group beside the live job cannot fence the live job's producers.
+    prefix = f"streamtune-{settings.topics.prefix}{settings.streams.group_id}-"
+    t_env.create_temporary_table(
+        "examples",
+        kafka_sink(topic_name(TRAINING_EXAMPLES, settings.topics), settings, transactional_id=f"{prefix}examples"),
     )
-    t_env.execute_sql(
-        kafka_sink_ddl(
-            "dead_letters",
+    t_env.create_temporary_table(
+        "dead_letters",
+        kafka_sink(
             topic_name(DOMAIN_EVENTS_DLQ, settings.topics),
             settings,
             with_headers=True,
             transactional_id=f"{prefix}dlq",
-        )
+            max_request_bytes=settings.streams.dlq_max_request_bytes,
+        ),
     )
     raw = Types.PRIMITIVE_ARRAY(Types.BYTE())
     example_row = Types.ROW_NAMED(["key", "value"], [raw, raw])
@@ -127,16 +182,18 @@ def _index_batches_class() -> type:
         def open(self, runtime_context: RuntimeContext) -> None:
             import torch
 
-            from retrieval import connect
+            from retrieval.client import connect_when_ready
             from retrieval.store import ChunkStore
             from streams.chunking import Chunker
+            from streams.processing import scrubber_for
             from streamtune.models import load_embedder
 
-            torch.set_num_threads(self.settings.models.torch_threads or 2)
+            torch.set_num_threads(self.settings.embedding.torch_threads)
             self.embedder = load_embedder(self.settings)
             streams = self.settings.streams
             self.chunker = Chunker(self.embedder.tokenizer, streams.chunk_tokens, streams.chunk_overlap)
-            self.client = connect(self.settings.weaviate)
+            self.scrubber = scrubber_for(streams)
+            self.client = connect_when_ready(self.settings.weaviate)
             self.store = ChunkStore(self.client, self.settings)
             self.store.ensure_collection(int(self.embedder.get_sentence_embedding_dimension()))
             self.buffer = runtime_context.get_list_state(ListStateDescriptor("buffer", Types.PICKLED_BYTE_ARRAY()))
@@ -147,6 +204,14 @@ def _index_batches_class() -> type:
                 name: metrics.counter(name)
                 for name in ("records", "indexed", "deleted", "example", "skipped", "dead_letter", "chunks")
             }
+            self.dead_letters = {
+                name: metrics.add_group("dead_letter_class", name).counter("dead_letters")
+                for name in DEAD_LETTER_CLASSES
+            }
+            self.pii = {kind: metrics.add_group("pii_kind", kind).counter("pii") for kind in _PII_KINDS}
+            self.retry_ms = metrics.counter("weaviate_retry_ms")
+            self.batch_size = metrics.distribution("batch_size")
+            log.info("streams: indexing operator open (attempt %s)", runtime_context.get_attempt_number())
 
         def close(self) -> None:
             if getattr(self, "client", None) is not None:
@@ -169,7 +234,7 @@ def _index_batches_class() -> type:
             yield from self._flush(ctx)
 
         def _flush(self, ctx: Any) -> Iterator[Any]:
-            from streams.processing import RawRecord, documents, plan_batch
+            from streams.processing import RawRecord
             from streamtune.contracts import encode
 
             pending = self.timer.value()
@@ -181,7 +246,60 @@ def _index_batches_class() -> type:
             self.timer.clear()
             if not records:
                 return
-            plan = plan_batch(records, self.settings.streams, self.chunker)
+            self.batch_size.update(len(records))
+            for result in self._process(records):
+                self.counters["records"].inc(sum(result.counts.values()))
+                self.counters["chunks"].inc(sum(len(w.chunks) for w in result.writes))
+                for name, count in result.counts.items():
+                    self.counters[name].inc(count)
+                for kind, count in result.pii.items():
+                    self.pii[kind].inc(count)
+                for example in result.examples:
+                    yield Row(key=example.example_id.encode(), value=encode(example))
+                for letter in result.dead_letters:
+                    self.dead_letters.get(letter.error_class, self.dead_letters["Other"]).inc()
+                    yield self.dlq_tag, Row(key=letter.key, value=letter.value, headers=letter.headers())
+
+        def _process(self, records: list[Any]) -> list[Any]:
+            """The batch's results; if indexing the batch fails for a reason of ours, each record alone, so
+            that only the record that fails on its own is dead-lettered (InternalError)."""
+            from streams.processing import internal_error, plan_batch
+            from streamtune.errors import UnavailableError
+
+            streams = self.settings.streams
+            plan = plan_batch(records, streams, self.chunker, self.scrubber)
+            try:
+                self._index(plan)
+                return [plan]
+            except UnavailableError:
+                raise  # Weaviate stayed down past weaviate.give_up_s: fail, naming it
+            except Exception as exc:
+                log.warning(
+                    "streams: indexing a batch of %d records failed (%s: %s); indexing them one by one",
+                    len(records),
+                    type(exc).__name__,
+                    exc,
+                )
+            results = []
+            for record in records:
+                single = plan_batch([record], streams, self.chunker, self.scrubber)
+                try:
+                    self._index(single)
+                except UnavailableError:
+                    raise
+                except Exception as exc:
+                    log.error(
+                        "streams: %s[%d]@%d dead-lettered: %s", record.topic, record.partition, record.offset, exc
+                    )
+                    single = internal_error([record], exc, streams)
+                results.append(single)
+            return results
+
+        def _index(self, plan: Any) -> None:
+            from retrieval.client import is_transient
+            from streams.processing import documents, reject
+            from streamtune.retry import retrying
+
             texts = [text for write in plan.writes for text in write.chunks]
             vectors = (
                 self.embedder.encode(
@@ -190,16 +308,29 @@ def _index_batches_class() -> type:
                 if texts
                 else []
             )
-            self.store.delete([(d.tenant, d.doc_id) for d in plan.deletes])
-            self.store.upsert(documents(plan.writes, vectors))
-            self.counters["records"].inc(len(records))
-            self.counters["chunks"].inc(len(texts))
-            for name, count in plan.counts.items():
-                self.counters[name].inc(count)
-            for example in plan.examples:
-                yield Row(key=example.example_id.encode(), value=encode(example))
-            for letter in plan.dead_letters:
-                yield self.dlq_tag, Row(key=letter.key, value=letter.value, headers=dict(letter.headers))
+            weaviate = self.settings.weaviate
+
+            def patiently(operation: Any) -> Any:
+                return retrying(
+                    operation,
+                    transient=is_transient,
+                    backoff=weaviate.backoff(),
+                    what=f"Weaviate at http://{weaviate.host}:{weaviate.http_port}",
+                    fix="Start Weaviate, free its disk, or raise weaviate.give_up_s; the job resumes from its "
+                    "last checkpoint when restarted.",
+                    log=log,
+                    sleep=self._sleep,
+                )
+
+            if plan.deletes:
+                patiently(lambda: self.store.delete([(d.tenant, d.doc_id) for d in plan.deletes]))
+            if plan.writes:
+                refused = patiently(lambda: self.store.upsert(documents(plan.writes, vectors)))
+                reject(plan, refused, self.settings.streams)
+
+        def _sleep(self, seconds: float) -> None:
+            self.retry_ms.inc(int(seconds * 1000))
+            time.sleep(seconds)
 
     return IndexBatches
 
@@ -214,14 +345,16 @@ def main(settings: Settings) -> int:
         ) from exc
     begin = time.monotonic()
     dimension, model = preflight(settings)
-    print(f"streams: {model} ({dimension}-d), collection {settings.weaviate.collection} ready", flush=True)
+    log.info("streams: %s (%s-d), collection %s ready", model, dimension, settings.weaviate.collection)
     result = run(settings)
     job = result.get_job_client()
     job_id = job.get_job_id() if job is not None else "?"
-    print(
-        f"streams: job {job_id} running ({time.monotonic() - begin:.1f}s): "
-        f"{topic_name(DOMAIN_EVENTS, settings.topics)} → Weaviate + {topic_name(TRAINING_EXAMPLES, settings.topics)}",
-        flush=True,
+    log.info(
+        "streams: job %s running (%.1fs): %s → Weaviate + %s",
+        job_id,
+        time.monotonic() - begin,
+        topic_name(DOMAIN_EVENTS, settings.topics),
+        topic_name(TRAINING_EXAMPLES, settings.topics),
     )
     # SIGTERM (docker stop, kill) cancels the job cleanly, like Ctrl-C; the checkpoint is kept for the restart.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -229,7 +362,7 @@ def main(settings: Settings) -> int:
         result.wait()
     except KeyboardInterrupt:
         if job is not None:
-            print("streams: stopping; the next start resumes from the last checkpoint", flush=True)
+            log.info("streams: stopping; the next start resumes from the last checkpoint")
             job.cancel().result()
     return 0
 
@@ -239,4 +372,5 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 if __name__ == "__main__":  # `flink run --python streams/job.py`
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(main(load_settings()))

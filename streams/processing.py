@@ -3,19 +3,24 @@
 A batch becomes: index writes (per document, the last event wins, which gives the same final state as
 applying every event in order, because an upsert replaces all chunks and a delete removes them),
 training examples, and dead letters. Every record ends in exactly one of: indexed, deleted,
-example, skipped (negative feedback), dead-lettered; ``BatchResult.counts`` reconciles them.
+example, skipped (negative feedback), dead-lettered; ``BatchResult.counts`` reconciles them, also after
+``reject`` has moved the documents Weaviate refused to the dead letters (``IndexRejected``).
+
+No record can stop the job: an input the contract refuses is dead-lettered with its reason, and a bug of
+ours on one record dead-letters that record as ``InternalError`` with the exception.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from retrieval.store import DocumentChunks
 from streams.chunking import Chunker
-from streams.pii import scrub
+from streams.pii import Scrubber
 from streamtune.contracts import (
     ChatMessage,
     DocumentDeleted,
@@ -25,19 +30,21 @@ from streamtune.contracts import (
     TrainingExample,
     decode_event,
 )
+from streamtune.dlq import DeadLetter
 from streamtune.errors import ContractError
-from streamtune.kafka import dlq_headers
 from streamtune.settings import StreamsSettings
 
 __all__ = [
     "BatchResult",
-    "DeadLetter",
     "DocumentDelete",
     "DocumentWrite",
     "RawRecord",
     "documents",
     "example_id",
+    "internal_error",
     "plan_batch",
+    "reject",
+    "scrubber_for",
 ]
 
 _EXAMPLE_NAMESPACE = uuid.UUID("0f5b7d8e-54c6-4d0e-8a51-6b3f0c0f4a11")
@@ -53,17 +60,13 @@ class RawRecord:
 
 
 @dataclass(frozen=True)
-class DeadLetter:
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
 class DocumentWrite:
     event: DocumentUpserted
     title: str
     chunks: list[str]
+    record: RawRecord
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Scrubbed like the text."""
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,19 @@ def example_id(tenant: str, event_id: str) -> str:
     return str(uuid.uuid5(_EXAMPLE_NAMESPACE, f"{tenant}\x1f{event_id}"))
 
 
-def plan_batch(records: Sequence[RawRecord], settings: StreamsSettings, chunker: Chunker) -> BatchResult:
+def scrubber_for(settings: StreamsSettings) -> Scrubber:
+    """The PII scrubber the settings describe (build it once per operator: it validates the regions)."""
+    return Scrubber(settings.pii_phone_regions, max_phone_lookups=settings.pii_max_phone_lookups)
+
+
+def plan_batch(
+    records: Sequence[RawRecord], settings: StreamsSettings, chunker: Chunker, scrubber: Scrubber | None = None
+) -> BatchResult:
     result = BatchResult()
     last_for_doc: dict[tuple[str, str], DocumentWrite | DocumentDelete] = {}
-    clean: Callable[[str], str] = _scrubber(result.pii) if settings.pii_scrubbing else (lambda text: text)
+    clean: Callable[[str], str] = (
+        _scrubber(scrubber or scrubber_for(settings), result.pii) if settings.pii_scrubbing else (lambda text: text)
+    )
     for record in records:
         try:
             event = decode_event(record.value or b"", max_bytes=settings.max_event_bytes)
@@ -103,7 +115,8 @@ def plan_batch(records: Sequence[RawRecord], settings: StreamsSettings, chunker:
                     )
                 chunks = [c.text for c in chunker.split(clean(event.data.text))]
                 title = clean(event.data.title or "")
-                last_for_doc[(event.tenant, event.data.doc_id)] = DocumentWrite(event, title, chunks)
+                metadata = _clean_values(event.data.metadata, clean)
+                last_for_doc[(event.tenant, event.data.doc_id)] = DocumentWrite(event, title, chunks, record, metadata)
                 result.counts["indexed"] += 1
             elif isinstance(event, DocumentDeleted):
                 last_for_doc[(event.tenant, event.data.doc_id)] = DocumentDelete(event.tenant, event.data.doc_id)
@@ -121,10 +134,10 @@ def plan_batch(records: Sequence[RawRecord], settings: StreamsSettings, chunker:
                 else:
                     result.counts["skipped"] += 1
         except ContractError as exc:
-            result.dead_letters.append(_dead_letter(record, exc.error_class, exc.reason))
+            result.dead_letters.append(_dead_letter(record, exc.error_class, exc.reason, settings))
             result.counts["dead_letter"] += 1
-        except Exception as exc:
-            result.dead_letters.append(_dead_letter(record, type(exc).__name__, str(exc)))
+        except Exception as exc:  # a bug of ours: this record is dead-lettered, the job goes on
+            result.dead_letters.append(_dead_letter(record, "InternalError", f"{type(exc).__name__}: {exc}", settings))
             result.counts["dead_letter"] += 1
     for action in last_for_doc.values():
         if isinstance(action, DocumentWrite):
@@ -149,7 +162,7 @@ def documents(writes: Sequence[DocumentWrite], vectors: Sequence[Sequence[float]
                 event_id=event.event_id,
                 occurred_at=event.occurred_at.isoformat(),
                 source=event.source,
-                metadata=event.data.metadata,
+                metadata=write.metadata,
             )
         )
         cursor += len(write.chunks)
@@ -158,13 +171,49 @@ def documents(writes: Sequence[DocumentWrite], vectors: Sequence[Sequence[float]
     return out
 
 
-def _scrubber(counts: Counter[str]) -> Callable[[str], str]:
+def reject(result: BatchResult, refused: Mapping[tuple[str, str], str], settings: StreamsSettings) -> None:
+    """Move the writes Weaviate refused (``(tenant, doc_id) → message``) to the dead letters as IndexRejected."""
+    if not refused:
+        return
+    kept = []
+    for write in result.writes:
+        message = refused.get((write.event.tenant, write.event.data.doc_id))
+        if message is None:
+            kept.append(write)
+            continue
+        result.dead_letters.append(_dead_letter(write.record, "IndexRejected", message, settings))
+        result.counts["indexed"] -= 1
+        result.counts["dead_letter"] += 1
+    result.writes = kept
+
+
+def internal_error(records: Sequence[RawRecord], exc: BaseException, settings: StreamsSettings) -> BatchResult:
+    """Every one of ``records`` dead-lettered as InternalError (a record that fails even on its own)."""
+    result = BatchResult()
+    for record in records:
+        result.dead_letters.append(_dead_letter(record, "InternalError", f"{type(exc).__name__}: {exc}", settings))
+        result.counts["dead_letter"] += 1
+    return result
+
+
+def _scrubber(scrubber: Scrubber, counts: Counter[str]) -> Callable[[str], str]:
     def clean(text: str) -> str:
-        scrubbed, found = scrub(text)
+        scrubbed, found = scrubber.scrub(text)
         counts.update(found)
         return scrubbed
 
     return clean
+
+
+def _clean_values(value: Any, clean: Callable[[str], str]) -> Any:
+    """``value`` (JSON: dicts, lists, scalars) with every string value scrubbed; keys are left as they are."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {k: _clean_values(v, clean) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_values(v, clean) for v in value]
+    return value
 
 
 def _example(
@@ -180,7 +229,6 @@ def _example(
     )
 
 
-def _dead_letter(record: RawRecord, error_class: str, message: str) -> DeadLetter:
-    return DeadLetter(
-        record.key, record.value, dlq_headers(error_class, message, record.topic, record.partition, record.offset)
-    )
+def _dead_letter(record: RawRecord, error_class: str, message: str, settings: StreamsSettings) -> DeadLetter:
+    letter = DeadLetter(record.key, record.value, error_class, message, record.topic, record.partition, record.offset)
+    return letter.fitted(settings.dlq_max_bytes)

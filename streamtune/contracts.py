@@ -10,9 +10,10 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from streamtune.errors import ContractError
+from streamtune.manifest import Manifest
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -35,9 +36,37 @@ __all__ = [
 
 SCHEMA_VERSION: Literal[1] = 1
 TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# Ids are compared exactly everywhere, but Weaviate's field tokenization trims whitespace: ids that
+# differed only by surrounding whitespace would share (and delete) each other's chunks. So an id may not
+# start or end with whitespace, nor hold control characters; such events are refused with the reason.
+# Limits of every text field (docs/contract.md); document text is limited by streams.max_text_chars.
+MAX_ID_CHARS = 512
+MAX_TITLE_CHARS = 1_000
+MAX_SOURCE_CHARS = 256
+MAX_QA_CHARS = 20_000
+MAX_METADATA_BYTES = 16_384
+MAX_CONTEXT_DOCS = 100
 Tenant = Annotated[str, Field(pattern=TENANT_PATTERN)]
 NonEmpty = Annotated[str, Field(min_length=1)]
-Identifier = Annotated[str, Field(min_length=1, max_length=512)]
+QaText = Annotated[str, Field(min_length=1, max_length=MAX_QA_CHARS)]
+
+
+def _exact_id(value: str) -> str:
+    if value != value.strip():
+        raise ValueError("an id may not start or end with whitespace (it would collide with the trimmed id)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("an id may not contain control characters")
+    return value
+
+
+Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_exact_id)]
+
+
+def _metadata_fits(value: dict[str, Any]) -> dict[str, Any]:
+    size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is {size} bytes as JSON, over the limit of {MAX_METADATA_BYTES}")
+    return value
 
 
 class _Message(BaseModel):
@@ -53,8 +82,8 @@ class _Data(BaseModel):
 class DocumentUpsertedData(_Data):
     doc_id: Identifier
     text: NonEmpty
-    title: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    title: Annotated[str, Field(max_length=MAX_TITLE_CHARS)] | None = None
+    metadata: Annotated[dict[str, Any], AfterValidator(_metadata_fits)] = Field(default_factory=dict)
 
 
 class DocumentDeletedData(_Data):
@@ -62,24 +91,30 @@ class DocumentDeletedData(_Data):
 
 
 class QaRecordedData(_Data):
-    question: NonEmpty
-    answer: NonEmpty
-    context_doc_ids: list[Identifier] | None = None
+    question: QaText
+    answer: QaText
+    context_doc_ids: Annotated[list[Identifier], Field(max_length=MAX_CONTEXT_DOCS)] | None = None
 
 
 class FeedbackRecordedData(_Data):
     query_id: Identifier
     rating: Literal[1, -1]
-    question: NonEmpty
-    answer: NonEmpty
-    correction: str | None = None
+    question: QaText
+    answer: QaText
+    correction: Annotated[str, Field(max_length=MAX_QA_CHARS)] | None = None
 
 
 class _Event(_Message):
     event_id: Identifier
     tenant: Tenant = "default"
     occurred_at: datetime
-    source: str | None = None
+    """A timestamp without a timezone is read as UTC (Weaviate, and every consumer, need one)."""
+    source: Annotated[str, Field(max_length=MAX_SOURCE_CHARS)] | None = None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _as_utc(cls, value: datetime) -> datetime:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
     @property
     def key(self) -> str:
@@ -168,7 +203,7 @@ class AdapterUpdate(_Message):
     version: Identifier
     uri: str
     base_model: str
-    manifest: dict[str, Any] = Field(default_factory=dict)
+    manifest: Manifest
 
 
 _EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(DomainEvent)

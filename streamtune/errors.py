@@ -1,7 +1,22 @@
 """The one root exception and its typed subclasses.
 
 Third-party errors (confluent-kafka, weaviate, torch) are wrapped where they enter with
-``raise ... from exc`` so that callers handle one family of exceptions.
+``raise ... from exc`` so that callers handle one family of exceptions::
+
+    StreamtuneError                      every error streamtune raises on purpose
+    ├── ConfigError                      a setting that cannot work: names the setting, the value and the fix
+    ├── ContractError                    a message that does not match the wire contract (typed reason)
+    ├── StackError                       a local-stack component could not be installed, started or stopped
+    ├── UnavailableError                 a dependency did not answer or refused: worth retrying later
+    │   ├── KafkaUnavailableError        the Kafka cluster
+    │   └── RetrievalError               Weaviate (retrieval/client.py)
+    ├── RegistryError                    an adapter version is missing or an operation is not allowed
+    │                                    (training/registry.py)
+    └── AnswerFailure                    a query that gets an error answer, with its contract code
+                                         (inference/engine.py)
+
+The CLI maps them to exit codes: usage errors 2 (argparse), ``ConfigError`` 78 and
+``UnavailableError`` 69 (``sysexits.h``: EX_CONFIG, EX_UNAVAILABLE), every other ``StreamtuneError`` 1.
 """
 
 from __future__ import annotations
@@ -12,6 +27,7 @@ __all__ = [
     "KafkaUnavailableError",
     "StackError",
     "StreamtuneError",
+    "UnavailableError",
 ]
 
 
@@ -48,5 +64,9 @@ class StackError(StreamtuneError):
         super().__init__(f"{component}: {cause}. Fix: {fix}")
 
 
-class KafkaUnavailableError(StreamtuneError):
+class UnavailableError(StreamtuneError):
+    """A dependency (Kafka, Weaviate) could not be reached or refused an operation; a retry may succeed."""
+
+
+class KafkaUnavailableError(UnavailableError):
     """The Kafka cluster could not be reached or refused an operation."""

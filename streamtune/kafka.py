@@ -1,4 +1,5 @@
-"""Kafka clients configured from settings, topic creation, and the dead-letter record format."""
+"""Kafka clients made from the settings (the one place a librdkafka configuration is built), topic creation
+and deletion, committed end offsets, and exact range reads."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamtune.errors import KafkaUnavailableError
@@ -16,18 +17,16 @@ from streamtune.settings import KafkaSettings, TopicSettings
 from streamtune.topics import ALL_TOPICS, TopicSpec, topic_name
 
 __all__ = [
-    "DLQ_HEADERS",
     "TopicResult",
     "admin_client",
     "client_config",
     "committed_end_offsets",
+    "consumer",
     "create_topics",
     "delete_topics",
-    "dlq_headers",
+    "producer",
     "read_range",
 ]
-
-DLQ_HEADERS = ("error.class", "error.message", "source.topic", "source.partition", "source.offset")
 
 
 def client_config(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
@@ -39,10 +38,34 @@ def admin_client(settings: KafkaSettings) -> AdminClient:
     return AdminClient(client_config(settings))
 
 
-def dlq_headers(error_class: str, message: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    """Headers of a dead letter, as the wire contract names them."""
-    values = (error_class, message[:4000], topic, str(partition), str(offset))
-    return [(name, value.encode("utf-8")) for name, value in zip(DLQ_HEADERS, values, strict=True)]
+def producer(settings: KafkaSettings, *, idempotent: bool = False, **extra: Any) -> Producer:
+    """A producer; ``idempotent`` for records that must not be duplicated by the client's own retries."""
+    if idempotent:
+        extra = {"enable.idempotence": True, **extra}
+    return Producer(client_config(settings, **extra))
+
+
+def consumer(
+    settings: KafkaSettings,
+    group_id: str | None = None,
+    *,
+    committed_only: bool = True,
+    from_beginning: bool = True,
+    **extra: Any,
+) -> Consumer:
+    """A consumer that commits only when told to (never automatically).
+
+    ``group_id`` None gives a throwaway group (readers that ``assign`` partitions and never commit).
+    ``committed_only`` reads with ``read_committed``: transactional producers' aborted records are skipped.
+    """
+    config = {
+        "group.id": group_id or f"streamtune-reader-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest" if from_beginning else "latest",
+        "isolation.level": "read_committed" if committed_only else "read_uncommitted",
+        **extra,
+    }
+    return Consumer(client_config(settings, **config))
 
 
 @dataclass(frozen=True)
@@ -125,40 +148,30 @@ def read_range(
     Reads with ``read_committed`` and without a group commit, so it never moves anyone's offsets.
     Transaction markers take offsets too, so a partition is done once its position reaches ``end``.
     """
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
     wanted = {p: r for p, r in ranges.items() if r[1] > r[0]}
     if not wanted:
         return
-    consumer = Consumer(
-        client_config(
-            kafka,
-            **{
-                "group.id": f"streamtune-reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": False,
-            },
-        )
-    )
+    reader = consumer(kafka)
     try:
-        consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in wanted.items()])
+        reader.assign([TopicPartition(topic, p, start) for p, (start, _) in wanted.items()])
         deadline = time.monotonic() + timeout_s
         while wanted:
-            message = consumer.poll(0.5)
+            message = reader.poll(0.5)
             if message is not None and message.error() is None:
                 deadline = time.monotonic() + timeout_s
                 _, end = wanted.get(message.partition() or 0, (0, 0))
                 if (message.offset() or 0) < end:
                     yield message
-            positions = consumer.position([TopicPartition(topic, p) for p in wanted])
+            positions = reader.position([TopicPartition(topic, p) for p in wanted])
             for tp in positions:
                 if tp.offset >= wanted[tp.partition][1]:
                     del wanted[tp.partition]
             if wanted and time.monotonic() > deadline:
                 raise KafkaUnavailableError(f"{topic}: no progress for {timeout_s:.0f}s reading {wanted}")
     finally:
-        consumer.close()
+        reader.close()
 
 
 def _partition_count(admin: AdminClient, name: str, kafka: KafkaSettings) -> int:

@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from streamtune.errors import ConfigError
+from streamtune.retry import Backoff
 
 __all__ = [
     "ENV_PREFIX",
@@ -90,6 +91,21 @@ class WeaviateSettings(_Section):
     api_key: SecretStr | None = Field(None, description="API key, when the server requires one.")
     collection: str = Field("StreamtuneChunk", description="Collection holding document chunks.")
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
+    retry_initial_s: float = Field(0.5, gt=0, description="First wait after a transient Weaviate failure.")
+    retry_max_s: float = Field(10.0, gt=0, description="Longest wait between retries (the wait doubles up to it).")
+    give_up_s: float = Field(
+        600.0,
+        gt=0,
+        description="The ingest job waits out a Weaviate outage this long, then fails naming Weaviate "
+        "(keep it under the Kafka transaction timeout of 15 minutes).",
+    )
+    status_interval_s: float = Field(10.0, gt=0, description="While waiting, one log line per this interval.")
+
+    def backoff(self, *, give_up: bool = True) -> Backoff:
+        """The retry policy for Weaviate calls; ``give_up=False`` waits forever (services)."""
+        return Backoff(
+            self.retry_initial_s, self.retry_max_s, self.give_up_s if give_up else None, self.status_interval_s
+        )
 
     @field_validator("collection")
     @classmethod
@@ -107,25 +123,53 @@ class EmbeddingSettings(_Section):
     batch_size: int = Field(64, ge=1, description="Records per embedding batch.")
     flush_ms: int = Field(200, ge=1, description="Flush a partial batch after this many milliseconds.")
     device: str = Field("cpu", description="torch device for encoding.")
+    torch_threads: int = Field(2, ge=1, description="torch threads of a process that encodes (ingest job, search).")
 
 
 class StreamsSettings(_Section):
     group_id: str = Field("streamtune-streams", description="Kafka consumer group of the Flink job.")
     max_event_bytes: int = Field(524_288, ge=256, description="Larger domain events go to the DLQ.")
     max_text_chars: int = Field(200_000, ge=1, description="Documents with longer text go to the DLQ.")
+    dlq_max_bytes: int = Field(
+        1_000_000,
+        ge=4096,
+        description="Largest dead letter written; a larger one keeps its headers, a truncated value and "
+        "original.size. Keep it under the producer's max.request.size (dlq_max_request_bytes).",
+    )
+    dlq_max_request_bytes: int = Field(
+        1_048_576, ge=4096, description="max.request.size of the dead-letter producer (Kafka's default)."
+    )
     chunk_tokens: int = Field(200, ge=8, description="Tokens per chunk (embedding tokenizer).")
     chunk_overlap: int = Field(32, ge=0, description="Tokens shared by consecutive chunks.")
     pii_scrubbing: bool = Field(True, description="Replace e-mails, phones, cards, IBANs before indexing/training.")
-    checkpoint_dir: Path | None = Field(
-        None, description="Flink checkpoints, for resuming after a restart; default <cache_dir>/flink/checkpoints."
+    pii_phone_regions: tuple[str, ...] = Field(
+        ("US", "GB", "DE", "FR", "NO", "SE", "DK", "NL", "ES", "IT"),
+        description="Regions (ISO 3166 alpha-2) whose national phone formats are recognised, besides +CC numbers.",
+    )
+    pii_max_phone_lookups: int = Field(
+        1000,
+        ge=0,
+        description="Phone-shaped numbers checked with phonenumbers per text; beyond this (a directory or bait) "
+        "they are replaced unchecked, which bounds the time one text can take.",
+    )
+    checkpoint_dir: str | None = Field(
+        None,
+        description="Flink checkpoints, for resuming after a restart: a path or a URI Flink's filesystems take "
+        "(file://, s3://, hdfs://); on a cluster every JobManager and TaskManager must reach it. "
+        "Default <cache_dir>/flink/checkpoints.",
     )
     bundle_time_ms: int = Field(100, ge=1, description="Longest a record waits before reaching the Python worker.")
 
     @model_validator(mode="after")
-    def _overlap_fits(self) -> StreamsSettings:
+    def _consistent(self) -> StreamsSettings:
         if self.chunk_overlap >= self.chunk_tokens:
             raise ValueError(
                 f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})"
+            )
+        if self.dlq_max_bytes > self.dlq_max_request_bytes:
+            raise ValueError(
+                f"dlq_max_bytes ({self.dlq_max_bytes}) must not exceed dlq_max_request_bytes "
+                f"({self.dlq_max_request_bytes}), or a large dead letter could never be written"
             )
         return self
 
@@ -141,7 +185,6 @@ class ModelSettings(_Section):
         description="Base causal LM: hub id, local path, or the packaged default (SmolLM2-135M-Instruct).",
     )
     gguf_file: str | None = Field(None, description="GGUF file name inside base_model, when it is one.")
-    torch_threads: int = Field(0, ge=0, description="torch threads per process; 0 lets the component choose.")
 
 
 class TrainingSettings(_Section):
@@ -166,6 +209,7 @@ class TrainingSettings(_Section):
     torch_threads: int = Field(2, ge=1, description="torch threads; part of a replayable manifest.")
     watch_min_examples: int = Field(20, ge=1, description="`train --watch`: refresh after this many new examples.")
     watch_minutes: float = Field(10.0, gt=0, description="`train --watch`: or after this long with at least one.")
+    watch_poll_s: float = Field(10.0, gt=0, description="`train --watch`: how often the topic is looked at.")
 
 
 class InferenceSettings(_Section):
@@ -193,6 +237,21 @@ class FlinkSettings(_Section):
     python_executable: Path | None = Field(
         None, description="Python of the Flink environment for job workers; default: the running one."
     )
+    local_rest_port: int = Field(
+        0,
+        ge=0,
+        lt=65536,
+        description="REST API / web UI port (127.0.0.1) of the local MiniCluster of `streams run`; 0: any free one.",
+    )
+    cluster: bool = Field(
+        False, description="`stack up` also starts a standalone Flink session cluster (jobmanager + taskmanagers)."
+    )
+    rest_port: int = Field(8081, gt=0, lt=65536, description="REST/web port of the standalone cluster's jobmanager.")
+    rpc_port: int = Field(6123, gt=0, lt=65536, description="RPC port of the standalone cluster's jobmanager.")
+    taskmanagers: int = Field(2, ge=1, le=16, description="TaskManagers the standalone cluster starts.")
+    task_slots: int = Field(1, ge=1, description="Task slots per TaskManager.")
+    taskmanager_memory: str = Field("1600m", description="taskmanager.memory.process.size of each TaskManager.")
+    jobmanager_memory: str = Field("1024m", description="jobmanager.memory.process.size.")
 
 
 class StackSettings(_Section):
@@ -250,8 +309,20 @@ class Settings(BaseSettings):
         )
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return (self.streams.checkpoint_dir or self.cache_dir / "flink" / "checkpoints").expanduser()
+    def checkpoint_uri(self) -> str:
+        """``streams.checkpoint_dir`` as a URI (a plain path becomes ``file://``)."""
+        configured = self.streams.checkpoint_dir
+        if configured and "://" in configured:
+            return configured.rstrip("/")
+        path = Path(configured).expanduser() if configured else self.cache_dir / "flink" / "checkpoints"
+        return path.resolve().as_uri()
+
+    @property
+    def connector_jar(self) -> Path:
+        """The Flink Kafka connector jar: ``flink.connector_jar``, or the one `stack up` downloads."""
+        if self.flink.connector_jar is not None:
+            return self.flink.connector_jar.expanduser()
+        return self.cache_dir / "flink" / f"flink-sql-connector-kafka-{self.flink.connector_version}.jar"
 
     @property
     def adapters_dir(self) -> Path:

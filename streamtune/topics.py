@@ -7,10 +7,11 @@ No other module spells a topic name: they take a ``TopicSpec`` and resolve its n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-from streamtune.contracts import AdapterUpdate, Answer, Query, TrainingExample
+from streamtune.contracts import AdapterUpdate, Answer, Query, TrainingExample, decode, encode
 from streamtune.settings import TopicSettings
 
 __all__ = [
@@ -26,14 +27,16 @@ __all__ = [
 ]
 
 _KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
-class TopicSpec:
+class TopicSpec(Generic[M]):
     name: str
     key: str
-    value: type[BaseModel] | None
-    """Value model; None for the dead-letter topic, which keeps the original bytes."""
+    value: type[M] | None
+    """Value model; None for raw topics: domain events (a tagged union, ``contracts.decode_event``) and dead
+    letters (the original bytes)."""
     scaled: bool = True
     """Scaled topics get ``topics.partitions`` partitions; the others get one (total order)."""
     config: dict[str, str] = field(default_factory=dict)
@@ -41,10 +44,26 @@ class TopicSpec:
     def partitions(self, settings: TopicSettings) -> int:
         return settings.partitions if self.scaled else 1
 
+    def encode(self, message: M) -> bytes:
+        """The value bytes of ``message``, which must be this topic's model."""
+        if self.value is None or not isinstance(message, self.value):
+            raise TypeError(f"{self.name} carries {self.value and self.value.__name__}, not {type(message).__name__}")
+        return encode(message)
+
+    def decode(self, raw: bytes | None, *, max_bytes: int | None = None) -> M:
+        """This topic's model from value bytes, or ContractError with the precise reason."""
+        if self.value is None:
+            raise TypeError(f"{self.name} carries raw bytes; it has no value model")
+        return decode(raw or b"", self.value, max_bytes=max_bytes)
+
 
 # Replay rebuilds adapters from recorded offsets, so the inputs to training are never deleted.
-DOMAIN_EVENTS = TopicSpec("domain-events", "<tenant>:<doc_id> for documents, else event_id", None, config=_KEEP_FOREVER)
-DOMAIN_EVENTS_DLQ = TopicSpec("domain-events.dlq", "the original key", None, scaled=False, config=_KEEP_FOREVER)
+DOMAIN_EVENTS: TopicSpec[BaseModel] = TopicSpec(
+    "domain-events", "<tenant>:<doc_id> for documents, else event_id", None, config=_KEEP_FOREVER
+)
+DOMAIN_EVENTS_DLQ: TopicSpec[BaseModel] = TopicSpec(
+    "domain-events.dlq", "the original key", None, scaled=False, config=_KEEP_FOREVER
+)
 TRAINING_EXAMPLES = TopicSpec("training-examples", "example_id", TrainingExample, config=_KEEP_FOREVER)
 QUERIES = TopicSpec("queries", "query_id", Query)
 ANSWERS = TopicSpec("answers", "query_id", Answer)
@@ -53,5 +72,5 @@ ADAPTER_UPDATES = TopicSpec("adapter-updates", "tenant", AdapterUpdate, scaled=F
 ALL_TOPICS = (DOMAIN_EVENTS, DOMAIN_EVENTS_DLQ, TRAINING_EXAMPLES, QUERIES, ANSWERS, ADAPTER_UPDATES)
 
 
-def topic_name(spec: TopicSpec, settings: TopicSettings) -> str:
+def topic_name(spec: TopicSpec[M], settings: TopicSettings) -> str:
     return f"{settings.prefix}{spec.name}"

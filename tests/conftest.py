@@ -143,3 +143,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not cuda:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason="needs CUDA (none on this machine)"))
+
+
+class PrivateWeaviate:
+    """A Weaviate of one test's own, on free ports with its own data, that the test may stop and start
+    (outage tests must not take down the Weaviate every other test uses)."""
+
+    def __init__(self, shared: Settings, home: Path) -> None:
+        from streamtune.harness import free_port
+
+        self.env = {
+            "STREAMTUNE__WEAVIATE__HTTP_PORT": str(free_port()),
+            "STREAMTUNE__WEAVIATE__GRPC_PORT": str(free_port()),
+            "STREAMTUNE__STACK__HOME": str(home),
+            "STREAMTUNE__STACK__WEAVIATE_GOSSIP_PORT": str(free_port(pair=True)),
+            "STREAMTUNE__STACK__WEAVIATE_RAFT_PORT": str(free_port(pair=True)),
+            "STREAMTUNE__CACHE_DIR": str(shared.cache_dir),
+        }
+        self.settings = settings_for_env(self.env)
+
+    def _stack(self) -> object:
+        from streamtune.stack import Stack
+
+        return Stack(self.settings, say=lambda _: None, only=("weaviate",))
+
+    def start(self) -> None:
+        self._stack().up()  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        self._stack().down()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def private_weaviate(stack: Settings, tmp_path: Path) -> Iterator[PrivateWeaviate]:
+    weaviate = PrivateWeaviate(stack, tmp_path / "private-stack")
+    weaviate.start()
+    yield weaviate
+    weaviate.stop()

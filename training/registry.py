@@ -4,6 +4,9 @@ Layout: ``<adapters_dir>/<tenant>/<version>/`` holds the PEFT adapter, ``manifes
 curve; ``<adapters_dir>/<tenant>/registry.json`` holds each version's status (promoted / rejected) and
 the history of the current pointer. Versions are written to a temporary name, fsynced and renamed;
 only then are they announced on ``adapter-updates``. Published versions never change.
+
+A version's manifest is read through ``streamtune.manifest.Manifest``: one that does not match it raises
+``ContractError`` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from streamtune.errors import StreamtuneError
+from streamtune.manifest import Manifest
 
 __all__ = ["AdapterRegistry", "RegistryError", "Version"]
 
@@ -28,10 +32,12 @@ class RegistryError(StreamtuneError):
 
 @dataclass(frozen=True)
 class Version:
+    tenant: str
     name: str
     path: Path
     status: str
-    manifest: dict[str, Any]
+    """promoted | rejected (a version that was current once stays promoted after a rollback)."""
+    manifest: Manifest
 
 
 def _fsync_tree(path: Path) -> None:
@@ -82,8 +88,7 @@ class AdapterRegistry:
         if name not in index["versions"] or not (path / "manifest.json").is_file():
             known = ", ".join(sorted(index["versions"])) or "none"
             raise RegistryError(f"tenant {self.tenant}: no adapter version {name!r} (known: {known})")
-        manifest = json.loads((path / "manifest.json").read_text())
-        return Version(name, path, index["versions"][name]["status"], manifest)
+        return Version(self.tenant, name, path, index["versions"][name]["status"], Manifest.load(path))
 
     def current(self) -> Version | None:
         name = self._index()["current"]
@@ -95,7 +100,8 @@ class AdapterRegistry:
 
     # -- writing --------------------------------------------------------------------------------
     def publish(self, name: str, write: Callable[[Path], None], status: str) -> Version:
-        """Write a version atomically: ``write`` fills a temporary directory, which is fsynced and renamed."""
+        """Write a version atomically: ``write`` fills a temporary directory (``manifest.json`` included, which
+        must read back as a ``Manifest``), which is fsynced and renamed."""
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.root / name
         if target.exists():
@@ -105,6 +111,7 @@ class AdapterRegistry:
         partial.mkdir()
         try:
             write(partial)
+            Manifest.load(partial)  # a version is never published without a manifest that reads back
             _fsync_tree(partial)
             partial.rename(target)
             _fsync_dir(self.root)

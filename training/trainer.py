@@ -3,7 +3,8 @@
 Two small pure functions turn settings into ``BitsAndBytesConfig`` / ``LoraConfig``; ``train`` runs
 TRL's ``SFTTrainer`` on prompt/completion conversations (the model's chat template, loss on the
 assistant's tokens only); ``evaluate`` gives loss, exact match and token F1 of generated answers.
-All heavy libraries are imported inside the functions.
+``train_candidate`` is the refresh's training step: the configured base model, 4-bit where bitsandbytes
+works, the adapter saved to a folder. All heavy libraries are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from streamtune.contracts import TrainingExample
-from streamtune.settings import TrainingSettings
+from streamtune.models import sha256_file
+from streamtune.settings import Settings, TrainingSettings
 
 __all__ = [
+    "ADAPTER_WEIGHTS",
+    "Candidate",
     "EvalMetrics",
     "TrainResult",
     "bnb_config",
@@ -29,7 +33,11 @@ __all__ = [
     "lora_config",
     "quantization_support",
     "train",
+    "train_candidate",
 ]
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+"""The file of a saved PEFT adapter whose sha256 identifies the version."""
 
 
 def quantization_support() -> tuple[bool, str]:
@@ -182,6 +190,60 @@ def train(
     tokens = int(max((float(h.get("num_tokens", 0)) for h in history), default=0))
     result = TrainResult(int(trainer.state.global_step), tokens, float(output.metrics["train_runtime"]), losses)
     return trainer.model, result
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A freshly trained adapter, saved in ``adapter_dir``, and what it takes to load it again for the gate."""
+
+    adapter_dir: Path
+    source: str
+    """The base model that was loaded (a folder or hub id)."""
+    tokenizer: Any
+    quantize: bool
+    quantization: str
+    """As the manifest records it: ``nf4+double-quant`` or ``none (<why>)``."""
+    result: TrainResult
+
+    @property
+    def sha256(self) -> str:
+        return sha256_file(self.adapter_dir / ADAPTER_WEIGHTS)
+
+
+def train_candidate(
+    settings: Settings,
+    examples: Sequence[TrainingExample],
+    parent: Path | None,
+    work: Path,
+    say: Callable[[str], None] = print,
+) -> Candidate:
+    """Train on ``examples`` (continuing from the ``parent`` adapter when given); the adapter goes to
+    ``work/adapter``. Falls back to plain LoRA on the full-precision base where 4-bit does not work, and says so."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from streamtune.models import base_model_source
+
+    torch.set_num_threads(settings.training.torch_threads)
+    quantize, why_not = quantization_support() if settings.training.quantize_4bit else (False, "disabled by setting")
+    if not quantize:
+        say(f"    bitsandbytes 4-bit unavailable ({why_not}): training plain LoRA on the full-precision base")
+    source = base_model_source(settings)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model, result = train(
+        source,
+        tokenizer,
+        examples,
+        settings.training,
+        quantize=quantize,
+        parent=parent,
+        work_dir=work / "trainer",
+        say=say,
+    )
+    adapter_dir = work / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    quantization = "nf4+double-quant" if quantize else f"none ({why_not})"
+    return Candidate(adapter_dir, source, tokenizer, quantize, quantization, result)
 
 
 @dataclass(frozen=True)

@@ -331,10 +331,7 @@ class FlinkConnector(Component):
 
     @property
     def jar(self) -> Path:
-        if self.settings.flink.connector_jar is not None:
-            return self.settings.flink.connector_jar
-        version = self.settings.flink.connector_version
-        return self.cache / "flink" / f"flink-sql-connector-kafka-{version}.jar"
+        return self.settings.connector_jar
 
     def address(self) -> str:
         return str(self.jar)
@@ -372,7 +369,12 @@ class FlinkConnector(Component):
 
 
 def components(settings: Settings) -> list[Component]:
-    return [Kafka(settings), Weaviate(settings), FlinkConnector(settings)]
+    listed: list[Component] = [Kafka(settings), Weaviate(settings), FlinkConnector(settings)]
+    if settings.flink.cluster:
+        from streamtune.stack.flink_cluster import flink_cluster  # that module builds on this one
+
+        listed += flink_cluster(settings)
+    return listed
 
 
 def _silent(*_: object) -> None:

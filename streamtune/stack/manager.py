@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +34,13 @@ class ComponentStatus:
 
 
 class Stack:
-    def __init__(self, settings: Settings, say: Callable[[str], None] = print) -> None:
+    """The local stack, or the part of it named in ``only`` (a test's private Weaviate, say)."""
+
+    def __init__(
+        self, settings: Settings, say: Callable[[str], None] = print, only: Sequence[str] | None = None
+    ) -> None:
         self.settings = settings
-        self.components = components(settings)
+        self.components = [c for c in components(settings) if only is None or c.name in only]
         self.run_dir = settings.stack_home / "run"
         self.say = say
 

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
 
 from inference.service import ask
 from streamtune.contracts import ChatMessage, Query, TrainingExample, encode
-from streamtune.kafka import client_config, create_topics, delete_topics
-from streamtune.process import ServiceProcess, ingest_job, query_server
+from streamtune.harness import ServiceProcess, ingest_job, isolated_env, query_server
+from streamtune.kafka import consumer, create_topics, delete_topics, producer
 from streamtune.settings import Settings
 from streamtune.topics import ANSWERS, DOMAIN_EVENTS, QUERIES, TRAINING_EXAMPLES, topic_name
-from training.refresh import announce, refresh
+from training.publish import announce
+from training.refresh import refresh
 from training.registry import AdapterRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,26 +29,21 @@ class Deployment:
     """Uuid-named topics, collection, group and registry, with settings passed to child processes by env."""
 
     def __init__(self, load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: Path) -> None:
-        tag = uuid.uuid4().hex[:8]
-        self.env = {
-            "STREAMTUNE__TOPICS__PREFIX": f"inf-{tag}.",
-            "STREAMTUNE__WEAVIATE__COLLECTION": f"Inf{tag}",
-            "STREAMTUNE__STREAMS__GROUP_ID": f"streams-{tag}",
-            "STREAMTUNE__STREAMS__CHECKPOINT_DIR": str(tmp / "checkpoints"),
-            "STREAMTUNE__INFERENCE__GROUP_ID": f"serve-{tag}",
-            "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": "8",
-            "STREAMTUNE__INFERENCE__TORCH_THREADS": "1",
-            "STREAMTUNE__MODELS__BASE_MODEL": str(tiny_model),
-            "STREAMTUNE__TRAINING__ADAPTERS_DIR": str(tmp / "adapters"),
-            "STREAMTUNE__TRAINING__MAX_STEPS": "6",
-            "STREAMTUNE__TRAINING__LEARNING_RATE": "0.005",
-            "STREAMTUNE__TRAINING__EVAL_MAX_NEW_TOKENS": "4",
-            "STREAMTUNE__TRAINING__TORCH_THREADS": "1",
-        }
+        self.env = isolated_env(
+            tmp,
+            "inf",
+            STREAMTUNE__INFERENCE__MAX_NEW_TOKENS="8",
+            STREAMTUNE__INFERENCE__TORCH_THREADS="1",
+            STREAMTUNE__MODELS__BASE_MODEL=str(tiny_model),
+            STREAMTUNE__TRAINING__MAX_STEPS="6",
+            STREAMTUNE__TRAINING__LEARNING_RATE="0.005",
+            STREAMTUNE__TRAINING__EVAL_MAX_NEW_TOKENS="4",
+            STREAMTUNE__TRAINING__TORCH_THREADS="1",
+        )
         self.tmp = tmp
         self.settings = load(self.env)
         create_topics(self.settings.kafka, self.settings.topics)
-        self.producer = Producer(client_config(self.settings.kafka))
+        self.producer = producer(self.settings.kafka)
 
     def server(self) -> ServiceProcess:
         return query_server(self.tmp / "logs", self.env)
@@ -57,18 +52,16 @@ class Deployment:
         self.producer.produce(topic_name(spec, self.settings.topics), key=key.encode(), value=value)
 
     def answers(self, wanted: set[str], timeout_s: float = 120) -> dict[str, list[dict[str, Any]]]:
-        consumer = Consumer(
-            client_config(self.settings.kafka, **{"group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"})
-        )
-        consumer.subscribe([topic_name(ANSWERS, self.settings.topics)])
+        reader = consumer(self.settings.kafka, uuid.uuid4().hex)
+        reader.subscribe([topic_name(ANSWERS, self.settings.topics)])
         found: dict[str, list[dict[str, Any]]] = {}
         deadline = time.monotonic() + timeout_s
         while not wanted <= set(found) and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
+            message = reader.poll(0.5)
             if message is not None and message.error() is None:
                 answer = json.loads(message.value() or b"")
                 found.setdefault(answer["query_id"], []).append(answer)
-        consumer.close()
+        reader.close()
         return found
 
     def close(self) -> None:
@@ -179,13 +172,11 @@ def test_hot_swap_while_queries_flow_fails_none(deployment: Deployment) -> None:
     stop = threading.Event()
 
     def flow() -> None:
-        producer = Producer(client_config(deployment.settings.kafka))
+        out = producer(deployment.settings.kafka)
         while not stop.is_set():
             query_id = f"flow-{len(sent)}"
-            producer.produce(
-                topic_name(QUERIES, deployment.settings.topics), key=query_id.encode(), value=query(query_id)
-            )
-            producer.flush(10)
+            out.produce(topic_name(QUERIES, deployment.settings.topics), key=query_id.encode(), value=query(query_id))
+            out.flush(10)
             sent.append(query_id)
             time.sleep(0.1)
 
@@ -196,7 +187,7 @@ def test_hot_swap_while_queries_flow_fails_none(deployment: Deployment) -> None:
         second = _train_one(deployment, 100)  # promoted (or not) and announced while queries flow
         registry = AdapterRegistry(deployment.settings.adapters_dir, "acme")
         if registry.current().name != second:  # type: ignore[union-attr]
-            announce(deployment.settings, "acme", registry.promote(second))
+            announce(deployment.settings, registry.promote(second))
         time.sleep(6)
     finally:
         stop.set()

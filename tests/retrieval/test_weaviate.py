@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,71 @@ def test_a_collection_of_another_dimension_is_a_start_up_error(
         finally:
             store.drop()
         assert not client.collections.exists(settings.weaviate.collection)
+
+
+def _doc(doc_id: str, chunks: int, dimension: int = 8, tenant: str = "acme") -> object:
+    import random
+
+    from retrieval.store import DocumentChunks
+
+    rng = random.Random(doc_id)
+    return DocumentChunks(
+        tenant=tenant,
+        doc_id=doc_id,
+        title=doc_id,
+        chunks=[f"{doc_id} chunk {i}" for i in range(chunks)],
+        vectors=[[rng.random() for _ in range(dimension)] for _ in range(chunks)],
+        event_id=f"e-{doc_id}",
+        occurred_at="2026-11-21T10:00:00Z",
+    )
+
+
+@pytest.fixture
+def store(stack: Settings, unique_name: Callable[[str], str]) -> Iterator[object]:
+    from retrieval.store import ChunkStore
+
+    settings = load_settings(config_files=[], weaviate={"collection": "Store" + unique_name("c").replace("-", "")})
+    with connect(settings.weaviate) as client:
+        chunk_store = ChunkStore(client, settings)
+        chunk_store.ensure_collection(8)
+        try:
+            yield chunk_store
+        finally:
+            chunk_store.drop()
+
+
+def test_a_document_weaviate_refuses_is_reported_and_the_rest_of_the_batch_is_written(store: Any) -> None:
+    store.upsert([_doc("old", 2)])
+    refused = store.upsert([_doc("good", 3), _doc("bad", 2, dimension=5), _doc("old", 1)])
+    assert set(refused) == {("acme", "bad")}
+    message = refused[("acme", "bad")]
+    assert "vector" in message.lower() and "[" not in message  # Weaviate's reason, without the vector itself
+    assert (store.count("acme", "good"), store.count("acme", "bad"), store.count("acme", "old")) == (3, 0, 1)
+
+
+def test_a_delete_removes_every_chunk_past_the_query_limit(store: Any) -> None:
+    many = 10_050  # Weaviate removes at most QUERY_MAXIMUM_RESULTS (10,000) objects per delete request
+    for start in range(0, many, 2_000):
+        _insert(store, _doc("big", min(2_000, many - start)), start)
+    store.upsert([_doc("small", 2)])
+    assert store.count("acme", "big") == many
+    assert store.delete([("acme", "big")]) == many
+    assert store.count("acme", "big") == 0 and store.count("acme", "small") == 2
+
+
+def _insert(store: Any, doc: Any, offset: int) -> None:
+    from weaviate.classes.data import DataObject
+
+    from retrieval.store import chunk_uuid
+
+    objects = [
+        DataObject(
+            uuid=chunk_uuid(doc.tenant, doc.doc_id, offset + i),
+            properties={"doc_id": doc.doc_id, "chunk_index": offset + i, "text": text},
+            vector=vector,
+        )
+        for i, (text, vector) in enumerate(zip(doc.chunks, doc.vectors, strict=True))
+    ]
+    store._tenant(doc.tenant)
+    result = store.client.collections.get(store.name).with_tenant(doc.tenant).data.insert_many(objects)
+    assert not result.has_errors

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from streams.flink import kafka_sink_ddl, kafka_source_ddl, table_environment
+from streams.flink import kafka_sink, kafka_source, table_environment
 from streamtune.settings import load_settings
 
 
@@ -13,8 +13,8 @@ def main(source: str, target: str, group_id: str) -> None:
 
     settings = load_settings(config_files=[])
     _, t_env = table_environment(settings, checkpointing=False)
-    t_env.execute_sql(kafka_source_ddl("src", source, settings, group_id=group_id, bounded=True))
-    t_env.execute_sql(kafka_sink_ddl("dst", target, settings))
+    t_env.create_temporary_table("src", kafka_source(source, settings, group_id=group_id, bounded=True))
+    t_env.create_temporary_table("dst", kafka_sink(target, settings))
     rows = t_env.to_data_stream(t_env.sql_query("SELECT `key`, `value` FROM src"))
     upper = rows.map(
         lambda row: Row(key=row[0], value=bytes(row[1]).upper()),

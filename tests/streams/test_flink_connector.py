@@ -49,3 +49,18 @@ def test_pyflink_job_reads_one_topic_through_the_connector_and_writes_another(
             received[message.key()] = message.value()
     consumer.close()
     assert received == {key: value.upper() for key, value in sent.items()}
+
+
+def test_table_options_pass_secrets_with_quotes_unchanged() -> None:
+    from streams.flink import kafka_sink, kafka_source
+    from streamtune.settings import load_settings
+
+    password = "it's a \"quoted\" secret, with 'quotes'"
+    settings = load_settings(
+        config_files=[], kafka={"client_config": {"security.protocol": "SASL_SSL", "sasl.password": password}}
+    )
+    source = kafka_source("events", settings, group_id="g").get_options()
+    sink = kafka_sink("dlq", settings, transactional_id="p-dlq", max_request_bytes=2_000_000).get_options()
+    assert source["properties.sasl.password"] == password and sink["properties.sasl.password"] == password
+    assert source["properties.group.id"] == "g" and source["topic"] == "events"
+    assert sink["sink.transactional-id-prefix"] == "p-dlq" and sink["properties.max.request.size"] == "2000000"

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
 
 from retrieval import connect
 from retrieval.store import ChunkStore
 from streams.processing import example_id
-from streamtune.dlq import read_dead_letters
-from streamtune.kafka import client_config, committed_end_offsets, create_topics, delete_topics, read_range
+from streamtune.dlq import DeadLetter, read_dead_letters
+from streamtune.harness import free_port, ingest_job, isolated_env, wait_for
+from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
 from streamtune.models import load_embedder
-from streamtune.process import ingest_job
 from streamtune.settings import Settings
 from streamtune.topics import DOMAIN_EVENTS, TRAINING_EXAMPLES, topic_name
 
@@ -31,38 +31,31 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def eventually(check: Callable[[], Any], timeout_s: float = 90.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s}s: {what or check}")
-        time.sleep(0.5)
+    return wait_for(check, timeout_s, what or str(check))
 
 
 class Ingest:
     """One isolated deployment of the job: its settings, its process, and helpers to drive and observe it."""
 
-    def __init__(self, load: Callable[[Mapping[str, str]], Settings], tmp: Path) -> None:
+    def __init__(self, load: Callable[[Mapping[str, str]], Settings], tmp: Path, **env: str) -> None:
         self.load = load
-        tag = uuid.uuid4().hex[:10]
-        self.overrides = {
-            "STREAMTUNE__TOPICS__PREFIX": f"it-{tag}.",
-            "STREAMTUNE__WEAVIATE__COLLECTION": f"Ingest{tag}",
-            "STREAMTUNE__STREAMS__GROUP_ID": f"ingest-{tag}",
-            "STREAMTUNE__STREAMS__CHECKPOINT_DIR": str(tmp / "checkpoints"),
-            "STREAMTUNE__STREAMS__CHUNK_TOKENS": "24",
-            "STREAMTUNE__STREAMS__CHUNK_OVERLAP": "4",
-            "STREAMTUNE__FLINK__CHECKPOINT_INTERVAL_MS": "1000",
-            "STREAMTUNE__EMBEDDING__BATCH_SIZE": "16",
-            "STREAMTUNE__STREAMS__MAX_EVENT_BYTES": "65536",
-            "STREAMTUNE__STREAMS__MAX_TEXT_CHARS": "20000",
-        }
+        self.tmp = tmp
+        self.overrides = isolated_env(
+            tmp,
+            "ingest",
+            STREAMTUNE__STREAMS__CHUNK_TOKENS="24",
+            STREAMTUNE__STREAMS__CHUNK_OVERLAP="4",
+            STREAMTUNE__FLINK__CHECKPOINT_INTERVAL_MS="1000",
+            STREAMTUNE__EMBEDDING__BATCH_SIZE="16",
+            STREAMTUNE__STREAMS__MAX_EVENT_BYTES="65536",
+            STREAMTUNE__STREAMS__MAX_TEXT_CHARS="20000",
+            STREAMTUNE__FLINK__LOCAL_REST_PORT=str(free_port()),
+        )
+        self.overrides.update(env)
         self.settings = self.load(self.overrides)
         self.job = ingest_job(tmp)
         create_topics(self.settings.kafka, self.settings.topics)
-        self.producer = Producer(client_config(self.settings.kafka))
+        self.producer = producer(self.settings.kafka)
         self.embedder = load_embedder(self.settings)
         self.client = connect(self.settings.weaviate)
         self.store = ChunkStore(self.client, self.settings)
@@ -102,6 +95,27 @@ class Ingest:
             json.loads(m.value() or b"")
             for m in read_range(self.settings.kafka, topic, {p: (0, e) for p, e in ends.items()})
         ]
+
+    def flink(self, path: str, port: int | None = None) -> Any:
+        """The local MiniCluster's REST API (``flink.local_rest_port``)."""
+        url = f"http://127.0.0.1:{port or self.settings.flink.local_rest_port}{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
+
+    def failures(self, port: int | None = None) -> tuple[list[str], list[Any]]:
+        """The states of the MiniCluster's jobs, and every exception (failure, restart) any job had."""
+        jobs = self.flink("/jobs", port)["jobs"]
+        exceptions = [
+            entry
+            for job in jobs
+            for entry in self.flink(f"/jobs/{job['id']}/exceptions", port)
+            .get("exceptionHistory", {})
+            .get("entries", [])
+        ]
+        return [job["status"] for job in jobs], exceptions
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return list(read_dead_letters(self.settings))
 
     def close(self) -> None:
         self.stop()
@@ -208,7 +222,7 @@ def test_documents_updates_deletes_examples_and_dead_letters(ingest: Ingest) -> 
         what="six dead letters",
     )
     by_key = {(d.key or b"").decode(): d for d in letters}
-    assert {k: by_key[k].headers["error.class"] for k in by_key} == {
+    assert {k: by_key[k].error_class for k in by_key} == {
         "bad-1": "MalformedJson",
         "bad-2": "NotUtf8",
         "bad-3": "UnknownEventType",
@@ -217,11 +231,11 @@ def test_documents_updates_deletes_examples_and_dead_letters(ingest: Ingest) -> 
         "bad-6": "PayloadTooLarge",
         "bad-7": "TextTooLarge",
     }
-    assert "data.doc_id" in by_key["bad-4"].headers["error.message"]
-    assert "data.rating" in by_key["bad-5"].headers["error.message"]
+    assert "data.doc_id" in by_key["bad-4"].error_message
+    assert "data.rating" in by_key["bad-5"].error_message
     assert by_key["bad-2"].value == b"\xff\xfe\xfd"  # the original bytes, untouched
-    assert by_key["bad-1"].headers["source.topic"] == topic_name(DOMAIN_EVENTS, ingest.settings.topics)
-    assert {"source.partition", "source.offset"} <= set(by_key["bad-1"].headers)
+    assert by_key["bad-1"].source_topic == topic_name(DOMAIN_EVENTS, ingest.settings.topics)
+    assert by_key["bad-1"].source_partition >= 0 and by_key["bad-1"].source_offset >= 0
 
     examples = eventually(lambda: len(ingest.examples()) >= 3 and ingest.examples(), what="training examples")
     by_id: dict[str, list[dict[str, Any]]] = {}
@@ -271,6 +285,7 @@ def test_a_replay_from_the_beginning_creates_no_duplicates(ingest: Ingest) -> No
     assert {e["example_id"] for e in ingest.examples()} == examples_before
 
 
+@pytest.mark.fault
 def test_a_crash_mid_stream_loses_and_duplicates_nothing(ingest: Ingest) -> None:
     total = 120
     for i in range(total // 2):
@@ -301,3 +316,141 @@ def test_a_crash_mid_stream_loses_and_duplicates_nothing(ingest: Ingest) -> None
     )
     ids = [e["example_id"] for e in crash_examples]
     assert len(ids) == total and len(set(ids)) == total  # none lost, none duplicated
+
+
+def _good_events(ingest: Ingest, tenant: str, start: int, count: int) -> None:
+    for i in range(start, start + count):
+        ingest.send(*doc_event(f"{tenant}-d-{i}", f"doc-{i:04d}", f"Document {i} of tenant {tenant}.", tenant=tenant))
+        qa = {"question": f"Question {i}?", "answer": f"Answer {i}."}
+        ingest.send(f"{tenant}-q-{i}", other_event(f"{tenant}-q-{i}", "qa.recorded", qa, tenant=tenant))
+    ingest.flush()
+
+
+def _examples_of(ingest: Ingest, tenant: str) -> list[str]:
+    return [e["example_id"] for e in ingest.examples() if e["tenant"] == tenant]
+
+
+@pytest.fixture
+def fresh(
+    stack: Settings, env_settings: Callable[[Mapping[str, str]], Settings], tmp_path: Path
+) -> Iterator[Callable[..., Ingest]]:
+    made: list[Ingest] = []
+
+    def make(**env: str) -> Ingest:
+        deployment = Ingest(env_settings, tmp_path / f"d{len(made)}", **env)
+        made.append(deployment)
+        return deployment
+
+    yield make
+    for deployment in made:
+        deployment.close()
+
+
+@pytest.mark.fault
+def test_poison_inputs_are_dead_lettered_and_the_job_never_restarts(fresh: Callable[..., Ingest]) -> None:
+    # Production limits (512 KiB events, 200k-character texts), not the small ones of the module fixture.
+    ingest = fresh(STREAMTUNE__STREAMS__MAX_EVENT_BYTES="524288", STREAMTUNE__STREAMS__MAX_TEXT_CHARS="200000")
+    ingest.start()
+    naive = doc_event("p-1", "naive-time", "A document whose timestamp has no timezone.")[1]
+    naive["occurred_at"] = "2026-11-21T10:00:00"
+    ingest.send("poison:naive-time", naive)  # read as UTC, indexed
+    ingest.send("poison:huge", doc_event("p-2", "huge", "w " * 500_000)[1])  # ~1 MB: larger than the producer limit
+    ingest.send("poison:title", doc_event("p-3", "long-title", "Short text.", title="T" * 5_000)[1])
+    ingest.send("poison:question", other_event("p-4", "qa.recorded", {"question": "q" * 50_000, "answer": "a"}))
+    ingest.send("poison:ws-id", doc_event("p-5", "spaced-id ", "An id with a trailing space.")[1])
+    ingest.send("poison:surrogate", b'{"schema_version":1,"event_id":"p-6","type":"qa.recorded",'
+                b'"occurred_at":"2026-11-21T10:00:00Z","data":{"question":"\\ud800","answer":"a"}}')  # fmt: skip
+    bait = doc_event("p-7", "email-bait", ("a." * 40_000) + " contact x@example.com")[1]
+    ingest.send("poison:email-bait", bait)  # 80k characters of e-mail bait: scrubbed in linear time, indexed
+    pii_meta = doc_event("p-8", "pii-meta", "Metadata carries personal data.")[1]
+    pii_meta["data"]["metadata"] = {"owner": "dana.smith@acme.com", "phone": "+44 20 7946 0958", "n": 3}
+    ingest.send("poison:pii-meta", pii_meta)
+    _good_events(ingest, "after", 0, 20)
+
+    eventually(lambda: ingest.chunks("after") == 20, timeout_s=180, what="good events after the poison")
+    eventually(lambda: len(_examples_of(ingest, "after")) >= 20, what="examples after the poison")
+    assert len(_examples_of(ingest, "after")) == 20
+    assert ingest.chunks("acme", "naive-time") == 1 and ingest.chunks("acme", "email-bait") >= 1
+    letters = eventually(lambda: len(ingest.dead_letters()) >= 5 and ingest.dead_letters(), what="dead letters")
+    by_key = {(d.key or b"").decode(): d for d in letters}
+    assert len(letters) == 5, [d.reason for d in letters]
+    assert {k: d.error_class for k, d in by_key.items()} == {
+        "poison:huge": "PayloadTooLarge",
+        "poison:title": "InvalidEvent",
+        "poison:question": "InvalidEvent",
+        "poison:ws-id": "InvalidEvent",
+        "poison:surrogate": "InvalidEvent",
+    }
+    huge = by_key["poison:huge"]
+    assert huge.original_size is not None and huge.original_size > 1_000_000 and len(huge.value or b"") < 1_000_000
+    assert "data.title" in by_key["poison:title"].error_message
+    assert "data.question" in by_key["poison:question"].error_message
+    assert "whitespace" in by_key["poison:ws-id"].error_message
+    stored = ingest.client.collections.get(ingest.settings.weaviate.collection).with_tenant("acme")
+    from weaviate.classes.query import Filter
+
+    metadata = stored.query.fetch_objects(filters=Filter.by_property("doc_id").equal("pii-meta")).objects
+    assert json.loads(metadata[0].properties["metadata"]) == {"owner": "[EMAIL]", "phone": "[PHONE]", "n": 3}
+    states, exceptions = ingest.failures()
+    assert states == ["RUNNING"] and exceptions == []  # the job never failed or restarted
+
+
+@pytest.mark.fault
+def test_weaviate_outage_loses_and_duplicates_nothing(
+    fresh: Callable[..., Ingest], private_weaviate: Any, tmp_path: Path
+) -> None:
+    ingest = fresh(**private_weaviate.env)
+    ingest.start()
+    half = 60
+    _good_events(ingest, "outage", 0, half)
+    eventually(lambda: ingest.chunks("outage") > 0, what="first documents indexed")
+    private_weaviate.stop()
+    ingest.client.close()
+    _good_events(ingest, "outage", half, half)  # arrives while Weaviate is down
+    # The outage itself: 30 s during which the job must wait, not fail (a restart would show in its history).
+    outage_end = time.monotonic() + 30
+    while time.monotonic() < outage_end:
+        states, exceptions = ingest.failures()
+        assert states == ["RUNNING"] and exceptions == [], exceptions
+        time.sleep(2)
+    private_weaviate.start()
+    ingest.client = connect(ingest.settings.weaviate)
+    ingest.store = ChunkStore(ingest.client, ingest.settings)
+    eventually(lambda: ingest.chunks("outage") == 2 * half, timeout_s=240, what="every document after the outage")
+    for i in range(2 * half):
+        assert ingest.chunks("outage", f"doc-{i:04d}") == 1
+    ids = eventually(lambda: (ids := _examples_of(ingest, "outage")) and len(ids) >= 2 * half and ids, timeout_s=120)
+    assert len(ids) == 2 * half and len(set(ids)) == 2 * half  # none lost, none duplicated
+    states, exceptions = ingest.failures()
+    assert states == ["RUNNING"] and exceptions == []
+
+
+@pytest.mark.fault
+def test_a_replay_beside_the_live_job_does_not_fence_it(fresh: Callable[..., Ingest], tmp_path: Path) -> None:
+    live = fresh()
+    live.start()
+    _good_events(live, "replay", 0, 20)
+    eventually(lambda: len(_examples_of(live, "replay")) == 20, timeout_s=180, what="live job's first examples")
+    replay_port = free_port()
+    replay = ingest_job(
+        tmp_path / "replay-job",
+        {
+            **live.overrides,
+            "STREAMTUNE__STREAMS__GROUP_ID": f"replay-{uuid.uuid4().hex[:8]}",
+            "STREAMTUNE__FLINK__LOCAL_REST_PORT": str(replay_port),
+        },
+    )
+    replay.start()
+    try:
+        _good_events(live, "replay", 20, 20)  # both jobs see these
+        # Each job writes each example once: the live one 40, the replay (which read from offset 0) 40.
+        ids = eventually(
+            lambda: (ids := _examples_of(live, "replay")) and len(ids) >= 80 and ids, timeout_s=240, what="examples"
+        )
+        assert len(ids) == 80 and len(set(ids)) == 40 and all(ids.count(i) == 2 for i in set(ids))
+        assert live.chunks("replay") == 40
+        for port in (None, replay_port):
+            states, exceptions = live.failures(port)
+            assert states == ["RUNNING"] and exceptions == [], exceptions  # nobody was fenced
+    finally:
+        replay.stop()

@@ -60,7 +60,7 @@ def test_every_record_is_accounted_for(chunker: Chunker) -> None:
 def test_dead_letters_carry_the_contract_headers(chunker: Chunker) -> None:
     result = plan_batch(records(b"ok", b"{bad"), StreamsSettings(), chunker)
     letter = result.dead_letters[1]
-    headers = dict(letter.headers)
+    headers = letter.headers()
     assert (letter.key, letter.value) == (b"k1", b"{bad")
     assert headers["error.class"] == b"MalformedJson"
     assert b"not JSON" in headers["error.message"]
@@ -76,8 +76,8 @@ def test_oversized_events_and_texts_are_dead_lettered(chunker: Chunker) -> None:
     big_event = event(1, "document.upserted", {"doc_id": "a", "text": "x " * 400})
     long_text = event(2, "document.upserted", {"doc_id": "b", "text": "y" * 60})
     result = plan_batch(records(big_event, long_text), settings, chunker)
-    classes = [dict(d.headers)["error.class"] for d in result.dead_letters]
-    assert classes == [b"PayloadTooLarge", b"TextTooLarge"]
+    classes = [d.error_class for d in result.dead_letters]
+    assert classes == ["PayloadTooLarge", "TextTooLarge"]
     assert not result.writes
 
 

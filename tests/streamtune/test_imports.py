@@ -1,17 +1,81 @@
-"""The Flink and retrieval side must import without torch / transformers / peft (STYLE.md, habit 7)."""
+"""Dependency rules (docs/architecture.md): core ← retrieval ← streams, inference; training on core only;
+the CLI on top of everything and imported by nothing. Checked on the source, lazy imports included."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("streamtune", "streams", "retrieval", "training", "inference")
+# What each layer may import besides itself; the CLI package may import anything.
+ALLOWED = {
+    "streamtune": {"streamtune"},
+    "retrieval": {"streamtune", "retrieval"},
+    "streams": {"streamtune", "retrieval", "streams"},
+    "inference": {"streamtune", "retrieval", "inference"},
+    "training": {"streamtune", "training"},
+}
 
 
-def test_core_streams_and_retrieval_import_without_ml_libraries() -> None:
+def _layer(module: str) -> str:
+    # `python -m streamtune` is the command line's entry point, so it belongs to the CLI.
+    if module in ("streamtune.cli", "streamtune.__main__") or module.startswith("streamtune.cli."):
+        return "cli"
+    return module.split(".")[0]
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.split(".")[0] in PACKAGES}
+
+
+def _modules() -> list[tuple[str, Path]]:
+    out = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            out.append((".".join(path.relative_to(ROOT).with_suffix("").parts), path))
+    return out
+
+
+@pytest.mark.parametrize(("module", "path"), _modules(), ids=[m for m, _ in _modules()])
+def test_no_module_imports_a_layer_above_it(module: str, path: Path) -> None:
+    layer = _layer(module)
+    if layer == "cli":
+        return
+    wrong = sorted(name for name in _imports(path) if _layer(name) not in ALLOWED[layer])
+    assert not wrong, f"{module} ({layer}) imports {wrong}; allowed: {sorted(ALLOWED[layer])}"
+
+
+def test_the_rules_have_teeth(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from retrieval.store import ChunkStore\n    import streamtune.cli.main\n")
+    assert {_layer(n) for n in _imports(bad)} == {"retrieval", "cli"}
+
+
+def test_streams_never_import_the_local_stack_installer() -> None:
+    for module, path in _modules():
+        if module.startswith("streams"):
+            assert not any(n.startswith("streamtune.stack") for n in _imports(path)), module
+
+
+def test_ingest_and_retrieval_import_without_ml_libraries() -> None:
     code = (
         "import sys, streamtune.cli, streamtune.settings, streamtune.contracts, streamtune.topics, "
-        "streamtune.kafka, streamtune.stack, streamtune.models, streams, retrieval\n"
+        "streamtune.kafka, streamtune.stack, streamtune.models, streamtune.dlq, streamtune.manifest, "
+        "streams.job, streams.processing, retrieval, retrieval.store, retrieval.retriever\n"
         "heavy = ('torch', 'transformers', 'peft', 'trl', 'sentence_transformers')\n"
         "print(','.join(sorted(m for m in heavy if m in sys.modules)))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == ""

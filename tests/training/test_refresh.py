@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import logging
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from confluent_kafka import Producer
 
-from streamtune.contracts import ChatMessage, TrainingExample, encode
-from streamtune.kafka import client_config, committed_end_offsets, create_topics, delete_topics, read_range
+from streamtune.contracts import AdapterUpdate, ChatMessage, TrainingExample
+from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
+from streamtune.manifest import Manifest
 from streamtune.settings import Settings, load_settings
 from streamtune.topics import ADAPTER_UPDATES, TRAINING_EXAMPLES, topic_name
-from training.refresh import refresh, replay
+from training.refresh import RefreshOutcome, refresh, replay
 from training.registry import AdapterRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -42,8 +42,16 @@ def trainer_settings(stack: Settings, tiny_model: Path, tmp_path: Path) -> Itera
     delete_topics(settings.kafka, settings.topics)
 
 
-def publish(settings: Settings, tenant: str, start: int, count: int, answer: str = "30 days.") -> None:
-    producer = Producer(client_config(settings.kafka))
+def publish(
+    settings: Settings,
+    tenant: str,
+    start: int,
+    count: int,
+    answer: str = "30 days.",
+    relies_on: dict[int, list[str]] | None = None,
+) -> None:
+    """Examples ``start`` .. ``start + count - 1`` of ``tenant``; ``relies_on``: example number -> doc ids."""
+    client = producer(settings.kafka)
     for i in range(start, start + count):
         example = TrainingExample(
             example_id=f"{tenant}-ex-{i}",
@@ -53,45 +61,66 @@ def publish(settings: Settings, tenant: str, start: int, count: int, answer: str
                 ChatMessage(role="assistant", content=answer),
             ],
             source_event_id=f"e-{i}",
+            context_doc_ids=(relies_on or {}).get(i),
         )
-        producer.produce(
-            topic_name(TRAINING_EXAMPLES, settings.topics), key=example.example_id.encode(), value=encode(example)
+        client.produce(
+            topic_name(TRAINING_EXAMPLES, settings.topics),
+            key=example.example_id.encode(),
+            value=TRAINING_EXAMPLES.encode(example),
         )
-    assert producer.flush(15) == 0
+    assert client.flush(15) == 0
 
 
-def announcements(settings: Settings) -> list[dict[str, Any]]:
+def publish_raw(settings: Settings, key: bytes, value: bytes) -> None:
+    client = producer(settings.kafka)
+    client.produce(topic_name(TRAINING_EXAMPLES, settings.topics), key=key, value=value)
+    assert client.flush(15) == 0
+
+
+def announcements(settings: Settings) -> list[AdapterUpdate]:
+    """Everything on adapter-updates, decoded as serve decodes it."""
     topic = topic_name(ADAPTER_UPDATES, settings.topics)
     ends = committed_end_offsets(settings.kafka, topic)
     return [
-        json.loads(m.value() or b"") for m in read_range(settings.kafka, topic, {p: (0, e) for p, e in ends.items()})
+        ADAPTER_UPDATES.decode(m.value())
+        for m in read_range(settings.kafka, topic, {p: (0, e) for p, e in ends.items()})
     ]
+
+
+def published(outcome: RefreshOutcome) -> Manifest:
+    assert outcome.manifest is not None, (outcome.status, outcome.reason)
+    return outcome.manifest
 
 
 def test_refresh_promotes_records_exact_offsets_and_replays_byte_identically(trainer_settings: Settings) -> None:
     settings = trainer_settings
     publish(settings, "acme", 0, 16)
     publish(settings, "other", 0, 5)  # another tenant's examples are not trained on
+    publish(settings, "acme", 3, 1)  # a producer's retry: the example is trained on once
+    publish_raw(settings, b"junk", b"not a training example")  # a foreign producer's record is skipped
     lines: list[str] = []
     first = refresh(settings, "acme", say=lines.append)
     assert first.status == "promoted", first.reason
     ends = committed_end_offsets(settings.kafka, topic_name(TRAINING_EXAMPLES, settings.topics))
-    manifest = first.manifest
-    assert manifest["data"]["ranges"] == {str(p): [0, end] for p, end in sorted(ends.items())}
-    assert manifest["data"]["new_examples"] == 16
-    assert manifest["data"]["train"] + manifest["data"]["held_out"] == 16
-    assert manifest["quantization"].startswith("nf4")
-    assert manifest["base_model"]["sha256"]  # the base weights are pinned by hash
-    assert {"torch", "transformers", "peft", "trl", "bitsandbytes"} <= set(manifest["libraries"])
+    manifest = published(first)
+    assert manifest.data.ranges == {p: (0, end) for p, end in ends.items()}
+    assert manifest.data.new_examples == 16
+    assert manifest.data.train + manifest.data.held_out == 16
+    assert manifest.quantization.startswith("nf4")
+    assert manifest.base_model.sha256  # the base weights are pinned by hash
+    assert {"torch", "transformers", "peft", "trl", "bitsandbytes"} <= set(manifest.libraries)
     assert any("step 12/12" in line for line in lines)  # progress was shown
+    assert any("16 new examples" in line and "(1 invalid record skipped, 1 duplicate id)" in line for line in lines)
 
     version = AdapterRegistry(settings.adapters_dir, "acme").get("v0001")
     assert {"adapter_model.safetensors", "adapter_config.json", "manifest.json", "loss.png"} <= {
         p.name for p in version.path.iterdir()
     }
+    assert version.manifest == manifest  # what was written reads back as what refresh returned
     announced = announcements(settings)
-    assert [(a["tenant"], a["version"]) for a in announced] == [("acme", "v0001")]
-    assert announced[0]["manifest"]["adapter"]["sha256"] == manifest["adapter"]["sha256"]
+    assert [(a.tenant, a.version) for a in announced] == [("acme", "v0001")]
+    assert announced[0].manifest.adapter.sha256 == manifest.adapter.sha256
+    assert announced[0].uri == version.path.resolve().as_uri()
 
     outcome = replay(settings, "acme", "v0001", say=lambda _: None)
     assert outcome.identical, (outcome.recorded_sha256, outcome.replayed_sha256)
@@ -100,10 +129,14 @@ def test_refresh_promotes_records_exact_offsets_and_replays_byte_identically(tra
 
     # New examples: the next candidate continues from v0001 and reads only the new offsets.
     publish(settings, "acme", 16, 8)
-    second = refresh(settings, "acme", say=lambda _: None)
-    assert second.manifest["parent"]["version"] == "v0001"
-    assert second.manifest["data"]["new_examples"] == 8
-    assert second.manifest["data"]["replay"] == 4  # sampled from the earlier range
+    second = published(refresh(settings, "acme", say=lambda _: None))
+    assert second.parent is not None and second.parent.version == "v0001"
+    assert second.parent.sha256 == manifest.adapter.sha256
+    assert second.data.new_examples == 8
+    assert second.data.replay == 4  # sampled from the earlier range
+    later = committed_end_offsets(settings.kafka, topic_name(TRAINING_EXAMPLES, settings.topics))
+    assert second.data.ranges == {p: (ends[p], later[p]) for p in later}
+    assert second.data.replay_ranges == {p: (0, ends[p]) for p in later}
 
 
 def test_the_gate_rejects_a_worse_candidate_and_keeps_it(trainer_settings: Settings) -> None:
@@ -119,8 +152,10 @@ def test_the_gate_rejects_a_worse_candidate_and_keeps_it(trainer_settings: Setti
     assert registry.current().name == "v0001"  # type: ignore[union-attr]
     rejected = registry.get("v0002")
     assert rejected.status == "rejected"
-    assert rejected.manifest["metrics"]["candidate"]["held_out"]["loss"] > 0
-    assert [a["version"] for a in announcements(settings)] == ["v0001"]  # a rejected one is never announced
+    assert rejected.manifest.metrics.candidate.held_out.loss > 0
+    assert not rejected.manifest.gate.promoted and rejected.manifest.gate.reason == outcome.reason
+    assert rejected.manifest.gate.compared_with == "v0001"
+    assert [a.version for a in announcements(settings)] == ["v0001"]  # a rejected one is never announced
 
 
 def test_too_few_examples_is_skipped(trainer_settings: Settings, unique_name: Callable[[str], str]) -> None:
@@ -129,16 +164,18 @@ def test_too_few_examples_is_skipped(trainer_settings: Settings, unique_name: Ca
     assert outcome.status == "skipped" and "fewer than 2" in outcome.reason
 
 
-def test_watch_refreshes_on_count_and_on_time(trainer_settings: Settings) -> None:
+def test_watch_refreshes_on_count_and_on_time(trainer_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     from training.watch import watch
 
+    caplog.set_level(logging.INFO, logger="training.watch")
     by_count = trainer_settings.model_copy(
         update={"training": trainer_settings.training.model_copy(update={"watch_min_examples": 6, "watch_minutes": 60})}
     )
     publish(by_count, "acme", 0, 6)
-    lines: list[str] = []
-    watch(by_count, say=lines.append, poll_s=0.2, max_refreshes=1)
+    watch(by_count, poll_s=0.2, max_refreshes=1)
+    lines = caplog.messages
     assert any("acme: 6 new examples; refreshing" in line for line in lines)
+    assert any("step 12/12" in line for line in lines)  # the refresh's progress goes to the log too
     assert AdapterRegistry(by_count.adapters_dir, "acme").current() is not None
 
     # Fewer than the count, but the time limit passes: a refresh all the same, on the new examples only.
@@ -148,8 +185,9 @@ def test_watch_refreshes_on_count_and_on_time(trainer_settings: Settings) -> Non
         }
     )
     publish(by_time, "acme", 6, 3)
-    lines.clear()
-    watch(by_time, say=lines.append, poll_s=0.2, max_refreshes=1)
+    caplog.clear()
+    watch(by_time, poll_s=0.2, max_refreshes=1)
+    lines = caplog.messages
     assert any("acme: 3 new examples; refreshing" in line for line in lines), lines
     assert len(AdapterRegistry(by_time.adapters_dir, "acme").versions()) == 2
 
@@ -160,7 +198,34 @@ def test_plain_lora_when_4bit_is_off_and_the_manifest_says_so(trainer_settings: 
     )
     publish(plain, "acme", 0, 8)
     lines: list[str] = []
-    outcome = refresh(plain, "acme", say=lines.append)
-    assert outcome.manifest["quantization"] == "none (disabled by setting)"
+    manifest = published(refresh(plain, "acme", say=lines.append))
+    assert manifest.quantization == "none (disabled by setting)"
     assert any("training plain LoRA" in line for line in lines)
-    assert {"loss", "exact_match", "token_f1"} <= set(outcome.manifest["metrics"]["candidate"]["anchor"])
+    anchor = manifest.metrics.candidate.anchor  # the anchor set is scored on all three measures
+    assert math.isfinite(anchor.loss) and 0 <= anchor.exact_match <= 1 and 0 <= anchor.token_f1 <= 1
+    assert anchor.examples >= 5
+
+
+def test_examples_relying_on_deleted_documents_are_left_out_recorded_and_replayed(trainer_settings: Settings) -> None:
+    settings = trainer_settings.model_copy(
+        update={"training": trainer_settings.training.model_copy(update={"max_steps": 2})}
+    )
+    publish(settings, "acme", 0, 8, relies_on={1: ["doc-gone"], 4: ["doc-kept", "doc-gone"], 6: ["doc-kept"]})
+    asked: list[tuple[str, set[str]]] = []
+
+    def missing_docs(tenant: str, doc_ids: set[str]) -> set[str]:
+        asked.append((tenant, set(doc_ids)))
+        return doc_ids & {"doc-gone"}
+
+    lines: list[str] = []
+    manifest = published(refresh(settings, "acme", missing_docs=missing_docs, say=lines.append))
+    assert asked == [("acme", {"doc-gone", "doc-kept"})]
+    assert sorted(manifest.data.excluded_example_ids) == ["acme-ex-1", "acme-ex-4"]
+    assert manifest.data.new_examples == 6
+    assert manifest.data.train + manifest.data.held_out == 6
+    assert any("excluded (deleted docs) 2" in line for line in lines)
+
+    # Replay asks nobody: it leaves out exactly the recorded ids, and the weights come out the same.
+    outcome = replay(settings, "acme", manifest.version, say=lambda _: None)
+    assert outcome.identical, (outcome.recorded_sha256, outcome.replayed_sha256)
+    assert len(asked) == 1

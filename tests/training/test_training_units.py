@@ -1,13 +1,28 @@
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from streamtune.contracts import ChatMessage, TrainingExample
+from streamtune.errors import ContractError
+from streamtune.manifest import (
+    AdapterDigest,
+    BaseModelIdentity,
+    CodeVersion,
+    DataWindow,
+    EvalScores,
+    Manifest,
+    Metrics,
+    SideScores,
+    Split,
+    TrainFigures,
+    Verdict,
+)
 from streamtune.settings import TrainingSettings
-from training.data import load_anchor, replay_sample, split
+from training.data import NewExamples, excluded_ids, load_anchor, replay_sample, split
 from training.registry import AdapterRegistry, RegistryError
 from training.trainer import bnb_config, lora_config, token_f1
 
@@ -62,7 +77,43 @@ def test_quantization_and_lora_configs_follow_the_settings() -> None:
     assert (lora.r, lora.lora_alpha, lora.target_modules) == (4, 8, "all-linear")
 
 
-def _write(files: dict[str, str]) -> object:
+def manifest(version: str, *, tenant: str = "acme", new_examples: int = 1, promoted: bool = True) -> Manifest:
+    """A valid manifest for registry tests: what a refresh would write, with made-up figures."""
+    scores = SideScores(
+        held_out=EvalScores(loss=1.0, exact_match=0.0, token_f1=0.5, examples=1),
+        anchor=EvalScores(loss=2.0, exact_match=0.0, token_f1=0.2, examples=8),
+    )
+    return Manifest(
+        tenant=tenant,
+        version=version,
+        created_at=datetime(2025, 6, 1, tzinfo=UTC),
+        base_model=BaseModelIdentity(setting="tiny", source="/models/tiny", sha256={"model.safetensors": "ab"}),
+        parent=None,
+        data=DataWindow(
+            topic="training-examples",
+            ranges={0: (0, new_examples)},
+            replay_ranges={0: (0, 0)},
+            new_examples=new_examples,
+            train=new_examples,
+            held_out=0,
+            replay=0,
+        ),
+        split=Split(seed=42, held_out_percent=20),
+        training=TrainingSettings().model_dump(mode="json"),
+        quantization="none (disabled by setting)",
+        libraries={"python": "3.11"},
+        code=CodeVersion(streamtune="0.1.0", training_sha256="c0ffee"),
+        metrics=Metrics(
+            train=TrainFigures(steps=1, tokens=10, seconds=1.0, tokens_per_second=10.0),
+            candidate=scores,
+            current=scores,
+        ),
+        gate=Verdict(promoted=promoted, reason="made up", anchor_tolerance=0.05),
+        adapter=AdapterDigest(sha256=f"sha-{version}"),
+    )
+
+
+def _write(files: dict[str, str]) -> Callable[[Path], None]:
     def write(target: Path) -> None:
         for name, text in files.items():
             (target / name).write_text(text)
@@ -70,16 +121,21 @@ def _write(files: dict[str, str]) -> object:
     return write
 
 
+def _version(name: str, **kwargs: object) -> Callable[[Path], None]:
+    return _write({"manifest.json": manifest(name, **kwargs).to_json()})  # type: ignore[arg-type]
+
+
 def test_registry_publishes_atomically_and_immutably(tmp_path: Path) -> None:
     registry = AdapterRegistry(tmp_path, "acme")
     assert registry.current() is None and registry.next_name() == "v0001"
-    manifest = json.dumps({"data": {"new_examples": 1}})
-    registry.publish("v0001", _write({"manifest.json": manifest}), "promoted")  # type: ignore[arg-type]
-    registry.publish("v0002", _write({"manifest.json": manifest}), "rejected")  # type: ignore[arg-type]
+    registry.publish("v0001", _version("v0001"), "promoted")
+    registry.publish("v0002", _version("v0002", promoted=False), "rejected")
     assert registry.current().name == "v0001"  # type: ignore[union-attr]
     assert [(v.name, v.status) for v in registry.versions()] == [("v0001", "promoted"), ("v0002", "rejected")]
+    assert registry.get("v0002").manifest == manifest("v0002", promoted=False)  # read back through the type
+    assert registry.get("v0002").tenant == "acme"
     with pytest.raises(RegistryError, match="immutable"):
-        registry.publish("v0001", _write({"manifest.json": manifest}), "promoted")  # type: ignore[arg-type]
+        registry.publish("v0001", _version("v0001"), "promoted")
 
     def broken(target: Path) -> None:
         (target / "half.bin").write_text("x")
@@ -94,9 +150,8 @@ def test_registry_publishes_atomically_and_immutably(tmp_path: Path) -> None:
 
 def test_promote_and_rollback(tmp_path: Path) -> None:
     registry = AdapterRegistry(tmp_path, "acme")
-    manifest = json.dumps({"data": {}})
     for name, status in (("v0001", "promoted"), ("v0002", "rejected")):
-        registry.publish(name, _write({"manifest.json": manifest}), status)  # type: ignore[arg-type]
+        registry.publish(name, _version(name), status)
     assert registry.promote("v0002").name == "v0002"
     assert registry.current().name == "v0002"  # type: ignore[union-attr]
     assert registry.rollback().name == "v0001"
@@ -104,3 +159,59 @@ def test_promote_and_rollback(tmp_path: Path) -> None:
         registry.rollback()
     with pytest.raises(RegistryError, match="no adapter version 'v0009'"):
         registry.get("v0009")
+
+
+def test_a_manifest_that_does_not_match_the_type_is_never_published_nor_read(tmp_path: Path) -> None:
+    registry = AdapterRegistry(tmp_path, "acme")
+    with pytest.raises(ContractError, match="tenant"):
+        registry.publish("v0001", _write({"manifest.json": '{"data": {"new_examples": 1}}'}), "promoted")
+    assert registry.versions() == [] and not list((tmp_path / "acme").glob("*/manifest.json"))
+
+    registry.publish("v0001", _version("v0001"), "promoted")
+    (tmp_path / "acme" / "v0001" / "manifest.json").write_text("{}")  # tampered with after publishing
+    with pytest.raises(ContractError, match=r"v0001/manifest\.json: tenant: Field required"):
+        registry.get("v0001")
+
+
+def _relying_on(example_id: str, *doc_ids: str) -> TrainingExample:
+    return TrainingExample(
+        example_id=example_id,
+        tenant="acme",
+        source_event_id=f"e-{example_id}",
+        messages=[ChatMessage(role="user", content="q"), ChatMessage(role="assistant", content="a")],
+        context_doc_ids=list(doc_ids) or None,
+    )
+
+
+def test_examples_relying_on_a_missing_document_are_excluded_in_order() -> None:
+    data = [
+        _relying_on("a", "gone"),
+        _relying_on("b"),
+        _relying_on("c", "kept", "gone"),
+        _relying_on("d", "kept"),
+    ]
+    asked: list[tuple[str, set[str]]] = []
+
+    def missing(tenant: str, doc_ids: set[str]) -> set[str]:
+        asked.append((tenant, doc_ids))
+        return doc_ids & {"gone", "never-named"}
+
+    assert excluded_ids("acme", data, missing) == ["a", "c"]
+    assert asked == [("acme", {"gone", "kept"})]  # once, with every document named
+    assert excluded_ids("acme", data, None) == []  # nothing handed in: nothing excluded
+
+
+def test_the_index_is_not_asked_when_no_example_names_a_document() -> None:
+    def missing(tenant: str, doc_ids: set[str]) -> set[str]:
+        raise AssertionError("asked without any document ids")
+
+    assert excluded_ids("acme", [_relying_on("a"), _relying_on("b")], missing) == []
+
+
+def test_the_progress_line_reports_records_that_were_not_counted() -> None:
+    ranges = {0: (3, 9), 1: (0, 4)}
+    assert NewExamples([], [], 0, 0).describe(ranges) == "0 new examples in p0 [3, 9), p1 [0, 4)"
+    assert NewExamples([], [], 1, 0).describe(ranges).endswith("(1 invalid record skipped)")
+    assert NewExamples([], [], 2, 3).describe({}) == (
+        "0 new examples in no partitions (2 invalid records skipped, 3 duplicate ids)"
+    )

@@ -7,22 +7,29 @@ citations and the adapter version → change a fact and show the answer change.
 
 from __future__ import annotations
 
-import json
+import argparse
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from importlib.resources import files
 from typing import Any
 
+from streamtune.contracts import encode
 from streamtune.errors import ConfigError
-from streamtune.kafka import client_config, committed_end_offsets, create_topics
-from streamtune.process import ingest_job, query_server
+from streamtune.harness import (
+    ServiceProcess,
+    document_upserted,
+    ingest_job,
+    qa_recorded,
+    query_server,
+    sample,
+    wait_for,
+)
+from streamtune.kafka import committed_end_offsets, create_topics, producer
 from streamtune.settings import Settings
 from streamtune.stack import Stack
 from streamtune.topics import DOMAIN_EVENTS, TRAINING_EXAMPLES, topic_name
 
-__all__ = ["main"]
+__all__ = ["main", "register"]
 
 TENANT = "fjordline"
 QUESTIONS = (
@@ -38,9 +45,12 @@ CHANGED_TEXT = (
 CHANGED_QUESTION = "How much does a basic tune-up cost?"
 
 
-def _sample(name: str) -> list[dict[str, Any]]:
-    text = files("streamtune").joinpath("data", name).read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+def register(commands: Any) -> None:
+    commands.add_parser("demo", help="the end-to-end demonstration (`make demo`)").set_defaults(func=run)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    return main(settings)
 
 
 class _Steps:
@@ -60,30 +70,12 @@ def _say(line: str) -> None:
     print(f"    {line}", flush=True)
 
 
-def _event(event_id: str, type_: str, data: dict[str, Any]) -> bytes:
-    return json.dumps(
-        {
-            "schema_version": 1,
-            "event_id": event_id,
-            "type": type_,
-            "tenant": TENANT,
-            "occurred_at": datetime.now(UTC).isoformat(),
-            "source": "demo",
-            "data": data,
-        }
-    ).encode()
-
-
-def _wait(check: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"demo: {what} did not happen within {timeout_s:.0f}s")
-        time.sleep(0.5)
+def _document(event_id: str, doc: dict[str, Any]) -> Any:
+    return document_upserted(event_id, doc["doc_id"], doc["text"], tenant=TENANT, title=doc.get("title"), source="demo")
 
 
 @contextmanager
-def _services(settings: Settings) -> Iterator[tuple[Any, Any]]:
+def _services(settings: Settings) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
     if settings.flink.python_executable is None:
         raise ConfigError(
             "flink.python_executable",
@@ -102,11 +94,9 @@ def _services(settings: Settings) -> Iterator[tuple[Any, Any]]:
 
 
 def main(settings: Settings) -> int:
-    from confluent_kafka import Producer
-
     from inference.service import ask
-    from retrieval import connect
-    from retrieval.store import ChunkStore
+    from retrieval import Retriever
+    from streamtune.cli.train import index_check
     from training.data import read_examples
     from training.refresh import refresh
 
@@ -119,25 +109,25 @@ def main(settings: Settings) -> int:
     Stack(settings, say=_say).up()
     create_topics(settings.kafka, settings.topics)
 
-    with _services(settings) as (job, server), connect(settings.weaviate) as client:
+    with _services(settings) as (job, server), Retriever(settings) as retriever:
         step("start the ingest job (PyFlink, local MiniCluster)")
         job.start()
         _say(f"running; log {job.log}")
 
-        documents, qa = _sample("demo_documents.jsonl"), _sample("demo_qa.jsonl")
+        documents, qa = sample("demo_documents.jsonl"), sample("demo_qa.jsonl")
         step(f"publish the sample domain: {len(documents)} documents, {len(qa)} vetted QA pairs (tenant {TENANT})")
-        producer = Producer(client_config(settings.kafka))
+        out = producer(settings.kafka)
         events = topic_name(DOMAIN_EVENTS, settings.topics)
-        for doc in documents:
-            key = f"{TENANT}:{doc['doc_id']}".encode()
-            producer.produce(events, key=key, value=_event(f"demo-doc-{doc['doc_id']}", "document.upserted", doc))
-        for i, pair in enumerate(qa):
-            producer.produce(events, key=f"demo-qa-{i}".encode(), value=_event(f"demo-qa-{i}", "qa.recorded", pair))
-        producer.flush(30)
+        published = [_document(f"demo-doc-{doc['doc_id']}", doc) for doc in documents] + [
+            qa_recorded(f"demo-qa-{i}", pair["question"], pair["answer"], tenant=TENANT) for i, pair in enumerate(qa)
+        ]
+        for event in published:
+            out.produce(events, key=event.key.encode(), value=encode(event))
+        out.flush(30)
 
         step("wait until every document is searchable and the examples are committed")
-        store = ChunkStore(client, settings)
-        _wait(lambda: all(store.count(TENANT, d["doc_id"]) for d in documents), 300, "indexing")
+        store = retriever.store
+        wait_for(lambda: all(store.count(TENANT, d["doc_id"]) for d in documents), 300, "demo: indexing", 0.5)
         _say(f"{store.count(TENANT)} chunks indexed")
         examples_topic = topic_name(TRAINING_EXAMPLES, settings.topics)
 
@@ -145,16 +135,16 @@ def main(settings: Settings) -> int:
             ends = committed_end_offsets(settings.kafka, examples_topic)
             return len(read_examples(settings, TENANT, {p: (0, e) for p, e in ends.items()}).examples)
 
-        _wait(lambda: committed_examples() >= len(qa), 120, "training examples")
+        wait_for(lambda: committed_examples() >= len(qa), 120, "demo: training examples", 0.5)
         _say(f"{committed_examples()} training examples on {examples_topic}")
 
         step("train, evaluate and gate an adapter (QLoRA on SmolLM2-135M-Instruct)")
-        outcome = refresh(settings, TENANT, say=_say)
+        outcome = refresh(settings, TENANT, missing_docs=index_check(settings), say=_say)
         _say(f"result: {outcome.status} {outcome.version or ''}: {outcome.reason}")
         if outcome.manifest:
             _say(
-                f"manifest offsets: {outcome.manifest['data']['ranges']}; adapter sha256 "
-                f"{outcome.manifest['adapter']['sha256'][:16]}..."
+                f"manifest offsets: {outcome.manifest.data.ranges}; adapter sha256 "
+                f"{outcome.manifest.adapter.sha256[:16]}..."
             )
 
         step("start the query consumer and ask through the queries topic")
@@ -164,18 +154,17 @@ def main(settings: Settings) -> int:
 
         step(f"change a fact: {CHANGED_DOC} now says the tune-up costs 699 NOK")
         changed_at = time.monotonic()
-        producer.produce(
-            events,
-            key=f"{TENANT}:{CHANGED_DOC}".encode(),
-            value=_event(
-                f"demo-doc-{CHANGED_DOC}-v2",
-                "document.upserted",
-                {"doc_id": CHANGED_DOC, "title": "Repair service", "text": CHANGED_TEXT},
-            ),
+        changed = _document(
+            f"demo-doc-{CHANGED_DOC}-v2", {"doc_id": CHANGED_DOC, "title": "Repair service", "text": CHANGED_TEXT}
         )
-        producer.flush(30)
-        vector = _vector(settings, CHANGED_QUESTION)
-        _wait(lambda: any("699" in h.text for h in store.search(TENANT, CHANGED_QUESTION, vector, 4)), 120, "update")
+        out.produce(events, key=changed.key.encode(), value=encode(changed))
+        out.flush(30)
+        vector = retriever.embed([CHANGED_QUESTION])[0]
+        wait_for(
+            lambda: any("699" in h.text for h in retriever.search_with(TENANT, CHANGED_QUESTION, vector, 4)),
+            120,
+            "demo: update",
+        )
         _say(f"searchable {time.monotonic() - changed_at:.1f}s after it was published")
         _show(CHANGED_QUESTION, ask(settings, CHANGED_QUESTION, TENANT))
         _say(f"answered {time.monotonic() - changed_at:.1f}s after the change was published")
@@ -184,12 +173,6 @@ def main(settings: Settings) -> int:
     print("    Try: .venv/ml/bin/streamtune adapters list --tenant fjordline", flush=True)
     print("         .venv/ml/bin/streamtune train replay v0001 --tenant fjordline   (same sha256 on CPU)", flush=True)
     return 0
-
-
-def _vector(settings: Settings, text: str) -> list[float]:
-    from streamtune.models import load_embedder
-
-    return [float(x) for x in load_embedder(settings).encode([text], normalize_embeddings=True)[0]]
 
 
 def _show(question: str, answer: Any) -> None:

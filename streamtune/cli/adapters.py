@@ -1,0 +1,80 @@
+"""``streamtune adapters list|show V|promote V|rollback``: the adapter registry of one tenant."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from streamtune.settings import Settings
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("adapters", help="the adapter registry")
+    parser.add_argument("--tenant", default="default")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="action")
+    list_ = actions.add_parser("list", help="every version, its status and held-out loss")
+    list_.add_argument("--tenant", default=argparse.SUPPRESS)
+    list_.set_defaults(func=list_versions)
+    for name, func, text in (
+        ("show", show, "a version's manifest, on one screen (--json: all of it)"),
+        ("promote", promote, "make a version current and announce it"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("version")
+        action.add_argument("--tenant", default=argparse.SUPPRESS)
+        if name == "show":
+            action.add_argument("--json", action="store_true")
+        action.set_defaults(func=func)
+    rollback_ = actions.add_parser("rollback", help="make the previously current version current again")
+    rollback_.add_argument("--tenant", default=argparse.SUPPRESS)
+    rollback_.set_defaults(func=rollback)
+
+
+def _registry(settings: Settings, tenant: str) -> Any:
+    from training.registry import AdapterRegistry
+
+    return AdapterRegistry(settings.adapters_dir, tenant)
+
+
+def list_versions(settings: Settings, args: argparse.Namespace) -> int:
+    registry = _registry(settings, args.tenant)
+    current = registry.current()
+    versions = registry.versions()
+    for v in versions:
+        mark = "*" if current and v.name == current.name else " "
+        held = v.manifest.metrics.candidate.held_out
+        print(
+            f"{mark} {v.name}  {v.status:<9} held-out loss {held.loss:.4f}  "
+            f"examples {v.manifest.data.new_examples}  {v.manifest.created_at.isoformat()}"
+        )
+    if not versions:
+        print(f"no adapters for tenant {args.tenant!r} under {registry.root}")
+    return 0
+
+
+def show(settings: Settings, args: argparse.Namespace) -> int:
+    version = _registry(settings, args.tenant).get(args.version)
+    if args.json:
+        print(version.manifest.to_json())
+    else:
+        print(f"{version.status} at {version.path}")
+        print(version.manifest.summary())
+    return 0
+
+
+def promote(settings: Settings, args: argparse.Namespace) -> int:
+    from training.publish import announce
+
+    version = _registry(settings, args.tenant).promote(args.version)
+    announce(settings, version)
+    print(f"{args.tenant}: {version.name} is current and announced")
+    return 0
+
+
+def rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from training.publish import announce
+
+    version = _registry(settings, args.tenant).rollback()
+    announce(settings, version)
+    print(f"{args.tenant}: rolled back; {version.name} is current and announced")
+    return 0

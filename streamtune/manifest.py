@@ -1,0 +1,214 @@
+"""The adapter manifest: what every adapter version was made from, as one typed, versioned record.
+
+It is written beside the weights as ``manifest.json``, rides on ``adapter-updates`` (so it is part of the
+wire contract and lives in the core), and is read back through this model everywhere: by the registry,
+``train replay``, ``train watch``, ``serve`` (the weights' sha256), the CLI, the demo and the benchmarks.
+``training/manifest.py`` builds it. Loading is forward-compatible: unknown keys of a newer writer are
+ignored with a warning, as PEFT does with its configs; every manifest written since the first version loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streamtune.errors import ContractError
+
+__all__ = [
+    "AdapterDigest",
+    "BaseModelIdentity",
+    "CodeVersion",
+    "DataWindow",
+    "EvalScores",
+    "Manifest",
+    "Metrics",
+    "ParentRef",
+    "Ranges",
+    "SideScores",
+    "Split",
+    "TrainFigures",
+    "Verdict",
+]
+
+log = logging.getLogger(__name__)
+
+Ranges = dict[int, tuple[int, int]]
+"""Per partition, the half-open offset range ``[start, end)``."""
+
+
+class _Part(BaseModel):
+    # NaN is a legitimate score (no tokens to score), so it is written as NaN, not null.
+    model_config = ConfigDict(frozen=True, extra="ignore", ser_json_inf_nan="constants")
+
+
+class BaseModelIdentity(_Part):
+    setting: str
+    """``models.base_model`` as configured (a hub id, a path, or the packaged default)."""
+    source: str
+    """What was loaded (a folder or hub id)."""
+    sha256: dict[str, str] = Field(default_factory=dict)
+    """Per weights file, its sha256 (local folders)."""
+    revision: str | None = None
+    """For a hub id: the revision, when no file hash could be taken."""
+
+
+class ParentRef(_Part):
+    version: str
+    sha256: str
+
+
+class DataWindow(_Part):
+    topic: str
+    ranges: Ranges
+    """The new examples: exactly these offsets of ``topic``."""
+    replay_ranges: Ranges
+    """Where the replay sample was drawn from."""
+    new_examples: int
+    train: int
+    held_out: int
+    replay: int
+    excluded_example_ids: list[str] = Field(default_factory=list)
+    """New examples left out because a document they rely on was deleted."""
+
+    def trained_up_to(self) -> dict[int, int]:
+        """Per partition, the first offset this version did not see."""
+        return {p: end for p, (_, end) in self.ranges.items()}
+
+
+class EvalScores(_Part):
+    loss: float
+    exact_match: float
+    token_f1: float
+    examples: int
+
+
+class SideScores(_Part):
+    held_out: EvalScores
+    anchor: EvalScores
+
+
+class TrainFigures(_Part):
+    steps: int
+    tokens: int
+    seconds: float
+    tokens_per_second: float
+    final_loss: float | None = None
+
+
+class Verdict(_Part):
+    """The promotion gate's decision (``training/gate.py``)."""
+
+    promoted: bool
+    reason: str
+    anchor_tolerance: float
+    compared_with: str = ""
+
+
+class Metrics(_Part):
+    train: TrainFigures
+    candidate: SideScores
+    current: SideScores
+
+
+class Split(_Part):
+    seed: int
+    held_out_percent: int
+
+
+class CodeVersion(_Part):
+    streamtune: str
+    git: str | None = None
+    training_sha256: str
+
+
+class AdapterDigest(_Part):
+    sha256: str
+
+
+class Manifest(_Part):
+    schema_version: Literal[1] = 1
+    tenant: str
+    version: str
+    created_at: datetime
+    base_model: BaseModelIdentity
+    parent: ParentRef | None
+    data: DataWindow
+    split: Split
+    training: dict[str, Any]
+    """Every ``[training]`` setting, as the version was trained (``TrainingSettings`` fields)."""
+    quantization: str
+    libraries: dict[str, str]
+    code: CodeVersion
+    metrics: Metrics
+    gate: Verdict
+    adapter: AdapterDigest
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        """Read ``manifest.json`` (or a version directory holding one)."""
+        file = path / "manifest.json" if path.is_dir() else path
+        try:
+            return cls.from_json(json.loads(file.read_text()), where=str(file))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ContractError(f"{file}: not a readable manifest: {exc}", error_class="InvalidManifest") from exc
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str = "manifest") -> Manifest:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                log.warning("%s: ignoring keys unknown to this version of streamtune: %s", where, ", ".join(unknown))
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            at = ".".join(str(p) for p in first["loc"])
+            raise ContractError(f"{where}: {at}: {first['msg']}", error_class="InvalidManifest") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+    def summary(self) -> str:
+        """One screen: what the version was trained on, how it scored, and why it was (not) promoted."""
+        cand, curr = self.metrics.candidate, self.metrics.current
+        ranges = ", ".join(f"p{p} [{a}, {b})" for p, (a, b) in sorted(self.data.ranges.items())) or "none"
+        base = self.base_model
+        pinned = next(iter(base.sha256.values()), None) if base.sha256 else base.revision
+        lines = [
+            f"{self.tenant} {self.version}  created {self.created_at:%Y-%m-%d %H:%M:%S %Z}",
+            f"  base model   {base.setting} ({(pinned or 'unpinned')[:16]})",
+            f"  parent       {f'{self.parent.version} ({self.parent.sha256[:16]})' if self.parent else 'none'}",
+            f"  data         {self.data.topic}: {ranges}",
+            f"               {self.data.new_examples} new (train {self.data.train}, held out {self.data.held_out}), "
+            f"replay {self.data.replay}, excluded {len(self.data.excluded_example_ids)}",
+            f"  training     {self.metrics.train.steps} steps, lr {self.training.get('learning_rate')}, "
+            f"batch {self.training.get('batch_size')}, LoRA r {self.training.get('lora_r')}, {self.quantization}",
+            f"               {self.metrics.train.tokens_per_second:.1f} tokens/s, "
+            f"final loss {_num(self.metrics.train.final_loss)}",
+            f"  held-out     loss {_num(cand.held_out.loss)} vs {_num(curr.held_out.loss)}, "
+            f"EM {_num(cand.held_out.exact_match, 2)} vs {_num(curr.held_out.exact_match, 2)}, "
+            f"F1 {_num(cand.held_out.token_f1, 2)} vs {_num(curr.held_out.token_f1, 2)} "
+            f"({cand.held_out.examples} examples)",
+            f"  anchor       loss {_num(cand.anchor.loss)} vs {_num(curr.anchor.loss)} "
+            f"(tolerance +{self.gate.anchor_tolerance:.0%})",
+            f"  gate         {'promoted' if self.gate.promoted else 'rejected'} against "
+            f"{self.gate.compared_with or 'the base model'}: {self.gate.reason}",
+            f"  weights      sha256 {self.adapter.sha256}",
+            f"  code         streamtune {self.code.streamtune} git {(self.code.git or 'unknown')[:12]}; "
+            + ", ".join(
+                f"{k} {v}" for k, v in sorted(self.libraries.items()) if k in ("torch", "transformers", "peft")
+            ),
+        ]
+        return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"

@@ -1,0 +1,380 @@
+"""A standalone Flink session cluster on 127.0.0.1: real scale-out of the ingest job on one machine.
+
+With ``flink.cluster`` on, `streamtune stack up` starts a jobmanager and ``flink.taskmanagers`` taskmanagers
+from the Flink distribution that the apache-flink package ships (``pyflink/bin``, ``pyflink/lib``), each one
+a stack component of its own, so `stack status` reports every process truthfully, `down` stops each one, and
+a taskmanager that died is restarted by the next `up`. Everything binds 127.0.0.1; each process reads its
+own ``config.yaml``, written from the settings under the stack home (edits are overwritten).
+
+``submit_job`` sends the ingest job (``streams/job.py``) to the cluster with `flink run -d`; ``job_status``
+and ``cancel_job`` use the jobmanager's REST API. The cluster runs only from the Flink environment: its
+Python workers must find PyFlink and the job's packages there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamtune.errors import StackError
+from streamtune.settings import Settings
+from streamtune.stack.components import Component, _require_tool, port_free
+
+__all__ = [
+    "FlinkJobManager",
+    "FlinkTaskManager",
+    "JobStatus",
+    "cancel_job",
+    "flink_cluster",
+    "flink_home",
+    "job_status",
+    "submit_job",
+]
+
+_JOB_ID = re.compile(rb"Job has been submitted with JobID ([0-9a-f]{32})")
+_FROM_FLINK_ENV = "run it from the Flink environment: .venv/flink/bin/streamtune (`make env` creates it)"
+_TERMINAL = {"CANCELED", "FAILED", "FINISHED"}
+
+
+def flink_home() -> Path | None:
+    """The Flink distribution inside the running interpreter's apache-flink package, if it has one."""
+    spec = importlib.util.find_spec("pyflink")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def flink_cluster(settings: Settings) -> list[Component]:
+    """The cluster's components in start order: the jobmanager, then each taskmanager."""
+    return [
+        FlinkJobManager(settings),
+        *(FlinkTaskManager(settings, index) for index in range(1, settings.flink.taskmanagers + 1)),
+    ]
+
+
+class _FlinkProcess(Component):
+    """A Flink process run in the foreground by the distribution's own script, with its own configuration."""
+
+    script: str
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.flink_home = flink_home()
+        self.conf_dir = self.home / "conf"
+
+    def check_tools(self) -> None:
+        _require_tool(self.name, "java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)")
+        if self.flink_home is None:
+            raise StackError(self.name, f"PyFlink is not installed in {sys.executable}", _FROM_FLINK_ENV)
+
+    def installed(self) -> bool:
+        return self.flink_home is not None and (self.flink_home / "bin" / self.script).is_file()
+
+    def install(self) -> None:
+        # Nothing to download: the distribution comes with the apache-flink package of the Flink environment.
+        raise StackError(
+            self.name, f"no Flink distribution (pyflink/bin/{self.script}) in {sys.executable}", _FROM_FLINK_ENV
+        )
+
+    def _config(self) -> dict[str, Any]:
+        """Flat config.yaml keys of this process: the shipped defaults (JVM flags Java 17 needs), then ours."""
+        flink, home = self.settings.flink, self.flink_home
+        assert home is not None
+        python = _python(self.settings)
+        return {
+            **_shipped_config(home),
+            "jobmanager.rpc.address": "127.0.0.1",
+            "jobmanager.bind-host": "127.0.0.1",
+            "jobmanager.rpc.port": flink.rpc_port,
+            "jobmanager.memory.process.size": flink.jobmanager_memory,
+            "rest.address": "127.0.0.1",
+            "rest.bind-address": "127.0.0.1",
+            "rest.port": flink.rest_port,
+            "taskmanager.host": "127.0.0.1",
+            "taskmanager.bind-host": "127.0.0.1",
+            "taskmanager.numberOfTaskSlots": flink.task_slots,
+            "taskmanager.memory.process.size": flink.taskmanager_memory,
+            # Ephemeral RPC and data ports (Flink's defaults, stated because they are what lets several
+            # taskmanagers share one host).
+            "taskmanager.rpc.port": "0",
+            "taskmanager.data.port": 0,
+            "io.tmp.dirs": str(self.home / "tmp"),
+            "web.tmpdir": str(self.home / "tmp" / "web"),
+            # Jobs that do not name one get the Flink environment's Python for their workers and client.
+            "python.executable": str(python),
+            "python.client.executable": str(python),
+        }
+
+    def prepare(self) -> None:
+        assert self.flink_home is not None
+        _write_conf(self.conf_dir, self.flink_home, self._config())
+        (self.home / "tmp" / "web").mkdir(parents=True, exist_ok=True)
+        # The stack recognises its process by the program name in the command line; the scripts exec Java,
+        # which keeps `--configDir <home>/conf` (home named after the component) among its arguments, so the
+        # launcher carries the component's name.
+        launcher = self.home / self.name
+        launcher.write_text(
+            "#!/bin/sh\n# Written by `streamtune stack up`; edits are overwritten.\n"
+            f"exec {shlex.quote(str(self.flink_home / 'bin' / self.script))} start-foreground\n"
+        )
+        launcher.chmod(0o755)
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        assert self.flink_home is not None
+        return [str(self.home / self.name)], {
+            **_flink_env(self.settings, self.flink_home, self.conf_dir, self.home / "log"),
+            "FLINK_PID_DIR": str(self.home),
+        }
+
+
+class FlinkJobManager(_FlinkProcess):
+    """The session cluster's jobmanager: REST API and web UI on ``flink.rest_port``, RPC on ``flink.rpc_port``."""
+
+    name = "flink-jobmanager"
+    script = "jobmanager.sh"
+
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.settings.flink.rest_port} (RPC {self.settings.flink.rpc_port})"
+
+    def ports(self) -> list[int]:
+        return [self.settings.flink.rest_port, self.settings.flink.rpc_port]
+
+    def healthy(self) -> bool:
+        overview = _get(self.settings, "/overview")
+        return isinstance(overview, dict) and "flink-version" in overview
+
+
+class FlinkTaskManager(_FlinkProcess):
+    """One taskmanager with ``flink.task_slots`` slots; healthy once the jobmanager lists it as connected."""
+
+    script = "taskmanager.sh"
+
+    def __init__(self, settings: Settings, index: int) -> None:
+        self.name = f"flink-taskmanager-{index}"
+        super().__init__(settings)
+
+    def address(self) -> str:
+        flink = self.settings.flink
+        slots = f"{flink.task_slots} slot{'s' if flink.task_slots > 1 else ''}"
+        return f"127.0.0.1 ({slots}, {flink.taskmanager_memory}; jobmanager RPC {flink.rpc_port})"
+
+    def _config(self) -> dict[str, Any]:
+        # A resource id of its own: the jobmanager tells the taskmanagers apart by it, and a restarted one
+        # takes over its predecessor's registration.
+        return {**super()._config(), "taskmanager.resource-id": self.name}
+
+    def healthy(self) -> bool:
+        listing = _get(self.settings, "/taskmanagers")
+        managers = listing.get("taskmanagers", []) if isinstance(listing, dict) else []
+        for manager in managers:
+            if manager.get("id") != self.name:
+                continue
+            # The jobmanager forgets a killed taskmanager only after missed heartbeats; its RPC port closes
+            # at once, so a listed taskmanager whose port is free is reported as down right away.
+            port = re.search(r":(\d+)/", str(manager.get("path", "")))
+            return port is not None and not port_free(int(port.group(1)))
+        return False
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: str
+    name: str
+    state: str
+    """CREATED | RUNNING | RESTARTING | FAILING | CANCELLING | CANCELED | FAILED | FINISHED | ..."""
+    restarts: int
+    parallelism: int
+    """The largest parallelism of the job's vertices."""
+    vertex_states: dict[str, int]
+    """How many of the job's vertices are in each state (RUNNING, SCHEDULED, DEPLOYING, ...)."""
+
+    @property
+    def running(self) -> bool:
+        """The job runs and every vertex has its tasks deployed and running."""
+        total = sum(self.vertex_states.values())
+        return self.state == "RUNNING" and total > 0 and self.vertex_states.get("RUNNING", 0) == total
+
+
+def submit_job(
+    settings: Settings,
+    *,
+    parallelism: int,
+    env: Mapping[str, str] | None = None,
+    script: Path | None = None,
+) -> str:
+    """Submit the ingest job (or another PyFlink ``script``) to the cluster with `flink run -d`; its job id.
+
+    The job loads its own settings from the environment (``STREAMTUNE__...``): pass the deployment's
+    variables in ``env``. ``parallelism`` is passed both as ``-p`` and as ``flink.parallelism``, which the
+    job sets on its environment (and which would otherwise override ``-p``). The CLI's output goes to
+    ``<stack home>/logs/flink-submit.log``.
+    """
+    home = flink_home()
+    if home is None:
+        raise StackError("flink-submit", f"PyFlink is not installed in {sys.executable}", _FROM_FLINK_ENV)
+    jar = settings.connector_jar
+    if not jar.is_file():
+        raise StackError("flink-submit", f"no Kafka connector jar at {jar}", "run `streamtune stack up` to download it")
+    job_file = script or _ingest_job_file()
+    client = settings.stack_home / "flink-client"
+    _write_conf(client / "conf", home, FlinkJobManager(settings)._config() | {"io.tmp.dirs": str(client / "tmp")})
+    (client / "tmp").mkdir(parents=True, exist_ok=True)
+    rest = f"127.0.0.1:{settings.flink.rest_port}"
+    cmd = [str(home / "bin" / "flink"), "run", "-m", rest, "-d", "-p", str(parallelism)]
+    cmd += ["--python", str(job_file), "--jarfile", str(jar)]
+    child_env = {
+        **os.environ,
+        **(env or {}),
+        **_flink_env(settings, home, client / "conf", client / "log"),
+        "STREAMTUNE__FLINK__PARALLELISM": str(parallelism),
+    }
+    log = settings.stack_home / "logs" / "flink-submit.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    timeout_s = settings.stack.startup_timeout_s
+    with log.open("ab") as out:
+        start = out.tell()
+        out.write(f"$ {shlex.join(cmd)}\n".encode())
+        out.flush()
+        process = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env, start_new_session=True
+        )
+        try:
+            code = process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the CLI and its Python driver; a submitted job keeps running
+            process.wait()
+            raise StackError(
+                "flink-submit",
+                f"`flink run -d` did not return within {timeout_s:.0f}s (log: {log})",
+                f"the job file must return once submitted in detached mode ({job_file}); "
+                "raise STREAMTUNE__STACK__STARTUP_TIMEOUT_S on a slow machine",
+            ) from None
+    output = log.read_bytes()[start:]
+    found = _JOB_ID.search(output)
+    if code != 0 or found is None:
+        # The job file's own error comes before the CLI's Java stack trace, which only says that it failed.
+        text = output.decode(errors="replace").split("org.apache.flink.client.program.ProgramAbortException")[0]
+        tail = text.strip().splitlines()[-12:]
+        raise StackError(
+            "flink-submit",
+            f"`flink run` exited with code {code} without a job id (log: {log}):\n  " + "\n  ".join(tail),
+            f"is the cluster up (`streamtune stack status` with flink.cluster on, REST {rest})?",
+        )
+    return found.group(1).decode()
+
+
+def job_status(settings: Settings, job_id: str) -> JobStatus:
+    """The job's state, restart count and vertex states, from the jobmanager's REST API."""
+    details = _get(settings, f"/jobs/{job_id}", strict=True)
+    metrics = _get(settings, f"/jobs/{job_id}/metrics?get=numRestarts", strict=True)
+    restarts = next((int(m["value"]) for m in metrics if m.get("id") == "numRestarts"), 0)
+    return JobStatus(
+        job_id=job_id,
+        name=str(details["name"]),
+        state=str(details["state"]),
+        restarts=restarts,
+        parallelism=max((int(v["parallelism"]) for v in details.get("vertices", [])), default=0),
+        vertex_states={state: n for state, n in details.get("status-counts", {}).items() if n},
+    )
+
+
+def cancel_job(settings: Settings, job_id: str, *, wait: bool = True) -> JobStatus:
+    """Cancel the job (its retained checkpoint stays for a later start); with ``wait``, until it has stopped."""
+    _request(settings, "PATCH", f"/jobs/{job_id}?mode=cancel")
+    deadline = time.monotonic() + settings.stack.startup_timeout_s
+    while True:
+        status = job_status(settings, job_id)
+        if not wait or status.state in _TERMINAL:
+            return status
+        if time.monotonic() > deadline:
+            raise StackError(
+                "flink-jobmanager",
+                f"job {job_id} still {status.state} {settings.stack.startup_timeout_s:.0f}s after cancel",
+                "see the taskmanagers' logs (`streamtune stack logs flink-taskmanager-1`)",
+            )
+        time.sleep(0.5)
+
+
+def _python(settings: Settings) -> Path:
+    return settings.flink.python_executable or Path(sys.executable)
+
+
+def _flink_env(settings: Settings, home: Path, conf_dir: Path, log_dir: Path) -> dict[str, str]:
+    """Environment of a Flink script: this distribution and configuration, and the Flink environment's
+    bin/ first on PATH, so that Python workers start in it (``python.executable`` alone is not enough)."""
+    bin_dir = str(_python(settings).parent)
+    return {
+        "FLINK_HOME": str(home),
+        "FLINK_CONF_DIR": str(conf_dir),
+        "FLINK_LOG_DIR": str(log_dir),
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
+
+
+def _shipped_config(home: Path) -> dict[str, Any]:
+    import yaml  # a dependency of apache-beam, so always in the Flink environment
+
+    def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            name = f"{prefix}{key}"
+            flat.update(flatten(value, f"{name}.") if isinstance(value, Mapping) else {name: value})
+        return flat
+
+    return flatten(yaml.safe_load((home / "conf" / "config.yaml").read_text()) or {})
+
+
+def _write_conf(conf_dir: Path, home: Path, config: Mapping[str, Any]) -> None:
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    # Flat keys with JSON scalars: valid YAML that Flink 2's config.yaml parser reads as written.
+    lines = [
+        f"{key}: {json.dumps(value if isinstance(value, int | float | bool) else str(value))}"
+        for key, value in config.items()
+    ]
+    (conf_dir / "config.yaml").write_text(
+        "# Written by `streamtune stack up` from the settings; edits are overwritten.\n" + "\n".join(lines) + "\n"
+    )
+    for name in ("log4j-console.properties", "log4j-cli.properties"):
+        (conf_dir / name).write_text((home / "conf" / name).read_text())
+
+
+def _ingest_job_file() -> Path:
+    spec = importlib.util.find_spec("streams.job")
+    if spec is None or spec.origin is None:
+        raise StackError("flink-submit", "the streams package is not installed", _FROM_FLINK_ENV)
+    return Path(spec.origin)
+
+
+def _request(settings: Settings, method: str, path: str) -> Any:
+    url = f"http://127.0.0.1:{settings.flink.rest_port}{path}"
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            body = response.read()
+    except (OSError, ValueError) as exc:
+        raise StackError(
+            "flink-jobmanager", f"{method} {url} failed: {exc}", "is the cluster up? `streamtune stack status`"
+        ) from exc
+    return json.loads(body) if body else None
+
+
+def _get(settings: Settings, path: str, *, strict: bool = False) -> Any:
+    """A REST GET; ``None`` when the jobmanager does not answer, unless ``strict``."""
+    try:
+        return _request(settings, "GET", path)
+    except StackError:
+        if strict:
+            raise
+        return None
