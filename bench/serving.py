@@ -1,14 +1,20 @@
-"""Serving benchmark: query-topic overhead and adapter hot-swap latency.
+"""Serving benchmark: query-topic overhead, batched throughput, adapter hot-swap latency, the adapter cache.
 
-    .venv/ml/bin/python bench/serving.py [--queries 12] [--swaps 2]
+    .venv/ml/bin/python bench/serving.py [--queries 12] [--swaps 2] [--backlog 32]
 
 1. Yardstick, measured in the same run: the same retrieval + generation called in-process
    (``Answerer.answer``), median latency over the questions. Then the same questions through
    ``queries`` → ``streamtune serve`` → ``answers`` (``ask``), median end-to-end latency. Result: the
    ratio (goal ≤ 1.1).
-2. Hot swap: while queries flow, a new adapter version is published and announced; reported is the
+2. Batched throughput: a backlog of ``--backlog`` queries answered by ``serve`` with
+   ``inference.max_batch=8`` ÷ the same backlog answered by ``serve`` with ``max_batch=1`` (the sequential
+   path), queries/s, for one tenant (goal ≥ 3.0) and for four tenants with four different adapters in the
+   same batches (goal ≥ 2.5); p50/p99 of each query's latency from produce to answer.
+3. Hot swap: while queries flow, a new adapter version is published and announced; reported is the
    time from the announcement to the first answer served with it, and how many queries failed or
    went unanswered across the swaps (goal 0).
+4. The adapter cache: time to load one adapter, and the process's resident memory with 0, 4, 8 and 16
+   adapters loaded.
 
 Uses uuid-named topics, collection and registry against the running local stack; removes them after.
 """
@@ -43,9 +49,10 @@ from training.publish import announce
 from training.registry import AdapterRegistry
 
 TENANT = "bench"
+TENANTS = ("bench-a", "bench-b", "bench-c", "bench-d")
 
 
-def _untrained_adapter(settings: Any, target: Path, seed: int, name: str) -> None:
+def _untrained_adapter(settings: Any, target: Path, seed: int, name: str, tenant: str = TENANT) -> None:
     """A real LoRA adapter for the base model (random B, so it changes the output slightly)."""
     import torch
     from peft import get_peft_model
@@ -61,10 +68,10 @@ def _untrained_adapter(settings: Any, target: Path, seed: int, name: str) -> Non
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=1e-3)
     model.save_pretrained(str(target))
-    (target / "manifest.json").write_text(_manifest(settings, name, target).to_json())
+    (target / "manifest.json").write_text(_manifest(settings, name, target, tenant).to_json())
 
 
-def _manifest(settings: Any, name: str, folder: Path) -> Manifest:
+def _manifest(settings: Any, name: str, folder: Path, tenant: str) -> Manifest:
     """A manifest that says what this adapter is: random LoRA weights, trained on nothing."""
     from datetime import UTC, datetime
 
@@ -85,7 +92,7 @@ def _manifest(settings: Any, name: str, folder: Path) -> Manifest:
     nothing = EvalScores(loss=float("nan"), exact_match=float("nan"), token_f1=float("nan"), examples=0)
     scores = SideScores(held_out=nothing, anchor=nothing)
     return Manifest(
-        tenant=TENANT,
+        tenant=tenant,
         version=name,
         created_at=datetime.now(UTC),
         base_model=BaseModelIdentity(setting=settings.models.base_model, source=base_model_source(settings)),
@@ -109,6 +116,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=12)
     parser.add_argument("--swaps", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--backlog", type=int, default=32, help="queries in each throughput run")
     parser.add_argument(
         "--interval",
         type=float,
@@ -124,6 +132,7 @@ def main() -> None:
         "STREAMTUNE__WEAVIATE__COLLECTION": f"Bench{tag}",
         "STREAMTUNE__INFERENCE__GROUP_ID": f"bench-{tag}",
         "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": str(args.max_new_tokens),
+        "STREAMTUNE__INFERENCE__METRICS_PORT": "0",
         "STREAMTUNE__TRAINING__ADAPTERS_DIR": str(tmp / "adapters"),
     }
     import os
@@ -146,12 +155,13 @@ def main() -> None:
         store = ChunkStore(client, settings)
         store.ensure_collection(int(embedder.get_sentence_embedding_dimension()))
         vectors = embedder.encode([d["text"] for d in documents], normalize_embeddings=True).tolist()
-        store.upsert(
-            [
-                DocumentChunks(TENANT, d["doc_id"], d["title"], [d["text"]], [v], "bench", "2026-11-21T00:00:00Z")
-                for d, v in zip(documents, vectors, strict=True)
-            ]
-        )
+        for tenant in (TENANT, *TENANTS):
+            store.upsert(
+                [
+                    DocumentChunks(tenant, d["doc_id"], d["title"], [d["text"]], [v], "bench", "2026-11-21T00:00:00Z")
+                    for d, v in zip(documents, vectors, strict=True)
+                ]
+            )
 
         from inference.engine import Answerer
 
@@ -182,6 +192,33 @@ def main() -> None:
             flush=True,
         )
 
+        server.stop()
+        for i, tenant in enumerate(TENANTS):
+            registry = AdapterRegistry(settings.adapters_dir, tenant)
+            announce(
+                settings,
+                registry.publish(
+                    "v0001",
+                    lambda target, i=i, t=tenant: _untrained_adapter(settings, target, 100 + i, "v0001", t),
+                    "promoted",
+                ),
+            )
+        throughput = {}
+        for label, tenants in (("one_tenant", [TENANT]), ("four_tenants", list(TENANTS))):
+            runs = {batch: _backlog(settings, env, tmp, tenants, questions, args.backlog, batch) for batch in (1, 8)}
+            ratio_b = runs[8]["qps"] / runs[1]["qps"]
+            print(
+                f"throughput, {label.replace('_', ' ')}: sequential {runs[1]['qps']:.2f} q/s, batched "
+                f"{runs[8]['qps']:.2f} q/s, ratio {ratio_b:.2f}; latency p50/p99 sequential "
+                f"{runs[1]['p50_ms']:.0f}/{runs[1]['p99_ms']:.0f} ms, batched {runs[8]['p50_ms']:.0f}/"
+                f"{runs[8]['p99_ms']:.0f} ms",
+                flush=True,
+            )
+            throughput[label] = {"sequential": runs[1], "batched": runs[8], "ratio": round(ratio_b, 3)}
+        cache = _adapter_cache(settings, tmp)
+        print(f"adapter cache: {json.dumps(cache)}", flush=True)
+        server.start()
+
         swap = _hot_swaps(settings, args.swaps, args.interval)
         print(
             json.dumps(
@@ -193,6 +230,8 @@ def main() -> None:
                     "in_process_median_ms": round(statistics.median(local) * 1000),
                     "topic_median_ms": round(statistics.median(remote) * 1000),
                     "ratio": round(ratio, 3),
+                    "throughput": throughput,
+                    "adapter_cache": cache,
                     **swap,
                 }
             )
@@ -202,6 +241,102 @@ def main() -> None:
         ChunkStore(client, settings).drop()
         client.close()
         delete_topics(settings.kafka, settings.topics)
+
+
+def _backlog(
+    settings: Any, env: dict[str, str], tmp: Path, tenants: list[str], questions: list[str], count: int, batch: int
+) -> dict[str, float]:
+    """``count`` queries, round-robin over ``tenants``, queued at once and answered by a `serve` of ``batch``."""
+    group = f"bench-{batch}-{uuid.uuid4().hex[:6]}"
+    server = query_server(tmp / "logs", {**env, "STREAMTUNE__INFERENCE__GROUP_ID": group,
+                                         "STREAMTUNE__INFERENCE__MAX_BATCH": str(batch)})  # fmt: skip
+    consumer = Consumer(client_config(settings.kafka, **{"group.id": uuid.uuid4().hex, "auto.offset.reset": "latest"}))
+    consumer.subscribe([topic_name(ANSWERS, settings.topics)])
+    consumer.poll(2.0)
+    server.start()
+    try:
+        warm = Query(query_id=f"warm-{group}", tenant=tenants[0], question=questions[0])
+        _produce(settings, [warm])
+        _collect(consumer, {warm.query_id}, {})
+        queries = [
+            Query(query_id=f"{group}-{i}", tenant=tenants[i % len(tenants)], question=questions[i % len(questions)])
+            for i in range(count)
+        ]
+        sent = _produce(settings, queries)
+        begin = min(sent.values())
+        received: dict[str, float] = {}
+        _collect(consumer, set(sent), received)
+    finally:
+        server.stop()
+        consumer.close()
+    latencies = sorted(received[q] - sent[q] for q in sent)
+    return {
+        "qps": round(count / (max(received.values()) - begin), 3),
+        "p50_ms": round(statistics.median(latencies) * 1000),
+        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000),
+    }
+
+
+def _produce(settings: Any, queries: list[Query]) -> dict[str, float]:
+    out = Producer(client_config(settings.kafka))
+    sent = {}
+    for query in queries:
+        out.produce(topic_name(QUERIES, settings.topics), key=query.query_id.encode(), value=encode(query))
+        sent[query.query_id] = time.monotonic()
+    out.flush(30)
+    return sent
+
+
+def _collect(consumer: Any, wanted: set[str], received: dict[str, float], timeout_s: float = 900) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not wanted <= set(received):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(wanted - set(received))} answers missing after {timeout_s:.0f}s")
+        message = consumer.poll(0.5)
+        if message is not None and message.error() is None:
+            answer = json.loads(message.value() or b"")
+            assert answer["error"] is None, answer["error"]
+            received.setdefault(answer["query_id"], time.monotonic())
+
+
+def _adapter_cache(settings: Any, tmp: Path) -> dict[str, Any]:
+    """Load time of one adapter, and resident memory with 0, 4, 8 and 16 adapters loaded (SmolLM2 LoRA r16)."""
+    import gc
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from inference.adapters import AdapterCache, Announced
+
+    store = tmp / "cache-adapters"
+    adapters = []
+    for i in range(16):
+        folder = store / f"c{i:02d}" / "v0001"
+        folder.mkdir(parents=True)
+        _untrained_adapter(settings, folder, 200 + i, "v0001", f"c{i:02d}")
+        adapters.append(Announced(f"c{i:02d}", "v0001", folder, sha256_file(folder / "adapter_model.safetensors")))
+    gc.collect()
+    base = AutoModelForCausalLM.from_pretrained(base_model_source(settings), dtype=torch.float32)
+    memory = {"0": _rss_mb()}
+    cache = AdapterCache(base, capacity=16)
+    loads: list[float] = []
+    cache.on_load = lambda tenant, seconds: loads.append(seconds)
+    for n in (4, 8, 16):
+        cache.ensure(adapters[:n])
+        gc.collect()
+        memory[str(n)] = _rss_mb()
+    return {
+        "load_ms_median": round(statistics.median(loads) * 1000, 1),
+        "rss_mb_by_loaded": memory,
+        "adapter_file_mb": round((adapters[0].path / "adapter_model.safetensors").stat().st_size / 2**20, 1),
+    }
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def _hot_swaps(settings: Any, swaps: int, interval: float) -> dict[str, Any]:

@@ -1,51 +1,175 @@
-"""What ``adapter-updates`` announced, and the reader that follows the topic between requests.
+"""Which adapter serves which tenant: announcements checked at a trust boundary, and a bounded cache of loaded ones.
 
-``AdapterBook`` keeps every announced version's location and each tenant's newest; ``UpdateReader`` reads
-the compacted history from the beginning at start-up and then polls without blocking.
+``AdapterBook`` takes announcements from ``adapter-updates`` and keeps only those that pass every check:
+the base model is the one being served; the URI lies inside the configured adapter store, exactly at
+``<store>/<tenant>/<version>`` of the announced tenant and version (tenants compare case-sensitively, as
+everywhere); the manifest names the same tenant and version; the weights are a safetensors file (never a
+pickle) whose sha256 is the manifest's. Anything else is refused, logged and counted, so that no writer of
+``adapter-updates`` can make a tenant serve another tenant's adapter or load code. The weights are hashed
+again right before they are loaded, so a file changed after its announcement is refused too.
+
+``AdapterCache`` keeps at most ``inference.max_loaded_adapters`` adapters on the PEFT model, least
+recently used out (``delete_adapter``); ``UpdateReader`` follows the topic between batches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
 
 from streamtune.contracts import AdapterUpdate
 from streamtune.errors import ContractError
 from streamtune.kafka import consumer
+from streamtune.models import sha256_file
 from streamtune.settings import Settings
 from streamtune.topics import ADAPTER_UPDATES, topic_name
 
-__all__ = ["AdapterBook", "UpdateReader"]
+__all__ = ["ADAPTER_WEIGHTS", "AdapterBook", "AdapterCache", "Announced", "UpdateReader", "verify"]
 
 log = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_PICKLES = ("adapter_model.bin", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class Announced:
+    tenant: str
+    version: str
+    path: Path
+    sha256: str
+
+
+def verify(update: AdapterUpdate, store: Path, base_model: str) -> Announced:
+    """The announcement as a loadable adapter, or ValueError saying which check it failed."""
+    if update.base_model != base_model:
+        raise ValueError(f"base model {update.base_model!r} is not the served {base_model!r}")
+    manifest = update.manifest
+    if (manifest.tenant, manifest.version) != (update.tenant, update.version):
+        raise ValueError(f"its manifest is for {manifest.tenant} {manifest.version}")
+    parsed = urlparse(update.uri)
+    if parsed.scheme not in ("file", "") or parsed.netloc not in ("", "localhost"):
+        raise ValueError(f"URI {update.uri!r} is not a local file URI")
+    path = Path(unquote(parsed.path)).resolve()
+    expected = (store / update.tenant / update.version).resolve()
+    if path != expected:
+        raise ValueError(f"URI {update.uri!r} is not {expected} (the store's place for this tenant and version)")
+    weights = path / ADAPTER_WEIGHTS
+    if any((path / name).exists() for name in _PICKLES):
+        raise ValueError(f"{path} holds pickled weights; only safetensors are loaded")
+    if not weights.is_file():
+        raise ValueError(f"{weights} is missing")
+    digest = sha256_file(weights)
+    if digest != manifest.adapter.sha256:
+        raise ValueError(
+            f"the weights' sha256 {digest[:16]}... is not the manifest's {manifest.adapter.sha256[:16]}..."
+        )
+    return Announced(update.tenant, update.version, path, digest)
 
 
 @dataclass
 class AdapterBook:
-    """Every announced version's location, and each tenant's newest."""
+    """Every verified announcement, and each tenant's newest; refusals are kept for the log and the metrics."""
 
+    store: Path
     base_model: str
-    latest: dict[str, str]
-    uris: dict[tuple[str, str], str]
-    ignored: list[str]
-
-    @classmethod
-    def empty(cls, base_model: str) -> AdapterBook:
-        return cls(base_model, {}, {}, [])
+    latest: dict[str, str] = field(default_factory=dict)
+    versions: dict[tuple[str, str], Announced] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+    on_refusal: Callable[[str], None] = lambda reason: None
 
     def record(self, update: AdapterUpdate) -> bool:
-        """Take an announcement; False (and noted in ``ignored``) when its base model is not ours."""
-        if update.base_model != self.base_model:
-            self.ignored.append(f"{update.tenant} {update.version}: base {update.base_model} != {self.base_model}")
+        """Take an announcement; False (logged, counted) when it fails a check."""
+        try:
+            announced = verify(update, self.store, self.base_model)
+        except ValueError as exc:
+            reason = f"{update.tenant} {update.version}: {exc}"
+            self.refused.append(reason)
+            log.warning("serve: refused the announcement of %s", reason)
+            self.on_refusal(str(exc).split(" ", 1)[0])
             return False
-        self.uris[(update.tenant, update.version)] = update.uri
+        self.versions[(update.tenant, update.version)] = announced
         self.latest[update.tenant] = update.version
         return True
 
+    def resolve(self, tenant: str, pinned: str | None) -> Announced | None:
+        """The adapter a query of ``tenant`` is answered with (None: the base model); KeyError for an unknown pin."""
+        version = pinned or self.latest.get(tenant)
+        if version is None:
+            return None
+        return self.versions[(tenant, version)]
+
+
+class AdapterCache:
+    """At most ``capacity`` adapters loaded on one PEFT model; the least recently used is deleted first.
+
+    The base model is wrapped in a ``PeftModel`` at the first load, so that one batch can mix adapters
+    (``generate(adapter_names=[...])``, ``"__base__"`` for rows without one).
+    """
+
+    BASE = "__base__"
+
+    def __init__(self, model: Any, capacity: int, *, on_load: Callable[[str, float], None] | None = None) -> None:
+        self.model = model
+        self.capacity = capacity
+        self.loaded: OrderedDict[str, Announced] = OrderedDict()
+        self.loads = 0
+        self.evictions = 0
+        self.on_load = on_load or (lambda tenant, seconds: None)
+        self.on_evict: Callable[[str], None] = lambda tenant: None
+
+    @staticmethod
+    def name(adapter: Announced | None) -> str:
+        return AdapterCache.BASE if adapter is None else f"{adapter.tenant}__{adapter.version}"
+
+    def ensure(self, adapters: list[Announced]) -> None:
+        """Make every one of ``adapters`` (at most ``capacity`` of them) loaded, evicting others.
+
+        A new adapter is loaded before the least recently used one is deleted (PEFT cannot drop the last
+        adapter of a model), so for a moment the model may hold one more than ``capacity``.
+        """
+        from peft import PeftModel
+
+        keep = {self.name(a) for a in adapters}
+        if len(keep) > self.capacity:
+            raise ValueError(f"{len(keep)} adapters asked for at once; the cache holds {self.capacity}")
+        for adapter in adapters:
+            name = self.name(adapter)
+            if name in self.loaded:
+                self.loaded.move_to_end(name)
+                continue
+            if sha256_file(adapter.path / ADAPTER_WEIGHTS) != adapter.sha256:
+                raise ValueError(f"{adapter.path} changed after it was announced (sha256 differs)")
+            begin = time.perf_counter()
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(adapter.path), adapter_name=name, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(
+                    self.model, str(adapter.path), adapter_name=name, is_trainable=False
+                )
+            self.model.eval()
+            self.loaded[name] = adapter
+            self.loads += 1
+            self.on_load(adapter.tenant, time.perf_counter() - begin)
+            while len(self.loaded) > self.capacity:
+                self._evict(next(n for n in self.loaded if n not in keep))
+
+    def _evict(self, name: str) -> None:
+        adapter = self.loaded.pop(name)
+        self.model.delete_adapter(name)
+        self.evictions += 1
+        self.on_evict(adapter.tenant)
+
 
 class UpdateReader:
-    """A reader of ``adapter-updates`` from the beginning, polled without blocking between requests."""
+    """A reader of ``adapter-updates`` from the beginning, polled without blocking between batches."""
 
     def __init__(self, settings: Settings) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition

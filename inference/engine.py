@@ -1,20 +1,35 @@
-"""Answering one query: embed, retrieve the tenant's top-k chunks, prompt with numbered context, generate
-with the base model plus the tenant's newest promoted adapter (or a pinned version)."""
+"""Answering a batch of queries: embed them together, retrieve each tenant's top-k chunks, prompt with the
+numbered context cut to a token budget, and generate in one batch even across tenants and adapters (PEFT's
+mixed-adapter batches; the base model for tenants without one).
+
+A query that cannot be answered gets an answer with an error code instead: ``invalid_query`` (service),
+``unknown_adapter``, ``question_too_long``, ``retrieval_unavailable`` (Weaviate still failing after
+``inference.retrieval_budget_s``), ``internal_error``. One bad query never fails the others of its batch.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from inference.adapters import AdapterBook
-from retrieval.client import RetrievalError
+from inference.adapters import AdapterBook, AdapterCache, Announced
+from inference.metrics import ServeMetrics
+from retrieval.client import RetrievalError, address, is_transient
+from retrieval.store import SearchHit
 from streamtune.contracts import Answer, AnswerError, Citation, Query
-from streamtune.errors import StreamtuneError
-from streamtune.prompt import chat_messages
+from streamtune.errors import ConfigError, StreamtuneError, UnavailableError
+from streamtune.prompt import chat_messages, trimmed_context
+from streamtune.retry import Backoff, retrying
 from streamtune.settings import Settings
 
 __all__ = ["AnswerFailure", "Answerer"]
+
+log = logging.getLogger(__name__)
+# Chat-template tokens around the system and user messages; checked against the model's context at start-up.
+_TEMPLATE_ALLOWANCE = 64
 
 
 class AnswerFailure(StreamtuneError):
@@ -26,97 +41,230 @@ class AnswerFailure(StreamtuneError):
         self.message = message
 
 
+@dataclass
+class _Item:
+    query: Query
+    received: float
+    timings: dict[str, float] = field(default_factory=dict)
+    adapter: Announced | None = None
+    hits: list[SearchHit] = field(default_factory=list)
+    prompt: str = ""
+    text: str = ""
+    failure: AnswerFailure | None = None
+
+
 class Answerer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: ServeMetrics | None = None) -> None:
         import torch
 
         from retrieval import Retriever
+        from retrieval.client import connect_when_ready
         from streamtune.models import load_base_model
 
         torch.set_num_threads(settings.inference.torch_threads)
         self.settings = settings
-        self.retriever = Retriever(settings)
-        self.tokenizer: Any
-        self.model: Any
-        self.tokenizer, self.model = load_base_model(settings, dtype=torch.float32)
-        self.model.eval()
+        self.metrics = metrics or ServeMetrics()
+        self.retriever = Retriever(settings, client=connect_when_ready(settings.weaviate, give_up=False))
+        self._own_client = self.retriever.client
+        self.tokenizer, model = load_base_model(settings, dtype=torch.float32)
+        model.eval()
+        self.tokenizer.padding_side = "left"  # decoder-only models generate a batch from left-padded prompts
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model_name = settings.models.base_model
-        self.book = AdapterBook.empty(settings.models.base_model)
-        self._loaded: set[str] = set()
+        self.book = AdapterBook(
+            settings.adapters_dir,
+            settings.models.base_model,
+            on_refusal=lambda check: self.metrics.refused.labels(check).inc(),
+        )
+        self.cache = AdapterCache(model, settings.inference.max_loaded_adapters, on_load=self.metrics.adapter_loaded)
+        self.cache.on_evict = lambda tenant: self.metrics.adapter_evictions.labels(tenant).inc()
+        self._check_context_window(model)
+
+    def _check_context_window(self, model: Any) -> None:
+        """A prompt can never outgrow the model: system prompt + context budget + longest question + answer."""
+        inference = self.settings.inference
+        limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        system = len(self._encode(inference.system_prompt))
+        needed = system + inference.context_tokens + inference.max_question_tokens + inference.max_new_tokens
+        if limit and needed + _TEMPLATE_ALLOWANCE > limit:
+            raise ConfigError(
+                "inference.context_tokens",
+                inference.context_tokens,
+                f"system prompt ({system}) + context_tokens + max_question_tokens ({inference.max_question_tokens}) "
+                f"+ max_new_tokens ({inference.max_new_tokens}) + {_TEMPLATE_ALLOWANCE} exceeds the model's "
+                f"{limit}-token context; lower them",
+            )
 
     def close(self) -> None:
         self.retriever.close()
+        self._own_client.close()
 
-    def _use_adapter(self, tenant: str, version: str | None) -> str | None:
-        """Activate the adapter for this query between requests; returns its version (None: base model)."""
-        if version is None:
-            version = self.book.latest.get(tenant)
-        if version is None:
-            if self._loaded:
-                self.model.disable_adapters()
-            return None
-        uri = self.book.uris.get((tenant, version))
-        if uri is None:
-            raise AnswerFailure("unknown_adapter", f"tenant {tenant} has no announced adapter version {version!r}")
-        name = f"{tenant}__{version}"
-        if name not in self._loaded:
-            path = Path(uri.removeprefix("file://"))
-            self.model.load_adapter(str(path), adapter_name=name)
-            self._loaded.add(name)
-        self.model.enable_adapters()
-        self.model.set_adapter(name)
-        return version
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def answer(self, query: Query) -> Answer:
-        import torch
+        return self.answer_batch([query])[0]
 
-        timings: dict[str, float] = {}
+    def answer_batch(self, queries: Sequence[Query], received: Sequence[float] | None = None) -> list[Answer]:
+        """One answer per query, in order; ``received`` (monotonic times) gives the queued stage."""
+        now = time.monotonic()
+        items = [_Item(q, received[i] if received else now) for i, q in enumerate(queries)]
+        for item in items:
+            item.timings["queued"] = (now - item.received) * 1000
+        self._stage(items, "adapter", self._resolve)
+        self._stage(items, "embed", self._embed_and_retrieve)
+        self._stage(items, "generate", self._generate)
+        answers = [self._answer(item) for item in items]
+        for item, answer in zip(items, answers, strict=True):
+            code = answer.error.code if answer.error else "ok"
+            self.metrics.answers.labels(item.query.tenant, code).inc()
+            for stage, ms in answer.timings_ms.items():
+                self.metrics.stage_seconds.labels(item.query.tenant, stage).observe(ms / 1000)
+        self.metrics.batch_size.observe(len(items))
+        return answers
+
+    def _stage(self, items: list[_Item], name: str, step: Any) -> None:
+        live = [item for item in items if item.failure is None]
+        if not live:
+            return
         begin = time.perf_counter()
         try:
-            adapter = self._use_adapter(query.tenant, query.adapter)
-            timings["adapter"] = (time.perf_counter() - begin) * 1000
-            mark = time.perf_counter()
-            vector = self.retriever.embed([query.question])[0]
-            timings["embed"] = (time.perf_counter() - mark) * 1000
-            mark = time.perf_counter()
-            hits = self.retriever.search_with(query.tenant, query.question, vector, query.top_k)
-            timings["retrieve"] = (time.perf_counter() - mark) * 1000
-            mark = time.perf_counter()
-            inference = self.settings.inference
-            messages = chat_messages(
-                inference.system_prompt, query.question, [(h.title, h.text) for h in hits], inference.context_chars
-            )
-            inputs: Any = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-            with torch.no_grad():
-                output = self.model.generate(
-                    **inputs,
-                    max_new_tokens=self.settings.inference.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            step(live)
+        except AnswerFailure as failure:
+            for item in live:
+                item.failure = item.failure or failure
+        except Exception as exc:
+            log.exception("serve: %s failed for a batch of %d", name, len(live))
+            for item in live:
+                item.failure = item.failure or AnswerFailure("internal_error", f"{type(exc).__name__}: {exc}")
+        elapsed = (time.perf_counter() - begin) * 1000
+        for item in live:
+            item.timings.setdefault(name, elapsed)
+
+    def _resolve(self, items: list[_Item]) -> None:
+        limit = self.settings.inference.max_question_tokens
+        for item in items:
+            query = item.query
+            try:
+                item.adapter = self.book.resolve(query.tenant, query.adapter)
+            except KeyError:
+                item.failure = AnswerFailure(
+                    "unknown_adapter", f"tenant {query.tenant} has no announced adapter version {query.adapter!r}"
                 )
-            text: str = self.tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            timings["generate"] = (time.perf_counter() - mark) * 1000
-            timings["total"] = (time.perf_counter() - begin) * 1000
+                continue
+            if len(self._encode(query.question)) > limit:
+                item.failure = AnswerFailure("question_too_long", f"the question is over {limit} tokens")
+
+    def _embed_and_retrieve(self, items: list[_Item]) -> None:
+        begin = time.perf_counter()
+        vectors = self.retriever.embed([item.query.question for item in items])
+        embedded = (time.perf_counter() - begin) * 1000
+        inference = self.settings.inference
+        deadline = time.monotonic() + inference.retrieval_budget_s
+        for item, vector in zip(items, vectors, strict=True):
+            item.timings["embed"] = embedded
+            mark = time.perf_counter()
+            try:
+                item.hits = self._retrieve(item.query, vector, deadline)
+            except UnavailableError as exc:
+                item.failure = AnswerFailure("retrieval_unavailable", str(exc))
+                deadline = time.monotonic()  # the rest of the batch fails fast: Weaviate is down
+            item.timings["retrieve"] = (time.perf_counter() - mark) * 1000
+            item.prompt = self._prompt(item)
+
+    def _retrieve(self, query: Query, vector: list[float], deadline: float) -> list[SearchHit]:
+        weaviate = self.settings.weaviate
+        remaining = max(deadline - time.monotonic(), 0.0)
+        if remaining <= 0:
+            raise RetrievalError(f"Weaviate at {address(weaviate)} is unavailable")
+        backoff = Backoff(weaviate.retry_initial_s, weaviate.retry_max_s, remaining, weaviate.status_interval_s)
+        result: list[SearchHit] = retrying(
+            lambda: self.retriever.search_with(query.tenant, query.question, vector, query.top_k),
+            transient=is_transient,
+            backoff=backoff,
+            what=f"Weaviate at {address(weaviate)}",
+            fix="Queries get error answers (retrieval_unavailable) until it is back.",
+            log=log,
+        )
+        return result
+
+    def _prompt(self, item: _Item) -> str:
+        inference = self.settings.inference
+        context = trimmed_context(
+            [(h.title, h.text) for h in item.hits],
+            inference.context_chars,
+            inference.context_tokens,
+            self._encode,
+            self._decode,
+        )
+        messages = chat_messages(inference.system_prompt, item.query.question, context)
+        return str(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+
+    def _generate(self, items: list[_Item]) -> None:
+        """Generate every prompt, in groups of at most ``max_loaded_adapters`` distinct adapters."""
+        capacity = self.settings.inference.max_loaded_adapters
+        groups: list[list[_Item]] = []
+        for item in sorted(items, key=lambda i: AdapterCache.name(i.adapter)):
+            names = {AdapterCache.name(i.adapter) for i in groups[-1]} if groups else set()
+            if not groups or len(names | {AdapterCache.name(item.adapter)}) > capacity:
+                groups.append([])
+            groups[-1].append(item)
+        for group in groups:
+            self._generate_group(group)
+
+    def _generate_group(self, items: list[_Item]) -> None:
+        import torch
+
+        adapters = {AdapterCache.name(i.adapter): i.adapter for i in items if i.adapter is not None}
+        try:
+            self.cache.ensure(list(adapters.values()))
+        except ValueError as exc:
+            for item in items:
+                if item.adapter is not None:
+                    item.failure = AnswerFailure("unknown_adapter", str(exc))
+            items = [i for i in items if i.failure is None]
+            if not items:
+                return
+        self.metrics.adapters_loaded.set(len(self.cache.loaded))
+        inference = self.settings.inference
+        encoded = self.tokenizer([i.prompt for i in items], return_tensors="pt", padding=True, add_special_tokens=False)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": inference.max_new_tokens,
+            "do_sample": False,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            # a batch must finish well inside the consumer's max.poll.interval, or the group drops this process
+            "max_time": inference.max_poll_interval_s / 2,
+        }
+        if self.cache.loaded:
+            kwargs["adapter_names"] = [AdapterCache.name(i.adapter) for i in items]
+        with torch.no_grad():
+            output = self.cache.model.generate(**encoded, **kwargs)
+        width = encoded["input_ids"].shape[1]
+        for row, item in enumerate(items):
+            item.text = self.tokenizer.decode(output[row][width:], skip_special_tokens=True).strip()
+
+    def _answer(self, item: _Item) -> Answer:
+        query = item.query
+        timings = {k: round(v, 1) for k, v in item.timings.items()}
+        timings["total"] = round(sum(v for k, v in item.timings.items() if k != "queued"), 1)
+        if item.failure is not None:
             return Answer(
                 query_id=query.query_id,
                 tenant=query.tenant,
-                answer=text.strip(),
-                citations=[Citation(doc_id=h.doc_id, chunk_id=h.chunk_id, score=round(h.score, 4)) for h in hits],
-                adapter_version=adapter,
                 model=self.model_name,
-                timings_ms={k: round(v, 1) for k, v in timings.items()},
+                timings_ms=timings,
+                error=AnswerError(code=item.failure.code, message=item.failure.message),
             )
-        except AnswerFailure as failure:
-            code, message = failure.code, failure.message
-        except RetrievalError as exc:
-            code, message = "retrieval_unavailable", str(exc)
-        except Exception as exc:
-            code, message = "internal_error", f"{type(exc).__name__}: {exc}"
         return Answer(
             query_id=query.query_id,
             tenant=query.tenant,
+            answer=item.text,
+            citations=[Citation(doc_id=h.doc_id, chunk_id=h.chunk_id, score=round(h.score, 4)) for h in item.hits],
+            adapter_version=item.adapter.version if item.adapter else None,
             model=self.model_name,
-            error=AnswerError(code=code, message=message),
+            timings_ms=timings,
         )

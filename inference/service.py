@@ -1,8 +1,14 @@
 """`streamtune serve`: the consumer group on ``queries``; `streamtune ask`: one question through the topics.
 
-An answer is produced, and its delivery confirmed, before the query's offset is committed, so a killed
-``serve`` loses no query (a restarted one may answer a query twice, which the contract makes harmless).
-New adapters are read from ``adapter-updates`` between requests: no restart, no failed request.
+``serve`` takes up to ``inference.max_batch`` queries at a time (waiting at most ``inference.max_wait_ms``
+for a batch to fill), answers them in one generation batch, and commits their offsets only once every
+answer of the batch is delivered, so a killed ``serve`` loses no query (a restarted one may answer a query
+twice, which the contract makes harmless and ``streamtune_answered_twice`` counts).
+
+It outlives its dependencies: a broker outage or a rebalance is waited out (deliveries and commits are
+retried with bounded backoff, the state is logged once per ``kafka.status_interval_s``), a Weaviate outage
+gives error answers after ``inference.retrieval_budget_s``, and it resumes by itself. New adapters are read
+from ``adapter-updates`` between batches: the next batch uses them.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import signal
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from streamtune.contracts import Answer, AnswerError, Query
@@ -23,6 +30,8 @@ from streamtune.topics import ANSWERS, QUERIES, topic_name
 __all__ = ["ask", "serve"]
 
 log = logging.getLogger(__name__)
+
+_REMEMBERED_ANSWERS = 100_000
 
 
 def _query_id_of(raw: bytes | None, key: bytes | None, partition: int, offset: int) -> str:
@@ -38,24 +47,88 @@ def _query_id_of(raw: bytes | None, key: bytes | None, partition: int, offset: i
     return f"invalid-{partition}-{offset}"
 
 
+class _Deliveries:
+    """Produces answers and waits until every one is acknowledged, re-producing those the broker lost.
+
+    The producer is idempotent, and an answer re-produced after an ambiguous failure is at worst a duplicate,
+    which the contract allows; so no answer is ever given up on while ``serve`` runs.
+    """
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        # No delivery timeout: an outage is waited out here, not turned into lost answers by librdkafka.
+        self.producer = producer(settings.kafka, idempotent=True, **{"linger.ms": 5, "message.timeout.ms": 0})
+        self.failed: list[tuple[str, bytes]] = []
+
+    def deliver(self, answers: list[Answer], is_stopping: Any) -> bool:
+        """True once every answer is acknowledged; False only when asked to stop first."""
+        pending = [(a.query_id, ANSWERS.encode(a)) for a in answers]
+        backoff = self.settings.kafka.backoff()
+        attempt, first_failure, reported = 0, None, float("-inf")
+        while True:
+            self.failed = []
+            for key, value in pending:
+                self._produce(key, value)
+            while self.producer.flush(1.0):  # librdkafka retries queued answers itself, without a deadline
+                if is_stopping():
+                    return False
+                first_failure, reported = self._waiting(first_failure, reported, "delivering answers")
+            if not self.failed:
+                if first_failure is not None:
+                    log.warning("serve: Kafka is back; answers delivered after %.0fs", time.monotonic() - first_failure)
+                return True
+            pending, attempt = list(self.failed), attempt + 1
+            first_failure, reported = self._waiting(first_failure, reported, f"re-delivering {len(pending)} answers")
+            if is_stopping():
+                return False
+            time.sleep(backoff.delay(attempt))
+
+    def _produce(self, key: str, value: bytes) -> None:
+        def report(error: Any, message: Any) -> None:
+            if error is not None:
+                self.failed.append((key, value))
+
+        while True:
+            try:
+                self.producer.produce(self.topic, key=key.encode(), value=value, on_delivery=report)
+                return
+            except BufferError:  # the local queue is full during an outage: let it drain
+                self.producer.poll(1.0)
+
+    def _waiting(self, first: float | None, reported: float, what: str) -> tuple[float, float]:
+        now = time.monotonic()
+        first = now if first is None else first
+        if now - reported >= self.settings.kafka.status_interval_s:
+            log.warning("serve: Kafka unreachable for %.0fs while %s; waiting", now - first, what)
+            reported = now
+        return first, reported
+
+
 def serve(settings: Settings, *, stop_after: int | None = None) -> int:
     """Answer queries until SIGTERM / Ctrl-C (or ``stop_after`` answers, for tests and benchmarks)."""
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
     from inference.adapters import UpdateReader
     from inference.engine import Answerer
+    from inference.metrics import ServeMetrics
 
-    answerer = Answerer(settings)
+    inference = settings.inference
+    metrics = ServeMetrics()
+    if inference.metrics_port:
+        metrics.serve(inference.metrics_port)
+    answerer = Answerer(settings, metrics)
     updates = UpdateReader(settings)
-    for update in updates.poll(1.0):
-        answerer.book.record(update)
+    _take_updates(answerer, updates.poll(1.0), metrics)
     log.info(
-        "serve: adapters %s; ignored %s",
+        "serve: adapters %s; refused %s",
         answerer.book.latest or "none yet (base model)",
-        answerer.book.ignored or "none",
+        answerer.book.refused or "none",
     )
-    queries_in = consumer(settings.kafka, settings.inference.group_id)
-    answers_out = producer(settings.kafka, idempotent=True, **{"linger.ms": 0})
+    poll_interval: dict[str, Any] = {"max.poll.interval.ms": int(inference.max_poll_interval_s * 1000)}
+    queries_in = consumer(settings.kafka, inference.group_id, **poll_interval)
     queries, answers = topic_name(QUERIES, settings.topics), topic_name(ANSWERS, settings.topics)
-    queries_in.subscribe([queries])
+    deliveries = _Deliveries(settings, answers)
     stopping = False
 
     def stop(*_: Any) -> None:
@@ -63,28 +136,57 @@ def serve(settings: Settings, *, stop_after: int | None = None) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
+    queries_in.subscribe([queries])
+    answered: OrderedDict[str, None] = OrderedDict()
     served = 0
-    log.info("serve: consuming %s as group %s", queries, settings.inference.group_id)
+    kafka_down_since: float | None = None
+    reported = float("-inf")
+    log.info("serve: consuming %s as group %s, batches of up to %d", queries, inference.group_id, inference.max_batch)
     try:
         while not stopping and (stop_after is None or served < stop_after):
-            for update in updates.poll():
-                if answerer.book.record(update):
-                    log.info("serve: %s now uses adapter %s", update.tenant, update.version)
-            message = queries_in.poll(0.2)
-            if message is None or message.error() is not None:
+            _take_updates(answerer, updates.poll(), metrics)
+            messages = queries_in.consume(inference.max_batch, timeout=0.5)
+            if messages and inference.max_wait_ms and len(messages) < inference.max_batch:
+                more = queries_in.consume(inference.max_batch - len(messages), timeout=inference.max_wait_ms / 1000)
+                messages += more
+            errors = [m for m in messages if m.error() is not None]
+            messages = [m for m in messages if m.error() is None]
+            if errors and not messages:
+                now = time.monotonic()
+                kafka_down_since = kafka_down_since or now
+                if now - reported >= settings.kafka.status_interval_s:
+                    log.warning("serve: Kafka: %s (for %.0fs); waiting", errors[0].error(), now - kafka_down_since)
+                    reported = now
+                metrics.waiting.labels("kafka").set(1)
                 continue
-            raw = message.value()
-            try:
-                query = QUERIES.decode(raw, max_bytes=settings.inference.max_query_bytes)
-                answer = answerer.answer(query)
-            except ContractError as exc:
-                query_id = _query_id_of(raw, message.key(), message.partition() or 0, message.offset() or 0)
-                answer = Answer(query_id=query_id, error=AnswerError(code="invalid_query", message=exc.reason))
-            answers_out.produce(answers, key=answer.query_id.encode(), value=ANSWERS.encode(answer))
-            if answers_out.flush(settings.kafka.request_timeout_s) != 0:
-                raise KafkaUnavailableError(f"answer to {answer.query_id} not delivered; its query stays uncommitted")
-            queries_in.commit(message=message, asynchronous=False)
-            served += 1
+            if not messages:
+                continue
+            if kafka_down_since is not None:
+                log.warning("serve: consuming again after %.0fs", time.monotonic() - kafka_down_since)
+                kafka_down_since, reported = None, float("-inf")
+                metrics.waiting.labels("kafka").set(0)
+            batch = _answer(answerer, messages, inference.max_query_bytes)
+            if not deliveries.deliver(batch, lambda: stopping):
+                break  # stopping with answers undelivered: their queries stay uncommitted
+            for answer in batch:
+                if answer.query_id in answered:
+                    metrics.answered_twice.inc()
+                answered[answer.query_id] = None
+                answered.move_to_end(answer.query_id)
+                if len(answered) > _REMEMBERED_ANSWERS:
+                    answered.popitem(last=False)
+            offsets: dict[tuple[str, int], int] = {}
+            for message in messages:
+                where = (message.topic() or queries, message.partition() or 0)
+                offsets[where] = max(offsets.get(where, 0), (message.offset() or 0) + 1)
+            _commit(
+                queries_in,
+                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                settings,
+                KafkaException,
+                KafkaError,
+            )
+            served += len(batch)
     except KeyboardInterrupt:
         pass
     finally:
@@ -92,6 +194,59 @@ def serve(settings: Settings, *, stop_after: int | None = None) -> int:
         updates.close()
         answerer.close()
     return 0
+
+
+def _take_updates(answerer: Any, updates: list[Any], metrics: Any) -> None:
+    for update in updates:
+        previous = answerer.book.latest.get(update.tenant)
+        if answerer.book.record(update):
+            metrics.serving(update.tenant, update.version, previous)
+            log.info("serve: %s now uses adapter %s", update.tenant, update.version)
+
+
+def _answer(answerer: Any, messages: list[Any], max_query_bytes: int) -> list[Answer]:
+    """The batch's answers in message order: contract errors answered at once, the rest generated together."""
+    answers: list[Answer | None] = []
+    valid: list[tuple[int, Query]] = []
+    now = time.monotonic()
+    for message in messages:
+        raw = message.value()
+        try:
+            valid.append((len(answers), QUERIES.decode(raw, max_bytes=max_query_bytes)))
+            answers.append(None)
+        except ContractError as exc:
+            query_id = _query_id_of(raw, message.key(), message.partition() or 0, message.offset() or 0)
+            answers.append(Answer(query_id=query_id, error=AnswerError(code="invalid_query", message=exc.reason)))
+    if valid:
+        generated = answerer.answer_batch([q for _, q in valid], [now] * len(valid))
+        for (index, _), answer in zip(valid, generated, strict=True):
+            answers[index] = answer
+    return [a for a in answers if a is not None]
+
+
+def _commit(queries_in: Any, offsets: list[Any], settings: Settings, kafka_exception: Any, kafka_error: Any) -> None:
+    """Commit after delivery; wait out an outage; a partition lost to a rebalance is someone else's now."""
+    backoff = settings.kafka.backoff()
+    attempt = 0
+    while True:
+        try:
+            queries_in.commit(offsets=offsets, asynchronous=False)
+            return
+        except kafka_exception as exc:
+            error = exc.args[0]
+            code = error.code() if isinstance(error, kafka_error) else None
+            if code in (
+                kafka_error.ILLEGAL_GENERATION,
+                kafka_error.UNKNOWN_MEMBER_ID,
+                kafka_error.REBALANCE_IN_PROGRESS,
+                kafka_error._NO_OFFSET,
+            ):
+                log.warning("serve: commit skipped (%s); the partition's new owner answers again", error)
+                return
+            attempt += 1
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning("serve: commit failed (%s); retrying", error)
+            time.sleep(backoff.delay(attempt))
 
 
 def ask(

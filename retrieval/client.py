@@ -13,7 +13,7 @@ from streamtune.errors import UnavailableError
 from streamtune.retry import retrying
 from streamtune.settings import WeaviateSettings
 
-__all__ = ["RetrievalError", "connect", "connect_when_ready", "is_transient"]
+__all__ = ["RetrievalError", "address", "connect", "connect_when_ready", "is_transient"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,12 @@ _TRANSIENT_WORDS = (
     "service unavailable",
     "socket closed",
     "broken pipe",
+    # a node that restarted answers before its cluster is ready
+    "resolve node name",
+    "not ready",
+    "no leader",
+    "leader not found",
+    "shutting down",
 )
 
 
@@ -103,10 +109,13 @@ def connect(settings: WeaviateSettings) -> Any:
 
     auth = Auth.api_key(settings.api_key.get_secret_value()) if settings.api_key else None
     try:
-        return weaviate.connect_to_local(
-            host=settings.host,
-            port=settings.http_port,
+        return weaviate.connect_to_custom(
+            http_host=settings.host,
+            http_port=settings.http_port,
+            http_secure=settings.secure,
+            grpc_host=settings.host,
             grpc_port=settings.grpc_port,
+            grpc_secure=settings.secure,
             auth_credentials=auth,
             additional_config=AdditionalConfig(
                 timeout=Timeout(init=settings.timeout_s, query=settings.timeout_s, insert=settings.timeout_s)
@@ -114,10 +123,22 @@ def connect(settings: WeaviateSettings) -> Any:
             skip_init_checks=False,
         )
     except Exception as exc:  # the client raises several unrelated types for "cannot connect"
+        cause = _without_secrets(exc, settings)
         raise RetrievalError(
-            f"cannot reach Weaviate at http://{settings.host}:{settings.http_port} (gRPC {settings.grpc_port}): {exc}. "
+            f"cannot reach Weaviate at {address(settings)} (gRPC {settings.grpc_port}): {cause}. "
             "Start it with `streamtune stack up` or fix the [weaviate] settings."
         ) from exc
+
+
+def address(settings: WeaviateSettings) -> str:
+    return f"{'https' if settings.secure else 'http'}://{settings.host}:{settings.http_port}"
+
+
+def _without_secrets(exc: BaseException, settings: WeaviateSettings) -> str:
+    text = str(exc)
+    if settings.api_key is not None:
+        text = text.replace(settings.api_key.get_secret_value(), "**********")
+    return text
 
 
 def connect_when_ready(settings: WeaviateSettings, *, give_up: bool = True) -> Any:
@@ -126,7 +147,7 @@ def connect_when_ready(settings: WeaviateSettings, *, give_up: bool = True) -> A
         lambda: connect(settings),
         transient=lambda exc: isinstance(exc, RetrievalError),
         backoff=settings.backoff(give_up=give_up),
-        what=f"Weaviate at http://{settings.host}:{settings.http_port}",
+        what=f"Weaviate at {address(settings)}",
         fix="Start Weaviate (`streamtune stack up`) or fix the [weaviate] settings.",
         log=log,
     )

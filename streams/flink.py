@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from streamtune.errors import ConfigError
-from streamtune.kafka import client_config
+from streamtune.kafka import java_client_config
 from streamtune.settings import Settings
 
 __all__ = ["connector_jar", "kafka_sink", "kafka_source", "table_environment"]
@@ -40,6 +40,9 @@ def table_environment(settings: Settings, *, checkpointing: bool = True, config:
     bin_dir = str(Path(python).parent)
     if not os.environ.get("PATH", "").startswith(bin_dir):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    # The Flink launcher (and so the operators' Python logging) writes its log where this says.
+    settings.flink_log_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["FLINK_LOG_DIR"] = str(settings.flink_log_dir)
     configuration = Configuration()
     for key, value in (config or {}).items():
         configuration.set_string(key, value)
@@ -57,7 +60,8 @@ def table_environment(settings: Settings, *, checkpointing: bool = True, config:
 
 
 def _properties(settings: Settings, **extra: Any) -> dict[str, str]:
-    return {f"properties.{k}": str(v) for k, v in client_config(settings.kafka, **extra).items()}
+    """The connector's Kafka client properties: the Java form of the same settings the Python clients use."""
+    return {f"properties.{k}": v for k, v in java_client_config(settings.kafka, **extra).items()}
 
 
 def kafka_source(topic: str, settings: Settings, *, group_id: str, bounded: bool = False) -> Any:

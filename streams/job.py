@@ -264,14 +264,14 @@ def _index_batches_class() -> type:
             """The batch's results; if indexing the batch fails for a reason of ours, each record alone, so
             that only the record that fails on its own is dead-lettered (InternalError)."""
             from streams.processing import internal_error, plan_batch
-            from streamtune.errors import UnavailableError
+            from streamtune.errors import RetryExhausted
 
             streams = self.settings.streams
             plan = plan_batch(records, streams, self.chunker, self.scrubber)
             try:
                 self._index(plan)
                 return [plan]
-            except UnavailableError:
+            except RetryExhausted:
                 raise  # Weaviate stayed down past weaviate.give_up_s: fail, naming it
             except Exception as exc:
                 log.warning(
@@ -285,7 +285,7 @@ def _index_batches_class() -> type:
                 single = plan_batch([record], streams, self.chunker, self.scrubber)
                 try:
                     self._index(single)
-                except UnavailableError:
+                except RetryExhausted:
                     raise
                 except Exception as exc:
                     log.error(
@@ -296,7 +296,7 @@ def _index_batches_class() -> type:
             return results
 
         def _index(self, plan: Any) -> None:
-            from retrieval.client import is_transient
+            from retrieval.client import address, is_transient
             from streams.processing import documents, reject
             from streamtune.retry import retrying
 
@@ -315,7 +315,7 @@ def _index_batches_class() -> type:
                     operation,
                     transient=is_transient,
                     backoff=weaviate.backoff(),
-                    what=f"Weaviate at http://{weaviate.host}:{weaviate.http_port}",
+                    what=f"Weaviate at {address(weaviate)}",
                     fix="Start Weaviate, free its disk, or raise weaviate.give_up_s; the job resumes from its "
                     "last checkpoint when restarted.",
                     log=log,

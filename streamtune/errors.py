@@ -9,7 +9,8 @@ Third-party errors (confluent-kafka, weaviate, torch) are wrapped where they ent
     ├── StackError                       a local-stack component could not be installed, started or stopped
     ├── UnavailableError                 a dependency did not answer or refused: worth retrying later
     │   ├── KafkaUnavailableError        the Kafka cluster
-    │   └── RetrievalError               Weaviate (retrieval/client.py)
+    │   ├── RetrievalError               Weaviate (retrieval/client.py)
+    │   └── RetryExhausted               an outage outlasted its give-up time (streamtune/retry.py)
     ├── RegistryError                    an adapter version is missing or an operation is not allowed
     │                                    (training/registry.py)
     └── AnswerFailure                    a query that gets an error answer, with its contract code
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "ContractError",
     "KafkaUnavailableError",
+    "RetryExhausted",
     "StackError",
     "StreamtuneError",
     "UnavailableError",
@@ -70,3 +72,7 @@ class UnavailableError(StreamtuneError):
 
 class KafkaUnavailableError(UnavailableError):
     """The Kafka cluster could not be reached or refused an operation."""
+
+
+class RetryExhausted(UnavailableError):
+    """A dependency stayed unavailable past the give-up time; the message names it and the fix."""

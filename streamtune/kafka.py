@@ -24,14 +24,79 @@ __all__ = [
     "consumer",
     "create_topics",
     "delete_topics",
+    "java_client_config",
     "producer",
     "read_range",
 ]
 
 
 def client_config(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
-    """librdkafka configuration for any client: bootstrap servers, user properties, then ``extra``."""
-    return {"bootstrap.servers": settings.bootstrap_servers, **settings.client_config, **extra}
+    """librdkafka configuration for any Python client: bootstrap servers, security, user properties, ``extra``."""
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        **_librdkafka_security(settings),
+        **settings.client_config,
+        **extra,
+    }
+
+
+def java_client_config(settings: KafkaSettings, **extra: Any) -> dict[str, str]:
+    """The same connection as Java Kafka client properties, for the Flink connector.
+
+    The mapping (librdkafka → Java): ``security.protocol`` → same; ``sasl.mechanism`` → same;
+    ``sasl.username`` / ``sasl.password`` → ``sasl.jaas.config`` (PlainLoginModule or ScramLoginModule);
+    ``ssl.ca.location`` → ``ssl.truststore.type=PEM`` + ``ssl.truststore.location``; ``ssl.certificate.location``
+    + ``ssl.key.location`` → ``ssl.keystore.type=PEM`` with the PEM text in ``ssl.keystore.certificate.chain`` /
+    ``ssl.keystore.key`` (Java reads a PEM keystore from one file or from values); ``ssl.key.password`` → same;
+    ``ssl.endpoint.identification.algorithm`` → ``https`` or empty.
+    """
+    props: dict[str, str] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "security.protocol": settings.security_protocol,
+    }
+    if settings.security_protocol.startswith("SASL_"):
+        module = "plain.PlainLoginModule" if settings.sasl_mechanism == "PLAIN" else "scram.ScramLoginModule"
+        password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+        props["sasl.mechanism"] = str(settings.sasl_mechanism)
+        props["sasl.jaas.config"] = (
+            f"org.apache.kafka.common.security.{module} required "
+            f'username="{_jaas_quote(settings.sasl_username or "")}" password="{_jaas_quote(password)}";'
+        )
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        if settings.ssl_ca_location is not None:
+            props["ssl.truststore.type"] = "PEM"
+            props["ssl.truststore.location"] = str(settings.ssl_ca_location)
+        if settings.ssl_certificate_location is not None and settings.ssl_key_location is not None:
+            props["ssl.keystore.type"] = "PEM"
+            props["ssl.keystore.certificate.chain"] = settings.ssl_certificate_location.read_text()
+            props["ssl.keystore.key"] = settings.ssl_key_location.read_text()
+        if settings.ssl_key_password is not None:
+            props["ssl.key.password"] = settings.ssl_key_password.get_secret_value()
+        props["ssl.endpoint.identification.algorithm"] = "https" if settings.ssl_verify_hostname else ""
+    return {**props, **settings.flink_client_config, **{k: str(v) for k, v in extra.items()}}
+
+
+def _librdkafka_security(settings: KafkaSettings) -> dict[str, str]:
+    props: dict[str, str] = {"security.protocol": settings.security_protocol}
+    if settings.security_protocol.startswith("SASL_"):
+        props["sasl.mechanism"] = str(settings.sasl_mechanism)
+        props["sasl.username"] = settings.sasl_username or ""
+        props["sasl.password"] = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        if settings.ssl_ca_location is not None:
+            props["ssl.ca.location"] = str(settings.ssl_ca_location)
+        if settings.ssl_certificate_location is not None and settings.ssl_key_location is not None:
+            props["ssl.certificate.location"] = str(settings.ssl_certificate_location)
+            props["ssl.key.location"] = str(settings.ssl_key_location)
+        if settings.ssl_key_password is not None:
+            props["ssl.key.password"] = settings.ssl_key_password.get_secret_value()
+        props["ssl.endpoint.identification.algorithm"] = "https" if settings.ssl_verify_hostname else "none"
+    return props
+
+
+def _jaas_quote(value: str) -> str:
+    """A value inside double quotes of a JAAS configuration (Kafka parses backslash escapes there)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def admin_client(settings: KafkaSettings) -> AdminClient:

@@ -3,7 +3,7 @@ interval), used wherever a dependency (Weaviate, Kafka) can be down for a while.
 
 An operation is retried only while its failure is *transient* (the caller's classifier says so: connection
 refused, time-outs, 5xx, read-only storage); any other failure is raised at once so that the caller can
-dead-letter the one record that caused it. After ``give_up_s`` without success it raises ``UnavailableError``
+dead-letter the one record that caused it. After ``give_up_s`` without success it raises ``RetryExhausted``
 naming the dependency and the fix; ``give_up_s=None`` waits forever (a service that must outlive outages).
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from streamtune.errors import UnavailableError
+from streamtune.errors import RetryExhausted
 
 __all__ = ["Backoff", "retrying"]
 
@@ -59,7 +59,7 @@ def retrying(
             first_failure = now if first_failure is None else first_failure
             waited = now - first_failure
             if backoff.give_up_s is not None and waited >= backoff.give_up_s:
-                raise UnavailableError(
+                raise RetryExhausted(
                     f"{what}: still failing after {waited:.0f}s ({type(exc).__name__}: {_short(exc)}). {fix}"
                 ) from exc
             attempt += 1

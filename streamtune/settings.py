@@ -8,10 +8,11 @@ which are the only place a default lives.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -28,6 +29,7 @@ __all__ = [
     "ENV_PREFIX",
     "EmbeddingSettings",
     "FlinkSettings",
+    "HttpSettings",
     "InferenceSettings",
     "KafkaSettings",
     "ModelSettings",
@@ -39,6 +41,7 @@ __all__ = [
     "TrainingSettings",
     "WeaviateSettings",
     "load_settings",
+    "redacted",
 ]
 
 ENV_PREFIX = "STREAMTUNE__"
@@ -61,14 +64,53 @@ def _check_host_port(value: str) -> str:
 
 
 class KafkaSettings(_Section):
+    """Security is given once, typed; ``streamtune.kafka`` turns it into librdkafka properties for the Python
+    clients and into Java client properties for the Flink connector (docs/architecture.md has the mapping)."""
+
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients talk to the brokers."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (SASL_PLAINTEXT / SASL_SSL)."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never printed).")
+    ssl_ca_location: Path | None = Field(None, description="PEM file of the CA that signed the brokers' certificates.")
+    ssl_certificate_location: Path | None = Field(None, description="PEM client certificate (mutual TLS).")
+    ssl_key_location: Path | None = Field(None, description="PEM client private key (mutual TLS).")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of the client key, if it has one.")
+    ssl_verify_hostname: bool = Field(True, description="Check that a broker's certificate names its host.")
     client_config: dict[str, str] = Field(
         default_factory=dict,
-        description="Extra librdkafka properties for every client (security.protocol, sasl.*, ...).",
+        description="Extra librdkafka properties for the Python clients (values with password/secret in the "
+        "name are never printed).",
+    )
+    flink_client_config: dict[str, str] = Field(
+        default_factory=dict, description="Extra Java client properties for the Flink Kafka connector."
     )
     request_timeout_s: float = Field(15.0, gt=0, description="Timeout for admin and metadata requests.")
+    retry_initial_s: float = Field(0.5, gt=0, description="First wait after a failed delivery or commit.")
+    retry_max_s: float = Field(5.0, gt=0, description="Longest wait between retries (the wait doubles up to it).")
+    status_interval_s: float = Field(10.0, gt=0, description="While Kafka is unreachable, one log line per interval.")
 
     _check = field_validator("bootstrap_servers")(_check_host_port)
+
+    @model_validator(mode="after")
+    def _security_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and sasl_password"
+            )
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            raise ValueError("ssl_certificate_location and ssl_key_location go together (mutual TLS)")
+        return self
+
+    def backoff(self) -> Backoff:
+        """Services wait out a broker outage for as long as it lasts."""
+        return Backoff(self.retry_initial_s, self.retry_max_s, None, self.status_interval_s)
 
 
 class TopicSettings(_Section):
@@ -88,7 +130,8 @@ class WeaviateSettings(_Section):
     host: str = Field("127.0.0.1", description="Weaviate HTTP and gRPC host.")
     http_port: int = Field(8080, gt=0, lt=65536, description="Weaviate REST port.")
     grpc_port: int = Field(50051, gt=0, lt=65536, description="Weaviate gRPC port.")
-    api_key: SecretStr | None = Field(None, description="API key, when the server requires one.")
+    secure: bool = Field(False, description="TLS for both HTTP (https) and gRPC.")
+    api_key: SecretStr | None = Field(None, description="API key, when the server requires one (never printed).")
     collection: str = Field("StreamtuneChunk", description="Collection holding document chunks.")
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
     retry_initial_s: float = Field(0.5, gt=0, description="First wait after a transient Weaviate failure.")
@@ -217,12 +260,67 @@ class InferenceSettings(_Section):
     max_new_tokens: int = Field(96, ge=1, description="Longest generated answer, in tokens.")
     max_query_bytes: int = Field(65_536, ge=64, description="Larger queries are answered with an error.")
     context_chars: int = Field(1_200, ge=100, description="Characters of each retrieved chunk put in the prompt.")
+    context_tokens: int = Field(
+        1_024, ge=16, description="Tokens of retrieved context (titles included) in a prompt; the rest is trimmed."
+    )
+    max_question_tokens: int = Field(
+        256, ge=8, description="Longer questions are answered with the error question_too_long."
+    )
     torch_threads: int = Field(2, ge=1, description="torch threads of a `serve` process.")
+    max_batch: int = Field(8, ge=1, description="Queries answered together in one generation batch.")
+    max_wait_ms: int = Field(50, ge=0, description="Longest wait for a batch to fill once a query has arrived.")
+    max_loaded_adapters: int = Field(
+        8, ge=1, description="Adapters kept loaded; the least recently used one is unloaded beyond this."
+    )
+    max_poll_interval_s: float = Field(
+        300.0,
+        ge=10,
+        description="Kafka max.poll.interval.ms of `serve`: a batch must be answered within it (generation is cut "
+        "at half of it), or the group would consider the process dead.",
+    )
+    retrieval_budget_s: float = Field(
+        10.0, gt=0, description="How long a batch waits out a Weaviate outage before its queries get error answers."
+    )
+    metrics_port: int = Field(
+        9310, ge=0, lt=65536, description="Prometheus /metrics port of `serve` on 127.0.0.1 (0: no endpoint)."
+    )
     system_prompt: str = Field(
         "You answer questions for a company's customers. Use only the numbered context; "
         "if it does not contain the answer, say you do not know.",
         description="System message before the numbered context.",
     )
+
+
+class HttpSettings(_Section):
+    """`streamtune http`: the OpenAI-compatible gateway in front of ``queries`` → ``serve`` → ``answers``."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the gateway binds. Anything but loopback needs api_keys (refused at start-up otherwise).",
+    )
+    port: int = Field(8000, gt=0, lt=65536, description="Port of the gateway.")
+    api_keys: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="sha256 hex digest of an API key → the tenants it may use ('*': every tenant). Keys are stored "
+        "hashed only: `streamtune http hash-key` prints the digest of a key.",
+    )
+    answer_timeout_s: float = Field(
+        60.0, gt=0, description="How long a request waits for its answer before a 503 (serve down or overloaded)."
+    )
+    metrics_port: int = Field(
+        9311, ge=0, lt=65536, description="Prometheus /metrics port of the gateway on 127.0.0.1 (0: none)."
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for digest in value:
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(
+                    f"api_keys holds {digest[:6]}..., which is not a sha256 hex digest; store keys hashed "
+                    "(`streamtune http hash-key KEY`), never in clear"
+                )
+        return value
 
 
 class FlinkSettings(_Section):
@@ -242,6 +340,9 @@ class FlinkSettings(_Section):
         ge=0,
         lt=65536,
         description="REST API / web UI port (127.0.0.1) of the local MiniCluster of `streams run`; 0: any free one.",
+    )
+    log_dir: Path | None = Field(
+        None, description="Flink's own logs (the job's operators log here too); default <cache_dir>/flink/logs."
     )
     cluster: bool = Field(
         False, description="`stack up` also starts a standalone Flink session cluster (jobmanager + taskmanagers)."
@@ -284,6 +385,7 @@ class Settings(BaseSettings):
     streams: StreamsSettings = Field(default_factory=StreamsSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
@@ -325,6 +427,10 @@ class Settings(BaseSettings):
         return self.cache_dir / "flink" / f"flink-sql-connector-kafka-{self.flink.connector_version}.jar"
 
     @property
+    def flink_log_dir(self) -> Path:
+        return (self.flink.log_dir or self.cache_dir / "flink" / "logs").expanduser()
+
+    @property
     def adapters_dir(self) -> Path:
         return (self.training.adapters_dir or self.cache_dir / "adapters").expanduser()
 
@@ -334,7 +440,26 @@ class Settings(BaseSettings):
 
     def dump_toml(self) -> str:
         """The effective settings as TOML (secrets masked), for `streamtune config show`."""
-        return _to_toml(self.model_dump(mode="json"))
+        return _to_toml(redacted(self.model_dump(mode="json")))
+
+
+_SECRET_WORDS = {"password", "secret", "jaas", "apikey", "token", "credentials", "key"}
+
+
+def _secret_name(key: str) -> bool:
+    """``sasl.password``, ``sasl.jaas.config``, ``api_key``, ``ssl.keystore.key``: keys whose value is a secret
+    (a file's location is not)."""
+    name = key.lower()
+    return bool(set(re.split(r"[^a-z0-9]+", name)) & _SECRET_WORDS) and not name.endswith("location")
+
+
+def redacted(data: Any) -> Any:
+    """``data`` with the value of every key that names a secret masked (SecretStr fields are masked already)."""
+    if isinstance(data, dict):
+        return {k: "**********" if _secret_name(str(k)) and v else redacted(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redacted(v) for v in data]
+    return data
 
 
 def _to_toml(data: Mapping[str, Any], section: str = "") -> str:

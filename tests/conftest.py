@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,7 +120,7 @@ def build_tiny_model(folder: Path) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=1024,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
@@ -145,38 +146,56 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs CUDA (none on this machine)"))
 
 
-class PrivateWeaviate:
-    """A Weaviate of one test's own, on free ports with its own data, that the test may stop and start
-    (outage tests must not take down the Weaviate every other test uses)."""
+class PrivateStack:
+    """Part of the local stack (Kafka, Weaviate or both) of one test's own, on free ports with its own data,
+    that the test may stop and start: outage tests must not take down what every other test uses."""
 
-    def __init__(self, shared: Settings, home: Path) -> None:
+    def __init__(self, shared: Settings, home: Path, only: tuple[str, ...]) -> None:
         from streamtune.harness import free_port
 
-        self.env = {
-            "STREAMTUNE__WEAVIATE__HTTP_PORT": str(free_port()),
-            "STREAMTUNE__WEAVIATE__GRPC_PORT": str(free_port()),
-            "STREAMTUNE__STACK__HOME": str(home),
-            "STREAMTUNE__STACK__WEAVIATE_GOSSIP_PORT": str(free_port(pair=True)),
-            "STREAMTUNE__STACK__WEAVIATE_RAFT_PORT": str(free_port(pair=True)),
-            "STREAMTUNE__CACHE_DIR": str(shared.cache_dir),
-        }
+        self.only = only
+        self.env = {"STREAMTUNE__STACK__HOME": str(home), "STREAMTUNE__CACHE_DIR": str(shared.cache_dir)}
+        if "weaviate" in only:
+            self.env.update(
+                {
+                    "STREAMTUNE__WEAVIATE__HTTP_PORT": str(free_port()),
+                    "STREAMTUNE__WEAVIATE__GRPC_PORT": str(free_port()),
+                    "STREAMTUNE__STACK__WEAVIATE_GOSSIP_PORT": str(free_port(pair=True)),
+                    "STREAMTUNE__STACK__WEAVIATE_RAFT_PORT": str(free_port(pair=True)),
+                }
+            )
+        if "kafka" in only:
+            self.env.update(
+                {
+                    "STREAMTUNE__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+                    "STREAMTUNE__STACK__KAFKA_CONTROLLER_PORT": str(free_port()),
+                }
+            )
         self.settings = settings_for_env(self.env)
 
-    def _stack(self) -> object:
+    def _stack(self) -> Any:
         from streamtune.stack import Stack
 
-        return Stack(self.settings, say=lambda _: None, only=("weaviate",))
+        return Stack(self.settings, say=lambda _: None, only=self.only)
 
     def start(self) -> None:
-        self._stack().up()  # type: ignore[attr-defined]
+        self._stack().up()
 
     def stop(self) -> None:
-        self._stack().down()  # type: ignore[attr-defined]
+        self._stack().down()
 
 
 @pytest.fixture
-def private_weaviate(stack: Settings, tmp_path: Path) -> Iterator[PrivateWeaviate]:
-    weaviate = PrivateWeaviate(stack, tmp_path / "private-stack")
+def private_weaviate(stack: Settings, tmp_path: Path) -> Iterator[PrivateStack]:
+    weaviate = PrivateStack(stack, tmp_path / "private-weaviate", ("weaviate",))
     weaviate.start()
     yield weaviate
     weaviate.stop()
+
+
+@pytest.fixture
+def private_kafka(stack: Settings, tmp_path: Path) -> Iterator[PrivateStack]:
+    kafka = PrivateStack(stack, tmp_path / "private-kafka", ("kafka",))
+    kafka.start()
+    yield kafka
+    kafka.stop()

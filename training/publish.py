@@ -2,23 +2,43 @@
 is durable and only if it is to be served, announce it on ``adapter-updates``.
 
 A rejected version is written all the same (its manifest says why it lost) but never announced.
+
+The topic, not the registry, is the truth of what ``serve`` loads: a tenant's current version must be the
+tenant's last announcement. A crash (or a Kafka outage) between the index write and the flush leaves a
+current version that nobody serves; ``ensure_announced`` finds that by reading the topic and announces it
+again. It is not recorded in the index whether an announcement went out: such a flag would be wrong after a
+rollback by hand or on a topic recreated under a new prefix, and ``adapter-updates`` is one small partition.
+Every announcement is made holding the tenant's registry lock (``AdapterRegistry.writing``), so that two
+writers cannot announce out of the order in which they changed the current version.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
+import training.registry as registry_module
 from streamtune.contracts import AdapterUpdate
-from streamtune.errors import KafkaUnavailableError
-from streamtune.kafka import producer
+from streamtune.errors import ContractError, KafkaUnavailableError
+from streamtune.kafka import committed_end_offsets, producer, read_range
 from streamtune.manifest import Manifest
 from streamtune.settings import Settings
 from streamtune.topics import ADAPTER_UPDATES, topic_name
-from training.registry import AdapterRegistry, Version
+from training.registry import AdapterRegistry, Version, open_registry
 from training.trainer import Candidate
 
-__all__ = ["announce", "write_version"]
+__all__ = [
+    "announce",
+    "ensure_announced",
+    "last_announcements",
+    "promote_and_announce",
+    "rollback_and_announce",
+    "write_version",
+]
+
+log = logging.getLogger(__name__)
 
 
 def write_version(registry: AdapterRegistry, manifest: Manifest, candidate: Candidate) -> Version:
@@ -27,6 +47,7 @@ def write_version(registry: AdapterRegistry, manifest: Manifest, candidate: Cand
     def write(target: Path) -> None:
         for item in candidate.adapter_dir.iterdir():
             shutil.copy2(item, target / item.name)
+        registry_module._crash_point("partial")
         (target / "manifest.json").write_text(manifest.to_json())
         _loss_curve(candidate.result.losses, target / "loss.png", f"{manifest.tenant} {manifest.version}")
 
@@ -34,7 +55,9 @@ def write_version(registry: AdapterRegistry, manifest: Manifest, candidate: Cand
 
 
 def announce(settings: Settings, version: Version) -> None:
-    """Publish the (already durable) version on ``adapter-updates``, keyed by its tenant."""
+    """Publish the (already durable) version on ``adapter-updates``, keyed by its tenant.
+
+    Call it holding the tenant's registry lock (``promote_and_announce`` and ``refresh`` do)."""
     update = AdapterUpdate(
         tenant=version.tenant,
         version=version.name,
@@ -48,6 +71,67 @@ def announce(settings: Settings, version: Version) -> None:
     )
     if client.flush(settings.kafka.request_timeout_s) != 0:
         raise KafkaUnavailableError(f"could not announce {version.tenant} {version.name} on adapter-updates")
+    registry_module._crash_point("announced")
+
+
+def last_announcements(settings: Settings) -> dict[str, AdapterUpdate]:
+    """Each tenant's last announcement on ``adapter-updates`` (one partition: total order); invalid records,
+    which only a foreign producer writes, are skipped as ``serve`` skips them."""
+    topic = topic_name(ADAPTER_UPDATES, settings.topics)
+    ends = committed_end_offsets(settings.kafka, topic)
+    last: dict[str, AdapterUpdate] = {}
+    for message in read_range(settings.kafka, topic, {p: (0, end) for p, end in ends.items()}):
+        try:
+            update = ADAPTER_UPDATES.decode(message.value())
+        except ContractError:
+            continue
+        last[update.tenant] = update
+    return last
+
+
+def ensure_announced(
+    settings: Settings, registry: AdapterRegistry, *, announced: Mapping[str, AdapterUpdate] | None = None
+) -> Version | None:
+    """Announce the tenant's current version if the tenant's last announcement is not it (same version name
+    and adapter sha256); return it, or None when nothing was missing. Call it holding ``registry.writing()``.
+
+    ``announced``: ``last_announcements``, when the caller has read the topic for several tenants at once;
+    by default the topic is read here.
+    """
+    current = registry.current()
+    if current is None:
+        return None
+    last = (last_announcements(settings) if announced is None else announced).get(registry.tenant)
+    if last and (last.version, last.manifest.adapter.sha256) == (current.name, current.manifest.adapter.sha256):
+        return None
+    log.warning(
+        "tenant %s: repairing: %s is current but the last announcement on adapter-updates is %s; announcing %s",
+        registry.tenant,
+        current.name,
+        last.version if last else "none",
+        current.name,
+    )
+    announce(settings, current)
+    return current
+
+
+def promote_and_announce(settings: Settings, tenant: str, name: str) -> Version:
+    """``adapters promote``: make ``name`` current and announce it, both under the tenant's lock so that no
+    refresh can announce another version in between."""
+    registry = open_registry(settings, tenant)
+    with registry.writing():
+        version = registry.promote(name)
+        announce(settings, version)
+    return version
+
+
+def rollback_and_announce(settings: Settings, tenant: str) -> Version:
+    """``adapters rollback``: make the previously current version current again and announce it (locked)."""
+    registry = open_registry(settings, tenant)
+    with registry.writing():
+        version = registry.rollback()
+        announce(settings, version)
+    return version
 
 
 def _loss_curve(losses: list[tuple[int, float]], path: Path, title: str) -> None:

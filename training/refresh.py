@@ -25,8 +25,8 @@ from training.data import (
 )
 from training.gate import decide, score
 from training.manifest import build_manifest, recorded_training
-from training.publish import announce, write_version
-from training.registry import AdapterRegistry, RegistryError, Version
+from training.publish import announce, ensure_announced, write_version
+from training.registry import AdapterRegistry, RegistryError, Version, open_registry
 from training.trainer import train_candidate
 
 __all__ = ["RefreshOutcome", "ReplayOutcome", "refresh", "replay"]
@@ -62,10 +62,25 @@ def refresh(
 ) -> RefreshOutcome:
     """Train on the examples after the current adapter's range; publish; promote only through the gate.
 
+    Holds the tenant's registry lock throughout (a second refresh of the tenant waits for it, then finds
+    nothing new); first repairs what a crash left and announces the current version again if its
+    announcement is missing on ``adapter-updates``.
+
     ``missing_docs`` reports which documents were deleted from the index, so that the examples relying on
     them are left out (and recorded as excluded); None excludes nothing.
     """
-    registry = AdapterRegistry(settings.adapters_dir, tenant)
+    registry = open_registry(settings, tenant)
+    # One writer per tenant from reading `current` to the announcement, so that two trainers cannot both
+    # publish the next version nor announce out of order; opening it repairs what a crash left behind.
+    with registry.writing():
+        ensure_announced(settings, registry)  # a crash after an earlier promotion must not leave it unserved
+        return _refresh(settings, registry, missing_docs, say)
+
+
+def _refresh(
+    settings: Settings, registry: AdapterRegistry, missing_docs: MissingDocs | None, say: Callable[[str], None]
+) -> RefreshOutcome:
+    tenant = registry.tenant
     current = registry.current()
     span = window(settings, current.manifest if current else None)
     new = read_new(settings, tenant, span.ranges, missing_docs)

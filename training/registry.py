@@ -5,6 +5,21 @@ curve; ``<adapters_dir>/<tenant>/registry.json`` holds each version's status (pr
 the history of the current pointer. Versions are written to a temporary name, fsynced and renamed;
 only then are they announced on ``adapter-updates``. Published versions never change.
 
+One writer per tenant, and crash-consistent. Every change (publish, promote, rollback, and a whole refresh
+from reading ``current`` to writing the index) happens inside ``writing()``, which holds the tenant's lock
+file ``<adapters_dir>/<tenant>/.lock`` (an OS lock through ``filelock``: the kernel drops it when its holder
+dies, so a killed trainer never leaves a stale lock). A second writer *waits* for it, up to
+``lock_timeout_s``, then raises ``RegistryError`` naming the tenant, the lock file and the holder's pid and
+host; waiting rather than refusing at once lets a ``train run`` started beside ``train watch`` simply find
+nothing new to train on. Readers (``get``, ``versions``, ``current``) take no lock: the index is replaced
+atomically, so a reader sees the state before or after a change, never half of one.
+
+Opening for writing first repairs what a crash can leave, and logs each repair: a half-written
+``.partial-*`` directory or an unfinished ``registry.json.<pid>`` is removed; a version directory missing
+from the index (killed between the rename and the index write) is adopted with the status its manifest's
+gate verdict says, and a promoted one becomes current when it is newer than the current one. Whether the
+current version was announced is checked against the topic itself (``training.publish.ensure_announced``).
+
 A version's manifest is read through ``streamtune.manifest.Manifest``: one that does not match it raises
 ``ContractError`` naming the file and the field.
 """
@@ -12,18 +27,51 @@ A version's manifest is read through ``streamtune.manifest.Manifest``: one that 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from streamtune.errors import StreamtuneError
+from streamtune.errors import ContractError, StreamtuneError
 from streamtune.manifest import Manifest
+from streamtune.settings import Settings
 
-__all__ = ["AdapterRegistry", "RegistryError", "Version"]
+__all__ = ["LOCK_TIMEOUT_S", "AdapterRegistry", "RegistryError", "Version", "open_registry", "tenants"]
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT_S = 900.0  # TODO(setting): training.lock_timeout_s
+"""How long a writer waits for another writer of the same tenant (a refresh of the tiny default model takes
+minutes on a CPU) before it gives up with ``RegistryError``."""
+
+_VERSION_NAME = re.compile(r"v\d{4,}")
+
+
+def _no_crash(name: str) -> None:
+    """The production hook: nothing happens at a crash point."""
+
+
+_crash_point: Callable[[str], None] = _no_crash
+"""Fault tests only (tests/training/test_faults.py): called with the name of each point where a crash leaves
+something for the repair to find. A test's child process replaces it (``os.kill(os.getpid(), SIGKILL)`` at
+the point it wants); nothing else sets it. The points, in the order a refresh passes them:
+
+- ``locked``: the tenant's lock is held and the repair has run (nothing half-done yet);
+- ``partial``: a ``.partial-*`` directory holds the adapter's weights but not yet its manifest
+  (``training.publish.write_version``);
+- ``renamed``: the version directory is in place, ``registry.json`` does not list it yet;
+- ``index-temp``: ``registry.json.<pid>`` is written and fsynced, not yet renamed over ``registry.json``
+  (at every index write);
+- ``index-written``: ``registry.json`` lists the version (current, if promoted); not announced yet;
+- ``announced``: the announcement is flushed to Kafka (``training.publish.announce``).
+"""
 
 
 class RegistryError(StreamtuneError):
@@ -56,11 +104,136 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _record_holder(fd: int) -> None:
+    """Written into the lock file once it is held, so that a writer that waits can say who it waits for."""
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(UTC).isoformat()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder).encode(), 0)
+
+
+def _number(name: str) -> int:
+    return int(name[1:])
+
+
 class AdapterRegistry:
-    def __init__(self, root: Path, tenant: str) -> None:
+    def __init__(self, root: Path, tenant: str, *, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self.tenant = tenant
         self.root = root / tenant
         self.index_file = self.root / "registry.json"
+        self.lock_file = self.root / ".lock"
+        self.lock_timeout_s = lock_timeout_s
+        self.repaired: list[str] = []
+        """What the last opening for writing repaired (also logged), one line each."""
+
+    # -- the writer's lock and the repair -------------------------------------------------------
+    @contextmanager
+    def writing(self) -> Iterator[AdapterRegistry]:
+        """Hold the tenant's lock for the block; on first entry (it is reentrant within a thread) repair what
+        a crash left. See the module docstring."""
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        # One lock object per file in this process: a registry opened twice in one thread nests instead of
+        # waiting for itself. The kernel lock (flock) is per open file, so other threads and processes wait.
+        lock = FileLock(self.lock_file, is_singleton=True, preserve_lock_file=True, on_acquired=_record_holder)
+        outermost = not lock.is_locked
+        self._acquire(lock)
+        try:
+            if outermost:
+                self.repaired = self._repair()
+            _crash_point("locked")
+            yield self
+        finally:
+            lock.release()
+
+    def _acquire(self, lock: Any) -> None:
+        from filelock import Timeout
+
+        try:
+            lock.acquire(timeout=0)
+            return
+        except Timeout:
+            pass
+        log.warning(
+            "tenant %s: waiting up to %.0fs for the registry lock %s, held by %s",
+            self.tenant,
+            self.lock_timeout_s,
+            self.lock_file,
+            self._holder(),
+        )
+        try:
+            lock.acquire(timeout=self.lock_timeout_s, poll_interval=0.2)
+        except Timeout as exc:
+            raise RegistryError(
+                f"tenant {self.tenant}: another writer holds the registry lock {self.lock_file} "
+                f"({self._holder()}) and did not release it within {self.lock_timeout_s:.0f}s. "
+                "Wait for that refresh, promote or rollback to finish (the lock is released when it exits, "
+                "even if it is killed); do not delete the lock file"
+            ) from exc
+        log.info("tenant %s: got the registry lock %s", self.tenant, self.lock_file)
+
+    def _holder(self) -> str:
+        try:
+            holder = json.loads(self.lock_file.read_text() or "{}")
+            return f"pid {holder['pid']} on host {holder['host']} since {holder['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "an unknown process"
+
+    def _repair(self) -> list[str]:
+        """Undo or finish what a crash left; called with the lock held. Returns (and logs) what it did."""
+        repaired = []
+        for partial in sorted(self.root.glob(".partial-*")):
+            shutil.rmtree(partial, ignore_errors=True)
+            repaired.append(f"removed the half-written {partial.name}")
+        for temp in sorted(self.root.glob(f"{self.index_file.name}.*")):
+            if not temp.suffix[1:].isdigit():
+                continue  # only ``_write_index``'s own temporary files (named by pid); never an operator's copy
+            temp.unlink(missing_ok=True)
+            repaired.append(f"removed the unfinished index {temp.name}")
+        index = self._index()
+        adopted = False
+        on_disk = [p for p in self.root.iterdir() if _VERSION_NAME.fullmatch(p.name) and p.is_dir()]
+        for path in sorted(on_disk, key=lambda p: _number(p.name)):
+            if path.name in index["versions"]:
+                continue
+            note = self._adopt(index, path)
+            if note:
+                repaired.append(note)
+                adopted = True
+        if adopted:
+            self._write_index(index)
+        if repaired:
+            _fsync_dir(self.root)
+        for line in repaired:
+            log.warning("tenant %s: repaired: %s", self.tenant, line)
+        return repaired
+
+    def _adopt(self, index: dict[str, Any], path: Path) -> str | None:
+        """Enter a version directory the index lacks (renamed into place, then a crash before the index write)."""
+        try:
+            manifest = Manifest.load(path)
+        except ContractError as exc:
+            # Never renamed into place without a manifest that read back: someone changed it since.
+            log.error("tenant %s: %s is not in registry.json and cannot be adopted: %s", self.tenant, path.name, exc)
+            return None
+        if (manifest.tenant, manifest.version) != (self.tenant, path.name):
+            log.error(
+                "tenant %s: %s is not in registry.json and its manifest is %s %s; not adopted",
+                self.tenant,
+                path.name,
+                manifest.tenant,
+                manifest.version,
+            )
+            return None
+        status = "promoted" if manifest.gate.promoted else "rejected"
+        index["versions"][path.name] = {"status": status, "created_at": manifest.created_at.isoformat()}
+        note = f"adopted {path.name} ({status}), which a crash had left out of {self.index_file.name}"
+        current = index["current"]
+        if status == "promoted" and (current is None or _number(path.name) > _number(current)):
+            index["current"] = path.name
+            index["history"].append(path.name)
+            note += f"; it is current now (was {current or 'none'})"
+        return note
 
     # -- index ----------------------------------------------------------------------------------
     def _index(self) -> dict[str, Any]:
@@ -74,6 +247,7 @@ class AdapterRegistry:
         partial.write_text(json.dumps(index, indent=2, sort_keys=True))
         with partial.open("rb") as handle:
             os.fsync(handle.fileno())
+        _crash_point("index-temp")
         partial.replace(self.index_file)
         _fsync_dir(self.root)
 
@@ -95,53 +269,76 @@ class AdapterRegistry:
         return self.get(name) if name else None
 
     def next_name(self) -> str:
-        existing = [int(n[1:]) for n in self._index()["versions"] if n[1:].isdigit()]
-        return f"v{max(existing, default=0) + 1:04d}"
+        """After every version the index lists *and* every version directory on disk, so that a directory the
+        repair could not adopt never has its name given again."""
+        on_disk = [p.name for p in self.root.iterdir()] if self.root.is_dir() else []
+        names = [n for n in [*self._index()["versions"], *on_disk] if _VERSION_NAME.fullmatch(n)]
+        return f"v{max(map(_number, names), default=0) + 1:04d}"
 
     # -- writing --------------------------------------------------------------------------------
     def publish(self, name: str, write: Callable[[Path], None], status: str) -> Version:
         """Write a version atomically: ``write`` fills a temporary directory (``manifest.json`` included, which
-        must read back as a ``Manifest``), which is fsynced and renamed."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        target = self.root / name
-        if target.exists():
-            raise RegistryError(f"tenant {self.tenant}: version {name} exists and published versions are immutable")
-        partial = self.root / f".partial-{name}-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        try:
-            write(partial)
-            Manifest.load(partial)  # a version is never published without a manifest that reads back
-            _fsync_tree(partial)
-            partial.rename(target)
-            _fsync_dir(self.root)
-        except BaseException:
+        must read back as a ``Manifest``), which is fsynced and renamed; then the index lists it."""
+        with self.writing():
+            target = self.root / name
+            if target.exists():
+                raise RegistryError(f"tenant {self.tenant}: version {name} exists and published versions are immutable")
+            partial = self.root / f".partial-{name}-{os.getpid()}"
             shutil.rmtree(partial, ignore_errors=True)
-            raise
-        index = self._index()
-        index["versions"][name] = {"status": status, "created_at": datetime.now(UTC).isoformat()}
-        if status == "promoted":
-            index["current"] = name
-            index["history"].append(name)
-        self._write_index(index)
-        return self.get(name)
+            partial.mkdir()
+            try:
+                write(partial)
+                Manifest.load(partial)  # a version is never published without a manifest that reads back
+                _fsync_tree(partial)
+                partial.rename(target)
+                _fsync_dir(self.root)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            _crash_point("renamed")
+            index = self._index()
+            index["versions"][name] = {"status": status, "created_at": datetime.now(UTC).isoformat()}
+            if status == "promoted":
+                index["current"] = name
+                index["history"].append(name)
+            self._write_index(index)
+            _crash_point("index-written")
+            return self.get(name)
 
     def promote(self, name: str) -> Version:
-        version = self.get(name)
-        index = self._index()
-        index["versions"][name]["status"] = "promoted"
-        index["current"] = name
-        index["history"].append(name)
-        self._write_index(index)
-        return version
+        with self.writing():
+            version = self.get(name)
+            index = self._index()
+            index["versions"][name]["status"] = "promoted"
+            index["current"] = name
+            index["history"].append(name)
+            self._write_index(index)
+            return version
 
     def rollback(self) -> Version:
         """Make the previously current version current again."""
-        index = self._index()
-        history = index["history"]
-        if len(history) < 2:
-            raise RegistryError(f"tenant {self.tenant}: nothing to roll back to (history: {history or 'empty'})")
-        history.pop()
-        index["current"] = history[-1]
-        self._write_index(index)
-        return self.get(history[-1])
+        with self.writing():
+            index = self._index()
+            history = index["history"]
+            if len(history) < 2:
+                raise RegistryError(f"tenant {self.tenant}: nothing to roll back to (history: {history or 'empty'})")
+            history.pop()
+            index["current"] = history[-1]
+            self._write_index(index)
+            return self.get(history[-1])
+
+
+def open_registry(settings: Settings, tenant: str) -> AdapterRegistry:
+    """``tenant``'s registry under ``settings.adapters_dir``, as every writer opens it."""
+    return AdapterRegistry(settings.adapters_dir, tenant, lock_timeout_s=LOCK_TIMEOUT_S)
+
+
+def tenants(root: Path) -> list[str]:
+    """The tenants that have a registry under ``root`` (an index, a version or a crash's leftovers)."""
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and any(map(_registry_file, d.iterdir())))
+
+
+def _registry_file(path: Path) -> bool:
+    return path.name == "registry.json" or path.name.startswith(".partial-") or bool(_VERSION_NAME.fullmatch(path.name))

@@ -6,8 +6,14 @@ tenant beyond each adapter's recorded range, which the registry already knows ex
 are derived from the manifests and the topic's end offsets on each tick instead of being kept in a
 changelog-backed table that could drift from them; and it keeps one Kafka client library in the project.
 
-A long-running service: it logs through this module's logger (the refreshes' progress included), which
-the CLI configures.
+A service that outlives failures. A tenant whose refresh fails (its data, Weaviate or Kafka down, out of
+memory) is logged with the cause and not tried again before a doubling delay (``_RETRY``); the other tenants
+go on. A Kafka outage while the topic is read is waited out (``streamtune.retry``, one log line per
+interval), never a reason to exit. At start, every tenant with a registry is opened for writing (which
+repairs what a crash left) and its current version is announced again if the announcement is missing.
+Only SIGTERM or Ctrl-C stop it (after the refresh in progress, if any).
+
+It logs through this module's logger (the refreshes' progress included), which the CLI configures.
 """
 
 from __future__ import annotations
@@ -15,22 +21,69 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
 
-from streamtune.errors import ContractError
+from streamtune.contracts import AdapterUpdate
+from streamtune.errors import ContractError, KafkaUnavailableError, StreamtuneError
 from streamtune.kafka import committed_end_offsets, read_range
+from streamtune.retry import Backoff, retrying
 from streamtune.settings import Settings
 from streamtune.topics import TRAINING_EXAMPLES, topic_name
 from training.data import MissingDocs
+from training.publish import ensure_announced, last_announcements
 from training.refresh import refresh
-from training.registry import AdapterRegistry
+from training.registry import open_registry, tenants
 
 __all__ = ["pending_counts", "watch"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# TODO(setting): training.retry_initial_s (30.0) and training.retry_max_s (1800.0)
+_RETRY = Backoff(initial_s=30.0, max_s=1800.0, give_up_s=None)
+"""After a tenant's refresh fails: 30 s before the next attempt, doubling with each failure, at most 30 min."""
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived while waiting for Kafka: stop instead of trying again."""
+
+
+@dataclass
+class _Failures:
+    """Per tenant: consecutive failures, and the earliest time of the next attempt."""
+
+    backoff: Backoff
+    count: Counter[str] = field(default_factory=Counter)
+    not_before: dict[str, float] = field(default_factory=dict)
+
+    def ready(self, tenant: str, now: float) -> bool:
+        return now >= self.not_before.get(tenant, float("-inf"))
+
+    def failed(self, tenant: str, what: str, exc: BaseException) -> None:
+        self.count[tenant] += 1
+        delay = self.backoff.delay(self.count[tenant])
+        self.not_before[tenant] = time.monotonic() + delay
+        log.error(
+            "watch: %s: %s failed (%s: %s); trying again in %.1fs (failure %d in a row)",
+            tenant,
+            what,
+            type(exc).__name__,
+            exc,
+            delay,
+            self.count[tenant],
+            # ours say what went wrong in words; anything else is a bug or an OOM, whose stack is worth keeping
+            exc_info=not isinstance(exc, StreamtuneError),
+        )
+
+    def succeeded(self, tenant: str) -> None:
+        self.count.pop(tenant, None)
+        self.not_before.pop(tenant, None)
 
 
 def pending_counts(
@@ -52,10 +105,13 @@ def pending_counts(
 
 
 def _trained_up_to(settings: Settings, tenant: str) -> dict[int, int]:
-    current = AdapterRegistry(settings.adapters_dir, tenant).current()
-    if current is None:
+    try:
+        current = open_registry(settings, tenant).current()
+    except (StreamtuneError, OSError, ValueError) as exc:
+        # Counted from the start; the refresh then fails on the same registry and says so, with backoff.
+        log.debug("watch: %s: cannot read the current adapter (%s)", tenant, exc)
         return {}
-    return current.manifest.data.trained_up_to()
+    return current.manifest.data.trained_up_to() if current else {}
 
 
 def watch(
@@ -64,44 +120,110 @@ def watch(
     missing_docs: MissingDocs | None = None,
     poll_s: float | None = None,
     max_refreshes: int | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> int:
-    """Run until SIGTERM / Ctrl-C (or after ``max_refreshes`` refreshes, for tests).
+    """Run until SIGTERM / Ctrl-C (or, for tests, after ``max_refreshes`` refresh attempts, failed ones
+    included, or once ``until()`` is true, checked between steps).
 
     ``missing_docs`` is handed to every refresh (``training.refresh.refresh``)."""
-    stopping = False
-
-    def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    failures = _Failures(_RETRY)
+    unreconciled = set(tenants(settings.adapters_dir))
     seen: dict[int, int] = {}
     waiting_since: dict[str, float] = {}
     pending: Counter[str] = Counter()
     refreshes = 0
+
+    def done() -> bool:
+        return (max_refreshes is not None and refreshes >= max_refreshes) or (until is not None and until())
+
     log.info(
         "watch: refresh at %d new examples, or after %g min with at least one",
         settings.training.watch_min_examples,
         settings.training.watch_minutes,
     )
     try:
-        while not stopping and (max_refreshes is None or refreshes < max_refreshes):
+        while not stop.is_set() and not done():
+            if unreconciled:
+                _reconcile(settings, unreconciled, failures, stop)
             # each tenant's registry is read once per tick, not once per record
             floor = functools.cache(lambda tenant: _trained_up_to(settings, tenant))
-            counts, seen = pending_counts(settings, seen, floor)
+            counts, seen = _kafka(settings, functools.partial(pending_counts, settings, seen, floor), stop)
             pending.update(counts)
             now = time.monotonic()
-            for tenant in list(pending):
+            for tenant in sorted(pending):
+                if stop.is_set() or done():
+                    break
                 waiting_since.setdefault(tenant, now)
                 due = now - waiting_since[tenant] >= settings.training.watch_minutes * 60
-                if pending[tenant] >= settings.training.watch_min_examples or due:
-                    log.info("watch: %s: %d new examples; refreshing", tenant, pending[tenant])
+                if not (pending[tenant] >= settings.training.watch_min_examples or due):
+                    continue
+                if not failures.ready(tenant, time.monotonic()):
+                    continue  # its examples stay pending until its backoff has passed
+                log.info("watch: %s: %d new examples; refreshing", tenant, pending[tenant])
+                refreshes += 1
+                try:
                     outcome = refresh(settings, tenant, missing_docs=missing_docs, say=log.info)
-                    log.info("watch: %s: %s %s (%s)", tenant, outcome.status, outcome.version or "", outcome.reason)
-                    del pending[tenant], waiting_since[tenant]
-                    refreshes += 1
-            if max_refreshes is None or refreshes < max_refreshes:
-                time.sleep(settings.training.watch_poll_s if poll_s is None else poll_s)
-    except KeyboardInterrupt:
+                except Exception as exc:  # MemoryError included: that tenant's failure, not the service's
+                    failures.failed(tenant, "refresh", exc)
+                    continue
+                failures.succeeded(tenant)
+                unreconciled.discard(tenant)  # a refresh repairs and reconciles first
+                log.info("watch: %s: %s %s (%s)", tenant, outcome.status, outcome.version or "", outcome.reason)
+                del pending[tenant], waiting_since[tenant]
+            if not done():
+                stop.wait(settings.training.watch_poll_s if poll_s is None else poll_s)
+    except (KeyboardInterrupt, _Stopped):
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    log.info("watch: stopped after %d refreshes", refreshes)
     return 0
+
+
+def _reconcile(settings: Settings, unreconciled: set[str], failures: _Failures, stop: threading.Event) -> None:
+    """Open each tenant's registry for writing (the repair) and announce its current version again if the
+    announcement is missing: a crash after a promotion must not leave a version current but unserved."""
+    ready = sorted(t for t in unreconciled if failures.ready(t, time.monotonic()))
+    if not ready:
+        return
+    announced: Mapping[str, AdapterUpdate] = _kafka(settings, lambda: last_announcements(settings), stop)
+    for tenant in ready:
+        if stop.is_set():
+            return
+        try:
+            registry = open_registry(settings, tenant)
+            with registry.writing():
+                ensure_announced(settings, registry, announced=announced)
+        except Exception as exc:
+            failures.failed(tenant, "repair and announcement check", exc)
+            continue
+        failures.succeeded(tenant)
+        unreconciled.discard(tenant)
+
+
+def _kafka(settings: Settings, operation: Callable[[], T], stop: threading.Event) -> T:
+    """``operation()``, waiting out a Kafka outage (``kafka.backoff()``: a service never gives up) until it
+    succeeds or SIGTERM arrives."""
+
+    def attempt() -> T:
+        if stop.is_set():
+            raise _Stopped
+        return operation()
+
+    def transient(exc: BaseException) -> bool:
+        return isinstance(exc, KafkaUnavailableError)
+
+    def wait(seconds: float) -> None:
+        stop.wait(seconds)  # SIGTERM cuts the wait short
+
+    return retrying(
+        attempt,
+        transient=transient,
+        backoff=settings.kafka.backoff(),
+        what=f"watch: Kafka at {settings.kafka.bootstrap_servers}",
+        fix="Start Kafka (`streamtune stack up`) or fix the [kafka] settings.",
+        log=log,
+        sleep=wait,
+    )

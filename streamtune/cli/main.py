@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from streamtune.cli import adapters, ask, config, demo, dlq, search, serve, stack, streams, topics, train
+from streamtune.cli import adapters, ask, config, demo, dlq, http, search, serve, stack, streams, topics, train
 from streamtune.errors import ConfigError, StreamtuneError, UnavailableError
 from streamtune.settings import load_settings
 
@@ -24,7 +24,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69
 EXIT_CONFIG = 78
 
-_GROUPS = (stack, topics, config, streams, dlq, search, train, adapters, serve, ask, demo)
+_GROUPS = (stack, topics, config, streams, dlq, search, train, adapters, serve, ask, demo, http)
 
 
 def build_parser() -> argparse.ArgumentParser:

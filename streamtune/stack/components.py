@@ -102,6 +102,10 @@ class Component(ABC):
     def healthy(self) -> bool:
         return self.installed()
 
+    def exposed(self) -> list[int]:
+        """Ports this component's server opens on every interface, with no setting to place them."""
+        return []
+
 
 class Kafka(Component):
     name = "kafka"
@@ -249,6 +253,11 @@ class Weaviate(Component):
             s.weaviate_raft_port,
             s.weaviate_raft_port + 1,
         ]
+
+    def exposed(self) -> list[int]:
+        # Weaviate v1.39's gRPC server listens on ":<port>" (adapters/handlers/grpc/server.go) and its cluster
+        # data port likewise; no setting places them on 127.0.0.1. Said in `stack status` and the README.
+        return [self.settings.weaviate.grpc_port, self.settings.stack.weaviate_gossip_port + 1]
 
     def check_tools(self) -> None:
         if not self.installed():

@@ -3,8 +3,10 @@
 With ``flink.cluster`` on, `streamtune stack up` starts a jobmanager and ``flink.taskmanagers`` taskmanagers
 from the Flink distribution that the apache-flink package ships (``pyflink/bin``, ``pyflink/lib``), each one
 a stack component of its own, so `stack status` reports every process truthfully, `down` stops each one, and
-a taskmanager that died is restarted by the next `up`. Everything binds 127.0.0.1; each process reads its
-own ``config.yaml``, written from the settings under the stack home (edits are overwritten).
+a taskmanager that died is restarted by the next `up`. Each process reads its own ``config.yaml``, written
+from the settings under the stack home (edits are overwritten), which binds every address Flink lets one
+set to 127.0.0.1; the exception, the ports a taskmanager opens for its Python workers while a job runs, is
+named by `stack status` (``FlinkTaskManager.exposed``).
 
 ``submit_job`` sends the ingest job (``streams/job.py``) to the cluster with `flink run -d`; ``job_status``
 and ``cancel_job`` use the jobmanager's REST API. The cluster runs only from the Flink environment: its
@@ -175,6 +177,13 @@ class FlinkTaskManager(_FlinkProcess):
         # takes over its predecessor's registration.
         return {**super()._config(), "taskmanager.resource-id": self.name}
 
+    def exposed(self) -> list[int]:
+        # While a Python job runs, each taskmanager serves its Python workers the Beam Fn API (control, data,
+        # state, logging, ...) on ephemeral ports that listen on every interface: flink-python's copy of Beam's
+        # ServerFactory builds them with NettyServerBuilder.forPort, and no Flink setting places them. They
+        # can go from here once flink-python binds them to the loopback address it already advertises.
+        return _wildcard_listeners(str(self.conf_dir))
+
     def healthy(self) -> bool:
         listing = _get(self.settings, "/taskmanagers")
         managers = listing.get("taskmanagers", []) if isinstance(listing, dict) else []
@@ -194,7 +203,8 @@ class JobStatus:
     name: str
     state: str
     """CREATED | RUNNING | RESTARTING | FAILING | CANCELLING | CANCELED | FAILED | FINISHED | ..."""
-    restarts: int
+    failures: int
+    """Failures the job restarted from (or died of): the jobmanager's exception history, newest 16 kept."""
     parallelism: int
     """The largest parallelism of the job's vertices."""
     vertex_states: dict[str, int]
@@ -276,15 +286,16 @@ def submit_job(
 
 
 def job_status(settings: Settings, job_id: str) -> JobStatus:
-    """The job's state, restart count and vertex states, from the jobmanager's REST API."""
+    """The job's state, failures and vertex states, from the jobmanager's REST API."""
     details = _get(settings, f"/jobs/{job_id}", strict=True)
-    metrics = _get(settings, f"/jobs/{job_id}/metrics?get=numRestarts", strict=True)
-    restarts = next((int(m["value"]) for m in metrics if m.get("id") == "numRestarts"), 0)
+    # The exception history rather than the numRestarts metric, which the REST API serves from a cache
+    # refreshed every 10 s (metrics.fetcher.update-interval) and so lags a restart.
+    history = _get(settings, f"/jobs/{job_id}/exceptions", strict=True).get("exceptionHistory", {})
     return JobStatus(
         job_id=job_id,
         name=str(details["name"]),
         state=str(details["state"]),
-        restarts=restarts,
+        failures=len(history.get("entries", [])),
         parallelism=max((int(v["parallelism"]) for v in details.get("vertices", [])), default=0),
         vertex_states={state: n for state, n in details.get("status-counts", {}).items() if n},
     )
@@ -348,6 +359,33 @@ def _write_conf(conf_dir: Path, home: Path, config: Mapping[str, Any]) -> None:
     )
     for name in ("log4j-console.properties", "log4j-cli.properties"):
         (conf_dir / name).write_text((home / "conf" / name).read_text())
+
+
+def _wildcard_listeners(marker: str) -> list[int]:
+    """TCP ports listened on at every interface by the processes whose command line holds ``marker`` (Linux)."""
+    sockets: set[str] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker.encode() not in (proc / "cmdline").read_bytes():
+                continue
+            links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        sockets.update(link[len("socket:[") : -1] for link in links if link.startswith("socket:["))
+    ports: set[int] = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        try:
+            rows = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            address, _, port = fields[1].rpartition(":")
+            if fields[3] == "0A" and fields[9] in sockets and set(address) == {"0"}:  # 0A: LISTEN
+                ports.add(int(port, 16))
+    return sorted(ports)
 
 
 def _ingest_job_file() -> Path:

@@ -70,8 +70,11 @@ class Stack:
             return ComponentStatus(component.name, address, "installed")
         pid = self._own_pid(component)
         if component.healthy():
-            detail = "" if pid else "not started by this stack"
-            return ComponentStatus(component.name, address, "healthy", pid, detail)
+            notes = [] if pid else ["not started by this stack"]
+            if component.exposed():
+                ports = ", ".join(map(str, component.exposed()))
+                notes.append(f"ports {ports} listen on all interfaces (no setting can bind them): firewall them")
+            return ComponentStatus(component.name, address, "healthy", pid, "; ".join(notes))
         if pid is not None:
             return ComponentStatus(component.name, address, "unhealthy", pid, f"see {component.log_file}")
         if self._pid_file(component).exists():

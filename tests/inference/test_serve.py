@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 import uuid
@@ -13,11 +14,11 @@ from typing import Any
 import pytest
 
 from inference.service import ask
-from streamtune.contracts import ChatMessage, Query, TrainingExample, encode
-from streamtune.harness import ServiceProcess, ingest_job, isolated_env, query_server
+from streamtune.contracts import AdapterUpdate, ChatMessage, Query, TrainingExample, encode
+from streamtune.harness import ServiceProcess, ingest_job, isolated_env, query_server, wait_for
 from streamtune.kafka import consumer, create_topics, delete_topics, producer
 from streamtune.settings import Settings
-from streamtune.topics import ANSWERS, DOMAIN_EVENTS, QUERIES, TRAINING_EXAMPLES, topic_name
+from streamtune.topics import ADAPTER_UPDATES, ANSWERS, DOMAIN_EVENTS, QUERIES, TRAINING_EXAMPLES, topic_name
 from training.publish import announce
 from training.refresh import refresh
 from training.registry import AdapterRegistry
@@ -28,17 +29,22 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 class Deployment:
     """Uuid-named topics, collection, group and registry, with settings passed to child processes by env."""
 
-    def __init__(self, load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: Path) -> None:
+    def __init__(
+        self, load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: Path, **extra: str
+    ) -> None:
         self.env = isolated_env(
             tmp,
             "inf",
             STREAMTUNE__INFERENCE__MAX_NEW_TOKENS="8",
             STREAMTUNE__INFERENCE__TORCH_THREADS="1",
+            STREAMTUNE__INFERENCE__CONTEXT_TOKENS="128",
+            STREAMTUNE__INFERENCE__MAX_QUESTION_TOKENS="64",
             STREAMTUNE__MODELS__BASE_MODEL=str(tiny_model),
             STREAMTUNE__TRAINING__MAX_STEPS="6",
             STREAMTUNE__TRAINING__LEARNING_RATE="0.005",
             STREAMTUNE__TRAINING__EVAL_MAX_NEW_TOKENS="4",
             STREAMTUNE__TRAINING__TORCH_THREADS="1",
+            **extra,
         )
         self.tmp = tmp
         self.settings = load(self.env)
@@ -81,6 +87,21 @@ def deployment(
     d = Deployment(env_settings, tiny_model, tmp_path)
     yield d
     d.close()
+
+
+@pytest.fixture
+def deploy(
+    stack: Settings, env_settings: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp_path: Path
+) -> Iterator[Callable[..., Deployment]]:
+    made: list[Deployment] = []
+
+    def make(**extra: str) -> Deployment:
+        made.append(Deployment(env_settings, tiny_model, tmp_path / f"d{len(made)}", **extra))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close()
 
 
 def query(query_id: str, question: str = "What is the refund window?", tenant: str = "acme") -> bytes:
@@ -129,11 +150,11 @@ def test_events_to_an_answer_citing_the_right_document(deployment: Deployment, s
         job.stop()
 
 
-def _train_one(deployment: Deployment, start: int, lr: float | None = None) -> str:
+def _train_one(deployment: Deployment, start: int, tenant: str = "acme") -> str:
     for i in range(start, start + 8):
         example = TrainingExample(
-            example_id=f"ex-{i}",
-            tenant="acme",
+            example_id=f"{tenant}-ex-{i}",
+            tenant=tenant,
             source_event_id=f"e-{i}",
             messages=[
                 ChatMessage(role="user", content=f"Refund window? {i}"),
@@ -142,7 +163,7 @@ def _train_one(deployment: Deployment, start: int, lr: float | None = None) -> s
         )
         deployment.send(TRAINING_EXAMPLES, example.example_id, encode(example))
     deployment.producer.flush(15)
-    outcome = refresh(deployment.settings, "acme", say=lambda _: None)
+    outcome = refresh(deployment.settings, tenant, say=lambda _: None)
     assert outcome.version is not None
     return outcome.version
 
@@ -220,3 +241,209 @@ def test_a_killed_server_loses_no_query(deployment: Deployment) -> None:
     finally:
         server.stop()
     assert set(ids) <= set(found)  # every query answered at least once (a repeat is harmless)
+
+
+class QueryFlow:
+    """A steady stream of queries on its own thread: every id it sent, in order."""
+
+    def __init__(self, deployment: Deployment, tenant: str = "acme", interval_s: float = 0.2) -> None:
+        self.deployment, self.tenant, self.interval_s = deployment, tenant, interval_s
+        self.sent: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        out = producer(self.deployment.settings.kafka)
+        topic = topic_name(QUERIES, self.deployment.settings.topics)
+        while not self.stop.is_set():
+            query_id = f"{self.tenant}-flow-{len(self.sent)}"
+            out.produce(topic, key=query_id.encode(), value=query(query_id, tenant=self.tenant))
+            out.poll(0)
+            self.sent.append(query_id)
+            time.sleep(self.interval_s)
+        out.flush(120)  # the broker may have been down: what was buffered is delivered now
+
+    def __enter__(self) -> QueryFlow:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _metric(server_port: int, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.mark.fault
+def test_a_broker_outage_is_invisible_to_queries_except_for_latency(
+    private_kafka: Any, deploy: Callable[..., Deployment]
+) -> None:
+    from streamtune.harness import free_port
+
+    metrics_port = free_port()
+    deployment = deploy(**private_kafka.env, STREAMTUNE__INFERENCE__METRICS_PORT=str(metrics_port))
+    server = deployment.server()
+    server.start()
+    try:
+        with QueryFlow(deployment) as flow:
+            wait_for(lambda: len(deployment.answers(set(flow.sent[:5]), timeout_s=1)) >= 5, 60, "first answers")
+            private_kafka.stop()  # the broker is gone for 40 s while queries keep coming
+            outage_end = time.monotonic() + 40
+            while time.monotonic() < outage_end:
+                assert server.running(), server.output()[-2000:]
+                time.sleep(1)
+            private_kafka.start()
+            wait_for(lambda: len(flow.sent) > 0, 5, "flow")
+            time.sleep(3)  # a few more queries after the broker is back
+        sent = list(flow.sent)
+        found = deployment.answers(set(sent), timeout_s=240)
+        assert server.running()  # serve never exited
+        assert set(sent) <= set(found), f"unanswered: {sorted(set(sent) - set(found))[:5]} of {len(sent)}"
+        assert all(found[q][0]["error"] is None for q in sent)
+        twice = sum(len(found[q]) > 1 for q in sent)
+        assert twice <= deployment.settings.inference.max_batch * 2, twice  # a redelivered batch or two at most
+        assert _metric(metrics_port, "streamtune_answers_total") >= len(sent)
+        assert "Kafka" in server.output() and "waiting" in server.output()  # it said what it was doing
+    finally:
+        server.stop()
+
+
+@pytest.mark.fault
+def test_a_weaviate_outage_gives_error_answers_and_serve_resumes(
+    private_weaviate: Any, deploy: Callable[..., Deployment]
+) -> None:
+    from retrieval import Retriever
+
+    deployment = deploy(**private_weaviate.env, STREAMTUNE__INFERENCE__RETRIEVAL_BUDGET_S="3")
+    with Retriever(deployment.settings) as retriever:
+        retriever.store.ensure_collection(int(retriever.embedder.get_sentence_embedding_dimension()))
+        from retrieval.store import DocumentChunks
+
+        text = "Refunds are accepted within 30 days of delivery."
+        retriever.store.upsert(
+            [
+                DocumentChunks(
+                    "acme", "refunds", "Refunds", [text], retriever.embed([text]), "e-1", "2026-11-21T10:00:00Z"
+                )
+            ]
+        )
+    server = deployment.server()
+    server.start()
+    try:
+        before = ["w-before-0", "w-before-1"]
+        for query_id in before:
+            deployment.send(QUERIES, query_id, query(query_id))
+        deployment.producer.flush(15)
+        found = deployment.answers(set(before))
+        assert all(found[q][0]["citations"][0]["doc_id"] == "refunds" for q in before)
+        private_weaviate.stop()
+        during = [f"w-during-{i}" for i in range(4)]
+        for query_id in during:
+            deployment.send(QUERIES, query_id, query(query_id))
+        deployment.producer.flush(15)
+        found = deployment.answers(set(during), timeout_s=120)
+        assert {found[q][0]["error"]["code"] for q in during} == {"retrieval_unavailable"}
+        assert server.running()
+        private_weaviate.start()
+        after = [f"w-after-{i}" for i in range(3)]
+        for query_id in after:
+            deployment.send(QUERIES, query_id, query(query_id))
+        deployment.producer.flush(15)
+        found = deployment.answers(set(after), timeout_s=120)
+        assert all(found[q][0]["error"] is None and found[q][0]["citations"] for q in after)
+        all_ids = before + during + after
+        every = deployment.answers(set(all_ids), timeout_s=30)
+        assert sorted(every) == sorted(all_ids) and all(len(every[q]) == 1 for q in all_ids)  # none lost, none twice
+    finally:
+        server.stop()
+
+
+def test_forged_announcements_never_change_whose_adapter_answers(deployment: Deployment) -> None:
+    first = _train_one(deployment, 0)  # acme v0001, genuine
+    registry = AdapterRegistry(deployment.settings.adapters_dir, "acme")
+    genuine = registry.get(first)
+    update = ADAPTER_UPDATES.decode(
+        encode(
+            AdapterUpdate(
+                tenant="acme",
+                version=first,
+                uri=genuine.path.as_uri(),
+                base_model=deployment.settings.models.base_model,
+                manifest=genuine.manifest,
+            )
+        )
+    )
+    outside = deployment.tmp / "outside" / "beta" / "v0001"
+    shutil.copytree(genuine.path, outside)
+    pickled = deployment.settings.adapters_dir / "acme" / "v0009"
+    shutil.copytree(genuine.path, pickled)
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04not a model")
+    forged = {
+        "beta-takes-acme": update.model_copy(update={"tenant": "beta", "version": "v0001"}),
+        "outside-store": update.model_copy(update={"tenant": "beta", "version": "v0001", "uri": outside.as_uri()}),
+        "wrong-sha": update.model_copy(
+            update={"version": "v0008", "manifest": genuine.manifest.model_copy(update={"version": "v0008"})}
+        ),
+        "pickle": update.model_copy(
+            update={
+                "version": "v0009",
+                "uri": pickled.as_uri(),
+                "manifest": genuine.manifest.model_copy(update={"version": "v0009"}),
+            }
+        ),
+    }
+    for key, value in forged.items():
+        deployment.send(ADAPTER_UPDATES, key, encode(value))
+    deployment.producer.flush(15)
+    server = deployment.server()
+    server.start()
+    try:
+        ids = {"acme-1": "acme", "beta-1": "beta", "acme-2": "acme", "beta-2": "beta"}
+        for query_id, tenant in ids.items():
+            deployment.send(QUERIES, query_id, query(query_id, tenant=tenant))
+        pinned = Query(query_id="acme-pin", tenant="acme", question="x?", adapter="v0009")
+        deployment.send(QUERIES, "acme-pin", encode(pinned))
+        deployment.producer.flush(15)
+        found = deployment.answers({*ids, "acme-pin"})
+        for query_id, tenant in ids.items():
+            assert found[query_id][0]["adapter_version"] == (first if tenant == "acme" else None), query_id
+        assert found["acme-pin"][0]["error"]["code"] == "unknown_adapter"  # the pickle was never accepted
+        assert server.output().count("refused the announcement") == 4
+    finally:
+        server.stop()
+
+
+def test_one_batch_mixes_tenants_and_adapters(deploy: Callable[..., Deployment]) -> None:
+    from streamtune.harness import free_port
+
+    metrics_port = free_port()
+    deployment = deploy(
+        STREAMTUNE__INFERENCE__MAX_BATCH="8",
+        STREAMTUNE__INFERENCE__MAX_WAIT_MS="500",
+        STREAMTUNE__INFERENCE__MAX_LOADED_ADAPTERS="2",
+        STREAMTUNE__INFERENCE__METRICS_PORT=str(metrics_port),
+    )
+    versions = {tenant: _train_one(deployment, 0, tenant=tenant) for tenant in ("t1", "t2", "t3")}
+    ids = {f"{tenant}-{i}": tenant for i in range(4) for tenant in ("t1", "t2", "t3", "t4")}
+    for query_id, tenant in ids.items():  # queued before serve starts: they arrive as full batches
+        deployment.send(QUERIES, query_id, query(query_id, tenant=tenant))
+    deployment.producer.flush(15)
+    server = deployment.server()
+    server.start()
+    try:
+        found = deployment.answers(set(ids))
+        for query_id, tenant in ids.items():
+            answer = found[query_id][0]
+            assert answer["error"] is None, answer
+            assert answer["adapter_version"] == versions.get(tenant), query_id  # t4 has none: the base model
+        batches = _metric(metrics_port, "streamtune_serve_batch_size_count")
+        assert batches < len(ids) / 2, batches  # answered in batches, not one by one
+        assert _metric(metrics_port, "streamtune_adapter_evictions_total") >= 1  # three adapters, room for two
+    finally:
+        server.stop()

@@ -137,3 +137,23 @@ def _insert(store: Any, doc: Any, offset: int) -> None:
     store._tenant(doc.tenant)
     result = store.client.collections.get(store.name).with_tenant(doc.tenant).data.insert_many(objects)
     assert not result.has_errors
+
+
+def test_tls_and_an_api_key_reach_the_client_and_never_its_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    import weaviate
+
+    seen: dict[str, Any] = {}
+
+    def fake_connect(**kwargs: Any) -> None:  # the client library, not our logic, is replaced here
+        seen.update(kwargs)
+        raise RuntimeError(f"handshake failed for key {kwargs['auth_credentials'].api_key}")
+
+    monkeypatch.setattr(weaviate, "connect_to_custom", fake_connect)
+    settings = load_settings(
+        config_files=[], weaviate={"host": "vectors.internal", "secure": True, "api_key": "s3cr3t-key"}
+    )
+    with pytest.raises(RetrievalError) as info:
+        connect(settings.weaviate)
+    assert (seen["http_host"], seen["http_secure"], seen["grpc_secure"]) == ("vectors.internal", True, True)
+    assert seen["auth_credentials"].api_key == "s3cr3t-key"
+    assert "https://vectors.internal:8080" in str(info.value) and "s3cr3t-key" not in str(info.value)

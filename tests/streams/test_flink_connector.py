@@ -51,16 +51,47 @@ def test_pyflink_job_reads_one_topic_through_the_connector_and_writes_another(
     assert received == {key: value.upper() for key, value in sent.items()}
 
 
-def test_table_options_pass_secrets_with_quotes_unchanged() -> None:
+def test_table_options_pass_secrets_with_quotes_unchanged(tmp_path: Path) -> None:
     from streams.flink import kafka_sink, kafka_source
+    from streamtune.kafka import client_config
     from streamtune.settings import load_settings
 
-    password = "it's a \"quoted\" secret, with 'quotes'"
+    password = 'it\'s a "quoted" secret, with \\ and \'quotes\''
+    (tmp_path / "ca.pem").write_text("CA")
+    (tmp_path / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\nC\n-----END CERTIFICATE-----\n")
+    (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\nK\n-----END PRIVATE KEY-----\n")
     settings = load_settings(
-        config_files=[], kafka={"client_config": {"security.protocol": "SASL_SSL", "sasl.password": password}}
+        config_files=[],
+        kafka={
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "streamtune",
+            "sasl_password": password,
+            "ssl_ca_location": tmp_path / "ca.pem",
+            "ssl_certificate_location": tmp_path / "cert.pem",
+            "ssl_key_location": tmp_path / "key.pem",
+        },
     )
+    # The Python clients: librdkafka's names, the password as it is.
+    python = client_config(settings.kafka)
+    assert (python["security.protocol"], python["sasl.mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert python["sasl.password"] == password and python["ssl.ca.location"] == str(tmp_path / "ca.pem")
+    assert python["ssl.certificate.location"] == str(tmp_path / "cert.pem")
+    # The Flink connector: Java's names, the password inside a JAAS line, the PEM files as a PEM trust/keystore.
     source = kafka_source("events", settings, group_id="g").get_options()
     sink = kafka_sink("dlq", settings, transactional_id="p-dlq", max_request_bytes=2_000_000).get_options()
-    assert source["properties.sasl.password"] == password and sink["properties.sasl.password"] == password
+    escaped = password.replace("\\", "\\\\").replace('"', '\\"')
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="streamtune" password="{escaped}";'
+    )
+    for options in (source, sink):
+        assert options["properties.sasl.jaas.config"] == jaas
+        assert options["properties.security.protocol"] == "SASL_SSL"
+        assert options["properties.sasl.mechanism"] == "SCRAM-SHA-512"
+        assert options["properties.ssl.truststore.type"] == "PEM"
+        assert options["properties.ssl.truststore.location"] == str(tmp_path / "ca.pem")
+        assert options["properties.ssl.keystore.key"].startswith("-----BEGIN PRIVATE KEY-----")
+        assert "properties.sasl.password" not in options  # not a Java client property
     assert source["properties.group.id"] == "g" and source["topic"] == "events"
     assert sink["sink.transactional-id-prefix"] == "p-dlq" and sink["properties.max.request.size"] == "2000000"

@@ -93,3 +93,27 @@ def test_compose_environment_loads_as_settings(
     settings = load_settings(config_files=[])
     assert settings.weaviate.host == "weaviate"
     assert str(settings.cache_dir) == "/cache"
+
+
+def test_every_flink_process_shares_the_checkpoint_directory(compose: dict) -> None:  # type: ignore[type-arg]
+    uri = compose["x-streamtune-env"]["STREAMTUNE__STREAMS__CHECKPOINT_DIR"]
+    assert uri.startswith("file:///")
+    mount = uri.removeprefix("file://")
+    for name in ("jobmanager", "taskmanager", "streams"):
+        service = compose["services"][name]
+        assert service["environment"]["STREAMTUNE__STREAMS__CHECKPOINT_DIR"] == uri
+        assert any(v.split(":")[1] == mount for v in service["volumes"]), name
+
+
+def test_every_long_running_service_restarts_and_has_a_health_check(compose: dict) -> None:  # type: ignore[type-arg]
+    one_shot = {"topics"}
+    for name, service in compose["services"].items():
+        if name in one_shot:
+            continue
+        assert service.get("restart") in ("unless-stopped", "always", "on-failure"), name
+        assert "healthcheck" in service and service["healthcheck"]["test"], name
+
+
+def test_health_checks_use_the_configured_metrics_ports(compose: dict, defaults: Settings) -> None:  # type: ignore[type-arg]
+    serve_check = " ".join(compose["services"]["inference"]["healthcheck"]["test"])
+    assert f":{defaults.inference.metrics_port}/metrics" in serve_check

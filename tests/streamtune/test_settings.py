@@ -98,3 +98,27 @@ def test_dump_toml_round_trips(tmp_path: Path) -> None:
     dumped.write_text(s.dump_toml())
     assert load_settings(config_files=[dumped]) == load_settings(config_files=[], topics={"prefix": "x-"})
     assert isinstance(s, Settings)
+
+
+def test_config_show_masks_every_secret() -> None:
+    s = load_settings(
+        config_files=[],
+        kafka={
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "PLAIN",
+            "sasl_username": "user",
+            "sasl_password": "kafka-pw-1",
+            "client_config": {"sasl.oauthbearer.client.secret": "oauth-secret-2", "linger.ms": "5"},
+            "flink_client_config": {"sasl.jaas.config": "... password='jaas-pw-3';"},
+        },
+        weaviate={"api_key": "weaviate-key-4"},
+    )
+    shown = s.dump_toml()
+    for secret in ("kafka-pw-1", "oauth-secret-2", "jaas-pw-3", "weaviate-key-4"):
+        assert secret not in shown
+    assert '"linger.ms" = "5"' in shown and 'sasl_username = "user"' in shown
+
+
+def test_sasl_without_credentials_is_a_start_up_error() -> None:
+    with pytest.raises(ConfigError, match="sasl_mechanism, sasl_username and sasl_password"):
+        load_settings(config_files=[], kafka={"security_protocol": "SASL_SSL"})

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -215,3 +218,106 @@ def test_the_progress_line_reports_records_that_were_not_counted() -> None:
     assert NewExamples([], [], 2, 3).describe({}) == (
         "0 new examples in no partitions (2 invalid records skipped, 3 duplicate ids)"
     )
+
+
+# -- crash repair and the single-writer lock (fault tests that kill a real trainer: test_faults.py) --------------
+def _orphan(root: Path, name: str, *, promoted: bool = True) -> None:
+    """A version directory renamed into place by a writer killed before it wrote the index."""
+    (root / "acme" / name).mkdir(parents=True)
+    _version(name, promoted=promoted)(root / "acme" / name)
+
+
+def test_a_version_left_out_of_the_index_is_adopted_and_a_newer_promoted_one_becomes_current(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = AdapterRegistry(tmp_path, "acme")
+    registry.publish("v0001", _version("v0001"), "promoted")
+    _orphan(tmp_path, "v0002")
+    assert registry.next_name() == "v0003"  # the orphan's name is never given twice, even before the repair
+    with registry.writing():
+        pass
+    assert [(v.name, v.status) for v in registry.versions()] == [("v0001", "promoted"), ("v0002", "promoted")]
+    assert registry.current().name == "v0002"  # type: ignore[union-attr]
+    assert registry.rollback().name == "v0001"  # it entered the history as a promotion does
+    assert registry.repaired == []  # the rollback's opening found nothing left to repair
+    assert any("repaired: adopted v0002 (promoted)" in m and "current now (was v0001)" in m for m in caplog.messages)
+
+
+def test_an_adopted_version_keeps_its_gate_verdict_and_an_older_one_does_not_take_over(tmp_path: Path) -> None:
+    registry = AdapterRegistry(tmp_path, "acme")
+    _orphan(tmp_path, "v0001", promoted=False)
+    registry.publish("v0003", _version("v0003"), "promoted")  # opening it for writing adopts v0001 first
+    _orphan(tmp_path, "v0002")  # promoted by its gate, but older than the current v0003
+    registry.publish("v0004", _version("v0004", promoted=False), "rejected")
+    assert [(v.name, v.status) for v in registry.versions()] == [
+        ("v0001", "rejected"),
+        ("v0002", "promoted"),
+        ("v0003", "promoted"),
+        ("v0004", "rejected"),
+    ]
+    assert registry.current().name == "v0003"  # type: ignore[union-attr]
+
+
+def test_half_written_leftovers_are_removed_and_each_repair_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = AdapterRegistry(tmp_path, "acme")
+    registry.publish("v0001", _version("v0001"), "promoted")
+    (tmp_path / "acme" / ".partial-v0002-4242").mkdir()
+    (tmp_path / "acme" / ".partial-v0002-4242" / "adapter_model.safetensors").write_bytes(b"half")
+    (tmp_path / "acme" / "registry.json.4242").write_text('{"current": "v0002"')
+    _orphan(tmp_path, "v0007")
+    (tmp_path / "acme" / "v0007" / "manifest.json").write_text("{}")  # changed by hand: cannot be adopted
+    with registry.writing():
+        assert sorted(registry.repaired) == [
+            "removed the half-written .partial-v0002-4242",
+            "removed the unfinished index registry.json.4242",
+        ]
+    assert sorted(p.name for p in (tmp_path / "acme").iterdir()) == [".lock", "registry.json", "v0001", "v0007"]
+    assert [v.name for v in registry.versions()] == ["v0001"] and registry.current().name == "v0001"  # type: ignore[union-attr]
+    assert registry.next_name() == "v0008"  # the directory it could not adopt keeps its name
+    assert sum("repaired:" in m for m in caplog.messages) == 2
+    assert any("v0007 is not in registry.json and cannot be adopted" in m for m in caplog.messages)
+
+
+def test_nested_writers_in_one_thread_share_the_lock(tmp_path: Path) -> None:
+    outer = AdapterRegistry(tmp_path, "acme", lock_timeout_s=0.2)
+    with outer.writing():
+        AdapterRegistry(tmp_path, "acme", lock_timeout_s=0.2).publish("v0001", _version("v0001"), "promoted")
+        outer.publish("v0002", _version("v0002"), "promoted")
+    assert outer.current().name == "v0002"  # type: ignore[union-attr]
+
+
+_HOLD_THE_LOCK = """
+import sys
+from pathlib import Path
+from training.registry import AdapterRegistry
+
+with AdapterRegistry(Path(sys.argv[1]), "acme").writing():
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_writer_waits_then_names_the_holder_and_a_killed_holder_frees_the_lock(tmp_path: Path) -> None:
+    registry = AdapterRegistry(tmp_path, "acme", lock_timeout_s=0.5)
+    registry.publish("v0001", _version("v0001"), "promoted")
+    registry.publish("v0002", _version("v0002"), "promoted")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THE_LOCK, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        who = rf"tenant acme: .*{re.escape(str(tmp_path / 'acme' / '.lock'))} \(pid {holder.pid} on host "
+        for write in (
+            lambda: registry.publish("v0003", _version("v0003"), "promoted"),
+            lambda: registry.promote("v0001"),
+            registry.rollback,
+        ):
+            with pytest.raises(RegistryError, match=who):
+                write()
+        assert registry.current().name == "v0002" and registry.next_name() == "v0003"  # type: ignore[union-attr]
+    finally:
+        holder.kill()  # SIGKILL: no chance to release; the kernel drops the lock with the process
+        holder.wait()
+    assert registry.rollback().name == "v0001"

@@ -1,0 +1,443 @@
+"""The OpenAI-compatible gateway: keys, exposure and response shapes without the stack; then the official
+``openai`` client against a running `streamtune http` in front of a running `streamtune serve` (tiny model)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from inference.gateway import (
+    ANSWER_ERRORS,
+    Access,
+    ApiError,
+    KeyRing,
+    ModelCatalog,
+    answer_error,
+    check_exposure,
+    completion,
+    completion_chunks,
+    create_app,
+    hash_key,
+    parse_model,
+)
+from streamtune.cli import http as http_cli
+from streamtune.contracts import AdapterUpdate, Answer, AnswerError, Citation, encode
+from streamtune.errors import ConfigError
+from streamtune.harness import ServiceProcess, free_port, isolated_env, query_server, wait_for
+from streamtune.kafka import create_topics, delete_topics, producer
+from streamtune.manifest import Manifest
+from streamtune.settings import HttpSettings, Settings
+from streamtune.topics import ADAPTER_UPDATES, topic_name
+
+KEY_ACME = "key-acme"
+KEY_ALL = "key-all"
+QUESTION = "What is the refund window?"
+
+
+# -- without the stack ----------------------------------------------------------------------------------------
+def test_no_keys_on_a_non_loopback_host_is_refused_at_start_up() -> None:
+    with pytest.raises(ConfigError) as refused:
+        create_app(Settings(http=HttpSettings(host="0.0.0.0")))
+    assert refused.value.setting == "http.host"
+    assert "http.api_keys" in str(refused.value) and "127.0.0.1" in str(refused.value)
+    for host in ("127.0.0.1", "::1", "localhost"):
+        check_exposure(HttpSettings(host=host))  # loopback without keys: allowed
+    check_exposure(HttpSettings(host="0.0.0.0", api_keys={hash_key("k"): ["acme"]}))  # keys: any address
+
+
+def test_keys_are_stored_hashed_and_name_the_tenants_they_may_use() -> None:
+    assert hash_key(KEY_ACME) == hashlib.sha256(KEY_ACME.encode()).hexdigest()
+    ring = KeyRing({hash_key(KEY_ACME): ["acme"], hash_key(KEY_ALL): ["*"]})
+    acme = ring.access(f"Bearer {KEY_ACME}")
+    assert acme.allows("acme") and not acme.allows("beta") and not acme.allows("Acme")
+    assert acme.only_tenant() == "acme"
+    every = ring.access(f"bearer {KEY_ALL}")
+    assert every.allows("beta") and every.only_tenant() is None
+    for header in (
+        None,
+        "",
+        "Bearer",
+        "Bearer  ",
+        f"Basic {KEY_ACME}",
+        "Bearer key-wrong",
+        f"Bearer {hash_key(KEY_ACME)}",
+    ):
+        with pytest.raises(ApiError) as refused:
+            ring.access(header)
+        assert refused.value.status == 401 and refused.value.body()["error"]["code"] == "invalid_api_key"
+    assert KeyRing({}).access(None) == Access(None)  # no keys: every tenant, loopback only
+    with pytest.raises(ConfigError, match=r"http\.api_keys"):
+        KeyRing({hash_key("k"): ["acme corp"]})
+    with pytest.raises(ValueError, match="sha256"):
+        HttpSettings(api_keys={KEY_ACME: ["acme"]})  # a key in clear is refused
+
+
+def test_models_name_a_tenant_or_a_pinned_version() -> None:
+    assert parse_model("acme") == ("acme", None)
+    assert parse_model("acme/v0002") == ("acme", "v0002")
+    for bad in ("", "acme corp", "acme/", "../etc", "a" * 65, "acme/ v1", "gpt-4o/"):
+        with pytest.raises(ApiError) as refused:
+            parse_model(bad)
+        assert refused.value.status == 404 and refused.value.param == "model"
+
+
+def test_the_hash_key_command_prints_the_digest(capsys: pytest.CaptureFixture[str], monkeypatch: Any) -> None:
+    parser = argparse.ArgumentParser()
+    http_cli.register(parser.add_subparsers())
+    settings = Settings()
+    args = parser.parse_args(["http", "hash-key", KEY_ACME])
+    assert args.func(settings, args) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{KEY_ACME}\n"))
+    args = parser.parse_args(["http", "hash-key"])
+    assert args.func(settings, args) == 0
+    assert capsys.readouterr().out.split() == [hash_key(KEY_ACME)] * 2
+    assert parser.parse_args(["http"]).func is http_cli.serve
+
+
+def test_answers_become_what_the_openai_client_parses() -> None:
+    answer = Answer(
+        query_id="chatcmpl-1",
+        tenant="acme",
+        answer="30 days.",
+        citations=[Citation(doc_id="refunds", chunk_id="refunds#0", score=0.9)],
+        adapter_version="v0002",
+        model="tiny",
+    )
+    body = ChatCompletion.model_validate(completion(answer, 1))
+    assert body.choices[0].message.content == "30 days." and body.model == "acme/v0002"
+    assert body.model_extra is not None and body.model_extra["citations"][0]["doc_id"] == "refunds"
+    chunks = [ChatCompletionChunk.model_validate(c) for c in completion_chunks(answer, 1, include_usage=True)]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "30 days."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and not chunks[-1].choices
+    statuses = {code: answer_error(AnswerError(code=code, message="m")).status for code in ANSWER_ERRORS}
+    assert statuses == {
+        "unknown_adapter": 404,
+        "question_too_long": 400,
+        "invalid_query": 400,
+        "retrieval_unavailable": 503,
+        "internal_error": 500,
+    }
+    assert answer_error(AnswerError(code="new_in_v2", message="m")).status == 500  # unknown: like internal_error
+
+
+def _manifest(tenant: str, version: str, parent: str | None = None) -> Manifest:
+    return Manifest.model_validate(
+        {
+            "tenant": tenant,
+            "version": version,
+            "created_at": "2026-11-21T10:00:00Z",
+            "base_model": {"setting": "tiny", "source": "tiny"},
+            "parent": {"version": parent, "sha256": "0" * 64} if parent else None,
+            "data": {"topic": "t", "ranges": {}, "replay_ranges": {}, "new_examples": 0, "train": 0, "held_out": 0,
+                     "replay": 0},
+            "split": {"seed": 0, "held_out_percent": 20},
+            "training": {},
+            "quantization": "none",
+            "libraries": {},
+            "code": {"streamtune": "test", "training_sha256": ""},
+            "metrics": {
+                "train": {"steps": 0, "tokens": 0, "seconds": 0, "tokens_per_second": 0},
+                **{side: {part: {"loss": 1.0, "exact_match": 0, "token_f1": 0, "examples": 1}
+                          for part in ("held_out", "anchor")} for side in ("candidate", "current")},
+            },
+            "gate": {"promoted": True, "reason": "test", "anchor_tolerance": 0.05},
+            "adapter": {"sha256": "0" * 64},
+        }
+    )  # fmt: skip
+
+
+def _announcement(base_model: str, tenant: str, version: str, parent: str | None = None) -> AdapterUpdate:
+    uri = f"file:///nowhere/{tenant}/{version}"  # serve refuses it (no weights); the gateway only lists it
+    return AdapterUpdate(
+        tenant=tenant, version=version, uri=uri, base_model=base_model, manifest=_manifest(tenant, version, parent)
+    )
+
+
+def test_models_list_only_the_tenants_a_key_may_use() -> None:
+    catalog = ModelCatalog(Settings())  # not started: no Kafka
+    base = Settings().models.base_model
+    catalog.take(
+        [
+            _announcement(base, "acme", "v0001"),
+            _announcement(base, "acme", "v0002", parent="v0001"),
+            _announcement(base, "beta", "v0001"),
+            _announcement("another-base", "gamma", "v0001"),  # not what this deployment serves
+        ]
+    )
+    acme = {e["id"]: e for e in catalog.entries(Access(frozenset({"acme"})))}
+    assert list(acme) == ["acme", "acme/v0001", "acme/v0002"]
+    assert acme["acme"]["adapter_version"] == "v0002" and acme["acme/v0002"]["parent"] == "acme/v0001"
+    assert {e["id"] for e in catalog.entries(Access(None))} == {
+        "acme",
+        "acme/v0001",
+        "acme/v0002",
+        "beta",
+        "beta/v0001",
+    }
+    assert [e["id"] for e in catalog.entries(Access(frozenset({"delta"})))] == ["delta"]  # base model only
+    with pytest.raises(ApiError) as refused:
+        catalog.entry("beta", Access(frozenset({"acme"})))
+    assert refused.value.status == 403
+
+
+# -- against the running stack --------------------------------------------------------------------------------
+@dataclass
+class Live:
+    settings: Settings
+    env: dict[str, str]
+    serve: ServiceProcess
+    gateway: ServiceProcess
+    tmp: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.http.port}/v1"
+
+    def client(self, key: str = KEY_ACME) -> openai.OpenAI:
+        # No retries: a test sees each status as the gateway sent it.
+        return openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=120)
+
+    def post(self, path: str, body: Any, key: str | None = KEY_ACME) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.post(f"{self.base_url}{path}", content=content, headers=headers, timeout=120)
+
+
+def _live(load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: Path, **extra: str) -> Live:
+    env = isolated_env(
+        tmp,
+        "gw",
+        STREAMTUNE__INFERENCE__MAX_NEW_TOKENS="8",
+        STREAMTUNE__INFERENCE__TORCH_THREADS="1",
+        STREAMTUNE__INFERENCE__CONTEXT_TOKENS="128",
+        STREAMTUNE__INFERENCE__MAX_QUESTION_TOKENS="64",
+        STREAMTUNE__MODELS__BASE_MODEL=str(tiny_model),
+        STREAMTUNE__EMBEDDING__TORCH_THREADS="1",
+        STREAMTUNE__HTTP__PORT=str(free_port()),
+        STREAMTUNE__HTTP__METRICS_PORT=str(free_port()),
+        STREAMTUNE__HTTP__API_KEYS=json.dumps({hash_key(KEY_ACME): ["acme"], hash_key(KEY_ALL): ["*"]}),
+        **extra,
+    )
+    settings = load(env)
+    create_topics(settings.kafka, settings.topics)
+    return Live(
+        settings,
+        env,
+        query_server(tmp / "logs", env),
+        ServiceProcess(["http"], b"http: listening", tmp / "logs", env),
+        tmp,
+    )
+
+
+def _close(live: Live) -> None:
+    from retrieval import connect
+    from retrieval.store import ChunkStore
+
+    live.gateway.stop()
+    live.serve.stop()
+    with connect(live.settings.weaviate) as client:
+        ChunkStore(client, live.settings).drop()
+    delete_topics(live.settings.kafka, live.settings.topics)
+
+
+@pytest.fixture(scope="module")
+def live(
+    stack: Settings,
+    env_settings: Callable[[Mapping[str, str]], Settings],
+    tiny_model: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Live]:
+    """serve and the gateway on a deployment of their own: acme has one indexed document, and acme and beta
+    announced adapter versions (which serve refuses: no weights; acme is answered by the base model)."""
+    from retrieval import Retriever
+    from retrieval.store import DocumentChunks
+
+    live = _live(env_settings, tiny_model, tmp_path_factory.mktemp("gateway"))
+    try:
+        settings = live.settings
+        with Retriever(settings) as retriever:
+            retriever.store.ensure_collection(int(retriever.embedder.get_sentence_embedding_dimension()))
+            text = "Refunds are accepted within 30 days of delivery."
+            chunk = DocumentChunks(
+                "acme", "refunds", "Refunds", [text], retriever.embed([text]), "e-1", "2026-11-21T10:00:00Z"
+            )
+            retriever.store.upsert([chunk])
+        out = producer(settings.kafka)
+        base = settings.models.base_model
+        for update in (
+            _announcement(base, "acme", "v0001"),
+            _announcement(base, "acme", "v0002", parent="v0001"),
+            _announcement(base, "beta", "v0001"),
+        ):
+            out.produce(topic_name(ADAPTER_UPDATES, settings.topics), key=update.tenant.encode(), value=encode(update))
+        out.flush(15)
+        live.serve.start()
+        live.gateway.start()
+        yield live
+    finally:
+        _close(live)
+
+
+def _ask(live: Live, **extra: Any) -> Any:
+    return live.client().chat.completions.create(
+        model="acme",
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello?"},
+            {"role": "assistant", "content": "Hi."},
+            {"role": "user", "content": QUESTION},  # the last user message is the question
+        ],
+        **extra,
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_completion_comes_back_with_its_citations(live: Live) -> None:
+    response = _ask(live)
+    extra = response.model_extra
+    assert isinstance(response.choices[0].message.content, str)
+    assert response.choices[0].finish_reason == "stop"
+    assert [c["doc_id"] for c in extra["citations"]] == ["refunds"]
+    assert extra["adapter_version"] is None  # serve refused the announced versions: the base model answered
+    assert response.model == "acme" and response.id == extra["query_id"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_streamed_completion_is_the_same_answer_in_chunks(live: Live) -> None:
+    whole = _ask(live).choices[0].message.content
+    chunks = list(_ask(live, stream=True, stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed and streamed == whole  # greedy decoding: the same question gets the same answer
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop" and set(finishes[:-1]) == {None}
+    final = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert final.model_extra is not None and final.model_extra["citations"][0]["doc_id"] == "refunds"
+    assert chunks[-1].usage is not None
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_keys_decide_which_tenants_a_client_may_use(live: Live) -> None:
+    question = [{"role": "user", "content": QUESTION}]
+    with pytest.raises(openai.AuthenticationError):
+        live.client("key-wrong").chat.completions.create(model="acme", messages=question)
+    assert live.post("/chat/completions", {"model": "acme", "messages": question}, key=None).status_code == 401
+    with pytest.raises(openai.PermissionDeniedError) as other:
+        live.client().chat.completions.create(model="beta", messages=question)
+    assert other.value.code == "model_not_permitted"
+    with pytest.raises(openai.NotFoundError) as pinned:  # serve refused v0001 (no weights): unknown_adapter
+        live.client().chat.completions.create(model="acme/v0001", messages=question)
+    assert pinned.value.code == "unknown_adapter"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_malformed_bodies_get_openai_error_objects(live: Live) -> None:
+    for body, param in (
+        (b"{not json", None),
+        ({"model": "acme"}, "messages"),
+        ({"model": "acme", "messages": [{"role": "system", "content": "x"}]}, "messages"),
+        ({"model": "acme", "messages": [{"role": "user", "content": QUESTION}], "n": 2}, "n"),
+    ):
+        response = live.post("/chat/completions", body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+        assert error["param"] == param and error["message"]
+    response = live.post("/chat/completions", b"{not json", key="key-wrong")
+    assert response.status_code == 401  # the key is checked before the body is read
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_models_lists_only_the_tenants_of_the_key(live: Live) -> None:
+    wait_for(lambda: len(live.client().models.list().data) == 3, 30, "the announced versions listed")
+    models = {m.id: m for m in live.client().models.list().data}
+    assert list(models) == ["acme", "acme/v0001", "acme/v0002"]
+    assert all(m.owned_by == "streamtune" for m in models.values())
+    assert (models["acme/v0002"].model_extra or {})["parent"] == "acme/v0001"
+    assert (models["acme"].model_extra or {})["base_model"] == live.settings.models.base_model
+    everything = {m.id for m in live.client(KEY_ALL).models.list().data}
+    assert everything == {"acme", "acme/v0001", "acme/v0002", "beta", "beta/v0001"}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_retrieve_returns_the_tenants_chunks(live: Live) -> None:
+    response = live.post("/retrieve", {"query": "refund window", "k": 2})
+    assert response.status_code == 200, response.text
+    hits = response.json()["hits"]
+    assert hits[0]["doc_id"] == "refunds" and hits[0]["chunk_id"] == "refunds#0"
+    assert "30 days" in hits[0]["text"] and set(hits[0]) == {"doc_id", "chunk_id", "title", "text", "score"}
+    assert live.post("/retrieve", {"query": "refund window"}, key=KEY_ALL).status_code == 400  # which tenant?
+    assert live.post("/retrieve", {"query": "refund window", "tenant": "acme"}, key=KEY_ALL).json()["hits"]
+    assert live.post("/retrieve", {"query": "refund window", "tenant": "beta"}).status_code == 403
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_health_and_metrics(live: Live) -> None:
+    health = httpx.get(live.base_url.removesuffix("/v1") + "/healthz", timeout=10)
+    assert health.status_code == 200 and health.json() == {"status": "ok", "kafka": "ok", "weaviate": "ok"}
+    _ask(live)
+    url = f"http://127.0.0.1:{live.settings.http.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    assert 'streamtune_http_requests_total{route="/v1/chat/completions",status="200"}' in text
+    assert "streamtune_http_request_seconds_bucket" in text and "streamtune_http_in_flight" in text
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_dead_serve_gets_a_503_within_the_answer_timeout(
+    stack: Settings,
+    env_settings: Callable[[Mapping[str, str]], Settings],
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
+    timeout_s = 5.0
+    live = _live(env_settings, tiny_model, tmp_path, STREAMTUNE__HTTP__ANSWER_TIMEOUT_S=str(timeout_s))
+    question = [{"role": "user", "content": QUESTION}]
+    try:
+        live.serve.start()
+        live.gateway.start()
+        wait_for(lambda: _answered(live, question), 60, "a first answer")
+        live.serve.stop()
+        begin = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as dead:
+            live.client().chat.completions.create(model="acme", messages=question)
+        elapsed = time.monotonic() - begin
+        assert dead.value.status_code == 503 and dead.value.code == "answer_timeout"
+        assert f"no answer within {timeout_s:g}s" in dead.value.message and "streamtune serve" in dead.value.message
+        assert timeout_s - 0.5 <= elapsed < timeout_s + 10, elapsed  # nothing hangs (a generous margin)
+        assert dead.value.response.headers["x-should-retry"] == "false"
+        live.serve.start()  # the late answer to the query above is dropped; new ones are answered again
+        wait_for(lambda: _answered(live, question), 60, "an answer after serve is back")
+        assert live.gateway.running()
+    finally:
+        _close(live)
+
+
+def _answered(live: Live, question: Any) -> bool:
+    try:
+        live.client().chat.completions.create(model="acme", messages=question)
+    except openai.InternalServerError:
+        return False
+    return True
