@@ -827,6 +827,7 @@ class Gateway:
         self.retrieval.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+        log.info("http: stopped")
 
 
 def _new_query_id() -> str:

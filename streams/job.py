@@ -356,6 +356,9 @@ def main(settings: Settings) -> int:
         topic_name(DOMAIN_EVENTS, settings.topics),
         topic_name(TRAINING_EXAMPLES, settings.topics),
     )
+    if _detached():
+        log.info("streams: submitted detached; the job runs on the cluster until it is cancelled")
+        return 0
     # SIGTERM (docker stop, kill) cancels the job cleanly, like Ctrl-C; the checkpoint is kept for the restart.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -365,6 +368,16 @@ def main(settings: Settings) -> int:
             log.info("streams: stopping; the next start resumes from the last checkpoint")
             job.cancel().result()
     return 0
+
+
+def _detached() -> bool:
+    """True under `flink run -d`: the job outlives this client, which must return rather than wait on it
+    (``TableResult.wait()`` would block for as long as the job runs, and a SIGTERM here would cancel it)."""
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import StreamTableEnvironment
+
+    t_env = StreamTableEnvironment.create(StreamExecutionEnvironment.get_execution_environment())
+    return bool(t_env.get_config().get("execution.attached", "true") == "false")
 
 
 def _interrupt(signum: int, frame: object) -> None:

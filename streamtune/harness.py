@@ -140,6 +140,8 @@ def isolated_env(work: Path, name: str = "it", **overrides: str) -> dict[str, st
         "STREAMTUNE__INFERENCE__GROUP_ID": f"serve-{tag}",
         "STREAMTUNE__TRAINING__ADAPTERS_DIR": str(work / "adapters"),
         "STREAMTUNE__INFERENCE__METRICS_PORT": "0",
+        "STREAMTUNE__TRAINING__METRICS_PORT": "0",
+        "STREAMTUNE__HTTP__METRICS_PORT": "0",
         "STREAMTUNE__FLINK__LOG_DIR": str(work / "flink-logs"),
     }
     env.update(overrides)

@@ -253,6 +253,9 @@ class TrainingSettings(_Section):
     watch_min_examples: int = Field(20, ge=1, description="`train --watch`: refresh after this many new examples.")
     watch_minutes: float = Field(10.0, gt=0, description="`train --watch`: or after this long with at least one.")
     watch_poll_s: float = Field(10.0, gt=0, description="`train --watch`: how often the topic is looked at.")
+    metrics_port: int = Field(
+        9312, ge=0, lt=65536, description="Prometheus /metrics port of `train watch` on 127.0.0.1 (0: none)."
+    )
 
 
 class InferenceSettings(_Section):

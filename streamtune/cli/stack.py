@@ -65,7 +65,7 @@ def _print_status(statuses: Sequence[ComponentStatus]) -> None:
     for s in statuses:
         pid = f" pid={s.pid}" if s.pid else ""
         detail = f" ({s.detail})" if s.detail else ""
-        print(f"{s.name:<16} {s.state:<14} {s.address}{pid}{detail}")
+        print(f"{s.name:<20} {s.state:<14} {s.address}{pid}{detail}")
 
 
 def logs(settings: Settings, args: argparse.Namespace) -> int:

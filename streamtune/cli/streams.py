@@ -13,9 +13,25 @@ def register(commands: Any) -> None:
         dest="action", required=True, metavar="action"
     )
     actions.add_parser("run", help="run the job (local MiniCluster) until stopped").set_defaults(func=run)
+    submit_ = actions.add_parser(
+        "submit", help="submit the job to the standalone Flink cluster (`stack up --flink-cluster`), detached"
+    )
+    submit_.add_argument("-p", "--parallelism", type=int, default=None, help="default: flink.parallelism")
+    submit_.set_defaults(func=submit)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from streams.job import main as job_main
 
     return job_main(settings)
+
+
+def submit(settings: Settings, args: argparse.Namespace) -> int:
+    from streamtune.stack.flink_cluster import submit_job
+
+    parallelism = args.parallelism or settings.flink.parallelism
+    job_id = submit_job(settings, parallelism=parallelism)
+    print(
+        f"streams: job {job_id} submitted to http://127.0.0.1:{settings.flink.rest_port} at parallelism {parallelism}"
+    )
+    return 0
