@@ -64,6 +64,7 @@ __all__ = [
     "GatewayMetrics",
     "KeyRing",
     "ModelCatalog",
+    "answer_error",
     "check_exposure",
     "completion",
     "completion_chunks",
@@ -226,7 +227,7 @@ def parse_model(model: str) -> tuple[str, str | None]:
     return tenant, version if slash else None
 
 
-def authorize_tenant(access: Access, tenant: str, param: str = "model") -> None:
+def _authorize(access: Access, tenant: str, param: str = "model") -> None:
     if not access.allows(tenant):
         raise ApiError(
             403,
@@ -423,6 +424,10 @@ def _settle(future: asyncio.Future[Answer], outcome: Answer | BaseException) -> 
         future.set_result(outcome)
 
 
+def _kafka_status(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, KafkaUnavailableError) else f"unreachable: {exc}"
+
+
 class AnswerRouter:
     """One idempotent producer of queries and one consumer of ``answers`` for the whole process.
 
@@ -512,7 +517,7 @@ class AnswerRouter:
                 try:
                     self._assign()
                 except (KafkaException, KafkaUnavailableError) as exc:
-                    self.status = f"unreachable: {exc}"
+                    self.status = _kafka_status(exc)
                     attempt += 1
                     if time.monotonic() - reported >= self.settings.kafka.status_interval_s:
                         log.warning("http: cannot read %s yet (%s); retrying", self.topic, exc)
@@ -532,8 +537,8 @@ class AnswerRouter:
                 log.exception("http: reading %s failed; going on", self.topic)
                 self._stop.wait(1.0)
 
-    def _partitions(self) -> list[int]:
-        timeout = self.settings.kafka.request_timeout_s
+    def _partitions(self, timeout: float | None = None) -> list[int]:
+        timeout = self.settings.kafka.request_timeout_s if timeout is None else timeout
         metadata = self._consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:
             raise KafkaUnavailableError(
@@ -554,12 +559,12 @@ class AnswerRouter:
 
     def _probe(self) -> None:
         """Kafka's health for /healthz; partitions added to ``answers`` since start-up are read too."""
-        try:
-            partitions = self._partitions()
+        try:  # a short look: answers are not read while it waits
+            partitions = self._partitions(min(self.settings.kafka.request_timeout_s, _PROBE_INTERVAL_S))
         except (KafkaException, KafkaUnavailableError) as exc:
             if self.status == "ok":
                 log.warning("http: Kafka unreachable (%s); answers wait until it is back", exc)
-            self.status = f"unreachable: {exc}"
+            self.status = _kafka_status(exc)
             return
         if self.status != "ok":
             log.warning("http: Kafka reachable again")
@@ -644,7 +649,7 @@ class ModelCatalog:
 
     def entry(self, model: str, access: Access) -> dict[str, Any]:
         tenant, version = parse_model(model)
-        authorize_tenant(access, tenant)
+        _authorize(access, tenant)
         with self._lock:
             if version is None:
                 return self._tenant_entry(tenant)
@@ -879,7 +884,7 @@ def create_app(
         access = keys.access(request.headers.get("authorization"))
         body: ChatCompletionRequest = await _parse(request, ChatCompletionRequest)
         tenant, version = parse_model(body.model)
-        authorize_tenant(access, tenant)
+        _authorize(access, tenant)
         query = Query(
             query_id=_new_query_id(), tenant=tenant, question=body.question(), top_k=body.top_k, adapter=version
         )
@@ -926,7 +931,7 @@ def create_app(
             raise ApiError(400, "name the tenant: this key may use several", code="missing_tenant", param="tenant")
         if not re.fullmatch(TENANT_PATTERN, tenant):
             raise ApiError(400, f"{tenant!r} is not a tenant name", code="invalid_value", param="tenant")
-        authorize_tenant(access, tenant, "tenant")
+        _authorize(access, tenant, "tenant")
         if len(body.query.encode()) > settings.inference.max_query_bytes:
             raise ApiError(
                 400,

@@ -256,6 +256,20 @@ class TrainingSettings(_Section):
     metrics_port: int = Field(
         9312, ge=0, lt=65536, description="Prometheus /metrics port of `train watch` on 127.0.0.1 (0: none)."
     )
+    lock_timeout_s: float = Field(
+        900.0,
+        gt=0,
+        description="How long a writer of a tenant's adapter registry (refresh, `adapters promote`/`rollback`) "
+        "waits for another one before failing, naming the holder.",
+    )
+    retry_initial_s: float = Field(
+        30.0, gt=0, description="`train watch`: wait before retrying a tenant whose refresh failed; it doubles."
+    )
+    retry_max_s: float = Field(1800.0, gt=0, description="`train watch`: longest wait between a tenant's attempts.")
+
+    def refresh_backoff(self) -> Backoff:
+        """`train watch`'s policy for a tenant whose refresh failed: retried later, never given up on."""
+        return Backoff(self.retry_initial_s, self.retry_max_s, None)
 
 
 class InferenceSettings(_Section):

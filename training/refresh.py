@@ -116,7 +116,7 @@ def _refresh(
 
 def replay(settings: Settings, tenant: str, name: str, *, say: Callable[[str], None] = print) -> ReplayOutcome:
     """Retrain ``name`` from exactly what its manifest records and compare the adapter's sha256."""
-    registry = AdapterRegistry(settings.adapters_dir, tenant)
+    registry = open_registry(settings, tenant)
     manifest = registry.get(name).manifest
     recorded = settings.model_copy(update={"training": recorded_training(manifest)})
     parent = _recorded_parent(registry, manifest)

@@ -47,7 +47,8 @@ __all__ = ["LOCK_TIMEOUT_S", "AdapterRegistry", "RegistryError", "Version", "ope
 
 log = logging.getLogger(__name__)
 
-LOCK_TIMEOUT_S = 900.0  # TODO(setting): training.lock_timeout_s
+LOCK_TIMEOUT_S = 900.0
+"""For registries opened without settings (tests); the settings' ``training.lock_timeout_s`` otherwise."""
 """How long a writer waits for another writer of the same tenant (a refresh of the tiny default model takes
 minutes on a CPU) before it gives up with ``RegistryError``."""
 
@@ -330,7 +331,7 @@ class AdapterRegistry:
 
 def open_registry(settings: Settings, tenant: str) -> AdapterRegistry:
     """``tenant``'s registry under ``settings.adapters_dir``, as every writer opens it."""
-    return AdapterRegistry(settings.adapters_dir, tenant, lock_timeout_s=LOCK_TIMEOUT_S)
+    return AdapterRegistry(settings.adapters_dir, tenant, lock_timeout_s=settings.training.lock_timeout_s)
 
 
 def tenants(root: Path) -> list[str]:

@@ -7,11 +7,12 @@ are derived from the manifests and the topic's end offsets on each tick instead 
 changelog-backed table that could drift from them; and it keeps one Kafka client library in the project.
 
 A service that outlives failures. A tenant whose refresh fails (its data, Weaviate or Kafka down, out of
-memory) is logged with the cause and not tried again before a doubling delay (``_RETRY``); the other tenants
-go on. A Kafka outage while the topic is read is waited out (``streamtune.retry``, one log line per
-interval), never a reason to exit. At start, every tenant with a registry is opened for writing (which
-repairs what a crash left) and its current version is announced again if the announcement is missing.
-Only SIGTERM or Ctrl-C stop it (after the refresh in progress, if any).
+memory) is logged with the cause and not tried again before a doubling delay (``training.retry_initial_s``,
+up to ``training.retry_max_s``); the other tenants go on. A Kafka outage while the topic is read is
+waited out (``streamtune.retry``, one log line per interval), never a reason to exit. Its figures are
+served on ``training.metrics_port`` (``training/metrics.py``). At start, every tenant with a registry is
+opened for writing (which repairs what a crash left) and its current version is announced again if the
+announcement is missing. Only SIGTERM or Ctrl-C stop it (after the refresh in progress, if any).
 
 It logs through this module's logger (the refreshes' progress included), which the CLI configures.
 """
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# TODO(setting): training.retry_initial_s (30.0) and training.retry_max_s (1800.0)
-_RETRY = Backoff(initial_s=30.0, max_s=1800.0, give_up_s=None)
 """After a tenant's refresh fails: 30 s before the next attempt, doubling with each failure, at most 30 min."""
 
 
@@ -126,9 +125,14 @@ def watch(
     included, or once ``until()`` is true, checked between steps).
 
     ``missing_docs`` is handed to every refresh (``training.refresh.refresh``)."""
+    from training.metrics import WatchMetrics
+
+    metrics = WatchMetrics()
+    if settings.training.metrics_port:
+        metrics.serve(settings.training.metrics_port)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    failures = _Failures(_RETRY)
+    failures = _Failures(settings.training.refresh_backoff())
     unreconciled = set(tenants(settings.adapters_dir))
     seen: dict[int, int] = {}
     waiting_since: dict[str, float] = {}
@@ -151,6 +155,8 @@ def watch(
             floor = functools.cache(lambda tenant: _trained_up_to(settings, tenant))
             counts, seen = _kafka(settings, functools.partial(pending_counts, settings, seen, floor), stop)
             pending.update(counts)
+            for tenant, count in pending.items():
+                metrics.pending.labels(tenant).set(count)
             now = time.monotonic()
             for tenant in sorted(pending):
                 if stop.is_set() or done():
@@ -163,11 +169,15 @@ def watch(
                     continue  # its examples stay pending until its backoff has passed
                 log.info("watch: %s: %d new examples; refreshing", tenant, pending[tenant])
                 refreshes += 1
+                begin = time.monotonic()
                 try:
                     outcome = refresh(settings, tenant, missing_docs=missing_docs, say=log.info)
                 except Exception as exc:  # MemoryError included: that tenant's failure, not the service's
                     failures.failed(tenant, "refresh", exc)
+                    metrics.refreshed(tenant, "failed", time.monotonic() - begin, None)
                     continue
+                metrics.refreshed(tenant, outcome.status, time.monotonic() - begin, outcome.manifest)
+                metrics.pending.labels(tenant).set(0)
                 failures.succeeded(tenant)
                 unreconciled.discard(tenant)  # a refresh repairs and reconciles first
                 log.info("watch: %s: %s %s (%s)", tenant, outcome.status, outcome.version or "", outcome.reason)

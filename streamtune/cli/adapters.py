@@ -31,9 +31,9 @@ def register(commands: Any) -> None:
 
 
 def _registry(settings: Settings, tenant: str) -> Any:
-    from training.registry import AdapterRegistry
+    from training.registry import open_registry
 
-    return AdapterRegistry(settings.adapters_dir, tenant)
+    return open_registry(settings, tenant)
 
 
 def list_versions(settings: Settings, args: argparse.Namespace) -> int:
@@ -63,18 +63,16 @@ def show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def promote(settings: Settings, args: argparse.Namespace) -> int:
-    from training.publish import announce
+    from training.publish import promote_and_announce
 
-    version = _registry(settings, args.tenant).promote(args.version)
-    announce(settings, version)
+    version = promote_and_announce(settings, args.tenant, args.version)
     print(f"{args.tenant}: {version.name} is current and announced")
     return 0
 
 
 def rollback(settings: Settings, args: argparse.Namespace) -> int:
-    from training.publish import announce
+    from training.publish import rollback_and_announce
 
-    version = _registry(settings, args.tenant).rollback()
-    announce(settings, version)
+    version = rollback_and_announce(settings, args.tenant)
     print(f"{args.tenant}: rolled back; {version.name} is current and announced")
     return 0

@@ -12,7 +12,8 @@ def test_every_command_group_is_registered() -> None:
     parser = build_parser()
     groups = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert set(groups) == {
-        "stack", "topics", "config", "streams", "dlq", "search", "train", "adapters", "serve", "ask", "demo"
+        "stack", "topics", "config", "streams", "dlq", "search", "train", "adapters", "serve", "ask", "demo",
+        "http",
     }  # fmt: skip
 
 

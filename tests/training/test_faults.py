@@ -24,7 +24,6 @@ import training.watch as watch_module
 from streamtune.contracts import AdapterUpdate, ChatMessage, TrainingExample
 from streamtune.harness import isolated_env, wait_for
 from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
-from streamtune.retry import Backoff
 from streamtune.settings import Settings
 from streamtune.topics import ADAPTER_UPDATES, TRAINING_EXAMPLES, topic_name
 from training.refresh import RefreshOutcome, refresh
@@ -157,7 +156,7 @@ _CRASH_POINTS = {
 
 
 @pytest.mark.parametrize("point", list(_CRASH_POINTS))
-def test_a_trainer_killed_at_each_crash_point_loses_duplicates_and_leaves_nothing(
+def test_a_trainer_killed_at_each_crash_point_loses_nothing_and_duplicates_nothing(
     deployment: Deployment, point: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     left, indexed, next_refresh = _CRASH_POINTS[point]
@@ -182,7 +181,7 @@ def test_a_trainer_killed_at_each_crash_point_loses_duplicates_and_leaves_nothin
     assert [a.version for a in announced] == ["v0001"]  # exactly one: not lost, not repeated
     assert announced[0].manifest.adapter.sha256 == registry.current().manifest.adapter.sha256  # type: ignore[union-attr]
     repairs = [m for m in caplog.messages if "repair" in m]
-    assert bool(repairs) == (point not in ("announced",)), repairs  # each repair is logged, and only those
+    assert bool(repairs) == (point != "announced"), repairs  # each repair is logged, and only those
 
 
 def test_two_trainers_for_one_tenant_publish_one_version_and_one_announcement(deployment: Deployment) -> None:
@@ -224,7 +223,9 @@ def test_watch_retries_a_failing_tenant_later_while_another_is_promoted(
         return refresh(settings, tenant, **kwargs)
 
     monkeypatch.setattr(watch_module, "refresh", flaky_refresh)
-    monkeypatch.setattr(watch_module, "_RETRY", Backoff(initial_s=0.5, max_s=1.0, give_up_s=None))
+    settings = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"retry_initial_s": 0.5, "retry_max_s": 1.0})}
+    )
     good = AdapterRegistry(settings.adapters_dir, "good")
 
     def done() -> bool:

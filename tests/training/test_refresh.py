@@ -35,6 +35,7 @@ def trainer_settings(stack: Settings, tiny_model: Path, tmp_path: Path) -> Itera
             "eval_max_new_tokens": 8,
             "torch_threads": 1,
             "replay_sample": 4,
+            "metrics_port": 0,
         },
     )
     create_topics(settings.kafka, settings.topics)

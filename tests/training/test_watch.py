@@ -20,7 +20,6 @@ import pytest
 
 import training.watch as watch_module
 from streamtune.errors import KafkaUnavailableError
-from streamtune.retry import Backoff
 from streamtune.settings import Settings, load_settings
 from training.refresh import RefreshOutcome
 from training.registry import RegistryError
@@ -29,7 +28,13 @@ from training.registry import RegistryError
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return load_settings(
-        config_files=[], training={"adapters_dir": tmp_path / "adapters", "watch_min_examples": 5, "watch_minutes": 60}
+        config_files=[],
+        training={
+            "adapters_dir": tmp_path / "adapters",
+            "watch_min_examples": 5,
+            "watch_minutes": 60,
+            "metrics_port": 0,
+        },
     )
 
 
@@ -94,7 +99,9 @@ def test_a_failing_tenant_is_logged_and_retried_after_a_doubling_delay_while_the
     settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="training.watch")
-    monkeypatch.setattr(watch_module, "_RETRY", Backoff(initial_s=0.2, max_s=0.4, give_up_s=None))
+    settings = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"retry_initial_s": 0.2, "retry_max_s": 0.4})}
+    )
     monkeypatch.setattr(watch_module, "pending_counts", topic_reads((Counter(bad=5, good=5), {0: 10})))
     refreshes = Refreshes(bad=out_of_memory, good=promoted)
     monkeypatch.setattr(watch_module, "refresh", refreshes)
@@ -123,7 +130,9 @@ def test_every_tenant_with_a_registry_is_repaired_and_checked_at_start_and_a_fai
             '{"current": null, "versions": {}, "history": []}'
         )
     (settings.adapters_dir / "not-a-registry").mkdir()
-    monkeypatch.setattr(watch_module, "_RETRY", Backoff(initial_s=0.05, max_s=0.05, give_up_s=None))
+    settings = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"retry_initial_s": 0.05, "retry_max_s": 0.05})}
+    )
     monkeypatch.setattr(watch_module, "last_announcements", lambda settings: {})
     checked: list[str] = []
 
