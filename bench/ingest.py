@@ -1,6 +1,7 @@
-"""Ingest benchmark: event → searchable latency, and job throughput against the physical limit.
+"""Ingest benchmark: event → searchable latency, job throughput against the physical limit, and recovery
+from a Weaviate outage.
 
-    .venv/flink/bin/python bench/ingest.py [--docs 600] [--rate 10] [--seconds 30]
+    .venv/flink/bin/python bench/ingest.py [--docs 600] [--rate 10] [--seconds 30] [--outage-docs 300]
 
 Yardstick, measured in the same run: raw batched ``encode`` throughput of the same embedding model on
 the same machine (documents/s, each document one chunk). The job's throughput is documents/s through
@@ -8,29 +9,34 @@ the whole Flink job (Kafka → parse → scrub → chunk → embed → Weaviate)
 result (goal ≥ 0.8). Freshness: documents produced at a steady rate, each one's latency from produce to
 its object's creation time in Weaviate (the server's clock, same machine), p50 / p99.
 
-Runs on uuid-named topics, group and collection against the running local stack; removes them after.
+Outage: with the job running, Weaviate is stopped, ``--outage-docs`` documents are produced, and Weaviate is
+started again; reported is the time from Weaviate answering again to the backlog being indexed, beside
+the time the same backlog takes at the job's measured throughput (the ratio is the cost of the retries).
+
+Runs on uuid-named topics, group and collection against the running local Kafka, with a Weaviate of its
+own (started and stopped here, on free ports), and removes them after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 from confluent_kafka import Producer
 
 from retrieval import connect
-from retrieval.store import ChunkStore
-from streamtune.harness import ingest_job
+from streamtune.harness import free_port, ingest_job, isolated_env
 from streamtune.kafka import client_config, create_topics, delete_topics
 from streamtune.models import load_embedder
 from streamtune.settings import load_settings
+from streamtune.stack import Stack
 from streamtune.topics import DOMAIN_EVENTS, topic_name
 
 WORDS = "refund shipping invoice warranty order parcel customer account policy return exchange store".split()  # noqa: SIM905
@@ -45,23 +51,25 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=600, help="backlog size for the throughput run")
     parser.add_argument("--rate", type=float, default=10.0, help="events/s for the freshness run")
     parser.add_argument("--seconds", type=float, default=30.0, help="duration of the freshness run")
+    parser.add_argument("--outage-docs", type=int, default=300, help="documents produced while Weaviate is down")
     args = parser.parse_args()
 
-    tag = uuid.uuid4().hex[:8]
-    env = {
-        "STREAMTUNE__TOPICS__PREFIX": f"bench-{tag}.",
-        "STREAMTUNE__WEAVIATE__COLLECTION": f"Bench{tag}",
-        "STREAMTUNE__STREAMS__GROUP_ID": f"bench-{tag}",
-    }
-    base = load_settings()
-    settings = base.model_copy(
-        update={
-            "topics": base.topics.model_copy(update={"prefix": env["STREAMTUNE__TOPICS__PREFIX"]}),
-            "weaviate": base.weaviate.model_copy(update={"collection": env["STREAMTUNE__WEAVIATE__COLLECTION"]}),
-        }
-    )
+    shared = load_settings()
     with tempfile.TemporaryDirectory() as tmp:
-        env["STREAMTUNE__STREAMS__CHECKPOINT_DIR"] = str(Path(tmp) / "checkpoints")
+        env = isolated_env(
+            Path(tmp),
+            "bench",
+            STREAMTUNE__WEAVIATE__HTTP_PORT=str(free_port()),
+            STREAMTUNE__WEAVIATE__GRPC_PORT=str(free_port()),
+            STREAMTUNE__STACK__HOME=str(Path(tmp) / "stack"),
+            STREAMTUNE__STACK__WEAVIATE_GOSSIP_PORT=str(free_port(pair=True)),
+            STREAMTUNE__STACK__WEAVIATE_RAFT_PORT=str(free_port(pair=True)),
+            STREAMTUNE__CACHE_DIR=str(shared.cache_dir),
+        )
+        os.environ.update(env)
+        settings = load_settings()
+        weaviate = Stack(settings, say=lambda _: None, only=("weaviate",))
+        weaviate.up()
         create_topics(settings.kafka, settings.topics)
         import torch
 
@@ -111,6 +119,23 @@ def main() -> None:
                 f"freshness at {args.rate:g} events/s over {args.seconds:g}s: p50 {p50 * 1000:.0f} ms, "
                 f"p99 {p99 * 1000:.0f} ms (flush_ms={settings.embedding.flush_ms})"
             )
+
+            client.close()
+            weaviate.down()
+            for i in range(args.outage_docs):
+                _send(producer, topic, "outage", i, document(i))
+            producer.flush(30)
+            time.sleep(5)  # the job meets the outage with a backlog waiting
+            weaviate.up()
+            back = time.perf_counter()
+            client = connect(settings.weaviate)
+            _wait_count(client, settings.weaviate.collection, "outage", args.outage_docs, 900)
+            drained = time.perf_counter() - back
+            expected = args.outage_docs / job_rate
+            print(
+                f"outage: {args.outage_docs} documents produced while Weaviate was down; indexed {drained:.1f}s "
+                f"after it was back (at the job's throughput they take {expected:.1f}s; ratio {drained / expected:.2f})"
+            )
             print(
                 json.dumps(
                     {
@@ -122,13 +147,15 @@ def main() -> None:
                         "rate": args.rate,
                         "p50_ms": round(p50 * 1000),
                         "p99_ms": round(p99 * 1000),
+                        "outage_docs": args.outage_docs,
+                        "drained_after_return_s": round(drained, 1),
+                        "drain_ratio": round(drained / expected, 2),
                     }
                 )
             )
         finally:
             job.stop()
-            ChunkStore(client, settings).drop()
-            client.close()
+            weaviate.down()
             delete_topics(settings.kafka, settings.topics)
 
 

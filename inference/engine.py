@@ -182,8 +182,13 @@ class Answerer:
         if remaining <= 0:
             raise RetrievalError(f"Weaviate at {address(weaviate)} is unavailable")
         backoff = Backoff(weaviate.retry_initial_s, weaviate.retry_max_s, remaining, weaviate.status_interval_s)
+
+        def search() -> list[SearchHit]:
+            self.retriever.check_ready()  # fails fast while Weaviate is down, within the retrieval budget
+            return self.retriever.search_with(query.tenant, query.question, vector, query.top_k)
+
         result: list[SearchHit] = retrying(
-            lambda: self.retriever.search_with(query.tenant, query.question, vector, query.top_k),
+            search,
             transient=is_transient,
             backoff=backoff,
             what=f"Weaviate at {address(weaviate)}",

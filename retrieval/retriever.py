@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from retrieval.client import connect
+from retrieval.client import RetrievalError, address, connect
 from retrieval.store import ChunkStore, SearchHit
 from streamtune.settings import Settings
 
@@ -35,6 +35,19 @@ class Retriever:
             list(texts), batch_size=self.settings.embedding.batch_size, normalize_embeddings=True
         )
         return [[float(x) for x in row] for row in vectors]
+
+    def check_ready(self) -> None:
+        """RetrievalError unless Weaviate answers its readiness probe now.
+
+        A cheap HTTP call that fails at once while Weaviate is down, where a search would sit in the client's
+        own gRPC retries (five, about a minute, not configurable in weaviate-client 4.x) before failing.
+        """
+        try:
+            ready = bool(self.client.is_ready())
+        except Exception as exc:
+            raise RetrievalError(f"Weaviate at {address(self.settings.weaviate)} is not ready: {exc}") from exc
+        if not ready:
+            raise RetrievalError(f"Weaviate at {address(self.settings.weaviate)} is not ready")
 
     def search(self, tenant: str, text: str, k: int | None = None, alpha: float | None = None) -> list[SearchHit]:
         """The tenant's top-``k`` chunks for ``text`` (hybrid: BM25 + vector, weighted by ``alpha``)."""

@@ -265,6 +265,44 @@ class ChunkStore:
             for o in result.objects
         ]
 
+    def search_documents(
+        self,
+        tenant: str,
+        text: str,
+        vector: Sequence[float],
+        k: int,
+        doc_ids: Sequence[str],
+        alpha: float | None = None,
+    ) -> list[SearchHit]:
+        """As ``search``, among the chunks of ``doc_ids`` only: the top-``k`` chunks of the documents a recorded
+        answer names, ranked as ``serve`` would rank them. Unknown documents and tenants have no chunks."""
+        from weaviate.classes.query import Filter, MetadataQuery
+
+        collection = self._known_tenant(tenant)
+        if collection is None or not doc_ids:
+            return []
+        try:
+            result = collection.query.hybrid(
+                query=text,
+                vector=list(map(float, vector)),
+                alpha=self.settings.retrieval.alpha if alpha is None else alpha,
+                limit=k,
+                filters=Filter.by_property("doc_id").contains_any(list(doc_ids)),
+                return_metadata=MetadataQuery(score=True),
+            )
+        except Exception as exc:
+            raise RetrievalError(f"Weaviate search in {self.name} (tenant {tenant}) failed: {exc}") from exc
+        return [
+            SearchHit(
+                doc_id=o.properties["doc_id"],
+                chunk_id=o.properties["chunk_id"],
+                title=o.properties.get("title") or "",
+                text=o.properties["text"],
+                score=float(o.metadata.score or 0.0),
+            )
+            for o in result.objects
+        ]
+
     def missing(self, tenant: str, doc_ids: set[str]) -> set[str]:
         """Those of ``doc_ids`` that have no chunk in the tenant's index."""
         return {doc_id for doc_id in doc_ids if self.count(tenant, doc_id) == 0}

@@ -9,6 +9,10 @@ comes first, so the tail of a live stream is never left waiting. Buffered record
 and the Kafka sinks are transactional, so a restart from the retained checkpoint loses and duplicates
 nothing; Weaviate writes are idempotent (deterministic ids), so replaying them is harmless.
 
+Each training example carries the context it is meant to be answered with, looked up in the index once the
+batch's writes are done (so a document of the same batch is found): the chunks of the documents a
+``qa.recorded`` event names, else the tenant's top-k chunks for the question (``processing.add_context``).
+
 Nothing stops the job but a Weaviate outage longer than ``weaviate.give_up_s``: a record the contract
 refuses, one Weaviate refuses (``IndexRejected``) or one our code fails on (``InternalError``) is
 dead-lettered; while Weaviate is down or read-only the operator waits with bounded backoff (the job stops
@@ -183,6 +187,7 @@ def _index_batches_class() -> type:
             import torch
 
             from retrieval.client import connect_when_ready
+            from retrieval.retriever import Retriever
             from retrieval.store import ChunkStore
             from streams.chunking import Chunker
             from streams.processing import scrubber_for
@@ -196,6 +201,8 @@ def _index_batches_class() -> type:
             self.client = connect_when_ready(self.settings.weaviate)
             self.store = ChunkStore(self.client, self.settings)
             self.store.ensure_collection(int(self.embedder.get_sentence_embedding_dimension()))
+            # questions are embedded as serve embeds a query: same model, same normalisation
+            self.retriever = Retriever(self.settings, embedder=self.embedder, client=self.client)
             self.buffer = runtime_context.get_list_state(ListStateDescriptor("buffer", Types.PICKLED_BYTE_ARRAY()))
             self.size = runtime_context.get_state(ValueStateDescriptor("size", Types.INT()))
             self.timer = runtime_context.get_state(ValueStateDescriptor("timer", Types.LONG()))
@@ -297,7 +304,7 @@ def _index_batches_class() -> type:
 
         def _index(self, plan: Any) -> None:
             from retrieval.client import address, is_transient
-            from streams.processing import documents, reject
+            from streams.processing import add_context, documents, reject
             from streamtune.retry import retrying
 
             texts = [text for write in plan.writes for text in write.chunks]
@@ -327,6 +334,28 @@ def _index_batches_class() -> type:
             if plan.writes:
                 refused = patiently(lambda: self.store.upsert(documents(plan.writes, vectors)))
                 reject(plan, refused, self.settings.streams)
+            # after the writes, so that an example finds the documents of its own batch
+            add_context(plan, lambda requests: self._context(requests, patiently))
+
+        def _context(self, requests: Any, patiently: Any) -> list[Any]:
+            """Per request, the passages an example is answered with: the named documents' best chunks for the
+            question, else the tenant's top-k (``retrieval.top_k``, ``retrieval.alpha``: serve's defaults)."""
+            from streams.processing import passages
+
+            top_k = self.settings.retrieval.top_k
+            vectors = self.retriever.embed([r.question for r in requests])
+
+            def search() -> list[Any]:
+                return [
+                    passages(
+                        self.store.search_documents(r.tenant, r.question, vector, top_k, r.doc_ids)
+                        if r.doc_ids
+                        else self.retriever.search_with(r.tenant, r.question, vector, top_k)
+                    )
+                    for r, vector in zip(requests, vectors, strict=True)
+                ]
+
+            return list(patiently(search))
 
         def _sleep(self, seconds: float) -> None:
             self.retry_ms.inc(int(seconds * 1000))

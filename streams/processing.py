@@ -8,6 +8,12 @@ example, skipped (negative feedback), dead-lettered; ``BatchResult.counts`` reco
 
 No record can stop the job: an input the contract refuses is dead-lettered with its reason, and a bug of
 ours on one record dead-letters that record as ``InternalError`` with the exception.
+
+Once the batch's index writes are done, ``add_context`` gives each example the context it is meant to be
+answered with, as the index holds it then (``TrainingExample.context``): for a ``qa.recorded`` event that
+names documents, those documents' chunks that best match the question; otherwise (and for positive
+feedback) the tenant's top-k chunks for the question, as ``serve`` would retrieve them. The lookup is handed
+in, so this stays free of Weaviate too.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrieval.store import DocumentChunks
+from retrieval.store import DocumentChunks, SearchHit
 from streams.chunking import Chunker
 from streams.pii import Scrubber
 from streamtune.contracts import (
     ChatMessage,
+    ContextPassage,
     DocumentDeleted,
     DocumentUpserted,
     FeedbackRecorded,
@@ -36,12 +43,16 @@ from streamtune.settings import StreamsSettings
 
 __all__ = [
     "BatchResult",
+    "ContextLookup",
+    "ContextRequest",
     "DocumentDelete",
     "DocumentWrite",
     "RawRecord",
+    "add_context",
     "documents",
     "example_id",
     "internal_error",
+    "passages",
     "plan_batch",
     "reject",
     "scrubber_for",
@@ -83,6 +94,22 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     pii: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class ContextRequest:
+    """What one example's context is looked up by."""
+
+    tenant: str
+    question: str
+    """The example's question, scrubbed (as the index's text is)."""
+    doc_ids: tuple[str, ...]
+    """The documents a ``qa.recorded`` event names; empty: retrieve from all the tenant's documents."""
+
+
+ContextLookup = Callable[[Sequence[ContextRequest]], Sequence[Sequence[ContextPassage]]]
+"""Per request, in order, the passages in rank order (at most ``retrieval.top_k``). Batched, so that the
+job embeds the batch's questions together."""
 
 
 def example_id(tenant: str, event_id: str) -> str:
@@ -145,6 +172,30 @@ def plan_batch(
         else:
             result.deletes.append(action)
     return result
+
+
+def add_context(result: BatchResult, lookup: ContextLookup) -> None:
+    """Store in each of the batch's examples the context it is meant to be answered with (``lookup``'s
+    passages; an empty list when nothing was found, which renders like an empty retrieval)."""
+    if not result.examples:
+        return
+    requests = [ContextRequest(e.tenant, _question(e), tuple(e.context_doc_ids or ())) for e in result.examples]
+    found = lookup(requests)
+    if len(found) != len(requests):
+        raise ValueError(f"context lookup returned {len(found)} results for {len(requests)} examples")
+    result.examples = [
+        example.model_copy(update={"context": list(context)})
+        for example, context in zip(result.examples, found, strict=True)
+    ]
+
+
+def passages(hits: Sequence[SearchHit]) -> list[ContextPassage]:
+    """Search hits as they are stored with an example (without the score: a rank is what the prompt uses)."""
+    return [ContextPassage(doc_id=h.doc_id, chunk_id=h.chunk_id, title=h.title, text=h.text) for h in hits]
+
+
+def _question(example: TrainingExample) -> str:
+    return next(m.content for m in reversed(example.messages) if m.role == "user")
 
 
 def documents(writes: Sequence[DocumentWrite], vectors: Sequence[Sequence[float]]) -> list[DocumentChunks]:

@@ -22,6 +22,7 @@ __all__ = [
     "AnswerError",
     "ChatMessage",
     "Citation",
+    "ContextPassage",
     "DocumentDeleted",
     "DocumentUpserted",
     "DomainEvent",
@@ -154,6 +155,17 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class ContextPassage(BaseModel):
+    """One retrieved chunk, as the index held it (scrubbed) when the example was recorded."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    doc_id: Identifier
+    chunk_id: NonEmpty
+    title: str = ""
+    text: str
+
+
 class TrainingExample(_Message):
     example_id: Identifier
     tenant: Tenant = "default"
@@ -162,6 +174,11 @@ class TrainingExample(_Message):
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     context_doc_ids: list[Identifier] | None = None
     """Documents the example relies on (optional; a deleted document's examples are left out of training)."""
+    context: Annotated[list[ContextPassage], Field(max_length=MAX_CONTEXT_DOCS)] | None = None
+    """The retrieved context the answer is meant to be given with, as it was when the example was recorded, in
+    rank order. Training renders it into the prompt exactly as ``serve`` renders its retrieval (``prompt.py``);
+    stored here, not looked up again, so that replaying the topic trains on the same bytes. None: recorded
+    before examples carried context (rendered like an empty retrieval)."""
 
 
 class Query(_Message):

@@ -19,16 +19,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streamtune.errors import ContractError
+from streamtune.prompt import PromptFormat
 
 __all__ = [
     "AdapterDigest",
     "BaseModelIdentity",
     "CodeVersion",
     "DataWindow",
+    "EvalEvidence",
     "EvalScores",
     "Manifest",
     "Metrics",
     "ParentRef",
+    "PromptFormat",
     "Ranges",
     "SideScores",
     "Split",
@@ -63,6 +66,18 @@ class ParentRef(_Part):
     sha256: str
 
 
+class EvalEvidence(_Part):
+    """The held-out examples the gate scored both sides on: the new held-out slice, topped up to ``minimum``
+    with the tenant's most recent earlier held-out examples (never trained on) when it is smaller."""
+
+    minimum: int
+    """The least evidence a decision needs (``training.min_eval_examples``)."""
+    new_held_out: int
+    earlier_held_out: int
+    earlier_example_ids: list[str] = Field(default_factory=list)
+    """Which earlier held-out examples were added, in the order scored."""
+
+
 class DataWindow(_Part):
     topic: str
     ranges: Ranges
@@ -75,6 +90,11 @@ class DataWindow(_Part):
     replay: int
     excluded_example_ids: list[str] = Field(default_factory=list)
     """New examples left out because a document they rely on was deleted."""
+    replay_excludes_held_out: bool = False
+    """Whether the replay sample left out the earlier examples the split holds out (they stay unseen, as
+    evaluation evidence). False in versions made before that rule: their replay draws from all earlier ones."""
+    evaluation: EvalEvidence | None = None
+    """What the gate scored on (None in versions made before it was recorded: the held-out slice alone)."""
 
     def trained_up_to(self) -> dict[int, int]:
         """Per partition, the first offset this version did not see."""
@@ -108,6 +128,8 @@ class Verdict(_Part):
     reason: str
     anchor_tolerance: float
     compared_with: str = ""
+    quality_tolerance: float | None = None
+    """How far held-out exact match and token F1 may fall below the current's (None: not a rule yet then)."""
 
 
 class Metrics(_Part):
@@ -148,6 +170,9 @@ class Manifest(_Part):
     metrics: Metrics
     gate: Verdict
     adapter: AdapterDigest
+    prompt: PromptFormat | None = None
+    """The format the examples were rendered in, for training and the gate (serve's system prompt and context
+    budget). None: versions trained on bare question/answer turns, before examples carried context."""
 
     @classmethod
     def load(cls, path: Path) -> Manifest:

@@ -1,5 +1,6 @@
 """What a refresh trains on, from ``training-examples``: the window of offsets after the current adapter,
-the tenant's examples in it (less those relying on deleted documents), a deterministic split and replay sample.
+the tenant's examples in it (less those relying on deleted documents), a deterministic split and replay sample,
+and the tenant's earlier held-out examples (extra evidence for the gate, never trained on).
 
 Everything here is decided by offsets, example ids and the seed, never by arrival order or the clock, so
 ``train replay`` reads back exactly the examples a version was trained on.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamtune.contracts import ChatMessage, TrainingExample
@@ -29,6 +30,7 @@ __all__ = [
     "Window",
     "excluded_ids",
     "load_anchor",
+    "plan_split",
     "read_examples",
     "read_new",
     "read_recorded",
@@ -95,16 +97,22 @@ def read_examples(settings: Settings, tenant: str, ranges: Mapping[int, tuple[in
     return Loaded(examples, invalid, duplicates)
 
 
+def _relies_on(example: TrainingExample) -> set[str]:
+    """The documents an example names, and those its stored context was retrieved from."""
+    return set(example.context_doc_ids or []) | {p.doc_id for p in example.context or []}
+
+
 def excluded_ids(tenant: str, examples: Sequence[TrainingExample], missing_docs: MissingDocs | None) -> list[str]:
-    """Ids of the examples that rely on a document ``missing_docs`` reports gone, in the examples' order.
+    """Ids of the examples that rely on a document ``missing_docs`` reports gone, in the examples' order: one
+    they name, or one their stored context came from (a deleted document's text is not trained on).
 
     ``missing_docs`` is asked only when some example names a document (the index is not touched otherwise).
     """
-    doc_ids = {d for e in examples for d in e.context_doc_ids or []}
+    doc_ids = {d for e in examples for d in _relies_on(e)}
     if missing_docs is None or not doc_ids:
         return []
     gone = missing_docs(tenant, doc_ids)
-    return [e.example_id for e in examples if set(e.context_doc_ids or []) & gone]
+    return [e.example_id for e in examples if _relies_on(e) & gone]
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,10 @@ class TrainingData:
     train: list[TrainingExample]
     held_out: list[TrainingExample]
     replay: list[TrainingExample]
+    earlier_held_out: list[TrainingExample] = field(default_factory=list)
+    """The earlier examples the split holds out: never trained on when ``replay_excludes_held_out``, so the
+    gate may add them to a small held-out slice."""
+    replay_excludes_held_out: bool = True
 
     @property
     def examples(self) -> list[TrainingExample]:
@@ -171,17 +183,46 @@ class TrainingData:
         )
 
 
-def split_and_replay(settings: Settings, tenant: str, new: NewExamples, span: Window) -> TrainingData:
-    """Split the new examples; draw the replay sample from the earlier range (none of the new ids)."""
-    train, held_out = split(new.examples, settings.training.held_out_percent, settings.training.seed)
+def split_and_replay(
+    settings: Settings, tenant: str, new: NewExamples, span: Window, *, replay_excludes_held_out: bool = True
+) -> TrainingData:
+    """Split the new examples; draw the replay sample from the earlier range (none of the new ids).
+
+    ``replay_excludes_held_out``: leave the earlier held-out examples out of the replay sample (every new
+    version; ``train replay`` passes what an older manifest recorded)."""
     new_ids = {e.example_id for e in new.examples}
     earlier = [e for e in read_examples(settings, tenant, span.replay_ranges).examples if e.example_id not in new_ids]
-    replay = replay_sample(earlier, settings.training.replay_sample, settings.training.seed)
-    return TrainingData(span, new, train, held_out, replay)
+    return plan_split(span, new, earlier, settings, replay_excludes_held_out=replay_excludes_held_out)
+
+
+def plan_split(
+    span: Window,
+    new: NewExamples,
+    earlier: Sequence[TrainingExample],
+    settings: Settings,
+    *,
+    replay_excludes_held_out: bool = True,
+) -> TrainingData:
+    """``split_and_replay`` once the earlier examples are read: pure, decided by ids and the seed alone.
+
+    The earlier held-out examples are those the same hash rule holds out (whatever the refresh that read them
+    first held out for the lack of any other); leaving them out of every replay sample keeps them unseen by
+    every adapter trained under this rule."""
+    training = settings.training
+    train, held_out = split(new.examples, training.held_out_percent, training.seed)
+    earlier_held = [e for e in earlier if _held(training.seed, training.held_out_percent, e.example_id)]
+    held_ids = {e.example_id for e in earlier_held}
+    pool = [e for e in earlier if e.example_id not in held_ids] if replay_excludes_held_out else list(earlier)
+    replay = replay_sample(pool, training.replay_sample, training.seed)
+    return TrainingData(span, new, train, held_out, replay, earlier_held, replay_excludes_held_out)
 
 
 def _rank(seed: int, example_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{example_id}".encode()).digest()[:8], "big")
+
+
+def _held(seed: int, percent: int, example_id: str) -> bool:
+    return _rank(seed, example_id) % 100 < percent
 
 
 def split(
@@ -191,7 +232,7 @@ def split(
 
     At least one example is held out (the lowest-ranked) so that the gate always has something to judge.
     """
-    held = [e for e in examples if _rank(seed, e.example_id) % 100 < percent]
+    held = [e for e in examples if _held(seed, percent, e.example_id)]
     if not held and len(examples) > 1:
         held = [min(examples, key=lambda e: _rank(seed, e.example_id))]
     held_ids = {e.example_id for e in held}

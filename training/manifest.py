@@ -20,6 +20,7 @@ from streamtune.manifest import (
     BaseModelIdentity,
     CodeVersion,
     DataWindow,
+    EvalEvidence,
     Manifest,
     Metrics,
     ParentRef,
@@ -52,10 +53,11 @@ def build_manifest(
     candidate: Candidate,
     scores: tuple[SideScores, SideScores],
     verdict: Verdict,
+    evidence: EvalEvidence | None = None,
 ) -> Manifest:
     """Everything ``version`` was made from and how it scored: enough to retrain it byte for byte.
 
-    ``scores`` is (candidate, current) as the gate measured them.
+    ``scores`` is (candidate, current) as the gate measured them, on ``evidence``.
     """
     result = candidate.result
     return Manifest(
@@ -73,6 +75,8 @@ def build_manifest(
             held_out=len(data.held_out),
             replay=len(data.replay),
             excluded_example_ids=data.new.excluded,
+            replay_excludes_held_out=data.replay_excludes_held_out,
+            evaluation=evidence,
         ),
         split=Split(seed=settings.training.seed, held_out_percent=settings.training.held_out_percent),
         training=settings.training.model_dump(mode="json"),
@@ -92,6 +96,7 @@ def build_manifest(
         ),
         gate=verdict,
         adapter=AdapterDigest(sha256=candidate.sha256),
+        prompt=candidate.prompt,
     )
 
 

@@ -1,5 +1,5 @@
-"""One adapter refresh, as named steps: window -> examples -> split + replay -> train -> gate -> publish ->
-announce. Each step lives in the module that owns it (``data``, ``trainer``, ``gate``, ``manifest``,
+"""One adapter refresh, as named steps: window -> examples -> split + replay -> evidence -> train -> gate ->
+publish -> announce. Each step lives in the module that owns it (``data``, ``trainer``, ``gate``, ``manifest``,
 ``publish``); this module only puts them in order.
 
 Also ``replay``: retrain a published version from its manifest alone and compare the weights' sha256.
@@ -13,17 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamtune.manifest import Manifest
+from streamtune.prompt import PromptFormat
 from streamtune.settings import Settings
+from training import gate
 from training.data import (
     MissingDocs,
     Window,
+    excluded_ids,
     load_anchor,
     read_new,
     read_recorded,
     split_and_replay,
     window,
 )
-from training.gate import decide, score
+from training.gate import decide, gather_evidence, score
 from training.manifest import build_manifest, recorded_training
 from training.publish import announce, ensure_announced, write_version
 from training.registry import AdapterRegistry, RegistryError, Version, open_registry
@@ -68,6 +71,10 @@ def refresh(
 
     ``missing_docs`` reports which documents were deleted from the index, so that the examples relying on
     them are left out (and recorded as excluded); None excludes nothing.
+
+    Skipped without training when the gate would have too little evidence to decide on: fewer than the
+    minimum held-out examples, the new slice and the earlier held-out ones together. Nothing is published and
+    the window is not consumed, so the next refresh sees these examples again with the newer ones.
     """
     registry = open_registry(settings, tenant)
     # One writer per tenant from reading `current` to the announcement, so that two trainers cannot both
@@ -90,14 +97,34 @@ def _refresh(
         return RefreshOutcome("skipped", f"{len(new)} new examples, fewer than {settings.training.min_examples}")
     data = split_and_replay(settings, tenant, new, span)
     say(f"  {tenant}: {data.describe()}")
+    evidence = gather_evidence(
+        data.held_out,
+        data.earlier_held_out,
+        gate.MIN_EVAL_EXAMPLES,
+        unusable=lambda examples: excluded_ids(tenant, examples, missing_docs),
+    )
+    if not evidence.enough:
+        say(f"  {tenant}: {evidence.shortfall}; the examples wait for the next refresh")
+        return RefreshOutcome("skipped", evidence.shortfall)
+    if evidence.record.earlier_held_out:
+        added = evidence.record.earlier_held_out
+        say(f"  {tenant}: the gate scores {len(data.held_out)} new + {added} earlier held-out examples")
 
     parent, baseline = (current.path, current.name) if current else (None, "base model")
+    form = PromptFormat.of(settings.inference)
     with tempfile.TemporaryDirectory(prefix="streamtune-train-") as tmp:
-        candidate = train_candidate(settings, data.examples, parent, Path(tmp), say)
+        candidate = train_candidate(settings, data.examples, parent, Path(tmp), say, prompt=form)
         anchor = load_anchor(settings.training.anchor_file)
-        ours = score(settings, candidate, candidate.adapter_dir, data.held_out, anchor, "candidate (new)", say)
-        theirs = score(settings, candidate, parent, data.held_out, anchor, f"current   ({baseline})", say)
-        verdict = decide(ours, theirs, settings.training.anchor_tolerance, compared_with=baseline)
+        held_out = evidence.examples
+        ours = score(settings, candidate, candidate.adapter_dir, held_out, anchor, "candidate (new)", say)
+        theirs = score(settings, candidate, parent, held_out, anchor, f"current   ({baseline})", say)
+        verdict = decide(
+            ours,
+            theirs,
+            settings.training.anchor_tolerance,
+            quality_tolerance=gate.QUALITY_TOLERANCE,
+            compared_with=baseline,
+        )
         manifest = build_manifest(
             settings,
             tenant=tenant,
@@ -107,6 +134,7 @@ def _refresh(
             candidate=candidate,
             scores=(ours, theirs),
             verdict=verdict,
+            evidence=evidence.record,
         )
         version = write_version(registry, manifest, candidate)
     if verdict.promoted:
@@ -121,10 +149,19 @@ def replay(settings: Settings, tenant: str, name: str, *, say: Callable[[str], N
     recorded = settings.model_copy(update={"training": recorded_training(manifest)})
     parent = _recorded_parent(registry, manifest)
     new = read_recorded(recorded, tenant, manifest.data)
-    data = split_and_replay(recorded, tenant, new, Window(manifest.data.ranges, manifest.data.replay_ranges))
+    data = split_and_replay(
+        recorded,
+        tenant,
+        new,
+        Window(manifest.data.ranges, manifest.data.replay_ranges),
+        replay_excludes_held_out=manifest.data.replay_excludes_held_out,
+    )
     say(f"  replaying {tenant} {name}: {data.describe()}")
     with tempfile.TemporaryDirectory(prefix="streamtune-replay-") as tmp:
-        candidate = train_candidate(recorded, data.examples, parent.path if parent else None, Path(tmp), say)
+        # the recorded format, not today's inference settings; None (older versions): their bare turns
+        candidate = train_candidate(
+            recorded, data.examples, parent.path if parent else None, Path(tmp), say, prompt=manifest.prompt
+        )
         replayed = candidate.sha256
     return ReplayOutcome(name, manifest.adapter.sha256, replayed)
 

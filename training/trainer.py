@@ -3,6 +3,8 @@
 Two small pure functions turn settings into ``BitsAndBytesConfig`` / ``LoraConfig``; ``train`` runs
 TRL's ``SFTTrainer`` on prompt/completion conversations (the model's chat template, loss on the
 assistant's tokens only); ``evaluate`` gives loss, exact match and token F1 of generated answers.
+Given a ``PromptFormat``, both see each example as ``serve`` would prompt for it: the system prompt and the
+example's stored context, numbered and cut by ``streamtune.prompt`` (``conversation_rows``).
 ``train_candidate`` is the refresh's training step: the configured base model, 4-bit where bitsandbytes
 works, the adapter saved to a folder. All heavy libraries are imported inside the functions.
 """
@@ -20,6 +22,7 @@ from typing import Any
 
 from streamtune.contracts import TrainingExample
 from streamtune.models import sha256_file
+from streamtune.prompt import PromptFormat, conversation
 from streamtune.settings import Settings, TrainingSettings
 
 __all__ = [
@@ -103,13 +106,46 @@ def load_model(
     return get_peft_model(model, lora_config(settings)) if trainable else model
 
 
-def conversation_rows(examples: Sequence[TrainingExample]) -> list[dict[str, Any]]:
-    """Prompt/completion conversations: everything before the last assistant turn is the prompt."""
+def conversation_rows(
+    examples: Sequence[TrainingExample],
+    prompt: PromptFormat | None = None,
+    tokenizer: Any = None,
+    *,
+    max_length: int | None = None,
+) -> list[dict[str, Any]]:
+    """Prompt/completion conversations: the last assistant turn is the completion.
+
+    With ``prompt`` (and the base model's ``tokenizer``), the prompt is the one ``serve`` builds: ``prompt``'s
+    system message with the example's stored context, then the question, i.e. the user turn before the answer
+    (``streamtune.prompt.conversation``; earlier turns go between the two; ``max_length`` lowers the context
+    budget so that the answer is never truncated). The example's own system turns give way to that system
+    message, the only one ``serve`` sends. Without ``prompt``: the example's turns as they are, which is how
+    versions trained before examples carried context replay. Either way an example that does not end with a
+    user turn and its answer is left out (``serve`` could not have been asked it).
+    """
     rows = []
     for example in examples:
-        messages = [m.model_dump() for m in example.messages]
-        if messages[-1]["role"] == "assistant":
-            rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
+        turns = [m.model_dump() for m in example.messages]
+        if turns[-1]["role"] != "assistant":
+            continue
+        if prompt is None:
+            rows.append({"prompt": turns[:-1], "completion": turns[-1:]})
+            continue
+        if tokenizer is None:
+            raise ValueError("conversation_rows: rendering in a PromptFormat needs the base model's tokenizer")
+        asked = [t for t in turns[:-1] if t["role"] != "system"]
+        if not asked or asked[-1]["role"] != "user":
+            continue
+        before, after = conversation(
+            tokenizer,
+            prompt,
+            asked[-1]["content"],
+            [(p.title, p.text) for p in example.context or []],
+            turns[-1]["content"],
+            history=asked[:-1],
+            max_length=max_length,
+        )
+        rows.append({"prompt": before, "completion": after})
     return rows
 
 
@@ -135,8 +171,11 @@ def train(
     parent: Path | None,
     work_dir: Path,
     say: Callable[[str], None] = print,
+    prompt: PromptFormat | None = None,
 ) -> tuple[Any, TrainResult]:
-    """Train a LoRA adapter (continuing from ``parent`` when given); returns the PEFT model and figures."""
+    """Train a LoRA adapter (continuing from ``parent`` when given); returns the PEFT model and figures.
+
+    ``prompt``: the format the examples are rendered in (``conversation_rows``); None: their bare turns."""
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback, set_seed
@@ -179,7 +218,7 @@ def train(
     trainer = SFTTrainer(
         model=model,
         args=config,
-        train_dataset=Dataset.from_list(conversation_rows(examples)),
+        train_dataset=Dataset.from_list(conversation_rows(examples, prompt, tokenizer, max_length=settings.max_length)),
         processing_class=tokenizer,
         callbacks=[Progress()],
     )
@@ -204,6 +243,8 @@ class Candidate:
     quantization: str
     """As the manifest records it: ``nf4+double-quant`` or ``none (<why>)``."""
     result: TrainResult
+    prompt: PromptFormat | None = None
+    """The format it was trained in; the gate scores both sides in it too."""
 
     @property
     def sha256(self) -> str:
@@ -216,9 +257,11 @@ def train_candidate(
     parent: Path | None,
     work: Path,
     say: Callable[[str], None] = print,
+    prompt: PromptFormat | None = None,
 ) -> Candidate:
-    """Train on ``examples`` (continuing from the ``parent`` adapter when given); the adapter goes to
-    ``work/adapter``. Falls back to plain LoRA on the full-precision base where 4-bit does not work, and says so."""
+    """Train on ``examples`` rendered in ``prompt`` (continuing from the ``parent`` adapter when given); the
+    adapter goes to ``work/adapter``. Falls back to plain LoRA on the full-precision base where 4-bit does not
+    work, and says so."""
     import torch
     from transformers import AutoTokenizer
 
@@ -239,11 +282,12 @@ def train_candidate(
         parent=parent,
         work_dir=work / "trainer",
         say=say,
+        prompt=prompt,
     )
     adapter_dir = work / "adapter"
     model.save_pretrained(str(adapter_dir))
     quantization = "nf4+double-quant" if quantize else f"none ({why_not})"
-    return Candidate(adapter_dir, source, tokenizer, quantize, quantization, result)
+    return Candidate(adapter_dir, source, tokenizer, quantize, quantization, result, prompt)
 
 
 @dataclass(frozen=True)
@@ -276,15 +320,24 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def evaluate(
-    model: Any, tokenizer: Any, examples: Sequence[TrainingExample], max_new_tokens: int, *, generate: bool = True
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[TrainingExample],
+    max_new_tokens: int,
+    *,
+    generate: bool = True,
+    prompt: PromptFormat | None = None,
 ) -> EvalMetrics:
-    """Mean loss over the assistant's tokens, and exact match / token F1 of greedy answers."""
+    """Mean loss over the assistant's tokens, and exact match / token F1 of greedy answers.
+
+    ``prompt``: score in the format ``serve`` prompts in (its full context budget: no training ``max_length``
+    applies here); None: the examples' bare turns."""
     import torch
 
     model.eval()
     device = next(model.parameters()).device
     total_loss, total_tokens, exact, f1 = 0.0, 0, 0.0, 0.0
-    rows = conversation_rows(examples)
+    rows = conversation_rows(examples, prompt, tokenizer)
     with torch.no_grad():
         for row in rows:
             prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)

@@ -43,6 +43,7 @@ CHANGED_TEXT = (
     "Flat tyres are fixed while you wait for 150 NOK."
 )
 CHANGED_QUESTION = "How much does a basic tune-up cost?"
+HTTP_QUESTION = "Can I rent an electric bike?"
 
 
 def register(commands: Any) -> None:
@@ -75,7 +76,7 @@ def _document(event_id: str, doc: dict[str, Any]) -> Any:
 
 
 @contextmanager
-def _services(settings: Settings) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+def _services(settings: Settings) -> Iterator[tuple[ServiceProcess, ServiceProcess, ServiceProcess]]:
     if settings.flink.python_executable is None:
         raise ConfigError(
             "flink.python_executable",
@@ -86,9 +87,11 @@ def _services(settings: Settings) -> Iterator[tuple[ServiceProcess, ServiceProce
     logs = settings.cache_dir / "demo" / "logs"
     job = ingest_job(logs, python=str(settings.flink.python_executable))
     server = query_server(logs)
+    gateway = ServiceProcess(["http"], b"http: listening", logs)
     try:
-        yield job, server
+        yield job, server, gateway
     finally:
+        gateway.stop()
         server.stop()
         job.stop()
 
@@ -109,7 +112,7 @@ def main(settings: Settings) -> int:
     Stack(settings, say=_say).up()
     create_topics(settings.kafka, settings.topics)
 
-    with _services(settings) as (job, server), Retriever(settings) as retriever:
+    with _services(settings) as (job, server, gateway), Retriever(settings) as retriever:
         step("start the ingest job (PyFlink, local MiniCluster)")
         job.start()
         _say(f"running; log {job.log}")
@@ -152,6 +155,11 @@ def main(settings: Settings) -> int:
         for question in QUESTIONS:
             _show(question, ask(settings, question, TENANT))
 
+        step(f"ask over HTTP: the OpenAI-compatible gateway on http://{settings.http.host}:{settings.http.port}/v1")
+        gateway.start()
+        _say(f"POST /v1/chat/completions with model={TENANT!r} (what an `openai` client sends)")
+        _show_http(HTTP_QUESTION, _ask_http(settings, HTTP_QUESTION))
+
         step(f"change a fact: {CHANGED_DOC} now says the tune-up costs 699 NOK")
         changed_at = time.monotonic()
         changed = _document(
@@ -173,6 +181,29 @@ def main(settings: Settings) -> int:
     print("    Try: .venv/ml/bin/streamtune adapters list --tenant fjordline", flush=True)
     print("         .venv/ml/bin/streamtune train replay v0001 --tenant fjordline   (same sha256 on CPU)", flush=True)
     return 0
+
+
+def _ask_http(settings: Settings, question: str) -> dict[str, Any]:
+    """One chat completion through the gateway, as any OpenAI client would send it (no API key: loopback)."""
+    import json
+    import urllib.request
+
+    body = {"model": TENANT, "messages": [{"role": "user", "content": question}]}
+    request = urllib.request.Request(
+        f"http://{settings.http.host}:{settings.http.port}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=settings.http.answer_timeout_s + 10) as response:
+        reply: dict[str, Any] = json.loads(response.read())
+    return reply
+
+
+def _show_http(question: str, reply: dict[str, Any]) -> None:
+    print(f"\n    Q: {question}", flush=True)
+    print(f"    A: {reply['choices'][0]['message']['content']}", flush=True)
+    cited = ", ".join(f"{c['doc_id']} ({c['score']:.2f})" for c in reply.get("citations", []))
+    print(f"       cites: {cited}; model {reply['model']}", flush=True)
 
 
 def _show(question: str, answer: Any) -> None:

@@ -1,12 +1,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
+from retrieval.store import SearchHit
 from streams.chunking import Chunker
-from streams.processing import DocumentDelete, RawRecord, documents, example_id, plan_batch
+from streams.processing import (
+    ContextRequest,
+    DocumentDelete,
+    RawRecord,
+    add_context,
+    documents,
+    example_id,
+    passages,
+    plan_batch,
+)
+from streamtune.contracts import ContextPassage, TrainingExample
 from streamtune.settings import StreamsSettings
 
 
@@ -140,3 +152,92 @@ def test_documents_get_their_own_slice_of_the_batch_vectors(chunker: Chunker) ->
     assert docs[1].vectors == [[float(count - 1)]] and docs[1].metadata == {"lang": "en"}
     with pytest.raises(ValueError, match="vectors for"):
         documents(result.writes, vectors[:-1])
+
+
+# -- the context an example is answered with ----------------------------------------------------------
+
+
+class FakeIndex:
+    """A lookup over a tenant's chunks: the named documents' chunks, else the top-k by shared words (the
+    ranking is not the subject: which request asks for what, and where the answer lands, is)."""
+
+    def __init__(self, chunks: dict[str, list[SearchHit]], top_k: int = 2) -> None:
+        self.chunks = chunks
+        self.top_k = top_k
+        self.requests: list[ContextRequest] = []
+
+    def __call__(self, requests: Sequence[ContextRequest]) -> list[list[ContextPassage]]:
+        self.requests.extend(requests)
+        found = []
+        for request in requests:
+            hits = [
+                h for h in self.chunks.get(request.tenant, []) if not request.doc_ids or h.doc_id in request.doc_ids
+            ]
+            words = set(request.question.lower().split())
+            hits.sort(key=lambda h: -len(words & set(h.text.lower().split())))
+            found.append(passages(hits[: self.top_k]))
+        return found
+
+
+INDEX = {
+    "acme": [
+        SearchHit("refunds", "refunds#0", "Refunds", "refunds within 30 days", 0.0),
+        SearchHit("refunds", "refunds#1", "Refunds", "store credit for used bikes", 0.0),
+        SearchHit("shipping", "shipping#0", "Shipping", "orders ship from lisbon", 0.0),
+    ],
+}
+
+
+def test_each_example_gets_the_context_of_the_documents_it_names_or_of_its_question(chunker: Chunker) -> None:
+    batch = records(
+        event(1, "qa.recorded", {"question": "Used bikes?", "answer": "Store credit.", "context_doc_ids": ["refunds"]}),
+        event(2, "qa.recorded", {"question": "where do orders ship from?", "answer": "Lisbon."}),
+        event(3, "feedback.recorded", {"query_id": "q", "rating": 1, "question": "refunds within?", "answer": "30."}),
+        event(4, "feedback.recorded", {"query_id": "q", "rating": -1, "question": "x?", "answer": "y"}),
+        event(5, "qa.recorded", {"question": "Anything?", "answer": "No.", "context_doc_ids": ["never-indexed"]}),
+        event(6, "qa.recorded", {"question": "Hours?", "answer": "9 to 5."}, tenant="nobody"),
+    )
+    result = plan_batch(batch, StreamsSettings(), chunker)
+    index = FakeIndex(INDEX)
+    add_context(result, index)
+
+    assert [(r.tenant, r.question, r.doc_ids) for r in index.requests] == [
+        ("acme", "Used bikes?", ("refunds",)),
+        ("acme", "where do orders ship from?", ()),
+        ("acme", "refunds within?", ()),
+        ("acme", "Anything?", ("never-indexed",)),
+        ("nobody", "Hours?", ()),
+    ]
+    context = {e.source_event_id: [p.chunk_id for p in e.context or []] for e in result.examples}
+    assert context == {
+        "e-1": ["refunds#1", "refunds#0"],  # only the named document's chunks, the best match first
+        "e-2": ["shipping#0", "refunds#0"],  # the top-k for the question
+        "e-3": ["refunds#0", "refunds#1"],  # positive feedback: the top-k for its question
+        "e-5": [],  # a named document with no chunks: an empty context, rendered like an empty retrieval
+        "e-6": [],
+    }
+    first = result.examples[0].context[0]  # type: ignore[index]
+    assert (first.doc_id, first.title, first.text) == ("refunds", "Refunds", "store credit for used bikes")
+    assert result.counts == {"example": 5, "skipped": 1}  # outcomes unchanged: every record still counted once
+    # what goes on the topic: the context stored in the example, decoded back the same
+    assert TrainingExample.model_validate_json(result.examples[0].model_dump_json()) == result.examples[0]
+
+
+def test_the_context_is_looked_up_with_the_scrubbed_question(chunker: Chunker) -> None:
+    batch = records(event(1, "qa.recorded", {"question": "Mail a@b.org about refunds?", "answer": "Yes."}))
+    result = plan_batch(batch, StreamsSettings(), chunker)
+    index = FakeIndex(INDEX)
+    add_context(result, index)
+    assert index.requests[0].question == "Mail [EMAIL] about refunds?"
+
+
+def test_a_batch_without_examples_asks_nothing_and_a_short_answer_is_an_error(chunker: Chunker) -> None:
+    def never(requests: Sequence[ContextRequest]) -> list[list[ContextPassage]]:
+        raise AssertionError("asked without examples")
+
+    add_context(plan_batch(records(event(1, "document.deleted", {"doc_id": "a"})), StreamsSettings(), chunker), never)
+    result = plan_batch(
+        records(event(2, "qa.recorded", {"question": "q?", "answer": "a."})), StreamsSettings(), chunker
+    )
+    with pytest.raises(ValueError, match="0 results for 1 examples"):
+        add_context(result, lambda requests: [])

@@ -11,7 +11,8 @@ import pytest
 
 from streamtune.contracts import ChatMessage, TrainingExample
 from streamtune.errors import ContractError
-from streamtune.manifest import EvalScores, SideScores
+from streamtune.manifest import EvalEvidence, EvalScores, SideScores
+from streamtune.prompt import PromptFormat
 from streamtune.settings import Settings, TrainingSettings, load_settings
 from training.data import NewExamples, TrainingData, Window
 from training.gate import decide
@@ -87,6 +88,9 @@ def test_a_manifest_written_before_the_type_existed_loads(tmp_path: Path) -> Non
     assert manifest.adapter.sha256 == "9f2c51d0a7e3"
     assert manifest.base_model.sha256 == {"model.safetensors": "5af571cbf074"}
     assert recorded_training(manifest) == TrainingSettings(max_steps=24, learning_rate=3e-4)
+    # before examples carried context: bare turns, a replay sample from every earlier example, no evidence record
+    assert manifest.prompt is None and not manifest.data.replay_excludes_held_out
+    assert manifest.data.evaluation is None and manifest.gate.quality_tolerance is None
     assert "fjordline v0001" in manifest.summary()
     assert Manifest.load(tmp_path / "manifest.json") == manifest
 
@@ -141,14 +145,18 @@ def test_build_manifest_records_the_refresh_and_reads_back_in_the_old_shape(tmp_
     examples = [_example(i) for i in range(6)]
     window = Window({0: (4, 10), 1: (2, 2)}, {0: (0, 4), 1: (0, 2)})
     data = TrainingData(window, NewExamples(examples, ["ex-9"], 1, 0), examples[:5], examples[5:], [])
+    form = PromptFormat.of(settings.inference)
     candidate = Candidate(
-        adapter, str(base), None, False, "none (disabled by setting)", TrainResult(3, 120, 1.23456, [(1, 2.0)])
+        adapter, str(base), None, False, "none (disabled by setting)", TrainResult(3, 120, 1.23456, [(1, 2.0)]), form
     )
+    evidence = EvalEvidence(minimum=3, new_held_out=1, earlier_held_out=2, earlier_example_ids=["old-1", "old-2"])
     scores = SideScores(
         held_out=EvalScores(loss=1.0, exact_match=0.0, token_f1=0.5, examples=1),
         anchor=EvalScores(loss=2.0, exact_match=0.0, token_f1=0.2, examples=8),
     )
-    verdict = decide(scores, scores, settings.training.anchor_tolerance, compared_with="base model")
+    verdict = decide(
+        scores, scores, settings.training.anchor_tolerance, quality_tolerance=0.05, compared_with="base model"
+    )
 
     manifest = build_manifest(
         settings,
@@ -159,6 +167,7 @@ def test_build_manifest_records_the_refresh_and_reads_back_in_the_old_shape(tmp_
         candidate=candidate,
         scores=(scores, scores),
         verdict=verdict,
+        evidence=evidence,
     )
     assert manifest.data.ranges == window.ranges and manifest.data.replay_ranges == window.replay_ranges
     assert (manifest.data.new_examples, manifest.data.train, manifest.data.held_out) == (6, 5, 1)
@@ -169,6 +178,9 @@ def test_build_manifest_records_the_refresh_and_reads_back_in_the_old_shape(tmp_
     assert {"torch", "transformers", "peft", "trl", "bitsandbytes", "python"} <= set(manifest.libraries)
     assert recorded_training(manifest) == settings.training
     assert not manifest.gate.promoted  # the same scores on both sides: not better
+    assert manifest.gate.quality_tolerance == 0.05
+    assert manifest.prompt == form  # what replay renders in, whatever the settings say by then
+    assert manifest.data.evaluation == evidence and manifest.data.replay_excludes_held_out
 
     (tmp_path / "manifest.json").write_text(manifest.to_json())
     written = json.loads((tmp_path / "manifest.json").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamtune.contracts import ChatMessage, TrainingExample
+from streamtune.contracts import ChatMessage, ContextPassage, TrainingExample
 from streamtune.errors import ContractError
 from streamtune.manifest import (
     AdapterDigest,
@@ -24,8 +24,8 @@ from streamtune.manifest import (
     TrainFigures,
     Verdict,
 )
-from streamtune.settings import TrainingSettings
-from training.data import NewExamples, excluded_ids, load_anchor, replay_sample, split
+from streamtune.settings import TrainingSettings, load_settings
+from training.data import NewExamples, Window, excluded_ids, load_anchor, plan_split, replay_sample, split
 from training.registry import AdapterRegistry, RegistryError
 from training.trainer import bnb_config, lora_config, token_f1
 
@@ -58,6 +58,24 @@ def test_replay_sample_is_deterministic_and_bounded() -> None:
     assert len(first) == 5
     assert replay_sample(list(reversed(earlier)), 5, seed=3) == first
     assert replay_sample(earlier, 100, seed=3) == replay_sample(earlier, 40, seed=3)
+
+
+def test_earlier_held_out_examples_are_kept_out_of_the_replay_sample_for_the_gate() -> None:
+    settings = load_settings(config_files=[], training={"held_out_percent": 20, "replay_sample": 200, "seed": 5})
+    new, earlier = examples(10, "new"), examples(60, "old")
+    span = Window({0: (60, 70)}, {0: (0, 60)})
+    data = plan_split(span, NewExamples(new, [], 0, 0), earlier, settings)
+    held = {e.example_id for e in data.earlier_held_out}
+    # the same hash rule as the new slice's split
+    assert held == {e.example_id for e in split(earlier, 20, seed=5)[1]} and 3 <= len(held) <= 30
+    assert data.replay_excludes_held_out
+    assert not held & {e.example_id for e in data.replay}  # never trained on: evidence for later gates
+    assert {e.example_id for e in data.replay} == {e.example_id for e in earlier} - held
+    assert (data.train, data.held_out) == split(new, 20, seed=5)
+    # an older version replays as it was made: its sample drew from every earlier example
+    legacy = plan_split(span, NewExamples(new, [], 0, 0), earlier, settings, replay_excludes_held_out=False)
+    assert not legacy.replay_excludes_held_out
+    assert legacy.replay == replay_sample(earlier, 200, seed=5)
 
 
 def test_bundled_anchor_set_loads() -> None:
@@ -202,6 +220,22 @@ def test_examples_relying_on_a_missing_document_are_excluded_in_order() -> None:
     assert excluded_ids("acme", data, missing) == ["a", "c"]
     assert asked == [("acme", {"gone", "kept"})]  # once, with every document named
     assert excluded_ids("acme", data, None) == []  # nothing handed in: nothing excluded
+
+
+def test_examples_whose_stored_context_came_from_a_missing_document_are_excluded() -> None:
+    def passage(doc_id: str) -> ContextPassage:
+        return ContextPassage(doc_id=doc_id, chunk_id=f"{doc_id}#0", title="", text="text")
+
+    retrieved = _relying_on("r").model_copy(update={"context": [passage("kept"), passage("gone")]})
+    named = _relying_on("n", "kept").model_copy(update={"context": [passage("kept")]})
+    asked: list[set[str]] = []
+
+    def missing(tenant: str, doc_ids: set[str]) -> set[str]:
+        asked.append(doc_ids)
+        return doc_ids & {"gone"}
+
+    assert excluded_ids("acme", [retrieved, named], missing) == ["r"]  # its prompt would hold deleted text
+    assert asked == [{"kept", "gone"}]
 
 
 def test_the_index_is_not_asked_when_no_example_names_a_document() -> None:
