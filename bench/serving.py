@@ -64,8 +64,8 @@ def _untrained_adapter(settings: Any, target: Path, seed: int, name: str, tenant
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base_model_source(settings)), lora_config(settings.training)
     )
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
+    for parameter_name, param in model.named_parameters():
+        if "lora_B" in parameter_name:
             torch.nn.init.normal_(param, std=1e-3)
     model.save_pretrained(str(target))
     (target / "manifest.json").write_text(_manifest(settings, name, target, tenant).to_json())
@@ -191,6 +191,13 @@ def main() -> None:
             f"through queries → serve → answers: median {statistics.median(remote) * 1000:.0f} ms; ratio {ratio:.2f}",
             flush=True,
         )
+        over_http = _http_latencies(settings, env, tmp, questions)
+        http_ratio = statistics.median(over_http) / statistics.median(local)
+        print(
+            f"through the HTTP gateway (POST /v1/chat/completions): median {statistics.median(over_http) * 1000:.0f} "
+            f"ms; ratio {http_ratio:.2f}",
+            flush=True,
+        )
 
         server.stop()
         for i, tenant in enumerate(TENANTS):
@@ -230,6 +237,8 @@ def main() -> None:
                     "in_process_median_ms": round(statistics.median(local) * 1000),
                     "topic_median_ms": round(statistics.median(remote) * 1000),
                     "ratio": round(ratio, 3),
+                    "http_median_ms": round(statistics.median(over_http) * 1000),
+                    "http_ratio": round(http_ratio, 3),
                     "throughput": throughput,
                     "adapter_cache": cache,
                     **swap,
@@ -241,6 +250,34 @@ def main() -> None:
         ChunkStore(client, settings).drop()
         client.close()
         delete_topics(settings.kafka, settings.topics)
+
+
+def _http_latencies(settings: Any, env: dict[str, str], tmp: Path, questions: list[str]) -> list[float]:
+    """Each question as an OpenAI chat completion through `streamtune http` (no key: loopback)."""
+    import urllib.request
+
+    from streamtune.harness import ServiceProcess, free_port
+
+    port = free_port()
+    gateway = ServiceProcess(["http"], b"http: listening", tmp / "logs", {**env, "STREAMTUNE__HTTP__PORT": str(port)})
+    gateway.start()
+    try:
+
+        def complete(question: str) -> float:
+            body = json.dumps({"model": TENANT, "messages": [{"role": "user", "content": question}]}).encode()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+            )
+            begin = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=300) as response:
+                reply = json.loads(response.read())
+            assert reply["choices"][0]["message"]["content"] is not None
+            return time.perf_counter() - begin
+
+        complete(questions[0])  # warm-up
+        return [complete(question) for question in questions]
+    finally:
+        gateway.stop()
 
 
 def _backlog(

@@ -145,10 +145,14 @@ def serve(settings: Settings, *, stop_after: int | None = None) -> int:
     try:
         while not stopping and (stop_after is None or served < stop_after):
             _take_updates(answerer, updates.poll(), metrics)
-            messages = queries_in.consume(inference.max_batch, timeout=0.5)
-            if messages and inference.max_wait_ms and len(messages) < inference.max_batch:
-                more = queries_in.consume(inference.max_batch - len(messages), timeout=inference.max_wait_ms / 1000)
-                messages += more
+            # The first query is taken as soon as it arrives; the batch then fills for at most max_wait_ms
+            # (consume() blocks until it has all it asked for or its timeout passes).
+            first = queries_in.poll(0.5)
+            if first is None:
+                continue
+            messages = [first]
+            if first.error() is None and inference.max_batch > 1:
+                messages += queries_in.consume(inference.max_batch - 1, timeout=inference.max_wait_ms / 1000)
             errors = [m for m in messages if m.error() is not None]
             messages = [m for m in messages if m.error() is None]
             if errors and not messages:

@@ -79,7 +79,10 @@ class ServiceProcess:
         self.env.update(env)
         self.starts += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.log = self.log_dir / f"{self.name}-{self.starts}.log"
+        number = self.starts
+        while (self.log_dir / f"{self.name}-{number}.log").exists():  # another process of the same command
+            number += 1
+        self.log = self.log_dir / f"{self.name}-{number}.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [self.python, "-m", "streamtune", *self.command],

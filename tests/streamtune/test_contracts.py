@@ -8,6 +8,7 @@ from streamtune.contracts import (
     Answer,
     AnswerError,
     Citation,
+    ContextPassage,
     DocumentDeleted,
     DocumentUpserted,
     FeedbackRecorded,
@@ -112,6 +113,33 @@ def test_messages_round_trip_through_bytes() -> None:
     assert json.loads(encode(answer))["schema_version"] == 1
     failed = Answer(query_id="q-2", error=AnswerError(code="invalid_query", message="question: missing"))
     assert json.loads(encode(failed))["error"]["code"] == "invalid_query"
+
+
+def test_a_training_example_carries_its_context_and_older_ones_still_decode() -> None:
+    old = {
+        "schema_version": 1,
+        "example_id": "x-1",
+        "tenant": "acme",
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        "source_event_id": "e-1",
+        "created_at": "2026-11-21T10:00:05Z",
+        "context_doc_ids": ["refund-policy"],
+    }
+    assert decode(raw(old), TrainingExample).context is None  # written before examples carried context
+    passage = {"doc_id": "refund-policy", "chunk_id": "refund-policy#0", "title": "Refund policy", "text": "30 days."}
+    newer = {**old, "context": [{**passage, "score": 0.8, "from": "a newer producer"}]}  # unknown keys ignored
+    example = decode(raw(newer), TrainingExample)
+    assert example.context == [ContextPassage(**passage)]
+    assert decode(encode(example), TrainingExample) == example  # stored, so replay reads the same bytes
+    assert json.loads(encode(example))["context"] == [passage]
+    assert decode(raw({**old, "context": []}), TrainingExample).context == []
+    assert decode(raw({**old, "context": None}), TrainingExample).context is None
+    untitled = decode(raw({**old, "context": [{"doc_id": "d", "chunk_id": "d#0", "text": "t"}]}), TrainingExample)
+    assert untitled.context[0].title == ""  # type: ignore[index]
+    with pytest.raises(ContractError, match=r"context\.0\.text"):
+        decode(raw({**old, "context": [{"doc_id": "d", "chunk_id": "d#0"}]}), TrainingExample)
+    with pytest.raises(ContractError, match="context"):
+        decode(raw({**old, "context": [passage] * 101}), TrainingExample)
 
 
 def test_query_validation() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import training.gate
 import training.watch as watch_module
 from streamtune.contracts import AdapterUpdate, ChatMessage, TrainingExample
 from streamtune.harness import isolated_env, wait_for
@@ -35,6 +36,7 @@ _TRAINER = """
 import json, logging, os, signal, sys, time
 from pathlib import Path
 
+import training.gate
 import training.registry
 from streamtune.settings import load_settings
 from training.refresh import refresh
@@ -56,6 +58,7 @@ def hook(name):
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 training.registry._crash_point = hook
+training.gate.MIN_EVAL_EXAMPLES = 1  # as the test process has it (the `deployment` fixture)
 outcome = refresh(load_settings(config_files=[]), tenant, say=lambda line: print(line, file=sys.stderr, flush=True))
 print(json.dumps({"status": outcome.status, "version": outcome.version, "reason": outcome.reason}), flush=True)
 """
@@ -114,10 +117,17 @@ class Deployment:
 
 @pytest.fixture
 def deployment(
-    stack: Settings, tiny_model: Path, tmp_path: Path, env_settings: Callable[[dict[str, str]], Settings]
+    stack: Settings,
+    tiny_model: Path,
+    tmp_path: Path,
+    env_settings: Callable[[dict[str, str]], Settings],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Deployment]:
     # Few steps: what is counted here is versions and announcements, not learning. Deterministic training
     # promotes the first version over the base model at these settings (asserted where it matters).
+    # Few examples too: the gate decides on any held-out slice (once training.min_eval_examples is a
+    # setting, put it in the environment below instead, for the child trainers as well).
+    monkeypatch.setattr(training.gate, "MIN_EVAL_EXAMPLES", 1)
     env = isolated_env(
         tmp_path,
         "fault",

@@ -78,7 +78,8 @@ def test_an_example_without_context_is_rendered_like_an_empty_retrieval(tokenize
     form = PromptFormat.of(settings.inference)
     expected = served(settings, tokenizer, "Refund window?", [])
     assert "Context:\n(none)" in expected
-    for context in (None, []):  # recorded before examples carried context, or nothing was retrieved
+    nothing: list[ContextPassage] = []
+    for context in (None, nothing):  # recorded before examples carried context, or nothing was retrieved
         (row,) = conversation_rows([example("Refund window?", "30 days.", context)], form, tokenizer)
         assert trained_prompt(tokenizer, row) == expected
 
