@@ -21,7 +21,7 @@ from retrieval.client import RetrievalError, address, is_transient
 from retrieval.store import SearchHit
 from streamtune.contracts import Answer, AnswerError, Citation, Query
 from streamtune.errors import ConfigError, StreamtuneError, UnavailableError
-from streamtune.prompt import chat_messages, trimmed_context
+from streamtune.prompt import PromptFormat, render_prompt
 from streamtune.retry import Backoff, retrying
 from streamtune.settings import Settings
 
@@ -198,16 +198,9 @@ class Answerer:
         return result
 
     def _prompt(self, item: _Item) -> str:
-        inference = self.settings.inference
-        context = trimmed_context(
-            [(h.title, h.text) for h in item.hits],
-            inference.context_chars,
-            inference.context_tokens,
-            self._encode,
-            self._decode,
-        )
-        messages = chat_messages(inference.system_prompt, item.query.question, context)
-        return str(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        # The one renderer that training and the gate use too: an adapter answers in the format it learnt.
+        form = PromptFormat.of(self.settings.inference)
+        return render_prompt(self.tokenizer, form, item.query.question, [(h.title, h.text) for h in item.hits])
 
     def _generate(self, items: list[_Item]) -> None:
         """Generate every prompt, in groups of at most ``max_loaded_adapters`` distinct adapters."""

@@ -266,6 +266,19 @@ class TrainingSettings(_Section):
         30.0, gt=0, description="`train watch`: wait before retrying a tenant whose refresh failed; it doubles."
     )
     retry_max_s: float = Field(1800.0, gt=0, description="`train watch`: longest wait between a tenant's attempts.")
+    min_eval_examples: int = Field(
+        8,
+        ge=1,
+        description="Fewest held-out examples the gate decides on (the new held-out slice, topped up with the "
+        "tenant's most recent earlier held-out examples); fewer: the refresh is skipped and its examples wait.",
+    )
+    quality_tolerance: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="How far the candidate's held-out exact match and token F1 may fall below the current "
+        "adapter's (absolute).",
+    )
 
     def refresh_backoff(self) -> Backoff:
         """`train watch`'s policy for a tenant whose refresh failed: retried later, never given up on."""

@@ -21,16 +21,8 @@ from streamtune.manifest import EvalEvidence, EvalScores, SideScores, Verdict
 from streamtune.settings import Settings
 from training.trainer import Candidate, EvalMetrics, evaluate, load_model
 
-__all__ = ["MIN_EVAL_EXAMPLES", "QUALITY_TOLERANCE", "Evidence", "decide", "gather_evidence", "score"]
+__all__ = ["Evidence", "decide", "gather_evidence", "score"]
 
-# PENDING SETTINGS. Stand-ins until streamtune/settings.py has them; then read the settings instead and
-# delete these two constants (one source of truth for a default):
-#   training.min_eval_examples: int = 8 (ge=1), "Fewest held-out examples the gate decides on; fewer: the
-#       refresh is skipped and its examples wait for more."
-#   training.quality_tolerance: float = 0.05 (ge=0, le=1), "How far held-out exact match and token F1 may
-#       fall below the current adapter's (absolute)."
-MIN_EVAL_EXAMPLES = 8
-QUALITY_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)

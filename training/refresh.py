@@ -15,7 +15,6 @@ from pathlib import Path
 from streamtune.manifest import Manifest
 from streamtune.prompt import PromptFormat
 from streamtune.settings import Settings
-from training import gate
 from training.data import (
     MissingDocs,
     Window,
@@ -100,7 +99,7 @@ def _refresh(
     evidence = gather_evidence(
         data.held_out,
         data.earlier_held_out,
-        gate.MIN_EVAL_EXAMPLES,
+        settings.training.min_eval_examples,
         unusable=lambda examples: excluded_ids(tenant, examples, missing_docs),
     )
     if not evidence.enough:
@@ -122,7 +121,7 @@ def _refresh(
             ours,
             theirs,
             settings.training.anchor_tolerance,
-            quality_tolerance=gate.QUALITY_TOLERANCE,
+            quality_tolerance=settings.training.quality_tolerance,
             compared_with=baseline,
         )
         manifest = build_manifest(

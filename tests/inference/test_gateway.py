@@ -292,6 +292,9 @@ def live(
                 retriever.store.upsert([chunk])
             for future in started:
                 future.result()
+        # The gateway connects to Weaviate in the background (completions never wait for it): wait until it has.
+        health = live.base_url.removesuffix("/v1") + "/healthz"
+        wait_for(lambda: httpx.get(health, timeout=10).json().get("weaviate") == "ok", 60, "the gateway's Weaviate")
         yield live
     finally:
         _close(live)

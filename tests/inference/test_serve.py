@@ -44,6 +44,7 @@ class Deployment:
             STREAMTUNE__TRAINING__LEARNING_RATE="0.005",
             STREAMTUNE__TRAINING__EVAL_MAX_NEW_TOKENS="4",
             STREAMTUNE__TRAINING__TORCH_THREADS="1",
+            STREAMTUNE__TRAINING__MIN_EVAL_EXAMPLES="1",
             **extra,
         )
         self.tmp = tmp

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-import training.gate
 import training.watch as watch_module
 from streamtune.contracts import AdapterUpdate, ChatMessage, TrainingExample
 from streamtune.harness import isolated_env, wait_for
@@ -58,7 +57,6 @@ def hook(name):
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 training.registry._crash_point = hook
-training.gate.MIN_EVAL_EXAMPLES = 1  # as the test process has it (the `deployment` fixture)
 outcome = refresh(load_settings(config_files=[]), tenant, say=lambda line: print(line, file=sys.stderr, flush=True))
 print(json.dumps({"status": outcome.status, "version": outcome.version, "reason": outcome.reason}), flush=True)
 """
@@ -125,13 +123,12 @@ def deployment(
 ) -> Iterator[Deployment]:
     # Few steps: what is counted here is versions and announcements, not learning. Deterministic training
     # promotes the first version over the base model at these settings (asserted where it matters).
-    # Few examples too: the gate decides on any held-out slice (once training.min_eval_examples is a
-    # setting, put it in the environment below instead, for the child trainers as well).
-    monkeypatch.setattr(training.gate, "MIN_EVAL_EXAMPLES", 1)
+    # Few examples too: the gate decides on any held-out slice (min_eval_examples 1, children included).
     env = isolated_env(
         tmp_path,
         "fault",
         STREAMTUNE__MODELS__BASE_MODEL=str(tiny_model),
+        STREAMTUNE__TRAINING__MIN_EVAL_EXAMPLES="1",
         STREAMTUNE__TRAINING__MAX_STEPS="4",
         STREAMTUNE__TRAINING__LEARNING_RATE="5e-3",
         STREAMTUNE__TRAINING__BATCH_SIZE="4",

@@ -16,7 +16,6 @@ from streamtune.manifest import EvalEvidence, Manifest
 from streamtune.prompt import PromptFormat
 from streamtune.settings import Settings, load_settings
 from streamtune.topics import ADAPTER_UPDATES, TRAINING_EXAMPLES, topic_name
-from training import gate
 from training.refresh import RefreshOutcome, refresh, replay
 from training.registry import AdapterRegistry
 
@@ -27,9 +26,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def trainer_settings(
     stack: Settings, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Settings]:
-    # These tests are about the refresh's steps, on a few examples: the gate decides on any held-out slice.
-    # (The evidence rule has its own test below; once training.min_eval_examples is a setting, set it here.)
-    monkeypatch.setattr(gate, "MIN_EVAL_EXAMPLES", 1)
+    # These tests are about the refresh's steps, on a few examples: the gate decides on any held-out slice
+    # (min_eval_examples 1; the evidence rule has its own test below).
     settings = load_settings(
         config_files=[],
         topics={"prefix": f"tr-{uuid.uuid4().hex[:8]}."},
@@ -43,6 +41,7 @@ def trainer_settings(
             "torch_threads": 1,
             "replay_sample": 4,
             "metrics_port": 0,
+            "min_eval_examples": 1,
         },
     )
     create_topics(settings.kafka, settings.topics)
@@ -256,8 +255,9 @@ POLICY = [
 def test_examples_with_context_are_gated_on_enough_evidence_recorded_and_replayed(
     trainer_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = trainer_settings
-    monkeypatch.setattr(gate, "MIN_EVAL_EXAMPLES", 3)
+    settings = trainer_settings.model_copy(
+        update={"training": trainer_settings.training.model_copy(update={"min_eval_examples": 3})}
+    )
     # which acme-ex-<i> the split holds out (hash of the id, seed 42, 20 %): 8, 13, 17, 20, 23, 28 below 30
     publish(settings, "acme", 0, 10, context=POLICY)  # one held out (8)
     lines: list[str] = []
@@ -271,7 +271,7 @@ def test_examples_with_context_are_gated_on_enough_evidence_recorded_and_replaye
     assert first.data.evaluation == EvalEvidence(minimum=3, new_held_out=5, earlier_held_out=0)
     assert first.metrics.candidate.held_out.examples == 5
     assert first.prompt == PromptFormat.of(settings.inference)  # trained and gated as serve prompts
-    assert first.data.replay_excludes_held_out and first.gate.quality_tolerance == gate.QUALITY_TOLERANCE
+    assert first.data.replay_excludes_held_out and first.gate.quality_tolerance == settings.training.quality_tolerance
 
     publish(settings, "acme", 24, 6, context=POLICY)  # one held out (28): topped up with the newest earlier two
     lines.clear()
