@@ -310,6 +310,7 @@ def test_a_broker_outage_is_invisible_to_queries_except_for_latency(
         assert set(sent) <= set(found), f"unanswered: {sorted(set(sent) - set(found))[:5]} of {len(sent)}"
         assert all(found[q][0]["error"] is None for q in sent)
         twice = sum(len(found[q]) > 1 for q in sent)
+        print(f"broker outage: {len(sent)} queries sent, {len(set(sent) & set(found))} answered, {twice} twice")
         assert twice <= deployment.settings.inference.max_batch * 2, twice  # a redelivered batch or two at most
         assert _metric(metrics_port, "streamtune_answers_total") >= len(sent)
         assert "Kafka" in server.output() and "waiting" in server.output()  # it said what it was doing
