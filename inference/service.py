@@ -125,8 +125,14 @@ def serve(settings: Settings, *, stop_after: int | None = None) -> int:
         answerer.book.latest or "none yet (base model)",
         answerer.book.refused or "none",
     )
-    poll_interval: dict[str, Any] = {"max.poll.interval.ms": int(inference.max_poll_interval_s * 1000)}
-    queries_in = consumer(settings.kafka, inference.group_id, **poll_interval)
+    kafka_errors: list[Any] = []  # librdkafka reports an unreachable cluster here, not always through poll()
+
+    def on_error(error: Any) -> None:
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            kafka_errors.append(error)
+
+    extra: dict[str, Any] = {"max.poll.interval.ms": int(inference.max_poll_interval_s * 1000), "error_cb": on_error}
+    queries_in = consumer(settings.kafka, inference.group_id, **extra)
     queries, answers = topic_name(QUERIES, settings.topics), topic_name(ANSWERS, settings.topics)
     deliveries = _Deliveries(settings, answers)
     stopping = False
@@ -149,6 +155,10 @@ def serve(settings: Settings, *, stop_after: int | None = None) -> int:
             # (consume() blocks until it has all it asked for or its timeout passes).
             first = queries_in.poll(0.5)
             if first is None:
+                if kafka_errors:
+                    kafka_down_since, reported = _report_kafka(
+                        settings, kafka_errors, kafka_down_since, reported, metrics
+                    )
                 continue
             messages = [first]
             if first.error() is None and inference.max_batch > 1:
@@ -156,12 +166,8 @@ def serve(settings: Settings, *, stop_after: int | None = None) -> int:
             errors = [m for m in messages if m.error() is not None]
             messages = [m for m in messages if m.error() is None]
             if errors and not messages:
-                now = time.monotonic()
-                kafka_down_since = kafka_down_since or now
-                if now - reported >= settings.kafka.status_interval_s:
-                    log.warning("serve: Kafka: %s (for %.0fs); waiting", errors[0].error(), now - kafka_down_since)
-                    reported = now
-                metrics.waiting.labels("kafka").set(1)
+                kafka_errors.extend(m.error() for m in errors)
+                kafka_down_since, reported = _report_kafka(settings, kafka_errors, kafka_down_since, reported, metrics)
                 continue
             if not messages:
                 continue
@@ -198,6 +204,20 @@ def serve(settings: Settings, *, stop_after: int | None = None) -> int:
         updates.close()
         answerer.close()
     return 0
+
+
+def _report_kafka(
+    settings: Settings, errors: list[Any], down_since: float | None, reported: float, metrics: Any
+) -> tuple[float, float]:
+    """Say, once per ``kafka.status_interval_s``, that Kafka is unreachable and serve is waiting for it."""
+    now = time.monotonic()
+    down_since = down_since or now
+    if now - reported >= settings.kafka.status_interval_s:
+        log.warning("serve: Kafka unreachable (%s) for %.0fs; waiting", errors[-1], now - down_since)
+        reported = now
+    errors.clear()
+    metrics.waiting.labels("kafka").set(1)
+    return down_since, reported
 
 
 def _take_updates(answerer: Any, updates: list[Any], metrics: Any) -> None:

@@ -365,8 +365,12 @@ def test_poison_inputs_are_dead_lettered_and_the_job_never_restarts(fresh: Calla
     ingest.send("poison:ws-id", doc_event("p-5", "spaced-id ", "An id with a trailing space.")[1])
     ingest.send("poison:surrogate", b'{"schema_version":1,"event_id":"p-6","type":"qa.recorded",'
                 b'"occurred_at":"2026-11-21T10:00:00Z","data":{"question":"\\ud800","answer":"a"}}')  # fmt: skip
-    bait = doc_event("p-7", "email-bait", ("a." * 40_000) + " contact x@example.com")[1]
-    ingest.send("poison:email-bait", bait)  # 80k characters of e-mail bait: scrubbed in linear time, indexed
+    # E-mail bait (quadratic for the old pattern) in a document and in an answer: scrubbed in linear time.
+    # (1 MB of bait of every kind is in tests/streams/test_pii.py; here it only has to pass through the job.)
+    bait = doc_event("p-7", "email-bait", ("a." * 10_000) + " contact x@example.com")[1]
+    ingest.send("poison:email-bait", bait)
+    bait_qa = {"question": "What is the bait?", "answer": ("b." * 9_000) + " write to y@example.com"}
+    ingest.send("poison:qa-bait", other_event("p-9", "qa.recorded", bait_qa, tenant="baited"))
     pii_meta = doc_event("p-8", "pii-meta", "Metadata carries personal data.")[1]
     pii_meta["data"]["metadata"] = {"owner": "dana.smith@acme.com", "phone": "+44 20 7946 0958", "n": 3}
     ingest.send("poison:pii-meta", pii_meta)
@@ -376,9 +380,11 @@ def test_poison_inputs_are_dead_lettered_and_the_job_never_restarts(fresh: Calla
     eventually(lambda: len(_examples_of(ingest, "after")) >= 20, what="examples after the poison")
     assert len(_examples_of(ingest, "after")) == 20
     # (the bait is thousands of chunks at this test's chunk size: its partition may finish last)
-    eventually(lambda: ingest.chunks("acme", "naive-time") == 1, timeout_s=180, what="the naive timestamp's document")
-    eventually(lambda: ingest.chunks("acme", "email-bait") >= 1, timeout_s=180, what="the e-mail bait indexed")
-    eventually(lambda: ingest.chunks("acme", "pii-meta") == 1, timeout_s=180, what="the metadata document")
+    eventually(lambda: ingest.chunks("acme", "naive-time") == 1, timeout_s=300, what="the naive timestamp's document")
+    eventually(lambda: ingest.chunks("acme", "email-bait") >= 1, timeout_s=300, what="the e-mail bait indexed")
+    eventually(lambda: ingest.chunks("acme", "pii-meta") == 1, timeout_s=300, what="the metadata document")
+    baited = eventually(lambda: _examples_of(ingest, "baited"), timeout_s=300, what="the baited answer's example")
+    assert len(baited) == 1
     letters = eventually(lambda: len(ingest.dead_letters()) >= 5 and ingest.dead_letters(), what="dead letters")
     by_key = {(d.key or b"").decode(): d for d in letters}
     assert len(letters) == 5, [d.reason for d in letters]
