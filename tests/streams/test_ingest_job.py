@@ -358,6 +358,7 @@ def test_poison_inputs_are_dead_lettered_and_the_job_never_restarts(fresh: Calla
     naive["occurred_at"] = "2026-11-21T10:00:00"
     ingest.send("poison:naive-time", naive)  # read as UTC, indexed
     # ~1 MB, which its dead letter (value + headers) would not fit under the producer's max.request.size
+    ingest.flush()  # what the default producer holds goes out before it is replaced
     ingest.producer = producer(ingest.settings.kafka, **{"message.max.bytes": 1_046_000})
     ingest.send("poison:huge", doc_event("p-2", "huge", "w " * 519_800)[1])
     ingest.send("poison:title", doc_event("p-3", "long-title", "Short text.", title="T" * 5_000)[1])
