@@ -26,7 +26,7 @@ OLD_MANIFEST = """{
   "base_model": {
     "setting": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "sha256": {"model.safetensors": "5af571cbf074"},
-    "source": "/root/.cache/streamtune/models/SmolLM2-135M-Instruct"
+    "source": "/home/ops/.cache/streamtune/models/SmolLM2-135M-Instruct"
   },
   "code": {"git": "be6b4c0e1f2a", "streamtune": "0.1.0", "training_sha256": "c0ffee"},
   "created_at": "2025-06-01T12:00:00.123456+00:00",
