@@ -436,7 +436,8 @@ def test_weaviate_outage_loses_and_duplicates_nothing(
     eventually(lambda: ingest.chunks("outage") == 2 * half, timeout_s=240, what="every document after the outage")
     for i in range(2 * half):
         assert ingest.chunks("outage", f"doc-{i:04d}") == 1
-    ids = eventually(lambda: (ids := _examples_of(ingest, "outage")) and len(ids) >= 2 * half and ids, timeout_s=120)
+    # Examples wait for their context lookups, which the Weaviate client retries on its own (up to a minute).
+    ids = eventually(lambda: (ids := _examples_of(ingest, "outage")) and len(ids) >= 2 * half and ids, timeout_s=360)
     assert len(ids) == 2 * half and len(set(ids)) == 2 * half  # none lost, none duplicated
     states, exceptions = ingest.failures()
     assert states == ["RUNNING"] and exceptions == []
