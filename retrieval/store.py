@@ -239,31 +239,7 @@ class ChunkStore:
         self, tenant: str, text: str, vector: Sequence[float], k: int, alpha: float | None = None
     ) -> list[SearchHit]:
         """Hybrid (BM25 + vector) search within one tenant; an unknown tenant has no chunks."""
-        from weaviate.classes.query import MetadataQuery
-
-        collection = self._known_tenant(tenant)
-        if collection is None:
-            return []
-        try:
-            result = collection.query.hybrid(
-                query=text,
-                vector=list(map(float, vector)),
-                alpha=self.settings.retrieval.alpha if alpha is None else alpha,
-                limit=k,
-                return_metadata=MetadataQuery(score=True),
-            )
-        except Exception as exc:
-            raise RetrievalError(f"Weaviate search in {self.name} (tenant {tenant}) failed: {exc}") from exc
-        return [
-            SearchHit(
-                doc_id=o.properties["doc_id"],
-                chunk_id=o.properties["chunk_id"],
-                title=o.properties.get("title") or "",
-                text=o.properties["text"],
-                score=float(o.metadata.score or 0.0),
-            )
-            for o in result.objects
-        ]
+        return self._hybrid(tenant, text, vector, k, alpha, None)
 
     def search_documents(
         self,
@@ -276,10 +252,19 @@ class ChunkStore:
     ) -> list[SearchHit]:
         """As ``search``, among the chunks of ``doc_ids`` only: the top-``k`` chunks of the documents a recorded
         answer names, ranked as ``serve`` would rank them. Unknown documents and tenants have no chunks."""
-        from weaviate.classes.query import Filter, MetadataQuery
+        from weaviate.classes.query import Filter
+
+        if not doc_ids:
+            return []
+        return self._hybrid(tenant, text, vector, k, alpha, Filter.by_property("doc_id").contains_any(list(doc_ids)))
+
+    def _hybrid(
+        self, tenant: str, text: str, vector: Sequence[float], k: int, alpha: float | None, filters: Any
+    ) -> list[SearchHit]:
+        from weaviate.classes.query import MetadataQuery
 
         collection = self._known_tenant(tenant)
-        if collection is None or not doc_ids:
+        if collection is None:
             return []
         try:
             result = collection.query.hybrid(
@@ -287,7 +272,7 @@ class ChunkStore:
                 vector=list(map(float, vector)),
                 alpha=self.settings.retrieval.alpha if alpha is None else alpha,
                 limit=k,
-                filters=Filter.by_property("doc_id").contains_any(list(doc_ids)),
+                filters=filters,
                 return_metadata=MetadataQuery(score=True),
             )
         except Exception as exc:

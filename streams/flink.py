@@ -59,6 +59,10 @@ def table_environment(settings: Settings, *, checkpointing: bool = True, config:
     return env, t_env
 
 
+# Key and value as raw bytes: the job, not the connector, decides what is valid (and dead-letters the rest).
+_RAW_KEY_VALUE = {"key.format": "raw", "key.fields": "key", "value.format": "raw", "value.fields-include": "EXCEPT_KEY"}
+
+
 def _properties(settings: Settings, **extra: Any) -> dict[str, str]:
     """The connector's Kafka client properties: the Java form of the same settings the Python clients use."""
     return {f"properties.{k}": v for k, v in java_client_config(settings.kafka, **extra).items()}
@@ -82,10 +86,7 @@ def kafka_source(topic: str, settings: Settings, *, group_id: str, bounded: bool
     )
     options = {
         "topic": topic,
-        "key.format": "raw",
-        "key.fields": "key",
-        "value.format": "raw",
-        "value.fields-include": "EXCEPT_KEY",
+        **_RAW_KEY_VALUE,
         "scan.startup.mode": "group-offsets",
         **({"scan.bounded.mode": "latest-offset"} if bounded else {}),
         **_properties(settings, **{"group.id": group_id, "auto.offset.reset": "earliest"}),
@@ -113,10 +114,7 @@ def kafka_sink(
         builder = builder.column_by_metadata("headers", DataTypes.MAP(DataTypes.STRING(), DataTypes.BYTES()), "headers")
     options = {
         "topic": topic,
-        "key.format": "raw",
-        "key.fields": "key",
-        "value.format": "raw",
-        "value.fields-include": "EXCEPT_KEY",
+        **_RAW_KEY_VALUE,
         **_properties(settings),
     }
     if max_request_bytes is not None:
