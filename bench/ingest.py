@@ -154,6 +154,7 @@ def main() -> None:
                 )
             )
         finally:
+            client.close()
             job.stop()
             weaviate.down()
             delete_topics(settings.kafka, settings.topics)
