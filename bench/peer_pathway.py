@@ -68,9 +68,9 @@ def main() -> None:
         model=args.model, batch_size=args.batch_size, call_kwargs={"normalize_embeddings": True}
     )
     embedded = docs.select(pw.this.doc_id, vector=embedder(pw.this.text))
-    index = DataIndex(embedded, BruteForceKnnFactory(dimensions=embedder.get_embedding_dimension()).build_inner_index(
-        embedded.vector
-    ))
+    index = DataIndex(
+        embedded, BruteForceKnnFactory(dimensions=embedder.get_embedding_dimension()).build_inner_index(embedded.vector)
+    )
     questions = pw.io.kafka.read(
         {**kafka, "group.id": kafka["group.id"] + "-q"},
         args.queries,

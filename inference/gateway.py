@@ -50,6 +50,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from streamtune import logs
 from streamtune.contracts import TENANT_PATTERN, AdapterUpdate, Answer, AnswerError, Query
 from streamtune.errors import ConfigError, KafkaUnavailableError, UnavailableError
 from streamtune.kafka import consumer, producer
@@ -592,7 +593,12 @@ class AnswerRouter:
             answer = ANSWERS.decode(message.value())
         except Exception as exc:  # a foreign, invalid answer is not ours to crash on
             log.warning(
-                "http: %s[%s]@%s: ignored an invalid answer: %s", self.topic, message.partition(), message.offset(), exc
+                "http: %s[%s]@%s: ignored an invalid answer: %s",
+                self.topic,
+                message.partition(),
+                message.offset(),
+                exc,
+                extra={"query_id": query_id, "source": logs.source(self.topic, message.partition(), message.offset())},
             )
             return
         loop, future = waiting
@@ -802,7 +808,9 @@ class Gateway:
         port = self.settings.http.metrics_port
         if port:
             try:
-                self._metrics_server, _ = start_http_server(port, addr="127.0.0.1", registry=self.metrics.registry)
+                self._metrics_server, _ = start_http_server(
+                    port, addr=self.settings.http.metrics_host, registry=self.metrics.registry
+                )
             except OSError as exc:
                 raise ConfigError(
                     "http.metrics_port", port, f"cannot listen there ({exc}); choose another, or 0"

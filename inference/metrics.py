@@ -61,9 +61,9 @@ class ServeMetrics:
             registry=r,
         )
 
-    def serve(self, port: int) -> None:
-        """Expose /metrics on 127.0.0.1:``port`` (a daemon thread)."""
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Expose /metrics on ``host:port`` (a daemon thread)."""
+        start_http_server(port, addr=host, registry=self.registry)
 
     def adapter_loaded(self, tenant: str, seconds: float) -> None:
         self.adapter_loads.labels(tenant).inc()

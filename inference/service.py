@@ -21,6 +21,7 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
+from streamtune import logs
 from streamtune.contracts import Answer, AnswerError, Query
 from streamtune.errors import ContractError, KafkaUnavailableError
 from streamtune.kafka import consumer, producer
@@ -116,7 +117,7 @@ def serve(settings: Settings, *, stop_after: int | None = None) -> int:
     inference = settings.inference
     metrics = ServeMetrics()
     if inference.metrics_port:
-        metrics.serve(inference.metrics_port)
+        metrics.serve(inference.metrics_port, inference.metrics_host)
     answerer = Answerer(settings, metrics)
     updates = UpdateReader(settings)
     _take_updates(answerer, updates.poll(1.0), metrics)
@@ -225,7 +226,7 @@ def _take_updates(answerer: Any, updates: list[Any], metrics: Any) -> None:
         previous = answerer.book.latest.get(update.tenant)
         if answerer.book.record(update):
             metrics.serving(update.tenant, update.version, previous)
-            log.info("serve: %s now uses adapter %s", update.tenant, update.version)
+            log.info("serve: %s now uses adapter %s", update.tenant, update.version, extra={"tenant": update.tenant})
 
 
 def _answer(answerer: Any, messages: list[Any], max_query_bytes: int) -> list[Answer]:
@@ -241,11 +242,29 @@ def _answer(answerer: Any, messages: list[Any], max_query_bytes: int) -> list[An
         except ContractError as exc:
             query_id = _query_id_of(raw, message.key(), message.partition() or 0, message.offset() or 0)
             answers.append(Answer(query_id=query_id, error=AnswerError(code="invalid_query", message=exc.reason)))
+            log.warning("serve: an invalid query answered with invalid_query: %s", exc.reason, extra=_where(message))
     if valid:
         generated = answerer.answer_batch([q for _, q in valid], [now] * len(valid))
-        for (index, _), answer in zip(valid, generated, strict=True):
+        for (index, query), answer in zip(valid, generated, strict=True):
             answers[index] = answer
+            outcome = answer.error.code if answer.error is not None else "ok"
+            where = messages[index]
+            with logs.context(
+                tenant=query.tenant,
+                query_id=query.query_id,
+                source=logs.source(where.topic(), where.partition(), where.offset()),
+            ):
+                log.debug("serve: answered (%s, adapter %s)", outcome, answer.adapter_version or "none")
     return [a for a in answers if a is not None]
+
+
+def _where(message: Any) -> dict[str, str]:
+    """The log fields naming a query record: its id as answered, and ``topic[partition]@offset``."""
+    partition, offset = message.partition() or 0, message.offset() or 0
+    return {
+        "query_id": _query_id_of(message.value(), message.key(), partition, offset),
+        "source": logs.source(message.topic(), partition, offset),
+    }
 
 
 def _commit(queries_in: Any, offsets: list[Any], settings: Settings, kafka_exception: Any, kafka_error: Any) -> None:

@@ -7,6 +7,7 @@ with the contract's headers; a deserializer in the connector would fail the job 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from streamtune.errors import ConfigError
 from streamtune.kafka import java_client_config
 from streamtune.settings import Settings
 
-__all__ = ["connector_jar", "kafka_sink", "kafka_source", "table_environment"]
+__all__ = ["connector_jar", "current_metrics_scope", "kafka_sink", "kafka_source", "table_environment"]
 
 
 def connector_jar(settings: Settings) -> Path:
@@ -29,7 +30,10 @@ def connector_jar(settings: Settings) -> Path:
 
 
 def table_environment(settings: Settings, *, checkpointing: bool = True, config: dict[str, str] | None = None) -> Any:
-    """A streaming TableEnvironment (local MiniCluster unless submitted with `flink run`)."""
+    """A streaming TableEnvironment (local MiniCluster unless submitted with `flink run`).
+
+    The MiniCluster serves Flink's metrics, the job's counters among them, on ``flink.metrics_port``.
+    """
     from pyflink.common import Configuration
     from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
@@ -43,8 +47,10 @@ def table_environment(settings: Settings, *, checkpointing: bool = True, config:
     # The Flink launcher (and so the operators' Python logging) writes its log where this says.
     settings.flink_log_dir.mkdir(parents=True, exist_ok=True)
     os.environ["FLINK_LOG_DIR"] = str(settings.flink_log_dir)
-    configuration = Configuration()
-    for key, value in (config or {}).items():
+    if settings.flink.metrics_port:
+        _reporter_on_classpath(settings.flink.metrics_port)
+    configuration = Configuration()  # starts PyFlink's gateway JVM, with the environment as set above
+    for key, value in {**_prometheus_reporter(settings.flink.metrics_port), **(config or {})}.items():
         configuration.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(configuration)
     env.add_jars(connector_jar(settings).resolve().as_uri())
@@ -57,6 +63,64 @@ def table_environment(settings: Settings, *, checkpointing: bool = True, config:
     table_config.set("python.client.executable", python)
     table_config.set("pipeline.name", "streamtune")
     return env, t_env
+
+
+def current_metrics_scope() -> Any:
+    """The metrics scope of the Python operator now running, for a later ``with`` (``on_timer``).
+
+    PyFlink runs a function's timers outside its operator's metrics scope when the function has side
+    outputs (``process_timer`` in ``pyflink/fn_execution/beam/beam_operations_*``, 2.2.1, enters no
+    ``scoped_process_state``), so what a timer counts is dropped. Captured in ``process_element`` (always
+    inside that scope) and entered around the timer's work, it counts. Can go once PyFlink's
+    ``process_timer`` enters the scope itself (tests/streams/test_metrics.py fails without this).
+    """
+    from apache_beam.runners.worker import statesampler
+
+    tracker = statesampler.get_current_tracker()
+    return tracker.current_state() if tracker is not None else contextlib.nullcontext()
+
+
+def _prometheus_reporter(port: int) -> dict[str, str]:
+    """Flink's Prometheus reporter on ``port`` (every interface: no option binds it); none for 0. The same
+    options as the standalone cluster's (``streamtune.stack.flink_cluster.prometheus_reporter``, which this
+    package may not import; a test holds the two equal). A taken port costs the reporter, not the job."""
+    if not port:
+        return {}
+    return {
+        "metrics.reporter.prom.factory.class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        "metrics.reporter.prom.port": str(port),
+    }
+
+
+def _reporter_jar() -> Path | None:
+    """The Prometheus reporter plugin of the Flink distribution inside the apache-flink package."""
+    import pyflink
+
+    plugins = Path(pyflink.__file__).parent / "plugins" / "metrics-prometheus"
+    jars = sorted(plugins.glob("flink-metrics-prometheus-*.jar"))
+    return jars[-1] if jars else None
+
+
+def _reporter_on_classpath(port: int) -> None:
+    """Put the Prometheus reporter on the classpath of the JVM that PyFlink's gateway is about to start.
+
+    A local MiniCluster loads reporters without a plugin manager (the local executor gives its
+    ``MiniClusterConfiguration`` none), so ``FLINK_PLUGINS_DIR`` is not read, and ``pipeline.jars`` reach only
+    the job's class loader: the gateway's classpath is the place. Its launcher (``pyflink_gateway_server.py``)
+    builds that classpath from the distribution's ``lib/`` and ``HADOOP_CLASSPATH``, the one variable it
+    appends; the jar is added to it, whatever else it holds kept.
+    """
+    jar = _reporter_jar()
+    if jar is None:
+        raise ConfigError(
+            "flink.metrics_port",
+            port,
+            "the apache-flink package has no plugins/metrics-prometheus jar: reinstall it (`make env`), "
+            "or set STREAMTUNE__FLINK__METRICS_PORT=0",
+        )
+    entries = [e for e in os.environ.get("HADOOP_CLASSPATH", "").split(os.pathsep) if e]
+    if str(jar) not in entries:
+        os.environ["HADOOP_CLASSPATH"] = os.pathsep.join([*entries, str(jar)])
 
 
 # Key and value as raw bytes: the job, not the connector, decides what is valid (and dead-letters the rest).

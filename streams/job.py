@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from streamtune import logs
 from streamtune.errors import ConfigError
 from streamtune.settings import Settings, load_settings
 from streamtune.topics import DOMAIN_EVENTS, DOMAIN_EVENTS_DLQ, TRAINING_EXAMPLES, topic_name
@@ -225,6 +226,9 @@ def _index_batches_class() -> type:
                 self.client.close()
 
         def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
+            from streams.flink import current_metrics_scope
+
+            self.metrics_scope = current_metrics_scope()  # on_timer counts in it
             key, value, partition, offset = row[0], row[1], row[2], row[3]
             self.buffer.add(pickle.dumps((key, value, int(partition), int(offset))))
             size = (self.size.value() or 0) + 1
@@ -238,7 +242,13 @@ def _index_batches_class() -> type:
                 self.timer.update(deadline)
 
         def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-            yield from self._flush(ctx)
+            from contextlib import nullcontext
+
+            # PyFlink runs timers outside the operator's metrics scope (streams.flink.current_metrics_scope);
+            # a timer restored from a checkpoint may fire before any element: then nothing to enter.
+            with getattr(self, "metrics_scope", None) or nullcontext():
+                outputs = list(self._flush(ctx))
+            yield from outputs
 
         def _flush(self, ctx: Any) -> Iterator[Any]:
             from streams.processing import RawRecord
@@ -296,7 +306,12 @@ def _index_batches_class() -> type:
                     raise
                 except Exception as exc:
                     log.error(
-                        "streams: %s[%d]@%d dead-lettered: %s", record.topic, record.partition, record.offset, exc
+                        "streams: %s[%d]@%d dead-lettered: %s",
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        exc,
+                        extra={"source": logs.source(record.topic, record.partition, record.offset)},
                     )
                     single = internal_error([record], exc, streams)
                 results.append(single)
@@ -413,6 +428,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-if __name__ == "__main__":  # `flink run --python streams/job.py`
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main(load_settings()))
+if __name__ == "__main__":  # `flink run --python streams/job.py`: the client logs JSON lines, as a service
+    _settings = load_settings()
+    logs.configure(_settings.logging, service=True)
+    sys.exit(main(_settings))

@@ -145,6 +145,7 @@ def isolated_env(work: Path, name: str = "it", **overrides: str) -> dict[str, st
         "STREAMTUNE__INFERENCE__METRICS_PORT": "0",
         "STREAMTUNE__TRAINING__METRICS_PORT": "0",
         "STREAMTUNE__HTTP__METRICS_PORT": "0",
+        "STREAMTUNE__FLINK__METRICS_PORT": "0",
         "STREAMTUNE__FLINK__LOG_DIR": str(work / "flink-logs"),
     }
     env.update(overrides)

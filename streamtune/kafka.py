@@ -1,8 +1,10 @@
-"""Kafka clients made from the settings (the one place a librdkafka configuration is built), topic creation
-and deletion, committed end offsets, and exact range reads."""
+"""Kafka clients made from the settings (the one place a librdkafka configuration is built; their librdkafka
+messages go to the ``librdkafka`` logger), topic creation and deletion, committed end offsets, and exact range
+reads."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -12,6 +14,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streamtune import logs
 from streamtune.errors import KafkaUnavailableError
 from streamtune.settings import KafkaSettings, TopicSettings
 from streamtune.topics import ALL_TOPICS, TopicSpec, topic_name
@@ -99,15 +102,33 @@ def _jaas_quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def _logged(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with librdkafka's own messages sent to our ``librdkafka`` logger (JSON in services) instead of
+    straight to stderr. confluent-kafka queues them and serves them on ``poll()`` / ``flush()`` (a consumer's
+    ``consume()``), so a client nobody polls logs nothing."""
+    return {"logger": logs.kafka_logger(), **config}
+
+
 def admin_client(settings: KafkaSettings) -> AdminClient:
-    return AdminClient(client_config(settings))
+    """An admin client; its librdkafka messages are served by ``poll()`` (``_served`` does it for ours)."""
+    return AdminClient(_logged(client_config(settings)))
+
+
+@contextlib.contextmanager
+def _served(admin: AdminClient) -> Iterator[AdminClient]:
+    """``admin``, whose queued librdkafka messages (a refused connection, say) are logged when the block ends:
+    an admin client's results come through futures, so nothing else would ever poll it."""
+    try:
+        yield admin
+    finally:
+        admin.poll(0)
 
 
 def producer(settings: KafkaSettings, *, idempotent: bool = False, **extra: Any) -> Producer:
     """A producer; ``idempotent`` for records that must not be duplicated by the client's own retries."""
     if idempotent:
         extra = {"enable.idempotence": True, **extra}
-    return Producer(client_config(settings, **extra))
+    return Producer(_logged(client_config(settings, **extra)))
 
 
 def consumer(
@@ -130,7 +151,7 @@ def consumer(
         "isolation.level": "read_committed" if committed_only else "read_uncommitted",
         **extra,
     }
-    return Consumer(client_config(settings, **config))
+    return Consumer(_logged(client_config(settings, **config)))
 
 
 @dataclass(frozen=True)
@@ -144,46 +165,48 @@ def create_topics(
     kafka: KafkaSettings, topics: TopicSettings, specs: Iterable[TopicSpec] = ALL_TOPICS
 ) -> list[TopicResult]:
     """Create each declared topic with its settings; topics that already exist are left as they are."""
-    admin = admin_client(kafka)
-    wanted = {
-        topic_name(spec, topics): NewTopic(
-            topic_name(spec, topics),
-            num_partitions=spec.partitions(topics),
-            replication_factor=topics.replication_factor,
-            config=dict(spec.config),
-        )
-        for spec in specs
-    }
-    results = []
-    futures = admin.create_topics(list(wanted.values()), request_timeout=kafka.request_timeout_s)
-    for name, future in futures.items():
-        try:
-            future.result(timeout=kafka.request_timeout_s)
-            results.append(TopicResult(name, True, wanted[name].num_partitions))
-        except KafkaException as exc:
-            error = exc.args[0]
-            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                results.append(TopicResult(name, False, _partition_count(admin, name, kafka)))
-                continue
-            raise KafkaUnavailableError(f"could not create topic {name} on {kafka.bootstrap_servers}: {exc}") from exc
-        except TimeoutError as exc:
-            raise KafkaUnavailableError(
-                f"Kafka at {kafka.bootstrap_servers} did not answer within {kafka.request_timeout_s}s; "
-                "is it running (`streamtune stack status`)?"
-            ) from exc
-    return sorted(results, key=lambda r: r.name)
+    with _served(admin_client(kafka)) as admin:
+        wanted = {
+            topic_name(spec, topics): NewTopic(
+                topic_name(spec, topics),
+                num_partitions=spec.partitions(topics),
+                replication_factor=topics.replication_factor,
+                config=dict(spec.config),
+            )
+            for spec in specs
+        }
+        results = []
+        futures = admin.create_topics(list(wanted.values()), request_timeout=kafka.request_timeout_s)
+        for name, future in futures.items():
+            try:
+                future.result(timeout=kafka.request_timeout_s)
+                results.append(TopicResult(name, True, wanted[name].num_partitions))
+            except KafkaException as exc:
+                error = exc.args[0]
+                if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    results.append(TopicResult(name, False, _partition_count(admin, name, kafka)))
+                    continue
+                raise KafkaUnavailableError(
+                    f"could not create topic {name} on {kafka.bootstrap_servers}: {exc}"
+                ) from exc
+            except TimeoutError as exc:
+                raise KafkaUnavailableError(
+                    f"Kafka at {kafka.bootstrap_servers} did not answer within {kafka.request_timeout_s}s; "
+                    "is it running (`streamtune stack status`)?"
+                ) from exc
+        return sorted(results, key=lambda r: r.name)
 
 
 def delete_topics(kafka: KafkaSettings, topics: TopicSettings, specs: Iterable[TopicSpec] = ALL_TOPICS) -> None:
     """Delete the declared topics under this prefix (tests, benchmarks); missing ones are ignored."""
-    admin = admin_client(kafka)
-    for future in admin.delete_topics([topic_name(spec, topics) for spec in specs]).values():
-        try:
-            future.result(timeout=kafka.request_timeout_s)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if not (isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
-                raise KafkaUnavailableError(f"could not delete topics on {kafka.bootstrap_servers}: {exc}") from exc
+    with _served(admin_client(kafka)) as admin:
+        for future in admin.delete_topics([topic_name(spec, topics) for spec in specs]).values():
+            try:
+                future.result(timeout=kafka.request_timeout_s)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not (isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+                    raise KafkaUnavailableError(f"could not delete topics on {kafka.bootstrap_servers}: {exc}") from exc
 
 
 def committed_end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int]:
@@ -191,18 +214,18 @@ def committed_end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int]:
     from confluent_kafka import IsolationLevel, TopicPartition
     from confluent_kafka.admin import OffsetSpec
 
-    admin = admin_client(kafka)
-    try:
-        metadata = admin.list_topics(topic=topic, timeout=kafka.request_timeout_s)
-        partitions = sorted(metadata.topics[topic].partitions)
-        futures = admin.list_offsets(
-            {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
-            isolation_level=IsolationLevel.READ_COMMITTED,
-            request_timeout=kafka.request_timeout_s,
-        )
-        return {tp.partition: int(f.result().offset) for tp, f in futures.items()}
-    except KafkaException as exc:
-        raise KafkaUnavailableError(f"could not read the end offsets of {topic}: {exc}") from exc
+    with _served(admin_client(kafka)) as admin:
+        try:
+            metadata = admin.list_topics(topic=topic, timeout=kafka.request_timeout_s)
+            partitions = sorted(metadata.topics[topic].partitions)
+            futures = admin.list_offsets(
+                {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
+                isolation_level=IsolationLevel.READ_COMMITTED,
+                request_timeout=kafka.request_timeout_s,
+            )
+            return {tp.partition: int(f.result().offset) for tp, f in futures.items()}
+        except KafkaException as exc:
+            raise KafkaUnavailableError(f"could not read the end offsets of {topic}: {exc}") from exc
 
 
 def read_range(

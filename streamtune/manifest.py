@@ -95,6 +95,29 @@ class DataWindow(_Part):
     evaluation evidence). False in versions made before that rule: their replay draws from all earlier ones."""
     evaluation: EvalEvidence | None = None
     """What the gate scored on (None in versions made before it was recorded: the held-out slice alone)."""
+    # Positions below are (partition, offset) of ``topic``. All optional: every earlier manifest still loads.
+    replay_offsets: list[tuple[int, int]] | None = None
+    """Where each replay example was read from, in the order trained: ``train replay`` reads exactly these.
+    None: versions made before it was recorded (their sample is drawn again from ``replay_ranges``)."""
+    replay_excluded_example_ids: list[str] = Field(default_factory=list)
+    """Earlier examples left out of the replay sample because a document they rely on was deleted since."""
+    deferred: list[tuple[int, int]] = Field(default_factory=list)
+    """Examples not trained on because a document they rely on is not indexed yet (not deleted): the next
+    refresh reads them again and trains on them once it is (or excludes them once it is deleted)."""
+    carried: list[tuple[int, int]] = Field(default_factory=list)
+    """Earlier deferred examples this version read again besides ``ranges`` (trained on unless now excluded or
+    deferred again)."""
+    replay_pool: list[tuple[int, int]] | None = None
+    """The next refresh's replay candidates: the lowest-ranked examples trained up to this version (less
+    those the split holds out), so that it reads these instead of the whole topic. None: not recorded."""
+    replay_pool_bound: int | None = None
+    """Every candidate ranked at or below this is in ``replay_pool`` (None: every candidate is)."""
+    held_pool: list[tuple[int, int]] | None = None
+    """The most recent earlier held-out examples, the gate's top-up evidence for the next refresh."""
+    dropped_example_ids: list[str] = Field(default_factory=list)
+    """Examples the trainer could not use (no user question and answer at the end): trained on nothing."""
+    truncated_example_ids: list[str] = Field(default_factory=list)
+    """Examples cut to ``training.max_length`` tokens (their context shortened, or the example cut)."""
 
     def trained_up_to(self) -> dict[int, int]:
         """Per partition, the first offset this version did not see."""

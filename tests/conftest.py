@@ -162,6 +162,7 @@ class PrivateStack:
                     "STREAMTUNE__WEAVIATE__GRPC_PORT": str(free_port()),
                     "STREAMTUNE__STACK__WEAVIATE_GOSSIP_PORT": str(free_port(pair=True)),
                     "STREAMTUNE__STACK__WEAVIATE_RAFT_PORT": str(free_port(pair=True)),
+                    "STREAMTUNE__STACK__WEAVIATE_METRICS_PORT": str(free_port()),
                 }
             )
         if "kafka" in only:

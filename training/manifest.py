@@ -34,9 +34,9 @@ from streamtune.settings import Settings, TrainingSettings
 from streamtune.topics import TRAINING_EXAMPLES, topic_name
 from training.data import TrainingData
 from training.registry import Version
-from training.trainer import Candidate
+from training.trainer import Candidate, TrainResult
 
-__all__ = ["Manifest", "build_manifest", "recorded_training"]
+__all__ = ["Manifest", "build_manifest", "data_window", "recorded_training"]
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +66,7 @@ def build_manifest(
         created_at=datetime.now(UTC),
         base_model=_base_identity(settings, candidate.source),
         parent=ParentRef(version=parent.name, sha256=parent.manifest.adapter.sha256) if parent else None,
-        data=DataWindow(
-            topic=topic_name(TRAINING_EXAMPLES, settings.topics),
-            ranges=data.window.ranges,
-            replay_ranges=data.window.replay_ranges,
-            new_examples=len(data.new),
-            train=len(data.train),
-            held_out=len(data.held_out),
-            replay=len(data.replay),
-            excluded_example_ids=data.new.excluded,
-            replay_excludes_held_out=data.replay_excludes_held_out,
-            evaluation=evidence,
-        ),
+        data=data_window(settings, data, evidence, candidate.result),
         split=Split(seed=settings.training.seed, held_out_percent=settings.training.held_out_percent),
         training=settings.training.model_dump(mode="json"),
         quantization=candidate.quantization,
@@ -97,6 +86,35 @@ def build_manifest(
         gate=verdict,
         adapter=AdapterDigest(sha256=candidate.sha256),
         prompt=candidate.prompt,
+    )
+
+
+def data_window(
+    settings: Settings, data: TrainingData, evidence: EvalEvidence | None = None, result: TrainResult | None = None
+) -> DataWindow:
+    """What a version records of its data: exact offsets, every decision taken on them (exclusions,
+    deferrals, the replay sample's positions, what the trainer dropped or cut), and the next refresh's
+    candidates, so that neither replay nor the next refresh has to read the whole history again."""
+    return DataWindow(
+        topic=topic_name(TRAINING_EXAMPLES, settings.topics),
+        ranges=data.window.ranges,
+        replay_ranges=data.window.replay_ranges,
+        new_examples=len(data.new),
+        train=len(data.train),
+        held_out=len(data.held_out),
+        replay=len(data.replay),
+        excluded_example_ids=data.new.excluded,
+        replay_excludes_held_out=data.replay_excludes_held_out,
+        evaluation=evidence,
+        replay_offsets=data.replay_at,
+        replay_excluded_example_ids=data.replay_excluded,
+        deferred=data.new.deferred,
+        carried=data.new.carried,
+        replay_pool=data.pool.replay if data.pool else None,
+        replay_pool_bound=data.pool.bound if data.pool else None,
+        held_pool=data.pool.held if data.pool else None,
+        dropped_example_ids=result.dropped if result else [],
+        truncated_example_ids=result.truncated if result else [],
     )
 
 

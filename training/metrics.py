@@ -36,8 +36,8 @@ class WatchMetrics:
             registry=r,
         )
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=host, registry=self.registry)
 
     def refreshed(self, tenant: str, outcome: str, seconds: float, manifest: Manifest | None) -> None:
         self.refreshes.labels(tenant, outcome).inc()

@@ -10,10 +10,17 @@ again. It is not recorded in the index whether an announcement went out: such a 
 rollback by hand or on a topic recreated under a new prefix, and ``adapter-updates`` is one small partition.
 Every announcement is made holding the tenant's registry lock (``AdapterRegistry.writing``), so that two
 writers cannot announce out of the order in which they changed the current version.
+
+A version is also publishable outside streamtune: its ``adapter_config.json`` names a portable base model and
+its ``README.md`` is a model card (``training/modelcard.py``). ``export_version`` copies it to any folder or
+fsspec URL, checking the weights against the manifest's sha256 before and after, so that PEFT's
+``PeftModel.from_pretrained`` loads it on a machine that has only the base model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 from collections.abc import Mapping
@@ -21,17 +28,20 @@ from pathlib import Path
 
 import training.registry as registry_module
 from streamtune.contracts import AdapterUpdate
-from streamtune.errors import ContractError, KafkaUnavailableError
+from streamtune.errors import ContractError, KafkaUnavailableError, StreamtuneError
 from streamtune.kafka import committed_end_offsets, producer, read_range
 from streamtune.manifest import Manifest
 from streamtune.settings import Settings
 from streamtune.topics import ADAPTER_UPDATES, topic_name
+from training.modelcard import ADAPTER_CONFIG, MODEL_CARD, adapter_config, model_card
 from training.registry import AdapterRegistry, Version, open_registry
-from training.trainer import Candidate
+from training.trainer import ADAPTER_WEIGHTS, Candidate
 
 __all__ = [
+    "ExportError",
     "announce",
     "ensure_announced",
+    "export_version",
     "last_announcements",
     "promote_and_announce",
     "rollback_and_announce",
@@ -46,12 +56,71 @@ def write_version(registry: AdapterRegistry, manifest: Manifest, candidate: Cand
 
     def write(target: Path) -> None:
         for item in candidate.adapter_dir.iterdir():
-            shutil.copy2(item, target / item.name)
+            if item.name not in (ADAPTER_CONFIG, MODEL_CARD):  # PEFT's, rewritten below
+                shutil.copy2(item, target / item.name)
+        config = json.loads((candidate.adapter_dir / ADAPTER_CONFIG).read_text())
+        (target / ADAPTER_CONFIG).write_text(adapter_config(config, manifest))
+        (target / MODEL_CARD).write_text(model_card(manifest))
         registry_module._crash_point("partial")
         (target / "manifest.json").write_text(manifest.to_json())
         _loss_curve(candidate.result.losses, target / "loss.png", f"{manifest.tenant} {manifest.version}")
 
     return registry.publish(manifest.version, write, "promoted" if manifest.gate.promoted else "rejected")
+
+
+class ExportError(StreamtuneError):
+    """An adapter version could not be exported: its weights do not match its manifest, or the destination
+    refused it. The message names the version, the destination and what to do."""
+
+
+_LOSS_CURVE = "loss.png"
+
+
+def export_version(version: Version, destination: str) -> list[str]:
+    """Write ``version`` as a plain PEFT adapter folder to ``destination`` (a path, ``file://`` or any fsspec
+    URL) and return the files written: the weights, ``adapter_config.json`` naming the portable base model,
+    the model card, ``manifest.json`` and the loss curve.
+
+    The weights are hashed as read and as written, against the manifest's sha256; a destination that already
+    holds files is refused rather than mixed with another adapter. The card and config are made again from
+    the manifest, so a version published before they existed exports the same way as a new one.
+    """
+    import fsspec
+
+    where = f"{version.tenant} {version.name}"
+    expected = version.manifest.adapter.sha256
+    weights = (version.path / ADAPTER_WEIGHTS).read_bytes()
+    if _sha256(weights) != expected:
+        raise ExportError(
+            f"{where}: {version.path / ADAPTER_WEIGHTS} has sha256 {_sha256(weights)[:16]}..., its manifest says "
+            f"{expected[:16]}...: the version was changed after it was published; export another version"
+        )
+    config = json.loads((version.path / ADAPTER_CONFIG).read_text())
+    files = {
+        ADAPTER_WEIGHTS: weights,
+        ADAPTER_CONFIG: adapter_config(config, version.manifest).encode(),
+        MODEL_CARD: model_card(version.manifest).encode(),
+        **({_LOSS_CURVE: (version.path / _LOSS_CURVE).read_bytes()} if (version.path / _LOSS_CURVE).is_file() else {}),
+        "manifest.json": (version.path / "manifest.json").read_bytes(),  # last: an export with it is whole
+    }
+    try:
+        fs, root = fsspec.core.url_to_fs(destination)
+        if fs.exists(root) and fs.ls(root, detail=False):
+            raise ExportError(f"{where}: {destination} is not empty; export into a new or empty folder")
+        fs.makedirs(root, exist_ok=True)
+        for name, data in files.items():
+            fs.pipe_file(f"{root.rstrip('/')}/{name}", data)
+        written = fs.cat_file(f"{root.rstrip('/')}/{ADAPTER_WEIGHTS}")
+    except (OSError, ValueError, ImportError) as exc:  # fsspec's and its backends' errors, an unknown protocol
+        raise ExportError(f"{where}: could not write to {destination}: {type(exc).__name__}: {exc}") from exc
+    if _sha256(written) != expected:
+        raise ExportError(f"{where}: the weights read back from {destination} do not match sha256 {expected[:16]}...")
+    log.info("exported %s to %s (%s)", where, destination, ", ".join(files))
+    return list(files)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def announce(settings: Settings, version: Version) -> None:

@@ -17,11 +17,10 @@ from streamtune.prompt import PromptFormat
 from streamtune.settings import Settings
 from training.data import (
     MissingDocs,
-    Window,
     excluded_ids,
     load_anchor,
     read_new,
-    read_recorded,
+    recorded_data,
     split_and_replay,
     window,
 )
@@ -68,8 +67,9 @@ def refresh(
     nothing new); first repairs what a crash left and announces the current version again if its
     announcement is missing on ``adapter-updates``.
 
-    ``missing_docs`` reports which documents were deleted from the index, so that the examples relying on
-    them are left out (and recorded as excluded); None excludes nothing.
+    ``missing_docs`` reports which documents the index lacks: the new examples relying on a deleted one are
+    left out (recorded as excluded), and so are the earlier ones from the replay sample (recorded too); those
+    relying on one only not indexed yet are deferred to the next refresh (recorded). None excludes nothing.
 
     Skipped without training when the gate would have too little evidence to decide on: fewer than the
     minimum held-out examples, the new slice and the earlier held-out ones together. Nothing is published and
@@ -89,12 +89,14 @@ def _refresh(
     tenant = registry.tenant
     current = registry.current()
     span = window(settings, current.manifest if current else None)
-    new = read_new(settings, tenant, span.ranges, missing_docs)
+    new = read_new(settings, tenant, span.ranges, missing_docs, span.carried)
     if len(new) < settings.training.min_examples:
         # checked before the earlier range is read for the replay sample: `--watch` polls often
         say(f"  {tenant}: {new.describe(span.ranges)}")
         return RefreshOutcome("skipped", f"{len(new)} new examples, fewer than {settings.training.min_examples}")
-    data = split_and_replay(settings, tenant, new, span)
+    data = split_and_replay(
+        settings, tenant, new, span, missing_docs=missing_docs, current=current.manifest if current else None
+    )
     say(f"  {tenant}: {data.describe()}")
     evidence = gather_evidence(
         data.held_out,
@@ -147,14 +149,8 @@ def replay(settings: Settings, tenant: str, name: str, *, say: Callable[[str], N
     manifest = registry.get(name).manifest
     recorded = settings.model_copy(update={"training": recorded_training(manifest)})
     parent = _recorded_parent(registry, manifest)
-    new = read_recorded(recorded, tenant, manifest.data)
-    data = split_and_replay(
-        recorded,
-        tenant,
-        new,
-        Window(manifest.data.ranges, manifest.data.replay_ranges),
-        replay_excludes_held_out=manifest.data.replay_excludes_held_out,
-    )
+    # the recorded decisions (exclusions, deferrals, replay positions): the index is not asked again
+    data = recorded_data(recorded, tenant, manifest)
     say(f"  replaying {tenant} {name}: {data.describe()}")
     with tempfile.TemporaryDirectory(prefix="streamtune-replay-") as tmp:
         # the recorded format, not today's inference settings; None (older versions): their bare turns

@@ -16,7 +16,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "bnb_config",
     "conversation_rows",
     "evaluate",
+    "fates",
     "lora_config",
     "quantization_support",
     "train",
@@ -123,30 +124,64 @@ def conversation_rows(
     versions trained before examples carried context replay. Either way an example that does not end with a
     user turn and its answer is left out (``serve`` could not have been asked it).
     """
-    rows = []
+    return [row for _, row, _ in _rendered(examples, prompt, tokenizer, max_length) if row is not None]
+
+
+def _rendered(
+    examples: Sequence[TrainingExample], prompt: PromptFormat | None, tokenizer: Any, max_length: int | None
+) -> list[tuple[str, dict[str, Any] | None, bool]]:
+    """Per example: its id, its row (None: left out) and whether ``max_length`` shortened its context."""
+    rendered: list[tuple[str, dict[str, Any] | None, bool]] = []
     for example in examples:
         turns = [m.model_dump() for m in example.messages]
         if turns[-1]["role"] != "assistant":
+            rendered.append((example.example_id, None, False))
             continue
         if prompt is None:
-            rows.append({"prompt": turns[:-1], "completion": turns[-1:]})
+            rendered.append((example.example_id, {"prompt": turns[:-1], "completion": turns[-1:]}, False))
             continue
         if tokenizer is None:
             raise ValueError("conversation_rows: rendering in a PromptFormat needs the base model's tokenizer")
         asked = [t for t in turns[:-1] if t["role"] != "system"]
         if not asked or asked[-1]["role"] != "user":
+            rendered.append((example.example_id, None, False))
             continue
+        passages = [(p.title, p.text) for p in example.context or []]
+        question, answer, history = asked[-1]["content"], turns[-1]["content"], asked[:-1]
         before, after = conversation(
-            tokenizer,
-            prompt,
-            asked[-1]["content"],
-            [(p.title, p.text) for p in example.context or []],
-            turns[-1]["content"],
-            history=asked[:-1],
-            max_length=max_length,
+            tokenizer, prompt, question, passages, answer, history=history, max_length=max_length
         )
-        rows.append({"prompt": before, "completion": after})
-    return rows
+        shortened = (
+            max_length is not None
+            and bool(passages)
+            and before != conversation(tokenizer, prompt, question, passages, answer, history=history)[0]
+        )
+        rendered.append((example.example_id, {"prompt": before, "completion": after}, shortened))
+    return rendered
+
+
+def fates(
+    examples: Sequence[TrainingExample], prompt: PromptFormat | None, tokenizer: Any, max_length: int
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """(rows, dropped, truncated): the rows to train on, the ids of the examples that give no row or none the
+    trainer keeps (no question and answer at the end, or a prompt that leaves no room for any answer token:
+    TRL drops fully masked rows), and those it trains on cut short (context shortened to fit, or the
+    sequence cut at ``max_length`` tokens). Counted so that the manifest says so, never silently."""
+    rows: list[dict[str, Any]] = []
+    dropped: list[str] = []
+    truncated: list[str] = []
+    for example_id, row, shortened in _rendered(examples, prompt, tokenizer, max_length):
+        if row is None:
+            dropped.append(example_id)
+            continue
+        rows.append(row)
+        asked = _ids(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True))
+        full = _ids(tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True))
+        if len(asked) >= max_length:
+            dropped.append(example_id)
+        elif shortened or len(full) > max_length:
+            truncated.append(example_id)
+    return rows, dropped, truncated
 
 
 @dataclass(frozen=True)
@@ -155,6 +190,10 @@ class TrainResult:
     tokens: int
     seconds: float
     losses: list[tuple[int, float]]
+    dropped: list[str] = field(default_factory=list)
+    """Ids of the examples the trainer could not use (``fates``)."""
+    truncated: list[str] = field(default_factory=list)
+    """Ids of the examples trained on cut short to ``max_length`` tokens (``fates``)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -181,7 +220,12 @@ def train(
     from transformers import PrinterCallback, TrainerCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    set_seed(settings.seed, deterministic=True)
+    # Seeded before loading: the fresh LoRA weights are drawn here. Deterministic algorithms only on CUDA,
+    # where cuBLAS and atomic adds need them: CPU kernels give the same bytes for the same thread count
+    # (``torch_threads``, in the manifest) without them (the same sha256 as with them; BENCHMARKS.md), while
+    # the switch stays set process-wide after training and sets CUDA environment variables.
+    deterministic = torch.cuda.is_available()
+    set_seed(settings.seed, deterministic=deterministic)
     model = load_model(source, settings, quantize=quantize, adapter=parent, trainable=True)
     config = SFTConfig(
         output_dir=str(work_dir),
@@ -192,7 +236,7 @@ def train(
         warmup_steps=0,
         seed=settings.seed,
         data_seed=settings.seed,
-        full_determinism=True,
+        full_determinism=deterministic,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -215,10 +259,16 @@ def train(
                     f"loss {float(logs['loss']):.3f}  {rate:.0f} tokens/s"
                 )
 
+    rows, dropped, truncated = fates(examples, prompt, tokenizer, settings.max_length)
+    if dropped or truncated:
+        say(
+            f"    {len(examples)} examples: {len(dropped)} dropped (no usable question and answer), "
+            f"{len(truncated)} truncated to {settings.max_length} tokens (recorded in the manifest)"
+        )
     trainer = SFTTrainer(
         model=model,
         args=config,
-        train_dataset=Dataset.from_list(conversation_rows(examples, prompt, tokenizer, max_length=settings.max_length)),
+        train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         callbacks=[Progress()],
     )
@@ -227,7 +277,9 @@ def train(
     history = trainer.state.log_history
     losses = [(int(h["step"]), float(h["loss"])) for h in history if "loss" in h]
     tokens = int(max((float(h.get("num_tokens", 0)) for h in history), default=0))
-    result = TrainResult(int(trainer.state.global_step), tokens, float(output.metrics["train_runtime"]), losses)
+    result = TrainResult(
+        int(trainer.state.global_step), tokens, float(output.metrics["train_runtime"]), losses, dropped, truncated
+    )
     return trainer.model, result
 
 
@@ -285,7 +337,8 @@ def train_candidate(
         prompt=prompt,
     )
     adapter_dir = work / "adapter"
-    model.save_pretrained(str(adapter_dir))
+    # Embeddings are never trained; "auto" would ask the hub about the base model a parent's config names.
+    model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
     quantization = "nf4+double-quant" if quantize else f"none ({why_not})"
     return Candidate(adapter_dir, source, tokenizer, quantize, quantization, result, prompt)
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from streamtune import logs
 from streamtune.contracts import AdapterUpdate
 from streamtune.errors import ContractError, KafkaUnavailableError, StreamtuneError
 from streamtune.kafka import committed_end_offsets, read_range
@@ -78,6 +79,7 @@ class _Failures:
             self.count[tenant],
             # ours say what went wrong in words; anything else is a bug or an OOM, whose stack is worth keeping
             exc_info=not isinstance(exc, StreamtuneError),
+            extra={"tenant": tenant},
         )
 
     def succeeded(self, tenant: str) -> None:
@@ -108,7 +110,7 @@ def _trained_up_to(settings: Settings, tenant: str) -> dict[int, int]:
         current = open_registry(settings, tenant).current()
     except (StreamtuneError, OSError, ValueError) as exc:
         # Counted from the start; the refresh then fails on the same registry and says so, with backoff.
-        log.debug("watch: %s: cannot read the current adapter (%s)", tenant, exc)
+        log.debug("watch: %s: cannot read the current adapter (%s)", tenant, exc, extra={"tenant": tenant})
         return {}
     return current.manifest.data.trained_up_to() if current else {}
 
@@ -129,7 +131,7 @@ def watch(
 
     metrics = WatchMetrics()
     if settings.training.metrics_port:
-        metrics.serve(settings.training.metrics_port)
+        metrics.serve(settings.training.metrics_port, settings.training.metrics_host)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     failures = _Failures(settings.training.refresh_backoff())
@@ -167,11 +169,12 @@ def watch(
                     continue
                 if not failures.ready(tenant, time.monotonic()):
                     continue  # its examples stay pending until its backoff has passed
-                log.info("watch: %s: %d new examples; refreshing", tenant, pending[tenant])
+                log.info("watch: %s: %d new examples; refreshing", tenant, pending[tenant], extra={"tenant": tenant})
                 refreshes += 1
                 begin = time.monotonic()
                 try:
-                    outcome = refresh(settings, tenant, missing_docs=missing_docs, say=log.info)
+                    with logs.context(tenant=tenant):  # the refresh's progress lines name the tenant too
+                        outcome = refresh(settings, tenant, missing_docs=missing_docs, say=log.info)
                 except Exception as exc:  # MemoryError included: that tenant's failure, not the service's
                     failures.failed(tenant, "refresh", exc)
                     metrics.refreshed(tenant, "failed", time.monotonic() - begin, None)
@@ -180,7 +183,14 @@ def watch(
                 metrics.pending.labels(tenant).set(0)
                 failures.succeeded(tenant)
                 unreconciled.discard(tenant)  # a refresh repairs and reconciles first
-                log.info("watch: %s: %s %s (%s)", tenant, outcome.status, outcome.version or "", outcome.reason)
+                log.info(
+                    "watch: %s: %s %s (%s)",
+                    tenant,
+                    outcome.status,
+                    outcome.version or "",
+                    outcome.reason,
+                    extra={"tenant": tenant},
+                )
                 del pending[tenant], waiting_since[tenant]
             if not done():
                 stop.wait(settings.training.watch_poll_s if poll_s is None else poll_s)

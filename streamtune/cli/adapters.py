@@ -1,4 +1,8 @@
-"""``streamtune adapters list|show V|promote V|rollback``: the adapter registry of one tenant."""
+"""``streamtune adapters list|show V|promote V|rollback|export V DIR``: the adapter registry of one tenant.
+
+``export`` writes a version as a plain PEFT adapter folder (to a path, ``file://`` or any fsspec URL) that
+``PeftModel.from_pretrained`` loads on a machine with only the base model (``training.publish.export_version``).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,13 @@ def register(commands: Any) -> None:
         if name == "show":
             action.add_argument("--json", action="store_true")
         action.set_defaults(func=func)
+    export_ = actions.add_parser(
+        "export", help="write a version as a plain PEFT adapter folder with its model card (DIR: a path or fsspec URL)"
+    )
+    export_.add_argument("version")
+    export_.add_argument("destination", metavar="DIR")
+    export_.add_argument("--tenant", default=argparse.SUPPRESS)
+    export_.set_defaults(func=export)
     rollback_ = actions.add_parser("rollback", help="make the previously current version current again")
     rollback_.add_argument("--tenant", default=argparse.SUPPRESS)
     rollback_.set_defaults(func=rollback)
@@ -67,6 +78,18 @@ def promote(settings: Settings, args: argparse.Namespace) -> int:
 
     version = promote_and_announce(settings, args.tenant, args.version)
     print(f"{args.tenant}: {version.name} is current and announced")
+    return 0
+
+
+def export(settings: Settings, args: argparse.Namespace) -> int:
+    from training.modelcard import portable_base
+    from training.publish import export_version
+
+    version = _registry(settings, args.tenant).get(args.version)
+    files = export_version(version, args.destination)
+    base = portable_base(version.manifest.base_model)
+    print(f"{args.tenant} {version.name}: exported {', '.join(files)} to {args.destination}")
+    print(f"  base model {base.name} ({'portable' if base.portable else 'a local path: not portable'})")
     return 0
 
 

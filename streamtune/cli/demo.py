@@ -76,7 +76,9 @@ def _document(event_id: str, doc: dict[str, Any]) -> Any:
 
 
 @contextmanager
-def _services(settings: Settings) -> Iterator[tuple[ServiceProcess, ServiceProcess, ServiceProcess]]:
+def _services(
+    settings: Settings,
+) -> Iterator[tuple[ServiceProcess, ServiceProcess, ServiceProcess, ServiceProcess | None]]:
     if settings.flink.python_executable is None:
         raise ConfigError(
             "flink.python_executable",
@@ -85,12 +87,18 @@ def _services(settings: Settings) -> Iterator[tuple[ServiceProcess, ServiceProce
             "STREAMTUNE__FLINK__PYTHON_EXECUTABLE=.venv/flink/bin/python (`make demo` does)",
         )
     logs = settings.cache_dir / "demo" / "logs"
-    job = ingest_job(logs, python=str(settings.flink.python_executable))
-    server = query_server(logs)
-    gateway = ServiceProcess(["http"], b"http: listening", logs)
+    # the services log to files; -v given to the demo makes them verbose too
+    env = {"STREAMTUNE__LOGGING__VERBOSE": str(settings.logging.verbose)}
+    job = ingest_job(logs, env, python=str(settings.flink.python_executable))
+    server = query_server(logs, env)
+    gateway = ServiceProcess(["http"], b"http: listening", logs, env)
+    python = settings.monitor.python_executable
+    monitor = ServiceProcess(["monitor"], b"monitor: ready", logs, env, python=str(python)) if python else None
     try:
-        yield job, server, gateway
+        yield job, server, gateway, monitor
     finally:
+        if monitor is not None:
+            monitor.stop()
         gateway.stop()
         server.stop()
         job.stop()
@@ -117,10 +125,13 @@ def main(settings: Settings) -> int:
     Stack(settings, say=_say).up()
     create_topics(settings.kafka, settings.topics)
 
-    with _services(settings) as (job, server, gateway), Retriever(settings) as retriever:
+    with _services(settings) as (job, server, gateway, monitor), Retriever(settings) as retriever:
         step("start the ingest job (PyFlink, local MiniCluster)")
         job.start()
         _say(f"running; log {job.log}")
+        if monitor is not None:
+            monitor.start()
+            _say(f"monitor (faust-streaming): http://{settings.monitor.host}:{settings.monitor.port}/status/{TENANT}")
 
         documents, qa = sample("demo_documents.jsonl"), sample("demo_qa.jsonl")
         step(f"publish the sample domain: {len(documents)} documents, {len(qa)} vetted QA pairs (tenant {TENANT})")
@@ -131,6 +142,7 @@ def main(settings: Settings) -> int:
             out.produce(events, key=event.key.encode(), value=encode(event))
         out.flush(30)
         store = retriever.store
+        _say(f"waiting until all {len(documents)} documents are searchable")
         wait_for(lambda: all(store.count(TENANT, d["doc_id"]) for d in documents), 300, "demo: indexing", 0.5)
         _say(f"{store.count(TENANT)} chunks indexed")
         # The QA pairs follow the documents: each example stores the context retrieved when it is recorded.
@@ -185,10 +197,34 @@ def main(settings: Settings) -> int:
         _show(CHANGED_QUESTION, ask(settings, CHANGED_QUESTION, TENANT))
         _say(f"answered {time.monotonic() - changed_at:.1f}s after the change was published")
 
+        if monitor is not None:
+            step("what the monitor saw (its /metrics, tenant {TENANT})".replace("{TENANT}", TENANT))
+            _show_monitor(settings)
+
     step(f"done in {step.elapsed() / 60:.1f} minutes. The stack keeps running: `make stack-down` stops it.")
     print("    Try: .venv/ml/bin/streamtune adapters list --tenant fjordline", flush=True)
     print("         .venv/ml/bin/streamtune train replay v0001 --tenant fjordline   (same sha256 on CPU)", flush=True)
     return 0
+
+
+def _show_monitor(settings: Settings) -> None:
+    """The monitor's figures for the demo tenant, once it has read the answers the demo received."""
+    import urllib.request
+
+    url = f"http://{settings.monitor.host}:{settings.monitor.port}/metrics"
+
+    def series() -> list[str]:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode()
+        return [line for line in text.splitlines() if f'tenant="{TENANT}"' in line and not line.startswith("#")]
+
+    def answered() -> bool:
+        return any(line.startswith("streamtune_monitor_answers_total") for line in series())
+
+    wait_for(answered, 60, "demo: the monitor to read the answers", 0.5)
+    for line in series():
+        if "_bucket" not in line:
+            _say(line)
 
 
 def _ask_http(settings: Settings, question: str) -> dict[str, Any]:

@@ -16,11 +16,11 @@ def register(commands: Any) -> None:
         help="OpenAI-compatible HTTP gateway: chat completions through queries → serve → answers",
         description="Without an action: run the gateway on http.host:http.port until SIGTERM / Ctrl-C.",
     )
-    parser.set_defaults(func=serve)
+    parser.set_defaults(func=serve, service=True)
     actions = parser.add_subparsers(dest="action", metavar="[action]")
     hash_ = actions.add_parser("hash-key", help="print the sha256 digest of an API key, to put in http.api_keys")
     hash_.add_argument("key", nargs="?", default=None, help="the key; omit it to read one line from stdin")
-    hash_.set_defaults(func=hash_key)
+    hash_.set_defaults(func=hash_key, service=False)
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:

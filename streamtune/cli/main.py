@@ -8,14 +8,30 @@ Exit codes: 0 success; 1 a domain error (or a result that says no, such as a rep
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from streamtune.cli import adapters, ask, config, demo, dlq, http, search, serve, stack, streams, topics, train
+from streamtune import logs
+from streamtune.cli import (
+    adapters,
+    ask,
+    config,
+    contracts,
+    demo,
+    dlq,
+    examples,
+    http,
+    monitor,
+    search,
+    serve,
+    stack,
+    streams,
+    topics,
+    train,
+)
 from streamtune.errors import ConfigError, StreamtuneError, UnavailableError
-from streamtune.settings import load_settings
+from streamtune.settings import Settings, load_settings
 
 __all__ = ["EXIT_CONFIG", "EXIT_ERROR", "EXIT_UNAVAILABLE", "EXIT_USAGE", "build_parser", "main", "run"]
 
@@ -24,7 +40,9 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69
 EXIT_CONFIG = 78
 
-_GROUPS = (stack, topics, config, streams, dlq, search, train, adapters, serve, ask, demo, http)
+_GROUPS = (
+    stack, topics, config, streams, dlq, search, train, adapters, examples, contracts, serve, ask, demo, http, monitor
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,28 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_OURS = ("streamtune", "streams", "retrieval", "training", "inference")
+def _configure_logging(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The one place logging is configured; returns the settings with ``-v`` folded into ``logging.verbose``
+    (the model loaders read it there to keep third-party progress bars and warnings quiet).
 
-
-def _configure_logging(verbose: int) -> None:
-    """Services log through module loggers; this is the one place they are given a handler.
-
-    Our packages log at INFO (DEBUG with -vv); third-party libraries only their warnings (INFO with -v).
+    A command is a long-running service when its parser says so (``set_defaults(service=True)``: ``serve``,
+    ``http``, ``train watch``, ``streams run``) or it is ``train --watch``, the alias of ``train watch``;
+    services log JSON lines (``logging.format`` auto), one-shot commands plain ones.
     """
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for name in _OURS:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    verbose = max(settings.logging.verbose, min(args.verbose, 2))
+    settings = settings.model_copy(update={"logging": settings.logging.model_copy(update={"verbose": verbose})})
+    service = bool(getattr(args, "service", False) or getattr(args, "watch", False))
+    logs.configure(settings.logging, service=service)
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose)
     try:
-        settings = load_settings(args.config)
+        settings = _configure_logging(load_settings(args.config), args)
         code: int = args.func(settings, args)
         return code
     except ConfigError as exc:

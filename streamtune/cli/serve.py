@@ -9,7 +9,7 @@ from streamtune.settings import Settings
 
 
 def register(commands: Any) -> None:
-    commands.add_parser("serve", help="answer queries from the queries topic").set_defaults(func=serve)
+    commands.add_parser("serve", help="answer queries from the queries topic").set_defaults(func=serve, service=True)
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:

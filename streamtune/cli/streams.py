@@ -12,7 +12,7 @@ def register(commands: Any) -> None:
     actions = commands.add_parser("streams", help="the Flink ingest job").add_subparsers(
         dest="action", required=True, metavar="action"
     )
-    actions.add_parser("run", help="run the job (local MiniCluster) until stopped").set_defaults(func=run)
+    actions.add_parser("run", help="run the job (local MiniCluster) until stopped").set_defaults(func=run, service=True)
     submit_ = actions.add_parser(
         "submit", help="submit the job to the standalone Flink cluster (`stack up --flink-cluster`), detached"
     )

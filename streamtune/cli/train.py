@@ -22,7 +22,7 @@ def register(commands: Any) -> None:
     run_.add_argument("--tenant", default=argparse.SUPPRESS)
     run_.set_defaults(func=run)
     actions.add_parser("watch", help="refresh every tenant whenever enough new examples accumulate").set_defaults(
-        func=watch
+        func=watch, service=True
     )
     replay_ = actions.add_parser("replay", help="rebuild a version from its manifest and compare the sha256")
     replay_.add_argument("version")
@@ -30,15 +30,20 @@ def register(commands: Any) -> None:
     replay_.set_defaults(func=replay)
 
 
-def index_check(settings: Settings) -> Callable[[str, set[str]], set[str]]:
-    """The deleted-document check that training is handed: which of a tenant's doc ids the index lacks."""
+def index_check(settings: Settings) -> Callable[[str, set[str]], Any]:
+    """The document check that training is handed (``training.data.MissingDocs``): which of a tenant's doc ids
+    the index lacks, told apart into deleted (their last event on ``domain-events`` is a deletion) and not
+    indexed yet (the job has not written them: their examples are deferred, not lost)."""
 
-    def missing(tenant: str, doc_ids: set[str]) -> set[str]:
+    def missing(tenant: str, doc_ids: set[str]) -> Any:
         from retrieval import connect
         from retrieval.store import ChunkStore
+        from training.data import DocGaps, deleted_documents
 
         with connect(settings.weaviate) as client:
-            return ChunkStore(client, settings).missing(tenant, doc_ids)
+            lacking = ChunkStore(client, settings).missing(tenant, doc_ids)
+        deleted = deleted_documents(settings, tenant, lacking) if lacking else set()
+        return DocGaps(frozenset(deleted), frozenset(lacking - deleted))
 
     return missing
 

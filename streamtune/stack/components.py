@@ -240,8 +240,10 @@ class Weaviate(Component):
         self.binary = self.gobin / "weaviate-server"
 
     def address(self) -> str:
-        w = self.settings.weaviate
-        return f"http://127.0.0.1:{w.http_port} (gRPC {w.grpc_port})"
+        w, metrics = self.settings.weaviate, self.settings.stack.weaviate_metrics_port
+        return f"http://127.0.0.1:{w.http_port} (gRPC {w.grpc_port}" + (
+            f"; metrics :{metrics}/metrics)" if metrics else ")"
+        )
 
     def ports(self) -> list[int]:
         s, w = self.settings.stack, self.settings.weaviate
@@ -252,12 +254,16 @@ class Weaviate(Component):
             s.weaviate_gossip_port + 1,
             s.weaviate_raft_port,
             s.weaviate_raft_port + 1,
+            *([s.weaviate_metrics_port] if s.weaviate_metrics_port else []),
         ]
 
     def exposed(self) -> list[int]:
-        # Weaviate v1.39's gRPC server listens on ":<port>" (adapters/handlers/grpc/server.go) and its cluster
-        # data port likewise; no setting places them on 127.0.0.1. Said in `stack status` and the README.
-        return [self.settings.weaviate.grpc_port, self.settings.stack.weaviate_gossip_port + 1]
+        # Weaviate v1.39's gRPC server listens on ":<port>" (adapters/handlers/grpc/server.go), its cluster
+        # data port likewise, and so does its Prometheus exporter (adapters/handlers/rest/configure_api.go);
+        # no setting places them on 127.0.0.1. Said in `stack status` and the README.
+        s = self.settings.stack
+        metrics = [s.weaviate_metrics_port] if s.weaviate_metrics_port else []
+        return [self.settings.weaviate.grpc_port, s.weaviate_gossip_port + 1, *metrics]
 
     def check_tools(self) -> None:
         if not self.installed():
@@ -319,7 +325,10 @@ class Weaviate(Component):
             "DISABLE_TELEMETRY": "true",
             "LOG_LEVEL": "info",
             "GOMAXPROCS": "2",
+            "PROMETHEUS_MONITORING_ENABLED": "true" if s.weaviate_metrics_port else "false",
         }
+        if s.weaviate_metrics_port:
+            env["PROMETHEUS_MONITORING_PORT"] = str(s.weaviate_metrics_port)
         cmd = [str(self.binary), "--host", "127.0.0.1", "--port", str(w.http_port), "--scheme", "http"]
         return cmd, env
 

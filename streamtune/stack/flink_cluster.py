@@ -42,6 +42,7 @@ __all__ = [
     "flink_cluster",
     "flink_home",
     "job_status",
+    "prometheus_reporter",
     "submit_job",
 ]
 
@@ -56,6 +57,23 @@ def flink_home() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def prometheus_reporter(port: int) -> dict[str, str]:
+    """Flink configuration that serves every metric of the process on ``port`` (``/metrics``); none for 0.
+
+    The reporter is a plugin of the distribution that apache-flink ships (``pyflink/plugins/metrics-prometheus``):
+    the standalone cluster's processes load it from there (``streams.flink`` configures the local MiniCluster
+    the same way, and puts the jar on its classpath). Its HTTP server binds every interface
+    (``new InetSocketAddress(port)`` in ``PrometheusReporter``; no option places it). A port that is taken
+    costs the reporter, not the job.
+    """
+    if not port:
+        return {}
+    return {"metrics.reporter.prom.factory.class": _PROMETHEUS_FACTORY, "metrics.reporter.prom.port": str(port)}
+
+
+_PROMETHEUS_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
 
 
 def flink_cluster(settings: Settings) -> list[Component]:
@@ -117,7 +135,19 @@ class _FlinkProcess(Component):
             # Jobs that do not name one get the Flink environment's Python for their workers and client.
             "python.executable": str(python),
             "python.client.executable": str(python),
+            **prometheus_reporter(self.metrics_port),
         }
+
+    @property
+    def metrics_port(self) -> int:
+        """Port of this process's Prometheus reporter (0: none)."""
+        return self.settings.flink.cluster_metrics_port
+
+    def _metrics_ports(self) -> list[int]:
+        return [self.metrics_port] if self.metrics_port else []
+
+    def exposed(self) -> list[int]:
+        return self._metrics_ports()  # the reporter binds every interface (see prometheus_reporter)
 
     def prepare(self) -> None:
         assert self.flink_home is not None
@@ -148,10 +178,11 @@ class FlinkJobManager(_FlinkProcess):
     script = "jobmanager.sh"
 
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.settings.flink.rest_port} (RPC {self.settings.flink.rpc_port})"
+        flink = self.settings.flink
+        return f"http://127.0.0.1:{flink.rest_port} (RPC {flink.rpc_port}{_metrics_note(self.metrics_port)})"
 
     def ports(self) -> list[int]:
-        return [self.settings.flink.rest_port, self.settings.flink.rpc_port]
+        return [self.settings.flink.rest_port, self.settings.flink.rpc_port, *self._metrics_ports()]
 
     def healthy(self) -> bool:
         overview = _get(self.settings, "/overview")
@@ -165,12 +196,24 @@ class FlinkTaskManager(_FlinkProcess):
 
     def __init__(self, settings: Settings, index: int) -> None:
         self.name = f"flink-taskmanager-{index}"
+        self.index = index
         super().__init__(settings)
+
+    @property
+    def metrics_port(self) -> int:
+        base = self.settings.flink.cluster_metrics_port
+        return base + self.index if base else 0
+
+    def ports(self) -> list[int]:
+        return self._metrics_ports()
 
     def address(self) -> str:
         flink = self.settings.flink
         slots = f"{flink.task_slots} slot{'s' if flink.task_slots > 1 else ''}"
-        return f"127.0.0.1 ({slots}, {flink.taskmanager_memory}; jobmanager RPC {flink.rpc_port})"
+        return (
+            f"127.0.0.1 ({slots}, {flink.taskmanager_memory}; jobmanager RPC {flink.rpc_port}"
+            f"{_metrics_note(self.metrics_port)})"
+        )
 
     def _config(self) -> dict[str, Any]:
         # A resource id of its own: the jobmanager tells the taskmanagers apart by it, and a restarted one
@@ -182,7 +225,7 @@ class FlinkTaskManager(_FlinkProcess):
         # state, logging, ...) on ephemeral ports that listen on every interface: flink-python's copy of Beam's
         # ServerFactory builds them with NettyServerBuilder.forPort, and no Flink setting places them. They
         # can go from here once flink-python binds them to the loopback address it already advertises.
-        return _wildcard_listeners(str(self.conf_dir))
+        return sorted({*super().exposed(), *_wildcard_listeners(str(self.conf_dir))})
 
     def healthy(self) -> bool:
         listing = _get(self.settings, "/taskmanagers")
@@ -239,7 +282,9 @@ def submit_job(
         raise StackError("flink-submit", f"no Kafka connector jar at {jar}", "run `streamtune stack up` to download it")
     job_file = script or _ingest_job_file()
     client = settings.stack_home / "flink-client"
-    _write_conf(client / "conf", home, FlinkJobManager(settings)._config() | {"io.tmp.dirs": str(client / "tmp")})
+    # The client's configuration is the jobmanager's, less its reporter: the jobmanager holds that port.
+    config = {k: v for k, v in FlinkJobManager(settings)._config().items() if not k.startswith("metrics.reporter.")}
+    _write_conf(client / "conf", home, config | {"io.tmp.dirs": str(client / "tmp")})
     (client / "tmp").mkdir(parents=True, exist_ok=True)
     rest = f"127.0.0.1:{settings.flink.rest_port}"
     cmd = [str(home / "bin" / "flink"), "run", "-m", rest, "-d", "-p", str(parallelism)]
@@ -316,6 +361,10 @@ def cancel_job(settings: Settings, job_id: str, *, wait: bool = True) -> JobStat
                 "see the taskmanagers' logs (`streamtune stack logs flink-taskmanager-1`)",
             )
         time.sleep(0.5)
+
+
+def _metrics_note(port: int) -> str:
+    return f"; metrics :{port}/metrics" if port else ""
 
 
 def _python(settings: Settings) -> Path:

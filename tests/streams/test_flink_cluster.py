@@ -90,6 +90,7 @@ def cluster(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
                     "cluster": True,
                     "rest_port": _free_port(),
                     "rpc_port": _free_port(),
+                    "cluster_metrics_port": 0,  # not the subject here; the shared stack's may be running
                     "taskmanagers": 2,
                     "task_slots": 1,
                     # small: two cores and other tests share this machine

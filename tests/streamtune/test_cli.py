@@ -13,7 +13,7 @@ def test_every_command_group_is_registered() -> None:
     groups = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert set(groups) == {
         "stack", "topics", "config", "streams", "dlq", "search", "train", "adapters", "serve", "ask", "demo",
-        "http",
+        "http", "examples", "contracts", "monitor",
     }  # fmt: skip
 
 

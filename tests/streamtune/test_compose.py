@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from streamtune.settings import Settings, load_settings
 from streamtune.stack.components import Weaviate
+from streamtune.stack.flink_cluster import prometheus_reporter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +36,7 @@ def test_every_role_has_a_service(compose: dict) -> None:  # type: ignore[type-a
         compose["services"]
     )
     for service in compose["services"].values():
-        if "build" in service:
+        if "dockerfile" in service.get("build", {}):
             assert (ROOT / service["build"]["dockerfile"]).is_file()
 
 
@@ -68,6 +71,8 @@ def test_weaviate_settings_match_the_local_stack(compose: dict, defaults: Settin
         "RAFT_BOOTSTRAP_EXPECT",
         "GRPC_PORT",
         "DISABLE_TELEMETRY",
+        "PROMETHEUS_MONITORING_ENABLED",
+        "PROMETHEUS_MONITORING_PORT",
     ):
         assert compose_env[key] == local_env[key], key
 
@@ -117,3 +122,189 @@ def test_every_long_running_service_restarts_and_has_a_health_check(compose: dic
 def test_health_checks_use_the_configured_metrics_ports(compose: dict, defaults: Settings) -> None:  # type: ignore[type-arg]
     serve_check = " ".join(compose["services"]["inference"]["healthcheck"]["test"])
     assert f":{defaults.inference.metrics_port}/metrics" in serve_check
+
+
+# -- Prometheus and Grafana ------------------------------------------------------------------------------------
+PROMETHEUS = ROOT / "docker" / "prometheus"
+GRAFANA = ROOT / "docker" / "grafana"
+# PromQL words that are not metric names: functions are told apart by their "(", these by name.
+_PROMQL_WORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or", "unless",
+    "inf", "nan",
+}  # fmt: skip
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (not its functions, labels, durations or strings)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # string literals
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range and subquery durations
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)  # label lists
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        following = text[match.end() :].lstrip()
+        if following.startswith("(") or match.group() in _PROMQL_WORDS:
+            continue
+        names.add(match.group())
+    return names
+
+
+def test_promql_metric_names_skip_functions_labels_and_durations() -> None:
+    expr = 'histogram_quantile(0.99, sum by (le, stage) (rate(a_bucket{x="y(z)"}[5m]))) / on (tenant) b > bool 1'
+    assert promql_metric_names(expr) == {"a_bucket", "b"}
+
+
+def _registry_names(registry: Any) -> set[str]:
+    """Every series name a prometheus-client registry can expose, whether or not a labelled child exists yet."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+        "gauge": ("",),
+    }
+    return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
+
+
+@pytest.fixture(scope="module")
+def existing_metrics() -> dict[str, set[str]]:
+    """The names each source serves: our registries, instantiated; Flink's and Weaviate's from the list that
+    tests/streams/test_metrics.py and tests/retrieval/test_weaviate_metrics.py check against live endpoints."""
+    from inference.gateway import GatewayMetrics
+    from inference.metrics import ServeMetrics
+    from monitor.metrics import NAMES, MonitorMetrics
+    from training.metrics import WatchMetrics
+
+    monitor = _registry_names(MonitorMetrics().registry)
+    # the monitor's own declared list: every family it names is on its registry
+    assert all(any(n == name or n.startswith(name + "_") for n in monitor) for name in NAMES)
+    external = yaml.safe_load((PROMETHEUS / "external-metrics.yml").read_text())
+    return {
+        "serve": _registry_names(ServeMetrics().registry),
+        "gateway": _registry_names(GatewayMetrics().registry),
+        "trainer": _registry_names(WatchMetrics().registry),
+        "monitor": monitor,
+        "flink": set(external["flink"]),
+        "weaviate": set(external["weaviate"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    return json.loads((GRAFANA / "dashboards" / "streamtune.json").read_text())
+
+
+def _expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        if "expr" in target
+    ]
+
+
+def test_every_dashboard_query_names_only_metrics_that_exist(
+    dashboard: dict[str, Any], existing_metrics: dict[str, set[str]]
+) -> None:
+    known = set().union(*existing_metrics.values())
+    expressions = _expressions(dashboard)
+    assert len(expressions) >= 20
+    unknown = {
+        f"{title}: {name}" for title, expr in expressions for name in promql_metric_names(expr) if name not in known
+    }
+    assert not unknown, f"dashboard queries name series nothing serves: {sorted(unknown)}"
+    # every source has a place on the dashboard
+    named = {name for _, expr in expressions for name in promql_metric_names(expr)}
+    assert {source for source, names in existing_metrics.items() if names & named} == set(existing_metrics)
+
+
+def test_the_dashboard_covers_the_operational_questions(dashboard: dict[str, Any]) -> None:
+    named = {name for _, expr in _expressions(dashboard) for name in promql_metric_names(expr)}
+    for needed in (
+        "streamtune_monitor_freshness_p99_seconds",
+        "streamtune_answer_stage_seconds_bucket",
+        "streamtune_answers_total",
+        "streamtune_monitor_errors_total",
+        "flink_taskmanager_job_task_operator_dead_letter_class_dead_letters",
+        "streamtune_monitor_dlq_total",
+        "streamtune_refreshes_total",
+        "streamtune_refresh_seconds_bucket",
+        "streamtune_gate_score",
+        "streamtune_adapters_loaded",
+        "streamtune_adapter_evictions_total",
+        "streamtune_adapter_serving",
+        "streamtune_pending_examples",
+    ):
+        assert needed in named, needed
+
+
+def test_grafana_provisioning_points_at_prometheus_and_the_dashboard(compose: dict, dashboard: dict[str, Any]) -> None:  # type: ignore[type-arg]
+    datasource = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    (source,) = datasource["datasources"]
+    assert source["type"] == "prometheus"
+    prometheus_port = int(compose["services"]["prometheus"]["ports"][0].split(":")[-1])
+    assert source["url"] == f"http://prometheus:{prometheus_port}"
+    uids = {target["datasource"]["uid"] for panel in dashboard["panels"] for target in panel.get("targets", [])} | {
+        panel["datasource"]["uid"] for panel in dashboard["panels"] if "datasource" in panel
+    }
+    assert uids == {source["uid"]}
+    provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "streamtune.yml").read_text())
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["grafana"]["volumes"] if v.startswith("./"))
+    assert mounts["./docker/grafana/provisioning"] == "/etc/grafana/provisioning"
+    assert mounts["./docker/grafana/dashboards"] == provider["providers"][0]["options"]["path"]
+    prometheus_mounts = dict(v.split(":")[:2] for v in compose["services"]["prometheus"]["volumes"])
+    assert prometheus_mounts["./docker/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+
+
+def _scrape_targets() -> list[tuple[str, str, int]]:
+    """(job, compose service, port) of every target in prometheus.yml, static or by DNS."""
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    targets = []
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, _, port = target.rpartition(":")
+                targets.append((job["job_name"], host, int(port)))
+        for dns in job.get("dns_sd_configs", []):
+            targets += [(job["job_name"], name, int(dns["port"])) for name in dns["names"]]
+    return targets
+
+
+def _metrics_ports(service: dict[str, Any]) -> set[int]:
+    """The /metrics ports a compose service declares: in its health check, Weaviate's exporter variable, or
+    Flink's reporter option."""
+    text = json.dumps(service.get("healthcheck", {})) + json.dumps(service.get("command", ""))
+    ports = {int(p) for p in re.findall(r":(\d+)/metrics", text)}
+    ports |= {int(p) for p in re.findall(r"metrics\.reporter\.prom\.port=(\d+)", text)}
+    if "PROMETHEUS_MONITORING_PORT" in service.get("environment", {}):
+        ports.add(int(service["environment"]["PROMETHEUS_MONITORING_PORT"]))
+    return ports
+
+
+def test_every_scrape_target_is_a_compose_service_serving_that_port(compose: dict, defaults: Settings) -> None:  # type: ignore[type-arg]
+    targets = _scrape_targets()
+    services = compose["services"]
+    for job, host, port in targets:
+        assert host in services, f"{job}: no compose service {host!r}"
+        assert port in _metrics_ports(services[host]), f"{job}: {host} serves no /metrics on {port}"
+    expected = {
+        ("inference", defaults.inference.metrics_port),
+        ("gateway", defaults.http.metrics_port),
+        ("trainer", defaults.training.metrics_port),
+        ("monitor", defaults.monitor.port),
+        ("jobmanager", defaults.flink.cluster_metrics_port),
+        ("taskmanager", defaults.flink.cluster_metrics_port + 1),
+        ("weaviate", defaults.stack.weaviate_metrics_port),
+    }
+    assert {(host, port) for _, host, port in targets} == expected
+    assert services["prometheus"]["ports"] and services["grafana"]["ports"]
+
+
+def test_flink_processes_enable_the_reporter_as_the_local_stack_does(compose: dict, defaults: Settings) -> None:  # type: ignore[type-arg]
+    for name, port in (
+        ("jobmanager", defaults.flink.cluster_metrics_port),
+        ("taskmanager", defaults.flink.cluster_metrics_port + 1),
+    ):
+        command = " ".join(compose["services"][name]["command"])
+        for key, value in prometheus_reporter(port).items():
+            assert f"-D {key}={value}" in command, (name, key)
+        assert "FLINK_PROPERTIES" not in compose["services"][name]["environment"]  # no script of ours reads it

@@ -1,4 +1,4 @@
-"""Dependency rules (docs/architecture.md): core ← retrieval ← streams, inference; training on core only;
+"""Dependency rules (docs/architecture.md): core ← retrieval ← streams, inference, monitor; training on core only;
 the CLI on top of everything and imported by nothing. Checked on the source, lazy imports included."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("streamtune", "streams", "retrieval", "training", "inference")
+PACKAGES = ("streamtune", "streams", "retrieval", "training", "inference", "monitor")
 # What each layer may import besides itself; the CLI package may import anything.
 ALLOWED = {
     "streamtune": {"streamtune"},
@@ -19,6 +19,8 @@ ALLOWED = {
     "streams": {"streamtune", "retrieval", "streams"},
     "inference": {"streamtune", "retrieval", "inference"},
     "training": {"streamtune", "training"},
+    # read-only over the topics, the index and the adapter store; its own environment has no torch
+    "monitor": {"streamtune", "retrieval", "monitor"},
 }
 
 

@@ -81,6 +81,7 @@ def side_stack(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
             "kafka_controller_port": _free_port(),
             "weaviate_gossip_port": _free_port_pair(),
             "weaviate_raft_port": _free_port_pair(),
+            "weaviate_metrics_port": _free_port(),
             "startup_timeout_s": 90,
         },
     )

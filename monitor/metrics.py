@@ -1,0 +1,100 @@
+"""Every series `streamtune monitor` publishes on ``/metrics``, declared once, on a registry of its own.
+
+``NAMES`` lists the series as Prometheus shows them (a counter ``x`` appears as ``x_total``, a histogram
+``x`` as ``x_bucket``/``x_sum``/``x_count``); dashboards and their tests import it instead of spelling names.
+Importing this module creates nothing: ``MonitorMetrics(registry)`` makes the series on the given registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["LATENCY_BUCKETS", "NAMES", "PREFIX", "MonitorMetrics"]
+
+PREFIX = "streamtune_monitor_"
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, float("inf"))
+FRESHNESS_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, float("inf"))
+PROMOTION_BUCKETS = (1, 5, 10, 30, 60, 300, 900, 3600, float("inf"))
+
+NAMES = (
+    f"{PREFIX}records_total",
+    f"{PREFIX}skipped_total",
+    f"{PREFIX}queries_total",
+    f"{PREFIX}answers_total",
+    f"{PREFIX}errors_total",
+    f"{PREFIX}dlq_total",
+    f"{PREFIX}adapter_updates_total",
+    f"{PREFIX}answer_latency_seconds",
+    f"{PREFIX}answer_latency_p50_seconds",
+    f"{PREFIX}answer_latency_p99_seconds",
+    f"{PREFIX}freshness_seconds",
+    f"{PREFIX}freshness_p50_seconds",
+    f"{PREFIX}freshness_p99_seconds",
+    f"{PREFIX}freshness_overdue_total",
+    f"{PREFIX}error_ratio",
+    f"{PREFIX}dlq_per_second",
+    f"{PREFIX}promotion_to_first_answer_seconds",
+    f"{PREFIX}current_adapter",
+    f"{PREFIX}last_record_timestamp_seconds",
+)
+"""The metric families (histograms by their base name)."""
+
+
+class MonitorMetrics:
+    """The monitor's series, made on ``registry`` (a fresh one by default, so tests and processes never
+    share a series)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r, p = self.registry, PREFIX
+        self.records = Counter(f"{p}records", "Records read, per topic (as on the broker).", ["topic"], registry=r)
+        self.skipped = Counter(
+            f"{p}skipped", "Records the monitor could not use, by reason (it writes nothing: counted and logged).",
+            ["topic", "error_class"], registry=r,
+        )  # fmt: skip
+        self.queries = Counter(f"{p}queries", "Queries read.", ["tenant"], registry=r)
+        self.answers = Counter(f"{p}answers", "Answers read (errors included).", ["tenant"], registry=r)
+        self.errors = Counter(f"{p}errors", "Error answers, by their contract code.", ["tenant", "code"], registry=r)
+        self.dlq = Counter(f"{p}dlq", "Dead letters, by error class.", ["tenant", "error_class"], registry=r)
+        self.adapter_updates = Counter(
+            f"{p}adapter_updates", "Adapter announcements, by the gate's verdict.", ["tenant", "verdict"], registry=r
+        )
+        self.latency = Histogram(
+            f"{p}answer_latency_seconds", "Query record → answer record (Kafka timestamps).", ["tenant"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.latency_p50 = Gauge(
+            f"{p}answer_latency_p50_seconds", "Median answer latency over the window.", ["tenant"], registry=r
+        )
+        self.latency_p99 = Gauge(
+            f"{p}answer_latency_p99_seconds", "99th percentile answer latency over the window.", ["tenant"], registry=r
+        )
+        self.freshness = Histogram(
+            f"{p}freshness_seconds", "domain-events record → its chunks written to Weaviate (searchable).", ["tenant"],
+            buckets=FRESHNESS_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.freshness_p50 = Gauge(
+            f"{p}freshness_p50_seconds", "Median event → searchable over the window.", ["tenant"], registry=r
+        )
+        self.freshness_p99 = Gauge(
+            f"{p}freshness_p99_seconds", "99th percentile event → searchable over the window.", ["tenant"], registry=r
+        )
+        self.freshness_overdue = Counter(
+            f"{p}freshness_overdue", "Documents not searchable within monitor.freshness_give_up_s.", ["tenant"],
+            registry=r,
+        )  # fmt: skip
+        self.error_ratio = Gauge(f"{p}error_ratio", "Share of error answers over the window.", ["tenant"], registry=r)
+        self.dlq_rate = Gauge(f"{p}dlq_per_second", "Dead letters per second over the window.", ["tenant"], registry=r)
+        self.promotion = Histogram(
+            f"{p}promotion_to_first_answer_seconds",
+            "Adapter announcement → first answer served with that version (Kafka timestamps).", ["tenant"],
+            buckets=PROMOTION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.current_adapter = Gauge(
+            f"{p}current_adapter", "1 for each tenant's last announced adapter version.", ["tenant", "version"],
+            registry=r,
+        )  # fmt: skip
+        self.last_record = Gauge(
+            f"{p}last_record_timestamp_seconds", "Kafka timestamp of the last record read, per topic.", ["topic"],
+            registry=r,
+        )  # fmt: skip

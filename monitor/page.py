@@ -1,0 +1,226 @@
+"""The status pages, rendered on the server from ``MonitorState``: plain HTML, no script, nothing fetched
+from outside (the page must work where nothing outside can be reached).
+
+Everything that comes from a record (tenant names, versions, gate reasons, dead-letter reasons, which are
+user data) is escaped with ``html.escape`` on its way into the page; links are URL-quoted.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+from monitor.state import AdapterRecord, MonitorState, manifest_figures
+from streamtune.contracts import TENANT_PATTERN
+from streamtune.errors import ContractError
+from streamtune.manifest import Manifest
+
+__all__ = ["index_page", "loss_curve_file", "loss_curve_path", "status_page", "stored_versions"]
+
+log = logging.getLogger(__name__)
+
+_TENANT = re.compile(TENANT_PATTERN)
+_VERSION = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.5em; }
+table { border-collapse: collapse; margin: .5em 0; }
+td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } .num { text-align: right; font-variant-numeric: tabular-nums; }
+.ok { color: #176117; } .bad { color: #a01919; } .muted { color: #777; }
+img.loss { max-width: 320px; display: block; } td.figures { white-space: nowrap; }
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _when(at: float | None) -> str:
+    return "—" if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _document(title: str, body: str) -> str:
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f'<meta http-equiv="refresh" content="10"><style>{_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n'
+    )
+
+
+def loss_curve_path(tenant: str, version: str) -> str:
+    return f"/status/{quote(tenant, safe='')}/loss/{quote(version, safe='')}.png"
+
+
+_FIGURE_LABELS = {
+    "train_final_loss": "final training loss",
+    "held_out_loss": "held-out loss",
+    "current_held_out_loss": "held-out loss of the one it replaced",
+    "held_out_exact_match": "held-out exact match",
+    "held_out_token_f1": "held-out token F1",
+    "anchor_loss": "anchor loss",
+}
+
+
+def loss_curve_file(adapters_dir: Path, tenant: str, version: str) -> Path | None:
+    """``<adapters_dir>/<tenant>/<version>/loss.png`` when it exists inside the adapter store, else None: the
+    names are checked, and the resolved path too, so that neither ``..`` nor a symbolic link leads out."""
+    if not _TENANT.match(tenant) or not _VERSION.match(version):
+        return None
+    store = adapters_dir.resolve()
+    path = (store / tenant / version / "loss.png").resolve()
+    if not path.is_relative_to(store) or not path.is_file():
+        return None
+    return path
+
+
+def stored_versions(adapters_dir: Path, tenant: str, limit: int = 20) -> list[Manifest]:
+    """The tenant's last ``limit`` versions in the adapter store (read-only, through the manifest type): the
+    topic announces only the versions that were served, the store also holds those the gate rejected."""
+    if not _TENANT.match(tenant):
+        return []
+    folder = adapters_dir / tenant
+    try:
+        names = sorted(p.name for p in folder.iterdir() if _VERSION.match(p.name) and (p / "manifest.json").is_file())
+    except OSError:
+        return []
+    found = []
+    for name in names[-limit:]:
+        try:
+            found.append(Manifest.load(folder / name))
+        except ContractError as exc:
+            log.warning("adapter store: %s", exc)
+    return found
+
+
+def index_page(state: MonitorState) -> str:
+    rows = []
+    for name in sorted(state.tenants):
+        tenant = state.tenants[name]
+        current = tenant.current
+        rows.append(
+            f'<tr><td><a href="/status/{quote(name, safe="")}">{_e(name)}</a></td>'
+            f"<td>{_e(current.version) if current else '—'}</td><td class=num>{tenant.queries}</td>"
+            f"<td class=num>{tenant.answers}</td><td class=num>{tenant.errors}</td>"
+            f"<td class=num>{tenant.dead_letters}</td></tr>"
+        )
+    table = (
+        "<table><tr><th>tenant</th><th>current adapter</th><th>queries</th><th>answers</th><th>errors</th>"
+        "<th>dead letters</th></tr>" + "".join(rows) + "</table>"
+        if rows
+        else "<p class=muted>No records read yet.</p>"
+    )
+    body = f"<h1>streamtune monitor</h1>\n{table}\n<p><a href=/metrics>/metrics</a></p>"
+    return _document("streamtune monitor", body)
+
+
+def _adapter_row(tenant: str, record: AdapterRecord, current: bool, with_curves: bool) -> str:
+    verdict = "promoted" if record.promoted else "rejected"
+    figures = "<br>".join(
+        f"{_e(_FIGURE_LABELS.get(k, k))} <span class=num>{_number(v)}</span>" for k, v in record.figures.items()
+    )
+    curve = (
+        f'<img class=loss alt="loss curve of {_e(record.version)}" src="{loss_curve_path(tenant, record.version)}">'
+        if with_curves
+        else "<span class=muted>adapter store not readable here</span>"
+    )
+    return (
+        f"<tr><td>{_e(record.version)}{' <b>(current)</b>' if current else ''}</td>"
+        f"<td>{_when(record.announced_at)}</td>"
+        f"<td><span class={'ok' if record.promoted else 'bad'}>{verdict}</span>"
+        f"{' against ' + _e(record.compared_with) if record.compared_with else ''}: {_e(record.reason)}</td>"
+        f"<td class=figures>{figures}</td><td class=num>{_seconds(record.to_first_answer_s)}</td><td>{curve}</td></tr>"
+    )
+
+
+def _stored_row(tenant: str, manifest: Manifest) -> str:
+    verdict = "promoted" if manifest.gate.promoted else "rejected"
+    against = f" against {_e(manifest.gate.compared_with)}" if manifest.gate.compared_with else ""
+    figures = "<br>".join(
+        f"{_e(_FIGURE_LABELS.get(k, k))} <span class=num>{_number(v)}</span>"
+        for k, v in manifest_figures(manifest).items()
+    )
+    return (
+        f"<tr><td>{_e(manifest.version)}</td><td>{_when(manifest.created_at.timestamp())}</td>"
+        f"<td><span class={'ok' if manifest.gate.promoted else 'bad'}>{verdict}</span>{against}: "
+        f"{_e(manifest.gate.reason)}</td><td class=figures>{figures}</td>"
+        f'<td><img class=loss alt="loss curve of {_e(manifest.version)}" '
+        f'src="{loss_curve_path(tenant, manifest.version)}"></td></tr>'
+    )
+
+
+def status_page(state: MonitorState, tenant: str, *, with_curves: bool, stored: Sequence[Manifest] = ()) -> str | None:
+    """The tenant's page, or None for a tenant nothing was read of. ``stored``: the tenant's versions in the
+    adapter store; those never announced (rejected by the gate) get a table of their own."""
+    if tenant not in state.tenants:
+        return None
+    data = state.tenants[tenant]
+    figures = state.figures(tenant)
+    window = f"{state.settings.window_s:.0f} s"
+    current = data.current
+    error_ratio = figures["error_ratio"]
+    summary = f"""
+<table>
+<tr><th>figure (window {window})</th><th>value</th></tr>
+<tr><td>answer latency p50</td><td class=num id=latency-p50>{_seconds(figures["latency_p50_s"])}</td></tr>
+<tr><td>answer latency p99</td><td class=num id=latency-p99>{_seconds(figures["latency_p99_s"])}</td></tr>
+<tr><td>event → searchable p50</td><td class=num id=freshness-p50>{_seconds(figures["freshness_p50_s"])}</td></tr>
+<tr><td>event → searchable p99</td><td class=num id=freshness-p99>{_seconds(figures["freshness_p99_s"])}</td></tr>
+<tr><td>error answers</td><td class=num id=error-ratio>{"—" if error_ratio is None else f"{error_ratio:.1%}"}
+ of {figures["answers_in_window"]:.0f}</td></tr>
+<tr><td>dead letters</td><td class=num id=dlq-rate>{_number(figures["dlq_per_s"], 4)} /s</td></tr>
+<tr><td>promotion → first answer</td><td class=num id=promotion>
+{_seconds(figures["promotion_to_first_answer_s"])}</td></tr>
+</table>
+<p class=muted>Since start: {data.queries} queries, {data.answers} answers, {data.errors} errors,
+{data.dead_letters} dead letters.</p>"""
+    history = "".join(
+        _adapter_row(tenant, record, record is current, with_curves) for record in reversed(data.adapters)
+    )
+    adapters = (
+        "<table><tr><th>version</th><th>announced</th><th>gate</th><th>metrics (candidate)</th>"
+        f"<th>→ first answer</th><th>loss curve</th></tr>{history}</table>"
+        if history
+        else "<p class=muted>No adapter announced.</p>"
+    )
+    announced = {record.version for record in data.adapters}
+    unannounced = "".join(_stored_row(tenant, m) for m in reversed(stored) if m.version not in announced)
+    if unannounced:
+        adapters += (
+            "<h3>In the adapter store, never announced</h3><table><tr><th>version</th><th>created</th>"
+            f"<th>gate</th><th>metrics (candidate)</th><th>loss curve</th></tr>{unannounced}</table>"
+        )
+    letters = "".join(
+        f"<tr><td>{_when(letter.at)}</td><td>{_e(letter.source)}</td><td class=reason>{_e(letter.reason)}</td></tr>"
+        for letter in data.letters
+    )
+    dead = (
+        f"<table><tr><th>at</th><th>source</th><th>reason</th></tr>{letters}</table>"
+        if letters
+        else "<p class=muted>No dead letters.</p>"
+    )
+    body = f"""<p><a href="/">all tenants</a></p>
+<h1>Tenant <span id=tenant>{_e(tenant)}</span></h1>
+<p>Current adapter: <b id=current-adapter>{_e(current.version) if current else "none (base model)"}</b></p>
+<h2>Service levels</h2>{summary}
+<h2>Adapter history</h2>
+{adapters}
+<h2>Last dead letters</h2>
+{dead}"""
+    return _document(f"streamtune monitor: {tenant}", body)

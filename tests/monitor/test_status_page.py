@@ -1,0 +1,221 @@
+"""`streamtune monitor` as a real process on the real local stack: /metrics moves with the records, the status
+page shows them in Debian's headless chromium, and the broker holds the same topics after it ran."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import urllib.request
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.metrics import PREFIX
+from streamtune.contracts import encode
+from streamtune.dlq import DeadLetter
+from streamtune.harness import ServiceProcess, document_upserted, free_port, isolated_env, wait_for
+from streamtune.kafka import admin_client, create_topics, delete_topics, producer
+from streamtune.settings import Settings
+from streamtune.topics import ADAPTER_UPDATES, ANSWERS, DOMAIN_EVENTS, DOMAIN_EVENTS_DLQ, QUERIES, topic_name
+
+pytestmark = pytest.mark.integration
+
+TENANT = "acme"
+VERSION = "v0001"
+REASON = "InvalidEvent: data.doc_id: <b>field required</b>"
+
+
+def png(width: int = 4, height: int = 4) -> bytes:
+    """A small valid grey PNG (the monitor's environment has no plotting library)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def broker_topics(settings: Settings) -> set[str]:
+    return set(admin_client(settings.kafka).list_topics(timeout=15).topics)
+
+
+def get(url: str) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read(), response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), ""
+    except OSError:
+        return 0, b"", ""
+
+
+def series(text: str, name: str, **labels: str) -> float | None:
+    """One sample of the Prometheus text, or None."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and line.split(" ")[0] != name:
+            continue
+        if all(f'{key}="{value}"' in line for key, value in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+@pytest.fixture
+def deployment(stack: Settings, tmp_path: Path, env_settings: Callable[[Mapping[str, str]], Settings]) -> Iterator[Any]:
+    """An isolated deployment's topics (created by the test, not the monitor) and an adapter store."""
+    group = f"mon-{uuid.uuid4().hex[:10]}"
+    env = isolated_env(tmp_path, "mon", STREAMTUNE__MONITOR__PORT=str(free_port()), STREAMTUNE__MONITOR__GROUP_ID=group)
+    settings = env_settings(env)
+    create_topics(settings.kafka, settings.topics)
+    curve = settings.adapters_dir / TENANT / VERSION / "loss.png"
+    curve.parent.mkdir(parents=True)
+    curve.write_bytes(png())
+    yield settings, env, group
+    delete_topics(settings.kafka, settings.topics)
+
+
+def produce_answers(settings: Settings, records: Any, first: int, count: int, *, version: str | None = None) -> None:
+    client = producer(settings.kafka)
+    for n in range(first, first + count):
+        qid = f"q{n}"
+        client.produce(topic_name(QUERIES, settings.topics), key=qid, value=encode(records.query(TENANT, qid)))
+        client.flush(15)
+        error = "retrieval_unavailable" if n % 4 == 3 else None
+        answer = records.answer(TENANT, qid, version=version, error=error)
+        client.produce(topic_name(ANSWERS, settings.topics), key=qid, value=encode(answer))
+    assert client.flush(15) == 0
+
+
+def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_nothing(
+    deployment: Any, tmp_path: Path, records: Any
+) -> None:
+    settings, env, group = deployment
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed (`make env-monitor` installs it: apt-get install chromium)"
+    ours = lambda: {t for t in broker_topics(settings) if t.startswith((settings.topics.prefix, group))}  # noqa: E731
+    before = ours()
+    base = f"http://127.0.0.1:{settings.monitor.port}"
+
+    monitor = ServiceProcess(["monitor"], b"monitor: ready", tmp_path / "logs", env, python=sys.executable)
+    monitor.start(timeout_s=120)
+    try:
+        client = producer(settings.kafka)
+        update = records.adapter_update(TENANT, VERSION)
+        client.produce(topic_name(ADAPTER_UPDATES, settings.topics), key=TENANT, value=encode(update))
+        for n in range(3):
+            source = topic_name(DOMAIN_EVENTS, settings.topics)
+            value = b'{"tenant": "acme", "type": "document.upserted"}'
+            bad = DeadLetter(b"acme:doc-x", value, "InvalidEvent", REASON.split(": ", 1)[1], source, 0, n)
+            client.produce(topic_name(DOMAIN_EVENTS_DLQ, settings.topics), key=bad.key, value=bad.value,
+                           headers=list(bad.headers().items()))  # fmt: skip
+        client.produce(topic_name(ANSWERS, settings.topics), key=b"garbage", value=b"{not json")  # skipped, counted
+        assert client.flush(15) == 0
+        produce_answers(settings, records, 0, 8, version=VERSION)
+
+        def metrics_show(answers: int) -> str | None:
+            status, body, _ = get(f"{base}/metrics")
+            text = body.decode()
+            done = status == 200 and series(text, f"{PREFIX}answers_total", tenant=TENANT) == answers
+            return text if done and series(text, f"{PREFIX}dlq_total", tenant=TENANT) == 3 else None
+
+        text = wait_for(lambda: metrics_show(8), 90, "the monitor's /metrics counting 8 answers and 3 dead letters")
+        assert series(text, f"{PREFIX}errors_total", tenant=TENANT, code="retrieval_unavailable") == 2
+        assert series(text, f"{PREFIX}answer_latency_seconds_count", tenant=TENANT) == 8
+        assert series(text, f"{PREFIX}current_adapter", tenant=TENANT, version=VERSION) == 1
+        answers = topic_name(ANSWERS, settings.topics)
+        assert series(text, f"{PREFIX}skipped_total", topic=answers, error_class="MalformedJson") == 1
+        assert series(text, f"{PREFIX}promotion_to_first_answer_seconds_count", tenant=TENANT) == 1
+        assert (series(text, f"{PREFIX}answer_latency_p99_seconds", tenant=TENANT) or -1) >= 0
+
+        # the series move while records keep coming
+        produce_answers(settings, records, 8, 4, version=VERSION)
+        wait_for(lambda: metrics_show(12), 90, "the monitor's /metrics counting 12 answers")
+
+        status, body, kind = get(f"{base}/status/{TENANT}/loss/{VERSION}.png")
+        assert status == 200 and kind == "image/png" and body == png()
+        assert get(f"{base}/status/{TENANT}/loss/..%2F..%2Fetc.png")[0] == 404
+
+        dom = subprocess.run(
+            [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", f"{base}/status/{TENANT}"],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout  # fmt: skip
+        assert re.search(rf"<span id=\"tenant\">{TENANT}</span>", dom), dom[:2000]
+        assert re.search(rf'id="current-adapter">{VERSION}<', dom)
+        assert "&lt;b&gt;field required&lt;/b&gt;" in dom and "<b>field required</b>" not in dom
+        p50 = re.search(r'id="latency-p50">([^<]+)<', dom)
+        p99 = re.search(r'id="latency-p99">([^<]+)<', dom)
+        assert p50 and p99 and re.fullmatch(r"\d+ ms|\d+\.\d\d s", p50.group(1)) and p99.group(1) != "—"
+        assert "25.0%" in dom  # 3 error answers of 12
+
+        shot = tmp_path / "status.png"
+        subprocess.run(
+            [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--window-size=1200,1100",
+             f"--screenshot={shot}", f"{base}/status/{TENANT}"],
+            capture_output=True, timeout=120, check=True,
+        )  # fmt: skip
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    finally:
+        monitor.stop()
+    assert ours() == before, "the monitor created or deleted topics"
+    assert "Traceback" not in monitor.output()
+
+
+def test_freshness_is_read_from_weaviate_for_the_events_own_chunk(deployment: Any, tmp_path: Path) -> None:
+    """The chunk is written here as the ingest job writes it (the job itself is not the subject)."""
+    from retrieval.client import connect
+    from retrieval.store import ChunkStore, DocumentChunks
+
+    settings, env, _ = deployment
+    base = f"http://127.0.0.1:{settings.monitor.port}"
+    monitor = ServiceProcess(["monitor"], b"monitor: ready", tmp_path / "logs", env, python=sys.executable)
+    monitor.start(timeout_s=120)
+    client = connect(settings.weaviate)
+    store = ChunkStore(client, settings)
+    try:
+        event = document_upserted("evt-fresh", "doc-fresh", "Refunds within 30 days.", tenant=TENANT)
+        kafka = producer(settings.kafka)
+        kafka.produce(topic_name(DOMAIN_EVENTS, settings.topics), key=event.key, value=encode(event))
+        assert kafka.flush(15) == 0
+        store.ensure_collection(4)
+        written = DocumentChunks(TENANT, "doc-fresh", "", ["Refunds within 30 days."], [[0.1, 0.2, 0.3, 0.4]],
+                                 event.event_id, datetime.now(UTC).isoformat())  # fmt: skip
+        store.upsert([written])
+
+        def fresh() -> float | None:
+            status, body, _ = get(f"{base}/metrics")
+            count = series(body.decode(), f"{PREFIX}freshness_seconds_count", tenant=TENANT)
+            return count if status == 200 and count == 1 else None
+
+        wait_for(fresh, 90, "the monitor measuring the document's event → searchable")
+        _, body, _ = get(f"{base}/metrics")
+        assert (series(body.decode(), f"{PREFIX}freshness_p50_seconds", tenant=TENANT) or -1) >= 0
+    finally:
+        monitor.stop()
+        store.drop()
+        client.close()
+
+
+def test_without_its_topics_the_monitor_stops_naming_them_and_creates_none(
+    stack: Settings, tmp_path: Path, env_settings: Callable[[Mapping[str, str]], Settings]
+) -> None:
+    env = isolated_env(tmp_path, "mon", STREAMTUNE__MONITOR__PORT=str(free_port()))
+    settings = env_settings(env)
+    done = subprocess.run(
+        [sys.executable, "-m", "streamtune", "monitor"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 78, done.stderr
+    assert topic_name(QUERIES, settings.topics) in done.stderr and "streamtune topics create" in done.stderr
+    assert not {t for t in broker_topics(settings) if t.startswith(settings.topics.prefix)}

@@ -1,0 +1,74 @@
+"""``train`` is byte-reproducible across processes, which is what ``train replay`` relies on: the replay runs
+in another process (often days later) than the refresh it checks. On CPU it gets there with seeds and a fixed
+thread count alone, without switching ``torch.use_deterministic_algorithms`` on for the whole process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+_TRAIN_ONCE = """
+import json, sys, tempfile
+from pathlib import Path
+import torch
+from transformers import AutoTokenizer
+from streamtune.contracts import ChatMessage, TrainingExample
+from streamtune.models import sha256_file
+from streamtune.settings import load_settings
+from training.trainer import ADAPTER_WEIGHTS, train
+
+source = sys.argv[1]
+settings = load_settings(config_files=[]).training.model_copy(
+    update={"max_steps": 3, "batch_size": 2, "learning_rate": 5e-3}
+)
+torch.set_num_threads(settings.torch_threads)
+examples = [
+    TrainingExample(
+        example_id=f"ex-{i}",
+        source_event_id=f"ev-{i}",
+        messages=[
+            ChatMessage(role="user", content=f"What is the refund window of order {i}?"),
+            ChatMessage(role="assistant", content=f"{i + 20} days from purchase."),
+        ],
+    )
+    for i in range(6)
+]
+with tempfile.TemporaryDirectory() as tmp:
+    model, _ = train(
+        source, AutoTokenizer.from_pretrained(source), examples, settings,
+        quantize=False, parent=None, work_dir=Path(tmp) / "run", say=lambda _: None,
+    )
+    model.save_pretrained(str(Path(tmp) / "adapter"), save_embedding_layers=False)
+    print(json.dumps({
+        "sha256": sha256_file(Path(tmp) / "adapter" / ADAPTER_WEIGHTS),
+        "cuda": torch.cuda.is_available(),
+        "deterministic_algorithms_left_on": torch.are_deterministic_algorithms_enabled(),
+    }))
+"""
+
+
+def _train_in_a_fresh_process(tiny_model: Path) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", _TRAIN_ONCE, str(tiny_model)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_training_twice_in_fresh_processes_gives_the_same_adapter_bytes(tiny_model: Path) -> None:
+    first = _train_in_a_fresh_process(tiny_model)
+    second = _train_in_a_fresh_process(tiny_model)
+    assert first["sha256"] == second["sha256"]
+    if not first["cuda"]:
+        # The process-wide switch would also slow every later model call in it (the gate, `train watch`).
+        assert first["deterministic_algorithms_left_on"] is False
