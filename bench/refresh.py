@@ -22,7 +22,9 @@ plain run with ONE of our differences switched on (``--ablate``):
   without warm-up: TRL's defaults, spelt out),
 - ``evaluation``: our progress callback in place of TRL's printer (``train`` runs no evaluation loop; the
   refresh's gate evaluates after training, outside the measured time),
-- ``loading``: our ``load_model`` (``prepare_model_for_kbit_training``, LoRA wrapped before the trainer).
+- ``loading``: our ``load_model`` (``prepare_model_for_kbit_training``, LoRA wrapped before the trainer),
+- ``precision``: fp32 throughout (``bf16=False``), where TRL's ``SFTConfig`` defaults to bf16 autocast, on CPU
+  too; ``train`` trains in fp32 on CPU unless ``bf16_on_cpu`` (variant ``ours+bf16``).
 
 Each run also reports the sha256 of the adapter weights it trained: a variant whose runs in separate
 processes agree on it is byte-reproducible here.
@@ -48,7 +50,7 @@ from streamtune.contracts import ChatMessage, TrainingExample
 from streamtune.models import base_model_source, sha256_file
 from streamtune.settings import Settings, TrainingSettings, load_settings
 
-DIFFERENCES = ("determinism", "seeding", "masking", "collation", "evaluation", "loading")
+DIFFERENCES = ("determinism", "seeding", "masking", "collation", "evaluation", "loading", "precision")
 """Our differences from the plain recipe, each measured alone on top of it."""
 
 
@@ -87,6 +89,8 @@ def plain_trl(
         extra = {"full_determinism": True}
     elif difference == "masking":
         extra = {"completion_only_loss": True}
+    elif difference == "precision":
+        extra = {"bf16": False}
     elif difference == "collation":
         extra = {"data_seed": settings.seed, "dataloader_num_workers": 0, "lr_scheduler_type": "linear"}
         extra["warmup_steps"] = 0
@@ -185,7 +189,7 @@ def run_one(variant: str, steps: int) -> dict[str, Any]:
     examples = _examples()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        if variant == "ours":
+        if variant in ("ours", "ours+bf16"):
             model, result = train(
                 source,
                 AutoTokenizer.from_pretrained(source),
@@ -195,6 +199,7 @@ def run_one(variant: str, steps: int) -> dict[str, Any]:
                 parent=None,
                 work_dir=Path(tmp) / "run",
                 say=lambda _: None,
+                bf16_on_cpu=variant == "ours+bf16",
             )
             tokens, seconds = float(result.tokens), result.seconds
         else:
@@ -246,7 +251,7 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(DIFFERENCES))
     if unknown:
         parser.error(f"--ablate: unknown difference(s) {unknown}; valid: {', '.join(DIFFERENCES)}, all, none")
-    variants = ["plain", "ours", *chosen]
+    variants = ["plain", "ours", "ours+bf16", *chosen]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     begin = time.monotonic()
     for round_ in range(args.rounds):

@@ -223,7 +223,7 @@ def _show_monitor(settings: Settings) -> None:
 
     wait_for(answered, 60, "demo: the monitor to read the answers", 0.5)
     for line in series():
-        if "_bucket" not in line:
+        if "_bucket" not in line and "_created" not in line:
             _say(line)
 
 

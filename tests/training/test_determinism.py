@@ -1,6 +1,7 @@
 """``train`` is byte-reproducible across processes, which is what ``train replay`` relies on: the replay runs
 in another process (often days later) than the refresh it checks. On CPU it gets there with seeds and a fixed
-thread count alone, without switching ``torch.use_deterministic_algorithms`` on for the whole process."""
+thread count alone, without switching ``torch.use_deterministic_algorithms`` on for the whole process; in fp32
+(how versions are trained today) and with bf16 autocast (``bf16_on_cpu``, TRL's default)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from streamtune.models import sha256_file
 from streamtune.settings import load_settings
 from training.trainer import ADAPTER_WEIGHTS, train
 
-source = sys.argv[1]
+source, bf16_on_cpu = sys.argv[1], sys.argv[2] == "bf16"
 settings = load_settings(config_files=[]).training.model_copy(
     update={"max_steps": 3, "batch_size": 2, "learning_rate": 5e-3}
 )
@@ -42,7 +43,7 @@ examples = [
 with tempfile.TemporaryDirectory() as tmp:
     model, _ = train(
         source, AutoTokenizer.from_pretrained(source), examples, settings,
-        quantize=False, parent=None, work_dir=Path(tmp) / "run", say=lambda _: None,
+        quantize=False, parent=None, work_dir=Path(tmp) / "run", say=lambda _: None, bf16_on_cpu=bf16_on_cpu,
     )
     model.save_pretrained(str(Path(tmp) / "adapter"), save_embedding_layers=False)
     print(json.dumps({
@@ -53,9 +54,9 @@ with tempfile.TemporaryDirectory() as tmp:
 """
 
 
-def _train_in_a_fresh_process(tiny_model: Path) -> dict[str, object]:
+def _train_in_a_fresh_process(tiny_model: Path, precision: str) -> dict[str, object]:
     done = subprocess.run(
-        [sys.executable, "-c", _TRAIN_ONCE, str(tiny_model)],
+        [sys.executable, "-c", _TRAIN_ONCE, str(tiny_model), precision],
         check=True,
         capture_output=True,
         text=True,
@@ -65,9 +66,10 @@ def _train_in_a_fresh_process(tiny_model: Path) -> dict[str, object]:
     return result
 
 
-def test_training_twice_in_fresh_processes_gives_the_same_adapter_bytes(tiny_model: Path) -> None:
-    first = _train_in_a_fresh_process(tiny_model)
-    second = _train_in_a_fresh_process(tiny_model)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_twice_in_fresh_processes_gives_the_same_adapter_bytes(tiny_model: Path, precision: str) -> None:
+    first = _train_in_a_fresh_process(tiny_model, precision)
+    second = _train_in_a_fresh_process(tiny_model, precision)
     assert first["sha256"] == second["sha256"]
     if not first["cuda"]:
         # The process-wide switch would also slow every later model call in it (the gate, `train watch`).
