@@ -24,7 +24,7 @@ plain run with ONE of our differences switched on (``--ablate``):
   refresh's gate evaluates after training, outside the measured time),
 - ``loading``: our ``load_model`` (``prepare_model_for_kbit_training``, LoRA wrapped before the trainer),
 - ``precision``: fp32 throughout (``bf16=False``), where TRL's ``SFTConfig`` defaults to bf16 autocast, on CPU
-  too; ``train`` trains in fp32 on CPU unless ``bf16_on_cpu`` (variant ``ours+bf16``).
+  too; ``train`` trains in fp32 on CPU unless ``training.bf16_on_cpu`` (variant ``ours+bf16``).
 
 Each run also reports the sha256 of the adapter weights it trained: a variant whose runs in separate
 processes agree on it is byte-reproducible here.
@@ -194,12 +194,11 @@ def run_one(variant: str, steps: int) -> dict[str, Any]:
                 source,
                 AutoTokenizer.from_pretrained(source),
                 examples,
-                settings,
+                settings.model_copy(update={"bf16_on_cpu": variant == "ours+bf16"}),
                 quantize=quantize,
                 parent=None,
                 work_dir=Path(tmp) / "run",
                 say=lambda _: None,
-                bf16_on_cpu=variant == "ours+bf16",
             )
             tokens, seconds = float(result.tokens), result.seconds
         else:
@@ -290,6 +289,11 @@ def main() -> None:
                         "tokens_per_s_median": round(median(v, "tokens_per_s"), 1),
                         "tokens_per_s_runs": [round(r["tokens_per_s"], 1) for r in runs[v]],
                         "ratio_to_plain": round(median(v, "tokens_per_s") / yardstick, 3),
+                        # Against the plain run of the same round: less exposed to the load drifting over a run.
+                        "ratio_per_round": [
+                            round(r["tokens_per_s"] / p["tokens_per_s"], 3)
+                            for r, p in zip(runs[v], runs["plain"], strict=True)
+                        ],
                         "peak_rss_mb_median": round(median(v, "peak_rss_mb")),
                         "adapter_sha256": sorted({r["adapter_sha256"][:12] for r in runs[v]}),
                     }

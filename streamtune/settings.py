@@ -252,6 +252,12 @@ class TrainingSettings(_Section):
     )
     eval_max_new_tokens: int = Field(48, ge=1, description="Tokens generated per example for exact match / F1.")
     torch_threads: int = Field(2, ge=1, description="torch threads; part of a replayable manifest.")
+    bf16_on_cpu: bool = Field(
+        False,
+        description="Train in bf16 autocast on CPU too, as TRL does by default (about 1.5x the tokens/s where the "
+        "CPU has bf16 instructions; BENCHMARKS.md). Off: fp32, as versions were trained before it existed (their "
+        "manifests lack it and replay in fp32). Always bf16 with CUDA.",
+    )
     watch_min_examples: int = Field(20, ge=1, description="`train --watch`: refresh after this many new examples.")
     watch_minutes: float = Field(10.0, gt=0, description="`train --watch`: or after this long with at least one.")
     watch_poll_s: float = Field(10.0, gt=0, description="`train --watch`: how often the topic is looked at.")

@@ -211,14 +211,12 @@ def train(
     work_dir: Path,
     say: Callable[[str], None] = print,
     prompt: PromptFormat | None = None,
-    bf16_on_cpu: bool = False,
 ) -> tuple[Any, TrainResult]:
     """Train a LoRA adapter (continuing from ``parent`` when given); returns the PEFT model and figures.
 
     ``prompt``: the format the examples are rendered in (``conversation_rows``); None: their bare turns.
-    ``bf16_on_cpu``: bf16 autocast on CPU as well, as TRL's ``SFTConfig`` does by default (about 1.5x the
-    tokens/s where the CPU has bf16 instructions; BENCHMARKS.md); off, fp32 as every version so far was
-    trained, so that their replays stay byte-identical. Always on with CUDA."""
+    Precision: bf16 with CUDA; on CPU ``settings.bf16_on_cpu`` (recorded in the manifest, so a replay trains
+    in the precision its version was trained in)."""
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback, set_seed
@@ -245,7 +243,7 @@ def train(
         save_strategy="no",
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() or bf16_on_cpu,
+        bf16=torch.cuda.is_available() or settings.bf16_on_cpu,
         max_length=settings.max_length,
         completion_only_loss=True,
         gradient_checkpointing=False,

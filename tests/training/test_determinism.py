@@ -1,7 +1,7 @@
 """``train`` is byte-reproducible across processes, which is what ``train replay`` relies on: the replay runs
 in another process (often days later) than the refresh it checks. On CPU it gets there with seeds and a fixed
 thread count alone, without switching ``torch.use_deterministic_algorithms`` on for the whole process; in fp32
-(how versions are trained today) and with bf16 autocast (``bf16_on_cpu``, TRL's default)."""
+(how versions are trained today) and with bf16 autocast (``training.bf16_on_cpu``, TRL's default)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ examples = [
 ]
 with tempfile.TemporaryDirectory() as tmp:
     model, _ = train(
-        source, AutoTokenizer.from_pretrained(source), examples, settings,
-        quantize=False, parent=None, work_dir=Path(tmp) / "run", say=lambda _: None, bf16_on_cpu=bf16_on_cpu,
+        source, AutoTokenizer.from_pretrained(source), examples,
+        settings.model_copy(update={"bf16_on_cpu": bf16_on_cpu}),
+        quantize=False, parent=None, work_dir=Path(tmp) / "run", say=lambda _: None,
     )
     model.save_pretrained(str(Path(tmp) / "adapter"), save_embedding_layers=False)
     print(json.dumps({
