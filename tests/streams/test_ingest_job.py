@@ -437,7 +437,22 @@ def test_weaviate_outage_loses_and_duplicates_nothing(
     for i in range(2 * half):
         assert ingest.chunks("outage", f"doc-{i:04d}") == 1
     # Examples wait for their context lookups, which the Weaviate client retries on its own (up to a minute).
-    ids = eventually(lambda: (ids := _examples_of(ingest, "outage")) and len(ids) >= 2 * half and ids, timeout_s=360)
+    # Every QA event ends as an example or a dead letter; wait for all of them to end, then require examples.
+    def ended() -> tuple[list[str], list[str]] | None:
+        ids = _examples_of(ingest, "outage")
+        letters = [d.reason() for d in ingest.dead_letters() if (d.key or b"").startswith(b"outage")]
+        return (ids, letters) if len(ids) + len(letters) >= 2 * half else None
+
+    try:
+        ids, letters = eventually(ended, timeout_s=360, what="every example after the outage")
+    except TimeoutError as exc:
+        log = "".join(f.read_text(errors="replace") for f in ingest.settings.flink_log_dir.glob("*.log"))
+        warnings = [line[:300] for line in log.splitlines() if " WARN " in line or " ERROR " in line][-30:]
+        raise AssertionError(
+            f"{len(_examples_of(ingest, 'outage'))} of {2 * half} examples after 360 s; the job's last warnings:\n"
+            + "\n".join(warnings)
+        ) from exc
+    assert letters == [], letters
     assert len(ids) == 2 * half and len(set(ids)) == 2 * half  # none lost, none duplicated
     states, exceptions = ingest.failures()
     assert states == ["RUNNING"] and exceptions == []
