@@ -440,7 +440,7 @@ def test_weaviate_outage_loses_and_duplicates_nothing(
     # Every QA event ends as an example or a dead letter; wait for all of them to end, then require examples.
     def ended() -> tuple[list[str], list[str]] | None:
         ids = _examples_of(ingest, "outage")
-        letters = [d.reason() for d in ingest.dead_letters() if (d.key or b"").startswith(b"outage")]
+        letters = [d.reason for d in ingest.dead_letters() if (d.key or b"").startswith(b"outage")]
         return (ids, letters) if len(ids) + len(letters) >= 2 * half else None
 
     try:
