@@ -42,6 +42,8 @@ _TRANSIENT_WORDS = (
     "no leader",
     "leader not found",
     "shutting down",
+    # a restarted node's shards are still loading: "object search at index ...: no read replica found"
+    "no read replica",
 )
 
 
