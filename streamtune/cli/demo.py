@@ -198,7 +198,7 @@ def main(settings: Settings) -> int:
         _say(f"answered {time.monotonic() - changed_at:.1f}s after the change was published")
 
         if monitor is not None:
-            step("what the monitor saw (its /metrics, tenant {TENANT})".replace("{TENANT}", TENANT))
+            step(f"what the monitor saw (its /metrics, tenant {TENANT})")
             _show_monitor(settings)
 
     step(f"done in {step.elapsed() / 60:.1f} minutes. The stack keeps running: `make stack-down` stops it.")
