@@ -31,19 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from streamtune.contracts import ChatMessage, TrainingExample
+from streamtune.harness import sample_manifest
 from streamtune.kafka import create_topics, delete_topics, producer
-from streamtune.manifest import (
-    AdapterDigest,
-    BaseModelIdentity,
-    CodeVersion,
-    EvalScores,
-    Manifest,
-    Metrics,
-    SideScores,
-    Split,
-    TrainFigures,
-    Verdict,
-)
+from streamtune.manifest import Manifest, Split
 from streamtune.settings import Settings, load_settings
 from streamtune.topics import TRAINING_EXAMPLES, topic_name
 from training.data import TrainingData, read_new, split_and_replay, window
@@ -106,27 +96,10 @@ def data_phase(settings: Settings, current: Manifest | None) -> tuple[float, Tra
 
 
 def as_manifest(settings: Settings, data: TrainingData) -> Manifest:
-    """A first version whose data record is exactly what a refresh records; the rest is placeholder."""
-    nothing = EvalScores(loss=0.0, exact_match=0.0, token_f1=0.0, examples=0)
-    scores = SideScores(held_out=nothing, anchor=nothing)
-    return Manifest(
-        tenant=TENANT,
-        version="v0001",
-        created_at=datetime.now(UTC),
-        base_model=BaseModelIdentity(setting="bench", source="bench"),
-        parent=None,
-        data=data_window(settings, data),
-        split=Split(seed=settings.training.seed, held_out_percent=settings.training.held_out_percent),
-        training=settings.training.model_dump(mode="json"),
-        quantization="none (benchmark: no training)",
-        libraries={},
-        code=CodeVersion(streamtune="bench", training_sha256=""),
-        metrics=Metrics(
-            train=TrainFigures(steps=0, tokens=0, seconds=0, tokens_per_second=0), candidate=scores, current=scores
-        ),
-        gate=Verdict(promoted=True, reason="benchmark", anchor_tolerance=0),
-        adapter=AdapterDigest(sha256=""),
-    )
+    """A first version whose data record is exactly what a refresh records, and whose split is these settings'
+    (the next refresh reads its recorded candidates only then); the rest is made up."""
+    split = Split(seed=settings.training.seed, held_out_percent=settings.training.held_out_percent)
+    return sample_manifest(TENANT, "v0001", data=data_window(settings, data), split=split)
 
 
 @dataclass

@@ -1,17 +1,23 @@
 """Ingest benchmark: event → searchable latency, job throughput against the physical limit, and recovery
 from a Weaviate outage.
 
-    .venv/flink/bin/python bench/ingest.py [--docs 600] [--rate 10] [--seconds 30] [--outage-docs 300]
+    .venv/flink/bin/python bench/ingest.py [--docs 600] [--rates 10] [--fractions 0.5] [--seconds 30]
+        [--outage-docs 300] [--plot bench/plots/freshness.png]
 
 Yardstick, measured in the same run: raw batched ``encode`` throughput of the same embedding model on
 the same machine (documents/s, each document one chunk). The job's throughput is documents/s through
 the whole Flink job (Kafka → parse → scrub → chunk → embed → Weaviate) on a backlog; the ratio is the
-result (goal ≥ 0.8). Freshness: documents produced at a steady rate, each one's latency from produce to
-its object's creation time in Weaviate (the server's clock, same machine), p50 / p99.
+result (goal ≥ 0.9). Freshness: documents produced at a steady rate, each one's latency from produce to
+its object's creation time in Weaviate (the server's clock, same machine), p50 / p99, and the rate the
+documents became searchable at; at ``--rates`` (events/s) and at ``--fractions`` of the throughput just
+measured (goal: p99 ≤ 1 s at 0.5). ``--plot`` draws latency and delivered rate against the offered rate.
+Settings under test (``STREAMTUNE__EMBEDDING__FLUSH_MS``, ``STREAMTUNE__STREAMS__BUNDLE_TIME_MS``,
+``STREAMTUNE__STREAMS__BUFFER_TIMEOUT_MS``, ...) come from the environment, as the job's do.
 
 Outage: with the job running, Weaviate is stopped, ``--outage-docs`` documents are produced, and Weaviate is
 started again; reported is the time from Weaviate answering again to the backlog being indexed, beside
-the time the same backlog takes at the job's measured throughput (the ratio is the cost of the retries).
+the time the same backlog takes at the job's measured throughput (the ratio is the cost of the retries);
+``--outage-docs 0`` leaves it out.
 
 Runs on uuid-named topics, group and collection against the running local Kafka, with a Weaviate of its
 own (started and stopped here, on free ports), and removes them after.
@@ -26,9 +32,9 @@ import platform
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from common import cpus, document, send_document
 from confluent_kafka import Producer
 
 from retrieval import connect
@@ -39,19 +45,17 @@ from streamtune.settings import load_settings
 from streamtune.stack import Stack
 from streamtune.topics import DOMAIN_EVENTS, topic_name
 
-WORDS = "refund shipping invoice warranty order parcel customer account policy return exchange store".split()  # noqa: SIM905
-
-
-def document(i: int, words: int = 40) -> str:
-    return " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(words)) + f" document {i}."
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=600, help="backlog size for the throughput run")
-    parser.add_argument("--rate", type=float, default=10.0, help="events/s for the freshness run")
-    parser.add_argument("--seconds", type=float, default=30.0, help="duration of the freshness run")
+    parser.add_argument("--rates", type=float, nargs="*", default=[10.0], help="events/s of freshness runs")
+    parser.add_argument(
+        "--fractions", type=float, nargs="*", default=[0.5], help="freshness runs at these shares of the throughput"
+    )
+    parser.add_argument("--seconds", type=float, default=30.0, help="duration of each freshness run")
     parser.add_argument("--outage-docs", type=int, default=300, help="documents produced while Weaviate is down")
+    parser.add_argument("--plot", type=Path, help="PNG of latency and delivered rate against the offered rate")
     args = parser.parse_args()
 
     shared = load_settings()
@@ -88,68 +92,68 @@ def main() -> None:
         producer = Producer(client_config(settings.kafka))
         topic = topic_name(DOMAIN_EVENTS, settings.topics)
         try:
-            _send(producer, topic, "warmup", 0, "warm-up document.")
+            send_document(producer, topic, "warmup", 0, "warm-up document.")
             producer.flush(15)
             _wait_count(client, settings.weaviate.collection, "warmup", 1, 300)
 
             for i, text in enumerate(texts):
-                _send(producer, topic, "throughput", i, text)
+                send_document(producer, topic, "throughput", i, text)
             producer.flush(30)
             begin = time.perf_counter()
             _wait_count(client, settings.weaviate.collection, "throughput", args.docs, 600)
             job_rate = args.docs / (time.perf_counter() - begin)
             print(f"job: {job_rate:.0f} docs/s through Kafka → Flink → Weaviate; ratio {job_rate / raw_rate:.2f}")
 
-            sent: dict[str, float] = {}
-            count = int(args.rate * args.seconds)
-            start = time.time()
-            for i in range(count):
-                delay = start + i / args.rate - time.time()
-                if delay > 0:
-                    time.sleep(delay)
-                sent[f"fresh-{i}"] = time.time()
-                _send(producer, topic, "fresh", i, document(i, 20))
-                producer.poll(0)
-            producer.flush(15)
-            _wait_count(client, settings.weaviate.collection, "fresh", count, 300)
-            latencies = _latencies(client, settings.weaviate.collection, sent)
-            p50 = statistics.median(latencies)
-            p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 100 else max(latencies)
-            print(
-                f"freshness at {args.rate:g} events/s over {args.seconds:g}s: p50 {p50 * 1000:.0f} ms, "
-                f"p99 {p99 * 1000:.0f} ms (flush_ms={settings.embedding.flush_ms})"
-            )
-
-            client.close()
-            weaviate.down()
-            for i in range(args.outage_docs):
-                _send(producer, topic, "outage", i, document(i))
-            producer.flush(30)
-            time.sleep(5)  # the job meets the outage with a backlog waiting
-            weaviate.up()
-            back = time.perf_counter()
-            client = connect(settings.weaviate)
-            _wait_count(client, settings.weaviate.collection, "outage", args.outage_docs, 900)
-            drained = time.perf_counter() - back
-            expected = args.outage_docs / job_rate
-            print(
-                f"outage: {args.outage_docs} documents produced while Weaviate was down; indexed {drained:.1f}s "
-                f"after it was back (at the job's throughput they take {expected:.1f}s; ratio {drained / expected:.2f})"
-            )
+            rates = sorted([*args.rates, *(f * job_rate for f in args.fractions)])
+            runs = [
+                _freshness(producer, topic, client, settings.weaviate.collection, f"fresh{k}", rate, args.seconds)
+                for k, rate in enumerate(rates)
+            ]
+            for run in runs:
+                print(
+                    f"freshness at {run['rate']:.1f} events/s ({run['rate'] / job_rate:.2f} of the throughput) over "
+                    f"{args.seconds:g}s: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms; searchable at "
+                    f"{run['delivered_rate']:.1f} docs/s",
+                    flush=True,
+                )
+            if args.plot:
+                _plot(runs, job_rate, raw_rate, args.plot)
+            outage: dict[str, float] = {}
+            if args.outage_docs:
+                client.close()
+                weaviate.down()
+                for i in range(args.outage_docs):
+                    send_document(producer, topic, "outage", i, document(i))
+                producer.flush(30)
+                time.sleep(5)  # the job meets the outage with a backlog waiting
+                weaviate.up()
+                back = time.perf_counter()
+                client = connect(settings.weaviate)
+                _wait_count(client, settings.weaviate.collection, "outage", args.outage_docs, 900)
+                drained = time.perf_counter() - back
+                expected = args.outage_docs / job_rate
+                outage = {"outage_docs": args.outage_docs, "drained_after_return_s": round(drained, 1)}
+                outage["drain_ratio"] = round(drained / expected, 2)
+                print(
+                    f"outage: {args.outage_docs} documents produced while Weaviate was down; indexed "
+                    f"{drained:.1f}s after it was back (at the job's throughput they take {expected:.1f}s; "
+                    f"ratio {drained / expected:.2f})"
+                )
             print(
                 json.dumps(
                     {
                         "machine": f"{platform.node()} {platform.machine()}",
-                        "cpus": _cpus(),
+                        "cpus": cpus(),
                         "raw_encode_docs_per_s": round(raw_rate, 1),
                         "job_docs_per_s": round(job_rate, 1),
                         "ratio": round(job_rate / raw_rate, 3),
-                        "rate": args.rate,
-                        "p50_ms": round(p50 * 1000),
-                        "p99_ms": round(p99 * 1000),
-                        "outage_docs": args.outage_docs,
-                        "drained_after_return_s": round(drained, 1),
-                        "drain_ratio": round(drained / expected, 2),
+                        "settings": {
+                            "embedding.flush_ms": settings.embedding.flush_ms,
+                            "streams.bundle_time_ms": settings.streams.bundle_time_ms,
+                            "streams.buffer_timeout_ms": settings.streams.buffer_timeout_ms,
+                        },
+                        "freshness": runs,
+                        **outage,
                     }
                 )
             )
@@ -158,18 +162,6 @@ def main() -> None:
             job.stop()
             weaviate.down()
             delete_topics(settings.kafka, settings.topics)
-
-
-def _send(producer: Producer, topic: str, tenant: str, i: int, text: str) -> None:
-    event = {
-        "schema_version": 1,
-        "event_id": f"{tenant}-{i}",
-        "type": "document.upserted",
-        "tenant": tenant,
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "data": {"doc_id": f"{tenant}-{i}", "text": text},
-    }
-    producer.produce(topic, key=f"{tenant}:{tenant}-{i}".encode(), value=json.dumps(event).encode())
 
 
 def _wait_count(client: object, collection: str, tenant: str, count: int, timeout_s: float) -> None:
@@ -185,20 +177,71 @@ def _wait_count(client: object, collection: str, tenant: str, count: int, timeou
     raise TimeoutError(f"{tenant}: fewer than {count} chunks after {timeout_s}s")
 
 
-def _latencies(client: object, collection: str, sent: dict[str, float]) -> list[float]:
+def _freshness(
+    producer: Producer, topic: str, client: object, collection: str, tenant: str, rate: float, seconds: float
+) -> dict[str, float]:
+    """Documents produced at ``rate`` for ``seconds``: produce → searchable p50 / p99, and the rate they
+    became searchable at (first produced to last searchable)."""
+    sent: dict[str, float] = {}
+    count = max(int(rate * seconds), 2)
+    start = time.time()
+    for i in range(count):
+        delay = start + i / rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        sent[f"{tenant}-{i}"] = time.time()
+        send_document(producer, topic, tenant, i, document(i, 20))
+        producer.poll(0)
+    producer.flush(15)
+    _wait_count(client, collection, tenant, count, 300)
+    created = _created(client, collection, tenant)
+    latencies = sorted(created[doc] - at for doc, at in sent.items())
+    p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 100 else latencies[-1]
+    return {
+        "rate": round(rate, 2),
+        "p50_ms": round(statistics.median(latencies) * 1000),
+        "p99_ms": round(p99 * 1000),
+        "delivered_rate": round(count / (max(created.values()) - min(sent.values())), 2),
+        "documents": count,
+    }
+
+
+def _plot(runs: list[dict[str, float]], job_rate: float, raw_rate: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    offered = [r["rate"] for r in runs]
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 4))
+    lat.plot(offered, [r["p50_ms"] for r in runs], "o-", label="p50")
+    lat.plot(offered, [r["p99_ms"] for r in runs], "o-", label="p99")
+    lat.axhline(1000, color="grey", linestyle=":", label="1 s")
+    lat.set_xlabel("offered events/s")
+    lat.set_ylabel("produce → searchable, ms")
+    lat.legend()
+    thr.plot(offered, [r["delivered_rate"] for r in runs], "o-", label="searchable docs/s")
+    thr.plot(offered, offered, ":", color="grey", label="offered")
+    thr.axhline(job_rate, color="C2", linestyle="--", label=f"backlog throughput {job_rate:.0f}/s")
+    thr.axhline(raw_rate, color="C3", linestyle="--", label=f"raw encode {raw_rate:.0f}/s")
+    thr.set_xlabel("offered events/s")
+    thr.set_ylabel("docs/s")
+    thr.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+def _created(client: object, collection: str, tenant: str) -> dict[str, float]:
+    """Per document of ``tenant``: the time Weaviate created its object (its own clock, this machine)."""
     from weaviate.classes.query import MetadataQuery
 
-    col = client.collections.get(collection).with_tenant("fresh")  # type: ignore[attr-defined]
-    latencies = []
-    for obj in col.iterator(return_properties=["doc_id"], return_metadata=MetadataQuery(creation_time=True)):
-        latencies.append(obj.metadata.creation_time.timestamp() - sent[obj.properties["doc_id"]])
-    return latencies
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
+    col = client.collections.get(collection).with_tenant(tenant)  # type: ignore[attr-defined]
+    return {
+        obj.properties["doc_id"]: obj.metadata.creation_time.timestamp()
+        for obj in col.iterator(return_properties=["doc_id"], return_metadata=MetadataQuery(creation_time=True))
+    }
 
 
 if __name__ == "__main__":

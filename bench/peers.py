@@ -32,9 +32,9 @@ import time
 import uuid
 from pathlib import Path
 
+from common import cpus, document, send_document
 from confluent_kafka import Producer
 from confluent_kafka.admin import NewTopic
-from ingest import _cpus, _send, document
 
 from retrieval import connect
 from streamtune.harness import ingest_job, isolated_env, wait_for
@@ -80,7 +80,7 @@ def main() -> None:
             print(
                 json.dumps(
                     {
-                        "cpus": _cpus(),
+                        "cpus": cpus(),
                         "docs": args.docs,
                         "raw_encode_docs_per_s": round(raw, 1),
                         "rate": round(rate, 1),
@@ -111,7 +111,7 @@ def _raw_encode(settings, docs: int) -> float:  # type: ignore[no-untyped-def]
 def _backlog(producer: Producer, topic: str, tenant: str, docs: int) -> float:
     """Produces the backlog; returns when it is all in Kafka (the throughput clock's start)."""
     for i in range(docs):
-        _send(producer, topic, tenant, i, document(i))
+        send_document(producer, topic, tenant, i, document(i))
     producer.flush(30)
     return time.perf_counter()
 
@@ -136,7 +136,7 @@ def _steady(producer: Producer, topic: str, tenant: str, rate: float, seconds: f
         if delay > 0:
             time.sleep(delay)  # the producer's schedule, not a wait for a condition
         sent[f"{tenant}-{i}"] = time.time()
-        _send(producer, topic, tenant, i, document(i, 20))
+        send_document(producer, topic, tenant, i, document(i, 20))
         producer.poll(0)
     producer.flush(15)
     return sent
@@ -162,7 +162,7 @@ def _ours(settings, producer: Producer, topic: str, args: argparse.Namespace):  
             )
         }
 
-    _send(producer, topic, "warmup-ours", 0, "warm-up document.")
+    send_document(producer, topic, "warmup-ours", 0, "warm-up document.")
     producer.flush(15)
     wait_for(lambda: created("warmup-ours"), 600, "our job to start")
     begin = _backlog(producer, topic, "backlog-ours", args.docs)
@@ -220,7 +220,7 @@ def _pathway(settings, producer, topic, queries, work: Path, args, rate):  # typ
             raise RuntimeError(f"Pathway exited ({process.returncode}): {(work / 'pathway.log').read_text()[-3000:]}")
 
     try:
-        _send(producer, topic, "warmup-peer", 0, "warm-up document.")
+        send_document(producer, topic, "warmup-peer", 0, "warm-up document.")
         producer.flush(15)
         wait_for(lambda: alive() or seen("warmup-peer-"), 600, "Pathway to start")
         begin = _backlog(producer, topic, "backlog-peer", args.docs)

@@ -10,8 +10,10 @@ resident memory (``ru_maxrss``) is its own and no global state (``torch.use_dete
 RNG, the allocator) leaks from one run into the next. The variants run in alternating order over ``--rounds``
 rounds (forward, backward, forward, ...) and the figures are medians, because the machine is shared.
 
-Variants: ``plain`` (the yardstick), ``ours`` (``training.trainer.train`` as the refresh calls it), and the
-plain run with ONE of our differences switched on (``--ablate``):
+Variants: ``plain`` (the yardstick), ``ours`` (``training.trainer.train`` as the refresh calls it, with the
+configured settings: on a CPU with bf16 instructions that is bf16 autocast, ``training.bf16_on_cpu``'s
+default), ``ours+fp32`` (the same with ``bf16_on_cpu = false``: how every version was trained before
+2026-11-23), and the plain run with ONE of our differences switched on (``--ablate``):
 
 - ``determinism``: ``set_seed(seed, deterministic=True)`` before loading and ``full_determinism=True``, i.e.
   ``torch.use_deterministic_algorithms(True)`` (what ``train`` did up to 2026-11-22),
@@ -24,7 +26,8 @@ plain run with ONE of our differences switched on (``--ablate``):
   refresh's gate evaluates after training, outside the measured time),
 - ``loading``: our ``load_model`` (``prepare_model_for_kbit_training``, LoRA wrapped before the trainer),
 - ``precision``: fp32 throughout (``bf16=False``), where TRL's ``SFTConfig`` defaults to bf16 autocast, on CPU
-  too; ``train`` trains in fp32 on CPU unless ``training.bf16_on_cpu`` (variant ``ours+bf16``).
+  too; ``train`` trains in fp32 on CPU where ``training.bf16_on_cpu`` resolves to false (variant
+  ``ours+fp32``).
 
 Each run also reports the sha256 of the adapter weights it trained: a variant whose runs in separate
 processes agree on it is byte-reproducible here.
@@ -42,11 +45,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from streamtune.contracts import ChatMessage, TrainingExample
+from common import demo_examples
+
 from streamtune.models import base_model_source, sha256_file
 from streamtune.settings import Settings, TrainingSettings, load_settings
 
@@ -153,23 +156,6 @@ def plain_trl(
     return trainer.model, tokens, float(output.metrics["train_runtime"])
 
 
-def _examples() -> list[TrainingExample]:
-    pairs = [
-        json.loads(line) for line in files("streamtune").joinpath("data", "demo_qa.jsonl").read_text().splitlines()
-    ]
-    return [
-        TrainingExample(
-            example_id=f"bench-{i}",
-            source_event_id=f"bench-{i}",
-            messages=[
-                ChatMessage(role="user", content=p["question"]),
-                ChatMessage(role="assistant", content=p["answer"]),
-            ],
-        )
-        for i, p in enumerate(pairs)
-    ]
-
-
 def _settings(steps: int) -> tuple[Settings, TrainingSettings]:
     base = load_settings()
     return base, base.training.model_copy(update={"max_steps": steps})
@@ -186,15 +172,15 @@ def run_one(variant: str, steps: int) -> dict[str, Any]:
     torch.set_num_threads(settings.torch_threads)
     quantize = settings.quantize_4bit and quantization_support()[0]
     source = base_model_source(base)
-    examples = _examples()
+    examples = demo_examples()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        if variant in ("ours", "ours+bf16"):
+        if variant in ("ours", "ours+fp32"):
             model, result = train(
                 source,
                 AutoTokenizer.from_pretrained(source),
                 examples,
-                settings.model_copy(update={"bf16_on_cpu": variant == "ours+bf16"}),
+                settings.model_copy(update={"bf16_on_cpu": False}) if variant == "ours+fp32" else settings,
                 quantize=quantize,
                 parent=None,
                 work_dir=Path(tmp) / "run",
@@ -250,7 +236,7 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(DIFFERENCES))
     if unknown:
         parser.error(f"--ablate: unknown difference(s) {unknown}; valid: {', '.join(DIFFERENCES)}, all, none")
-    variants = ["plain", "ours", "ours+bf16", *chosen]
+    variants = ["plain", "ours", "ours+fp32", *chosen]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     begin = time.monotonic()
     for round_ in range(args.rounds):
@@ -268,6 +254,8 @@ def main() -> None:
     def median(variant: str, key: str) -> float:
         return statistics.median(float(r[key]) for r in runs[variant])
 
+    from training.trainer import cpu_has_bf16
+
     yardstick = median("plain", "tokens_per_s")
     loads = [x for rs in runs.values() for r in rs for x in r["load_average"]]
     base, settings = _settings(args.steps)
@@ -278,6 +266,7 @@ def main() -> None:
                 "load_average_1min": [round(min(loads), 2), round(statistics.median(loads), 2), round(max(loads), 2)],
                 "base_model": base.models.base_model,
                 "quantization": runs["plain"][0]["quantization"],
+                "cpu_bf16_instructions": cpu_has_bf16(),
                 "steps": args.steps,
                 "batch_size": settings.batch_size,
                 "torch_threads": settings.torch_threads,

@@ -73,40 +73,17 @@ def _untrained_adapter(settings: Any, target: Path, seed: int, name: str, tenant
 
 def _manifest(settings: Any, name: str, folder: Path, tenant: str) -> Manifest:
     """A manifest that says what this adapter is: random LoRA weights, trained on nothing."""
-    from datetime import UTC, datetime
-
-    from streamtune.manifest import (
-        AdapterDigest,
-        BaseModelIdentity,
-        CodeVersion,
-        DataWindow,
-        EvalScores,
-        Metrics,
-        SideScores,
-        Split,
-        TrainFigures,
-        Verdict,
-    )
+    from streamtune.harness import sample_manifest
+    from streamtune.manifest import AdapterDigest, BaseModelIdentity
     from training.trainer import ADAPTER_WEIGHTS
 
-    nothing = EvalScores(loss=float("nan"), exact_match=float("nan"), token_f1=float("nan"), examples=0)
-    scores = SideScores(held_out=nothing, anchor=nothing)
-    return Manifest(
-        tenant=tenant,
-        version=name,
-        created_at=datetime.now(UTC),
+    return sample_manifest(
+        tenant,
+        name,
         base_model=BaseModelIdentity(setting=settings.models.base_model, source=base_model_source(settings)),
-        parent=None,
-        data=DataWindow(topic="none", ranges={}, replay_ranges={}, new_examples=0, train=0, held_out=0, replay=0),
-        split=Split(seed=0, held_out_percent=0),
         training=settings.training.model_dump(mode="json"),
         quantization="none (benchmark: random LoRA weights)",
-        libraries={},
-        code=CodeVersion(streamtune="bench", training_sha256=""),
-        metrics=Metrics(
-            train=TrainFigures(steps=0, tokens=0, seconds=0, tokens_per_second=0), candidate=scores, current=scores
-        ),
-        gate=Verdict(promoted=True, reason="benchmark hot swap", anchor_tolerance=0),
+        gate={"reason": "benchmark hot swap"},
         adapter=AdapterDigest(sha256=sha256_file(folder / ADAPTER_WEIGHTS)),
     )
 

@@ -63,22 +63,12 @@ class MonitorMetrics:
             f"{p}answer_latency_seconds", "Query record → answer record (Kafka timestamps).", ["tenant"],
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.latency_p50 = Gauge(
-            f"{p}answer_latency_p50_seconds", "Median answer latency over the window.", ["tenant"], registry=r
-        )
-        self.latency_p99 = Gauge(
-            f"{p}answer_latency_p99_seconds", "99th percentile answer latency over the window.", ["tenant"], registry=r
-        )
+        self.latency_p50, self.latency_p99 = _window_percentiles(r, "answer_latency", "answer latency")
         self.freshness = Histogram(
             f"{p}freshness_seconds", "domain-events record → its chunks written to Weaviate (searchable).", ["tenant"],
             buckets=FRESHNESS_BUCKETS, registry=r,
         )  # fmt: skip
-        self.freshness_p50 = Gauge(
-            f"{p}freshness_p50_seconds", "Median event → searchable over the window.", ["tenant"], registry=r
-        )
-        self.freshness_p99 = Gauge(
-            f"{p}freshness_p99_seconds", "99th percentile event → searchable over the window.", ["tenant"], registry=r
-        )
+        self.freshness_p50, self.freshness_p99 = _window_percentiles(r, "freshness", "event → searchable")
         self.freshness_overdue = Counter(
             f"{p}freshness_overdue", "Documents not searchable within monitor.freshness_give_up_s.", ["tenant"],
             registry=r,
@@ -98,3 +88,13 @@ class MonitorMetrics:
             f"{p}last_record_timestamp_seconds", "Kafka timestamp of the last record read, per topic.", ["topic"],
             registry=r,
         )  # fmt: skip
+
+
+def _window_percentiles(registry: CollectorRegistry, name: str, what: str) -> tuple[Gauge, Gauge]:
+    """Per tenant, the window's median and 99th percentile of ``what``: ``<name>_p50_seconds`` and ``_p99_seconds``."""
+
+    def gauge(quantile: str, label: str) -> Gauge:
+        help_text = f"{label} {what} over the window."
+        return Gauge(f"{PREFIX}{name}_{quantile}_seconds", help_text, ["tenant"], registry=registry)
+
+    return gauge("p50", "Median"), gauge("p99", "99th percentile")

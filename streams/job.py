@@ -105,6 +105,7 @@ def _flink_config(settings: Settings) -> dict[str, str]:
         "execution.checkpointing.tolerable-failed-checkpoints": "1000",
         "restart-strategy.type": "exponential-delay",
         "python.fn-execution.bundle.time": str(settings.streams.bundle_time_ms),
+        "execution.buffer-timeout.interval": f"{settings.streams.buffer_timeout_ms} ms",
         "python.fn-execution.bundle.size": str(max(settings.embedding.batch_size, 1000)),
     }
     if settings.flink.local_rest_port:

@@ -1,5 +1,5 @@
 """The one harness that tests, benchmarks and the demo share: service processes, isolated deployments,
-sample data, and domain events built from the contract models.
+sample data, domain events built from the contract models, and an adapter manifest with made-up figures.
 
 An isolated deployment is a set of ``STREAMTUNE__`` environment variables (uuid-named topic prefix,
 collection, consumer groups, checkpoint and adapter directories) that a child process loads as its
@@ -8,6 +8,7 @@ settings, so that several deployments share one local stack without seeing each 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -22,6 +23,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from streamtune.contracts import (
     DocumentDeleted,
     DocumentDeletedData,
@@ -33,6 +36,19 @@ from streamtune.contracts import (
     QaRecordedData,
 )
 from streamtune.errors import StreamtuneError
+from streamtune.manifest import (
+    AdapterDigest,
+    BaseModelIdentity,
+    CodeVersion,
+    DataWindow,
+    EvalScores,
+    Manifest,
+    Metrics,
+    SideScores,
+    Split,
+    TrainFigures,
+    Verdict,
+)
 
 __all__ = [
     "ServiceProcess",
@@ -45,6 +61,7 @@ __all__ = [
     "qa_recorded",
     "query_server",
     "sample",
+    "sample_manifest",
     "wait_for",
 ]
 
@@ -184,6 +201,73 @@ def sample(name: str) -> list[dict[str, Any]]:
     """A bundled sample file (``streamtune/data/<name>``), one JSON object per line."""
     text = files("streamtune").joinpath("data", name).read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def sample_manifest(tenant: str, version: str, **overrides: Any) -> Manifest:
+    """A valid adapter manifest with made-up figures, for what needs one without training a version: a first
+    version (no parent) of a tiny base model, trained on offsets [0, 10) of ``training-examples`` partition 0
+    with the default training settings, and promoted over the base model. The same arguments give an equal
+    manifest (fixed time, sha256 of ``tenant`` and ``version`` as the weights').
+
+    ``overrides`` replace fields of the manifest by name; a dict given for a field that is itself a model
+    (``data``, ``gate``, ``metrics``, ...) changes only the keys it names: ``gate={"promoted": False}``.
+    """
+    # pydantic-settings and the Kafka client behind the topics: imported when a manifest is asked for
+    from streamtune.settings import TrainingSettings
+    from streamtune.topics import TRAINING_EXAMPLES
+
+    training = TrainingSettings()
+    anchor = EvalScores(loss=2.0, exact_match=0.0, token_f1=0.2, examples=8)
+    candidate = SideScores(held_out=EvalScores(loss=0.8, exact_match=0.5, token_f1=0.7, examples=2), anchor=anchor)
+    current = SideScores(held_out=EvalScores(loss=1.1, exact_match=0.25, token_f1=0.5, examples=2), anchor=anchor)
+    fields: dict[str, Any] = {
+        "tenant": tenant,
+        "version": version,
+        "created_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "base_model": BaseModelIdentity(setting="tiny", source="/models/tiny", sha256={"model.safetensors": "ab" * 32}),
+        "parent": None,
+        "data": DataWindow(
+            topic=TRAINING_EXAMPLES.name,
+            ranges={0: (0, 10)},
+            replay_ranges={0: (0, 0)},
+            new_examples=10,
+            train=8,
+            held_out=2,
+            replay=0,
+        ),
+        "split": Split(seed=training.seed, held_out_percent=training.held_out_percent),
+        "training": training.model_dump(mode="json"),
+        "quantization": "none (disabled by setting)",
+        "libraries": {"python": "3.11"},
+        "code": CodeVersion(streamtune="0.1.0", training_sha256="c0ffee"),
+        "metrics": Metrics(
+            train=TrainFigures(steps=4, tokens=100, seconds=1.0, tokens_per_second=100.0, final_loss=0.9),
+            candidate=candidate,
+            current=current,
+        ),
+        "gate": Verdict(
+            promoted=True,
+            reason="held-out loss 0.8000 < 1.1000, and anchor within tolerance",
+            anchor_tolerance=training.anchor_tolerance,
+            quality_tolerance=training.quality_tolerance,
+        ),
+        "adapter": AdapterDigest(sha256=hashlib.sha256(f"{tenant}/{version}".encode()).hexdigest()),
+    }
+    for name, value in overrides.items():
+        if name not in Manifest.model_fields:
+            raise TypeError(
+                f"sample_manifest: {name!r} is not a manifest field; valid: {', '.join(Manifest.model_fields)}"
+            )
+        part = fields.get(name)
+        if isinstance(part, BaseModel) and isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(type(part).model_fields))
+            if unknown:  # the model would ignore them (extra="ignore"): a typo would change nothing, silently
+                raise TypeError(
+                    f"sample_manifest: {name}: {', '.join(unknown)} not among {', '.join(type(part).model_fields)}"
+                )
+            value = type(part).model_validate({**part.model_dump(), **value})
+        fields[name] = value
+    return Manifest.model_validate(fields)
 
 
 def _now() -> datetime:

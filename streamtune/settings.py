@@ -204,6 +204,12 @@ class StreamsSettings(_Section):
         "Default <cache_dir>/flink/checkpoints.",
     )
     bundle_time_ms: int = Field(100, ge=1, description="Longest a record waits before reaching the Python worker.")
+    buffer_timeout_ms: int = Field(
+        100,
+        ge=0,
+        description="Longest a record waits in a network buffer between the job's operators (Flink's "
+        "execution.buffer-timeout.interval; 0: sent at once, at some throughput cost).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> StreamsSettings:
@@ -252,11 +258,12 @@ class TrainingSettings(_Section):
     )
     eval_max_new_tokens: int = Field(48, ge=1, description="Tokens generated per example for exact match / F1.")
     torch_threads: int = Field(2, ge=1, description="torch threads; part of a replayable manifest.")
-    bf16_on_cpu: bool = Field(
-        False,
-        description="Train in bf16 autocast on CPU too, as TRL does by default (about 1.5x the tokens/s where the "
-        "CPU has bf16 instructions; BENCHMARKS.md). Off: fp32, as versions were trained before it existed (their "
-        "manifests lack it and replay in fp32). Always bf16 with CUDA.",
+    bf16_on_cpu: bool | None = Field(
+        None,
+        description="Train in bf16 autocast on CPU too, as TRL does by default (about 1.6x the tokens/s of fp32 where "
+        "the CPU has bf16 instructions; BENCHMARKS.md). None: on where the CPU has them (AVX512-BF16 or AMX), "
+        "fp32 elsewhere. The manifest records what was used, so a replay trains in the same precision; manifests "
+        "older than this setting replay in fp32, as they were trained. Always bf16 with CUDA.",
     )
     watch_min_examples: int = Field(20, ge=1, description="`train --watch`: refresh after this many new examples.")
     watch_minutes: float = Field(10.0, gt=0, description="`train --watch`: or after this long with at least one.")

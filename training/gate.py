@@ -24,7 +24,6 @@ from training.trainer import Candidate, EvalMetrics, evaluate, load_model
 __all__ = ["Evidence", "decide", "gather_evidence", "score"]
 
 
-
 @dataclass(frozen=True)
 class Evidence:
     """The examples the gate scores both sides on, and what the manifest records of them."""

@@ -14,6 +14,7 @@ import subprocess
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Any
 
 from streamtune.manifest import (
     AdapterDigest,
@@ -34,7 +35,7 @@ from streamtune.settings import Settings, TrainingSettings
 from streamtune.topics import TRAINING_EXAMPLES, topic_name
 from training.data import TrainingData
 from training.registry import Version
-from training.trainer import Candidate, TrainResult
+from training.trainer import Candidate, TrainResult, resolved_precision
 
 __all__ = ["Manifest", "build_manifest", "data_window", "recorded_training"]
 
@@ -68,7 +69,7 @@ def build_manifest(
         parent=ParentRef(version=parent.name, sha256=parent.manifest.adapter.sha256) if parent else None,
         data=data_window(settings, data, evidence, candidate.result),
         split=Split(seed=settings.training.seed, held_out_percent=settings.training.held_out_percent),
-        training=settings.training.model_dump(mode="json"),
+        training=resolved_precision(settings.training).model_dump(mode="json"),
         quantization=candidate.quantization,
         libraries=_libraries(),
         code=_code_version(),
@@ -133,7 +134,13 @@ def recorded_training(manifest: Manifest) -> TrainingSettings:
             manifest.version,
             ", ".join(unknown),
         )
-    return TrainingSettings.model_validate({k: v for k, v in manifest.training.items() if k in known})
+    recorded = {k: v for k, v in manifest.training.items() if k in known}
+    return TrainingSettings.model_validate({**_BEFORE_RECORDED, **recorded})
+
+
+_BEFORE_RECORDED: dict[str, Any] = {"bf16_on_cpu": False}
+"""Settings added after versions were published without them, at the value those versions were trained with
+(where today's default differs)."""
 
 
 def _base_identity(settings: Settings, source: str) -> BaseModelIdentity:

@@ -70,6 +70,23 @@ def bnb_config(settings: TrainingSettings) -> Any:
     )
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles); elsewhere bf16 is emulated and
+    slower than fp32."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own feature probes
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+
+
+def resolved_precision(settings: TrainingSettings) -> TrainingSettings:
+    """``settings`` with ``bf16_on_cpu`` decided (None: whether this CPU has bf16 instructions), as a manifest
+    records it."""
+    if settings.bf16_on_cpu is not None:
+        return settings
+    return settings.model_copy(update={"bf16_on_cpu": cpu_has_bf16()})
+
+
 def lora_config(settings: TrainingSettings) -> Any:
     from peft import LoraConfig
 
@@ -215,8 +232,8 @@ def train(
     """Train a LoRA adapter (continuing from ``parent`` when given); returns the PEFT model and figures.
 
     ``prompt``: the format the examples are rendered in (``conversation_rows``); None: their bare turns.
-    Precision: bf16 with CUDA; on CPU ``settings.bf16_on_cpu`` (recorded in the manifest, so a replay trains
-    in the precision its version was trained in)."""
+    Precision: bf16 with CUDA; on CPU ``settings.bf16_on_cpu`` (``resolved_precision``; recorded in the
+    manifest, so a replay trains in the precision its version was trained in)."""
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback, set_seed
@@ -243,7 +260,7 @@ def train(
         save_strategy="no",
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() or settings.bf16_on_cpu,
+        bf16=torch.cuda.is_available() or bool(resolved_precision(settings).bf16_on_cpu),
         max_length=settings.max_length,
         completion_only_loss=True,
         gradient_checkpointing=False,

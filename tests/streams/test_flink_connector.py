@@ -56,7 +56,7 @@ def test_table_options_pass_secrets_with_quotes_unchanged(tmp_path: Path) -> Non
     from streamtune.kafka import client_config
     from streamtune.settings import load_settings
 
-    password = 'it\'s a "quoted" secret, with \\ and \'quotes\''
+    password = "it's a \"quoted\" secret, with \\ and 'quotes'"
     (tmp_path / "ca.pem").write_text("CA")
     (tmp_path / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\nC\n-----END CERTIFICATE-----\n")
     (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\nK\n-----END PRIVATE KEY-----\n")
@@ -82,8 +82,7 @@ def test_table_options_pass_secrets_with_quotes_unchanged(tmp_path: Path) -> Non
     sink = kafka_sink("dlq", settings, transactional_id="p-dlq", max_request_bytes=2_000_000).get_options()
     escaped = password.replace("\\", "\\\\").replace('"', '\\"')
     jaas = (
-        "org.apache.kafka.common.security.scram.ScramLoginModule required "
-        f'username="streamtune" password="{escaped}";'
+        f'org.apache.kafka.common.security.scram.ScramLoginModule required username="streamtune" password="{escaped}";'
     )
     for options in (source, sink):
         assert options["properties.sasl.jaas.config"] == jaas

@@ -436,6 +436,7 @@ def test_weaviate_outage_loses_and_duplicates_nothing(
     eventually(lambda: ingest.chunks("outage") == 2 * half, timeout_s=240, what="every document after the outage")
     for i in range(2 * half):
         assert ingest.chunks("outage", f"doc-{i:04d}") == 1
+
     # Examples wait for their context lookups, which the Weaviate client retries on its own (up to a minute).
     # Every QA event ends as an example or a dead letter; wait for all of them to end, then require examples.
     def ended() -> tuple[list[str], list[str]] | None:

@@ -11,7 +11,6 @@ import sys
 import textwrap
 import warnings
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import fsspec
@@ -20,21 +19,10 @@ import yaml
 
 from streamtune.cli import main
 from streamtune.contracts import ChatMessage, TrainingExample
-from streamtune.manifest import (
-    AdapterDigest,
-    BaseModelIdentity,
-    CodeVersion,
-    DataWindow,
-    EvalScores,
-    Manifest,
-    Metrics,
-    SideScores,
-    Split,
-    TrainFigures,
-    Verdict,
-)
+from streamtune.harness import sample_manifest
+from streamtune.manifest import BaseModelIdentity, EvalScores, Manifest, SideScores
 from streamtune.prompt import PromptFormat
-from streamtune.settings import PACKAGED_BASE_MODEL, Settings, TrainingSettings, load_settings
+from streamtune.settings import PACKAGED_BASE_MODEL, Settings, load_settings
 from training.data import NewExamples, TrainingData, Window
 from training.gate import decide
 from training.manifest import build_manifest
@@ -290,31 +278,17 @@ def _scores(loss: float) -> SideScores:
 
 def _made_up_manifest(base: BaseModelIdentity) -> Manifest:
     """What a refresh of ``base`` would write, with made-up figures: rejected, for a window of two partitions."""
-    return Manifest(
-        tenant="acme",
-        version="v0001",
-        created_at=datetime(2025, 6, 1, tzinfo=UTC),
+    return sample_manifest(
+        "acme",
+        "v0001",
         base_model=base,
-        parent=None,
-        data=DataWindow(
-            topic="training-examples",
-            ranges={0: (4, 10), 1: (2, 2)},
-            replay_ranges={0: (0, 4), 1: (0, 2)},
-            new_examples=6,
-            train=5,
-            held_out=1,
-            replay=0,
-        ),
-        split=Split(seed=42, held_out_percent=20),
-        training=TrainingSettings().model_dump(mode="json"),
-        quantization="none (disabled by setting)",
-        libraries={"python": "3.11"},
-        code=CodeVersion(streamtune="0.1.0", training_sha256="c0ffee"),
-        metrics=Metrics(
-            train=TrainFigures(steps=1, tokens=10, seconds=1.0, tokens_per_second=10.0),
-            candidate=_scores(2.5),
-            current=_scores(1.5),
-        ),
-        gate=Verdict(promoted=False, reason="held-out loss 2.5000 is not below 1.5000", anchor_tolerance=0.05),
-        adapter=AdapterDigest(sha256="5eed"),
+        data={
+            "ranges": {0: (4, 10), 1: (2, 2)},
+            "replay_ranges": {0: (0, 4), 1: (0, 2)},
+            "new_examples": 6,
+            "train": 5,
+            "held_out": 1,
+        },
+        metrics={"candidate": _scores(2.5), "current": _scores(1.5)},
+        gate={"promoted": False, "reason": "held-out loss 2.5000 is not below 1.5000"},
     )

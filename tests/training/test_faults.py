@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 
 import training.watch as watch_module
-from streamtune.contracts import AdapterUpdate, ChatMessage, TrainingExample
+from streamtune.contracts import AdapterUpdate
 from streamtune.harness import isolated_env, wait_for
-from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
+from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, read_range
 from streamtune.settings import Settings
-from streamtune.topics import ADAPTER_UPDATES, TRAINING_EXAMPLES, topic_name
+from streamtune.topics import ADAPTER_UPDATES, topic_name
 from training.refresh import RefreshOutcome, refresh
 from training.registry import AdapterRegistry
 
@@ -67,28 +67,14 @@ class Deployment:
     env: dict[str, str]
     settings: Settings
     work: Path
+    publish_examples: Callable[..., None]
+    """The ``publish`` fixture."""
 
     def registry(self, tenant: str = "acme") -> AdapterRegistry:
         return AdapterRegistry(self.settings.adapters_dir, tenant)
 
     def publish(self, tenant: str, count: int, start: int = 0) -> None:
-        client = producer(self.settings.kafka)
-        for i in range(start, start + count):
-            example = TrainingExample(
-                example_id=f"{tenant}-ex-{i}",
-                tenant=tenant,
-                messages=[
-                    ChatMessage(role="user", content=f"What is the refund window? ({i})"),
-                    ChatMessage(role="assistant", content="30 days."),
-                ],
-                source_event_id=f"e-{i}",
-            )
-            client.produce(
-                topic_name(TRAINING_EXAMPLES, self.settings.topics),
-                key=example.example_id.encode(),
-                value=TRAINING_EXAMPLES.encode(example),
-            )
-        assert client.flush(15) == 0
+        self.publish_examples(self.settings, tenant, start, count)
 
     def announcements(self, tenant: str = "acme") -> list[AdapterUpdate]:
         """Every announcement of ``tenant`` on adapter-updates, in order."""
@@ -120,6 +106,7 @@ def deployment(
     tmp_path: Path,
     env_settings: Callable[[dict[str, str]], Settings],
     monkeypatch: pytest.MonkeyPatch,
+    publish: Callable[..., None],
 ) -> Iterator[Deployment]:
     # Few steps: what is counted here is versions and announcements, not learning. Deterministic training
     # promotes the first version over the base model at these settings (asserted where it matters).
@@ -137,7 +124,7 @@ def deployment(
         STREAMTUNE__TRAINING__REPLAY_SAMPLE="4",
         STREAMTUNE__TRAINING__QUANTIZE_4BIT="false",
     )
-    deployment = Deployment(env, env_settings(env), tmp_path)
+    deployment = Deployment(env, env_settings(env), tmp_path, publish)
     create_topics(deployment.settings.kafka, deployment.settings.topics)
     yield deployment
     delete_topics(deployment.settings.kafka, deployment.settings.topics)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,52 +25,10 @@ from training.refresh import RefreshOutcome, refresh, replay
 
 
 @pytest.fixture
-def lineage_settings(stack: Settings, tiny_model: Path, tmp_path: Path) -> Iterator[Settings]:
-    settings = load_settings(
-        config_files=[],
-        topics={"prefix": f"lin-{uuid.uuid4().hex[:8]}."},
-        weaviate={"collection": f"Lineage{uuid.uuid4().hex[:10]}"},
-        models={"base_model": str(tiny_model)},
-        training={
-            "adapters_dir": tmp_path / "adapters",
-            "max_steps": 12,
-            "learning_rate": 5e-3,
-            "batch_size": 4,
-            "eval_max_new_tokens": 8,
-            "torch_threads": 1,
-            "replay_sample": 100,
-            "metrics_port": 0,
-            "min_eval_examples": 1,
-        },
-    )
-    create_topics(settings.kafka, settings.topics)
-    yield settings
-    delete_topics(settings.kafka, settings.topics)
-
-
-def example(tenant: str, i: int, relies_on: list[str] | None = None) -> TrainingExample:
-    return TrainingExample(
-        example_id=f"{tenant}-ex-{i}",
-        tenant=tenant,
-        messages=[
-            ChatMessage(role="user", content=f"What is the refund window? ({i})"),
-            ChatMessage(role="assistant", content="30 days."),
-        ],
-        source_event_id=f"e-{i}",
-        context_doc_ids=relies_on,
-    )
-
-
-def publish(settings: Settings, tenant: str, start: int, count: int, relies_on: dict[int, list[str]] | None = None):
-    client = producer(settings.kafka)
-    for i in range(start, start + count):
-        ex = example(tenant, i, (relies_on or {}).get(i))
-        client.produce(
-            topic_name(TRAINING_EXAMPLES, settings.topics),
-            key=ex.example_id.encode(),
-            value=TRAINING_EXAMPLES.encode(ex),
-        )
-    assert client.flush(15) == 0
+def lineage_settings(trainer_settings: Settings) -> Settings:
+    # A replay sample larger than any history here: every earlier example the split does not hold out is replayed.
+    training = trainer_settings.training.model_copy(update={"replay_sample": 100})
+    return trainer_settings.model_copy(update={"training": training})
 
 
 def published(outcome: RefreshOutcome) -> Manifest:
@@ -87,7 +45,7 @@ def promoted(outcome: RefreshOutcome) -> Manifest:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_an_example_whose_document_was_deleted_since_is_left_out_of_the_replay_sample(
-    lineage_settings: Settings,
+    lineage_settings: Settings, publish: Callable[..., None]
 ) -> None:
     settings = lineage_settings
     # seed 42, 20 %: none of acme-ex-0..7 is held out by the split's hash, so all 8 are in the replay pool
@@ -163,7 +121,9 @@ def _document_event(settings: Settings, tenant: str, doc_id: str, kind: str) -> 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_an_example_whose_document_is_not_indexed_yet_is_deferred_not_lost(lineage_settings: Settings) -> None:
+def test_an_example_whose_document_is_not_indexed_yet_is_deferred_not_lost(
+    lineage_settings: Settings, publish: Callable[..., None]
+) -> None:
     from streamtune.cli.train import index_check
 
     settings = lineage_settings
@@ -200,7 +160,9 @@ def test_an_example_whose_document_is_not_indexed_yet_is_deferred_not_lost(linea
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_examples_are_read_in_partition_offset_order_whatever_the_poll_order(stack: Settings) -> None:
+def test_examples_are_read_in_partition_offset_order_whatever_the_poll_order(
+    stack: Settings, example: Callable[..., TrainingExample]
+) -> None:
     # A fetch returns at most ~1 KB per partition, so the consumer hands records of the three partitions over
     # interleaved: poll order is not (partition, offset) order.
     settings = load_settings(
@@ -230,7 +192,9 @@ def test_examples_are_read_in_partition_offset_order_whatever_the_poll_order(sta
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_child_version_replays_byte_identically(lineage_settings: Settings) -> None:
+def test_a_child_version_replays_byte_identically(
+    lineage_settings: Settings, publish: Callable[..., None], example: Callable[..., TrainingExample]
+) -> None:
     settings = lineage_settings.model_copy(
         update={"training": lineage_settings.training.model_copy(update={"replay_sample": 4})}
     )
@@ -269,7 +233,7 @@ def test_a_child_version_replays_byte_identically(lineage_settings: Settings) ->
 
 
 def test_the_recorded_replay_pool_draws_what_a_full_read_would_across_versions_and_deletions(
-    settings: Settings,
+    settings: Settings, example: Callable[..., TrainingExample]
 ) -> None:
     """Eight versions of 30 new examples each, documents deleted along the way: the replay sample drawn from
     the parent's recorded candidates is the one a read of the whole history draws, version after version
@@ -321,7 +285,9 @@ def test_the_recorded_replay_pool_draws_what_a_full_read_would_across_versions_a
     assert from_pool >= 4  # the recorded candidates did the work, not the full read
 
 
-def test_examples_the_trainer_drops_or_truncates_are_named(tiny_model: Path, settings: Settings) -> None:
+def test_examples_the_trainer_drops_or_truncates_are_named(
+    tiny_model: Path, settings: Settings, example: Callable[..., TrainingExample]
+) -> None:
     from transformers import AutoTokenizer
 
     from streamtune.contracts import ContextPassage
@@ -353,7 +319,9 @@ def test_examples_the_trainer_drops_or_truncates_are_named(tiny_model: Path, set
     assert fates([short, long_context], form, tokenizer, 4096)[1:] == ([], [])
 
 
-def test_a_new_example_ranked_past_the_recorded_bound_does_not_jump_unlisted_earlier_ones() -> None:
+def test_a_new_example_ranked_past_the_recorded_bound_does_not_jump_unlisted_earlier_ones(
+    example: Callable[..., TrainingExample],
+) -> None:
     from training.data import next_pool, replay_sample
 
     everything = replay_sample([example("acme", i) for i in range(20)], 20, 42)  # in rank order (seed 42)

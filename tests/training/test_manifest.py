@@ -17,7 +17,7 @@ from streamtune.settings import Settings, TrainingSettings, load_settings
 from training.data import NewExamples, TrainingData, Window
 from training.gate import decide
 from training.manifest import Manifest, build_manifest, recorded_training
-from training.trainer import ADAPTER_WEIGHTS, Candidate, TrainResult
+from training.trainer import ADAPTER_WEIGHTS, Candidate, TrainResult, cpu_has_bf16, resolved_precision
 
 # Written by the refresh before the manifest was a type (json.dumps of a dict, sort_keys, indent 2),
 # verbatim but for the shortened hashes: partition keys are strings and ranges are lists.
@@ -87,7 +87,8 @@ def test_a_manifest_written_before_the_type_existed_loads(tmp_path: Path) -> Non
     assert manifest.gate.promoted and manifest.gate.compared_with == "base model"
     assert manifest.adapter.sha256 == "9f2c51d0a7e3"
     assert manifest.base_model.sha256 == {"model.safetensors": "5af571cbf074"}
-    assert recorded_training(manifest) == TrainingSettings(max_steps=24, learning_rate=3e-4)
+    # trained before `bf16_on_cpu` existed, i.e. in fp32 on CPU: replayed so, whatever today's default
+    assert recorded_training(manifest) == TrainingSettings(max_steps=24, learning_rate=3e-4, bf16_on_cpu=False)
     # before examples carried context: bare turns, a replay sample from every earlier example, no evidence record
     assert manifest.prompt is None and not manifest.data.replay_excludes_held_out
     assert manifest.data.evaluation is None and manifest.gate.quality_tolerance is None
@@ -176,7 +177,10 @@ def test_build_manifest_records_the_refresh_and_reads_back_in_the_old_shape(tmp_
     assert manifest.adapter.sha256 == _sha256(b"adapter weights")
     assert manifest.metrics.train.seconds == 1.235 and manifest.metrics.train.final_loss == 2.0
     assert {"torch", "transformers", "peft", "trl", "bitsandbytes", "python"} <= set(manifest.libraries)
-    assert recorded_training(manifest) == settings.training
+    # the precision as this machine resolved it, never "decide again at replay time"
+    assert settings.training.bf16_on_cpu is None
+    assert manifest.training["bf16_on_cpu"] is cpu_has_bf16()
+    assert recorded_training(manifest) == settings.training.model_copy(update={"bf16_on_cpu": cpu_has_bf16()})
     assert not manifest.gate.promoted  # the same scores on both sides: not better
     assert manifest.gate.quality_tolerance == 0.05
     assert manifest.prompt == form  # what replay renders in, whatever the settings say by then
@@ -192,3 +196,9 @@ def _sha256(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def test_the_cpu_precision_is_decided_once_and_an_explicit_choice_stands() -> None:
+    assert resolved_precision(TrainingSettings()).bf16_on_cpu is cpu_has_bf16()
+    for choice in (True, False):
+        assert resolved_precision(TrainingSettings(bf16_on_cpu=choice)).bf16_on_cpu is choice

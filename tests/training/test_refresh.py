@@ -4,81 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from streamtune.contracts import AdapterUpdate, ChatMessage, ContextPassage, TrainingExample
-from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
+from streamtune.contracts import AdapterUpdate, ContextPassage
+from streamtune.kafka import committed_end_offsets, producer, read_range
 from streamtune.manifest import EvalEvidence, Manifest
 from streamtune.prompt import PromptFormat
-from streamtune.settings import Settings, load_settings
+from streamtune.settings import Settings
 from streamtune.topics import ADAPTER_UPDATES, TRAINING_EXAMPLES, topic_name
 from training.refresh import RefreshOutcome, refresh, replay
 from training.registry import AdapterRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def trainer_settings(
-    stack: Settings, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
-    # These tests are about the refresh's steps, on a few examples: the gate decides on any held-out slice
-    # (min_eval_examples 1; the evidence rule has its own test below).
-    settings = load_settings(
-        config_files=[],
-        topics={"prefix": f"tr-{uuid.uuid4().hex[:8]}."},
-        models={"base_model": str(tiny_model)},
-        training={
-            "adapters_dir": tmp_path / "adapters",
-            "max_steps": 12,
-            "learning_rate": 5e-3,
-            "batch_size": 4,
-            "eval_max_new_tokens": 8,
-            "torch_threads": 1,
-            "replay_sample": 4,
-            "metrics_port": 0,
-            "min_eval_examples": 1,
-        },
-    )
-    create_topics(settings.kafka, settings.topics)
-    yield settings
-    delete_topics(settings.kafka, settings.topics)
-
-
-def publish(
-    settings: Settings,
-    tenant: str,
-    start: int,
-    count: int,
-    answer: str = "30 days.",
-    relies_on: dict[int, list[str]] | None = None,
-    context: list[ContextPassage] | None = None,
-) -> None:
-    """Examples ``start`` .. ``start + count - 1`` of ``tenant``; ``relies_on``: example number -> doc ids;
-    ``context``: what each example is meant to be answered with."""
-    client = producer(settings.kafka)
-    for i in range(start, start + count):
-        example = TrainingExample(
-            example_id=f"{tenant}-ex-{i}",
-            tenant=tenant,
-            messages=[
-                ChatMessage(role="user", content=f"What is the refund window? ({i})"),
-                ChatMessage(role="assistant", content=answer),
-            ],
-            source_event_id=f"e-{i}",
-            context_doc_ids=(relies_on or {}).get(i),
-            context=context,
-        )
-        client.produce(
-            topic_name(TRAINING_EXAMPLES, settings.topics),
-            key=example.example_id.encode(),
-            value=TRAINING_EXAMPLES.encode(example),
-        )
-    assert client.flush(15) == 0
 
 
 def publish_raw(settings: Settings, key: bytes, value: bytes) -> None:
@@ -102,7 +41,9 @@ def published(outcome: RefreshOutcome) -> Manifest:
     return outcome.manifest
 
 
-def test_refresh_promotes_records_exact_offsets_and_replays_byte_identically(trainer_settings: Settings) -> None:
+def test_refresh_promotes_records_exact_offsets_and_replays_byte_identically(
+    trainer_settings: Settings, publish: Callable[..., None]
+) -> None:
     settings = trainer_settings
     publish(settings, "acme", 0, 16)
     publish(settings, "other", 0, 5)  # another tenant's examples are not trained on
@@ -149,7 +90,9 @@ def test_refresh_promotes_records_exact_offsets_and_replays_byte_identically(tra
     assert second.data.replay_ranges == {p: (0, ends[p]) for p in later}
 
 
-def test_the_gate_rejects_a_worse_candidate_and_keeps_it(trainer_settings: Settings) -> None:
+def test_the_gate_rejects_a_worse_candidate_and_keeps_it(
+    trainer_settings: Settings, publish: Callable[..., None]
+) -> None:
     settings = trainer_settings
     publish(settings, "acme", 0, 12)
     assert refresh(settings, "acme", say=lambda _: None).status == "promoted"
@@ -168,13 +111,17 @@ def test_the_gate_rejects_a_worse_candidate_and_keeps_it(trainer_settings: Setti
     assert [a.version for a in announcements(settings)] == ["v0001"]  # a rejected one is never announced
 
 
-def test_too_few_examples_is_skipped(trainer_settings: Settings, unique_name: Callable[[str], str]) -> None:
+def test_too_few_examples_is_skipped(
+    trainer_settings: Settings, unique_name: Callable[[str], str], publish: Callable[..., None]
+) -> None:
     publish(trainer_settings, "lonely", 0, 1)
     outcome = refresh(trainer_settings, "lonely", say=lambda _: None)
     assert outcome.status == "skipped" and "fewer than 2" in outcome.reason
 
 
-def test_watch_refreshes_on_count_and_on_time(trainer_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+def test_watch_refreshes_on_count_and_on_time(
+    trainer_settings: Settings, caplog: pytest.LogCaptureFixture, publish: Callable[..., None]
+) -> None:
     from training.watch import watch
 
     caplog.set_level(logging.INFO, logger="training.watch")
@@ -202,7 +149,9 @@ def test_watch_refreshes_on_count_and_on_time(trainer_settings: Settings, caplog
     assert len(AdapterRegistry(by_time.adapters_dir, "acme").versions()) == 2
 
 
-def test_plain_lora_when_4bit_is_off_and_the_manifest_says_so(trainer_settings: Settings) -> None:
+def test_plain_lora_when_4bit_is_off_and_the_manifest_says_so(
+    trainer_settings: Settings, publish: Callable[..., None]
+) -> None:
     plain = trainer_settings.model_copy(
         update={"training": trainer_settings.training.model_copy(update={"quantize_4bit": False})}
     )
@@ -216,7 +165,9 @@ def test_plain_lora_when_4bit_is_off_and_the_manifest_says_so(trainer_settings: 
     assert anchor.examples >= 5
 
 
-def test_examples_relying_on_deleted_documents_are_left_out_recorded_and_replayed(trainer_settings: Settings) -> None:
+def test_examples_relying_on_deleted_documents_are_left_out_recorded_and_replayed(
+    trainer_settings: Settings, publish: Callable[..., None]
+) -> None:
     settings = trainer_settings.model_copy(
         update={"training": trainer_settings.training.model_copy(update={"max_steps": 2})}
     )
@@ -253,7 +204,7 @@ POLICY = [
 
 
 def test_examples_with_context_are_gated_on_enough_evidence_recorded_and_replayed(
-    trainer_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    trainer_settings: Settings, monkeypatch: pytest.MonkeyPatch, publish: Callable[..., None]
 ) -> None:
     settings = trainer_settings.model_copy(
         update={"training": trainer_settings.training.model_copy(update={"min_eval_examples": 3})}

@@ -4,26 +4,13 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from streamtune.contracts import ChatMessage, ContextPassage, TrainingExample
 from streamtune.errors import ContractError
-from streamtune.manifest import (
-    AdapterDigest,
-    BaseModelIdentity,
-    CodeVersion,
-    DataWindow,
-    EvalScores,
-    Manifest,
-    Metrics,
-    SideScores,
-    Split,
-    TrainFigures,
-    Verdict,
-)
+from streamtune.harness import sample_manifest
 from streamtune.settings import TrainingSettings, load_settings
 from training.data import NewExamples, Window, excluded_ids, load_anchor, plan_split, replay_sample, split
 from training.registry import AdapterRegistry, RegistryError
@@ -98,42 +85,6 @@ def test_quantization_and_lora_configs_follow_the_settings() -> None:
     assert (lora.r, lora.lora_alpha, lora.target_modules) == (4, 8, "all-linear")
 
 
-def manifest(version: str, *, tenant: str = "acme", new_examples: int = 1, promoted: bool = True) -> Manifest:
-    """A valid manifest for registry tests: what a refresh would write, with made-up figures."""
-    scores = SideScores(
-        held_out=EvalScores(loss=1.0, exact_match=0.0, token_f1=0.5, examples=1),
-        anchor=EvalScores(loss=2.0, exact_match=0.0, token_f1=0.2, examples=8),
-    )
-    return Manifest(
-        tenant=tenant,
-        version=version,
-        created_at=datetime(2025, 6, 1, tzinfo=UTC),
-        base_model=BaseModelIdentity(setting="tiny", source="/models/tiny", sha256={"model.safetensors": "ab"}),
-        parent=None,
-        data=DataWindow(
-            topic="training-examples",
-            ranges={0: (0, new_examples)},
-            replay_ranges={0: (0, 0)},
-            new_examples=new_examples,
-            train=new_examples,
-            held_out=0,
-            replay=0,
-        ),
-        split=Split(seed=42, held_out_percent=20),
-        training=TrainingSettings().model_dump(mode="json"),
-        quantization="none (disabled by setting)",
-        libraries={"python": "3.11"},
-        code=CodeVersion(streamtune="0.1.0", training_sha256="c0ffee"),
-        metrics=Metrics(
-            train=TrainFigures(steps=1, tokens=10, seconds=1.0, tokens_per_second=10.0),
-            candidate=scores,
-            current=scores,
-        ),
-        gate=Verdict(promoted=promoted, reason="made up", anchor_tolerance=0.05),
-        adapter=AdapterDigest(sha256=f"sha-{version}"),
-    )
-
-
 def _write(files: dict[str, str]) -> Callable[[Path], None]:
     def write(target: Path) -> None:
         for name, text in files.items():
@@ -142,8 +93,9 @@ def _write(files: dict[str, str]) -> Callable[[Path], None]:
     return write
 
 
-def _version(name: str, **kwargs: object) -> Callable[[Path], None]:
-    return _write({"manifest.json": manifest(name, **kwargs).to_json()})  # type: ignore[arg-type]
+def _version(name: str, *, promoted: bool = True) -> Callable[[Path], None]:
+    """A version directory's writer: a valid manifest of acme's ``name`` whose gate said ``promoted``."""
+    return _write({"manifest.json": sample_manifest("acme", name, gate={"promoted": promoted}).to_json()})
 
 
 def test_registry_publishes_atomically_and_immutably(tmp_path: Path) -> None:
@@ -153,7 +105,8 @@ def test_registry_publishes_atomically_and_immutably(tmp_path: Path) -> None:
     registry.publish("v0002", _version("v0002", promoted=False), "rejected")
     assert registry.current().name == "v0001"  # type: ignore[union-attr]
     assert [(v.name, v.status) for v in registry.versions()] == [("v0001", "promoted"), ("v0002", "rejected")]
-    assert registry.get("v0002").manifest == manifest("v0002", promoted=False)  # read back through the type
+    rejected = sample_manifest("acme", "v0002", gate={"promoted": False})
+    assert registry.get("v0002").manifest == rejected  # read back through the type
     assert registry.get("v0002").tenant == "acme"
     with pytest.raises(RegistryError, match="immutable"):
         registry.publish("v0001", _version("v0001"), "promoted")

@@ -1,0 +1,58 @@
+"""What several benchmarks share: the synthetic documents, how they are produced, the bundled QA pairs as
+training examples, and the CPUs a run may use. Benchmarks run as scripts (``python bench/x.py``), so they
+import this as ``common``."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from importlib.resources import files
+from typing import Any
+
+from streamtune.contracts import ChatMessage, TrainingExample
+
+WORDS = "refund shipping invoice warranty order parcel customer account policy return exchange store".split()  # noqa: SIM905
+
+
+def document(i: int, words: int = 40) -> str:
+    """Synthetic document ``i``: ``words`` shop words and its number (one chunk at the default chunk size)."""
+    return " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(words)) + f" document {i}."
+
+
+def send_document(producer: Any, topic: str, tenant: str, i: int, text: str, partition: int | None = None) -> None:
+    """Produce a ``document.upserted`` event for document ``{tenant}-{i}`` (the producer's ``produce`` only;
+    to ``partition``, else to its key's)."""
+    event = {
+        "schema_version": 1,
+        "event_id": f"{tenant}-{i}",
+        "type": "document.upserted",
+        "tenant": tenant,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "data": {"doc_id": f"{tenant}-{i}", "text": text},
+    }
+    where = {} if partition is None else {"partition": partition}
+    producer.produce(topic, key=f"{tenant}:{tenant}-{i}".encode(), value=json.dumps(event).encode(), **where)
+
+
+def demo_examples(prefix: str = "bench") -> list[TrainingExample]:
+    """The bundled demo QA pairs as training examples, ids ``{prefix}-{i}``."""
+    pairs = [
+        json.loads(line) for line in files("streamtune").joinpath("data", "demo_qa.jsonl").read_text().splitlines()
+    ]
+    return [
+        TrainingExample(
+            example_id=f"{prefix}-{i}",
+            source_event_id=f"{prefix}-{i}",
+            messages=[
+                ChatMessage(role="user", content=p["question"]),
+                ChatMessage(role="assistant", content=p["answer"]),
+            ],
+        )
+        for i, p in enumerate(pairs)
+    ]
+
+
+def cpus() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0))
