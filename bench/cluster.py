@@ -7,7 +7,7 @@ T torch threads (``embedding.torch_threads``). The cluster is the stack's own st
 jobmanager and two one-slot taskmanagers from the Flink distribution in the apache-flink package, on
 127.0.0.1 and free ports, private to this run); Kafka and Weaviate are the running local stack. Each variant
 gets its own uuid-named topics (3 partitions, so that two subtasks both have work), collection and consumer
-group: the job is submitted, warmed up on one document per partition, then a backlog of ``--docs``
+group: the job is submitted, warmed up on a full batch per partition, then a backlog of ``--docs``
 documents is produced and timed from the backlog being in Kafka to its last document being searchable; the
 job is cancelled and everything removed.
 
@@ -124,11 +124,12 @@ def _variant(cluster: Settings, work: Path, parallelism: int, threads: int, docs
     try:
         job_id = submitted = submit_job(cluster, parallelism=parallelism, env=env)
         wait_for(lambda: job_status(cluster, submitted).running, 180, "the job running on the cluster")
-        partitions = deployment.topics.partitions
-        for p in range(partitions):  # every subtask's Python worker loads its model before the clock starts
-            send_document(producer, topic, "warmup", p, f"warm-up document {p}.", partition=p)
+        # warm, as the yardstick is: a full batch per partition (so through every subtask) before the clock runs
+        partitions, batch = deployment.topics.partitions, deployment.embedding.batch_size
+        for i in range(batch * partitions):
+            send_document(producer, topic, "warmup", i, document(docs + i), partition=i % partitions)
         producer.flush(15)
-        wait_for(lambda: store.count("warmup") >= partitions, 300, "the warm-up documents indexed")
+        wait_for(lambda: store.count("warmup") >= batch * partitions, 300, "the warm-up documents indexed")
         for i, text in enumerate(document(i) for i in range(docs)):
             send_document(producer, topic, "backlog", i, text)
         producer.flush(30)

@@ -5,11 +5,16 @@ from a Weaviate outage.
         [--outage-docs 300] [--plot bench/plots/freshness.png]
 
 Yardstick, measured in the same run: raw batched ``encode`` throughput of the same embedding model on
-the same machine (documents/s, each document one chunk). The job's throughput is documents/s through
-the whole Flink job (Kafka → parse → scrub → chunk → embed → Weaviate) on a backlog; the ratio is the
-result (goal ≥ 0.9). Freshness: documents produced at a steady rate, each one's latency from produce to
-its object's creation time in Weaviate (the server's clock, same machine), p50 / p99, and the rate the
-documents became searchable at; at ``--rates`` (events/s) and at ``--fractions`` of the throughput just
+the same machine (documents/s, each document one chunk), right before and right after the job's backlog (the
+mean of the two: this machine's speed drifts by 20-30 % over minutes). The job's throughput is documents/s through
+the whole Flink job (Kafka → parse → scrub → chunk → embed → Weaviate) on a backlog, after a warm-up of one
+full batch per partition (the yardstick is warmed up too); the ratio is the result (goal ≥ 0.9). Beside it,
+the share of the machine's CPU each process used during the backlog (from /proc, Linux): what the job's
+Python functions (encoding among them), its JVM, Weaviate and Kafka took, and what stayed idle.
+
+Freshness: documents produced at a steady rate, each one's latency from produce to its object's creation
+time in Weaviate (the server's clock, same machine), p50 / p99, and the rate the documents became searchable
+at; at ``--rates`` (events/s) and at ``--fractions`` of the throughput just
 measured (goal: p99 ≤ 1 s at 0.5). ``--plot`` draws latency and delivered rate against the offered rate.
 Settings under test (``STREAMTUNE__EMBEDDING__FLUSH_MS``, ``STREAMTUNE__STREAMS__BUNDLE_TIME_MS``,
 ``STREAMTUNE__STREAMS__BUFFER_TIMEOUT_MS``, ...) come from the environment, as the job's do.
@@ -68,6 +73,7 @@ def main() -> None:
             STREAMTUNE__STACK__HOME=str(Path(tmp) / "stack"),
             STREAMTUNE__STACK__WEAVIATE_GOSSIP_PORT=str(free_port(pair=True)),
             STREAMTUNE__STACK__WEAVIATE_RAFT_PORT=str(free_port(pair=True)),
+            STREAMTUNE__STACK__WEAVIATE_METRICS_PORT=str(free_port()),
             STREAMTUNE__CACHE_DIR=str(shared.cache_dir),
         )
         os.environ.update(env)
@@ -81,10 +87,13 @@ def main() -> None:
         embedder = load_embedder(settings)
         texts = [document(i) for i in range(args.docs)]
         embedder.encode(texts[:64], batch_size=settings.embedding.batch_size)  # warm-up
-        begin = time.perf_counter()
-        embedder.encode(texts, batch_size=settings.embedding.batch_size, normalize_embeddings=True)
-        raw_rate = args.docs / (time.perf_counter() - begin)
-        print(f"yardstick: raw batched encode {raw_rate:.0f} docs/s (batch {settings.embedding.batch_size})")
+
+        def raw_encode() -> float:
+            begin = time.perf_counter()
+            embedder.encode(texts, batch_size=settings.embedding.batch_size, normalize_embeddings=True)
+            return args.docs / (time.perf_counter() - begin)
+
+        raw_before = raw_encode()
 
         job = ingest_job(Path(tmp), env)
         job.start()
@@ -92,17 +101,33 @@ def main() -> None:
         producer = Producer(client_config(settings.kafka))
         topic = topic_name(DOMAIN_EVENTS, settings.topics)
         try:
-            send_document(producer, topic, "warmup", 0, "warm-up document.")
+            # Warm, as the yardstick is: a full batch per partition through every step before the clock runs.
+            warmup = settings.embedding.batch_size * settings.topics.partitions
+            for i in range(warmup):
+                send_document(producer, topic, "warmup", i, document(args.docs + i))
             producer.flush(15)
-            _wait_count(client, settings.weaviate.collection, "warmup", 1, 300)
+            _wait_count(client, settings.weaviate.collection, "warmup", warmup, 300)
 
             for i, text in enumerate(texts):
                 send_document(producer, topic, "throughput", i, text)
             producer.flush(30)
-            begin = time.perf_counter()
+            begin, ticks = time.perf_counter(), _cpu_ticks()
             _wait_count(client, settings.weaviate.collection, "throughput", args.docs, 600)
-            job_rate = args.docs / (time.perf_counter() - begin)
+            seconds = time.perf_counter() - begin
+            cpu = _cpu_shares(ticks, _cpu_ticks(), seconds)
+            job_rate = args.docs / seconds
+            # the machine's speed drifts over minutes (shared host): the yardstick brackets the job's run
+            raw_after = raw_encode()
+            raw_rate = (raw_before + raw_after) / 2
+            print(
+                f"yardstick: raw batched encode {raw_rate:.0f} docs/s (batch {settings.embedding.batch_size}; "
+                f"{raw_before:.0f} before the job's backlog, {raw_after:.0f} after)"
+            )
             print(f"job: {job_rate:.0f} docs/s through Kafka → Flink → Weaviate; ratio {job_rate / raw_rate:.2f}")
+            print(
+                f"CPU during the backlog ({seconds:.1f}s x {cpus()} cores = {seconds * cpus():.1f} core-s): "
+                + ", ".join(f"{role} {share:.0%}" for role, share in cpu.items())
+            )
 
             rates = sorted([*args.rates, *(f * job_rate for f in args.fractions)])
             runs = [
@@ -145,8 +170,10 @@ def main() -> None:
                         "machine": f"{platform.node()} {platform.machine()}",
                         "cpus": cpus(),
                         "raw_encode_docs_per_s": round(raw_rate, 1),
+                        "raw_encode_before_after": [round(raw_before, 1), round(raw_after, 1)],
                         "job_docs_per_s": round(job_rate, 1),
                         "ratio": round(job_rate / raw_rate, 3),
+                        "backlog_cpu_shares": {role: round(share, 3) for role, share in cpu.items()},
                         "settings": {
                             "embedding.flush_ms": settings.embedding.flush_ms,
                             "streams.bundle_time_ms": settings.streams.bundle_time_ms,
@@ -162,6 +189,49 @@ def main() -> None:
             job.stop()
             weaviate.down()
             delete_topics(settings.kafka, settings.topics)
+
+
+_ROLES = (  # the first whose marks are all in a process's command line names its role
+    ("job: Flink (JVM)", ("java ", "flink")),
+    # a local job runs its Python functions in the driver's process (PyFlink's loopback mode), else in workers
+    ("job: Python", ("streamtune streams run",)),
+    ("job: Python", ("pyflink.fn_execution",)),
+    ("Weaviate", ("weaviate-server",)),
+    ("Kafka", ("kafka.Kafka",)),
+)
+
+
+def _cpu_ticks() -> dict[int, tuple[str, int]]:
+    """Per process: its role (``_ROLES``, else "other") and CPU ticks so far (user + system), from /proc
+    (Linux)."""
+    ticks: dict[int, tuple[str, int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        role = next((name for name, marks in _ROLES if all(m in cmdline for m in marks)), "other")
+        ticks[int(proc.name)] = (role, int(fields[11]) + int(fields[12]))
+    return ticks
+
+
+def _cpu_shares(
+    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], seconds: float
+) -> dict[str, float]:
+    """Share of the machine's core-seconds over ``seconds`` each role used between two ``_cpu_ticks``; "idle"
+    is what no process used."""
+    hertz = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for pid, (role, total) in after.items():
+        used[role] = used.get(role, 0.0) + (total - before.get(pid, (role, 0))[1]) / hertz
+    capacity = seconds * cpus()
+    shares = {role: used.get(role, 0.0) / capacity for role in [*dict.fromkeys(name for name, _ in _ROLES), "other"]}
+    shares["idle"] = max(1.0 - sum(shares.values()), 0.0)
+    return shares
 
 
 def _wait_count(client: object, collection: str, tenant: str, count: int, timeout_s: float) -> None:

@@ -13,7 +13,7 @@ rounds (forward, backward, forward, ...) and the figures are medians, because th
 Variants: ``plain`` (the yardstick), ``ours`` (``training.trainer.train`` as the refresh calls it, with the
 configured settings: on a CPU with bf16 instructions that is bf16 autocast, ``training.bf16_on_cpu``'s
 default), ``ours+fp32`` (the same with ``bf16_on_cpu = false``: how every version was trained before
-2026-11-23), and the plain run with ONE of our differences switched on (``--ablate``):
+its default became "auto"), and the plain run with ONE of our differences switched on (``--ablate``):
 
 - ``determinism``: ``set_seed(seed, deterministic=True)`` before loading and ``full_determinism=True``, i.e.
   ``torch.use_deterministic_algorithms(True)`` (what ``train`` did up to 2026-11-22),

@@ -166,7 +166,12 @@ class EmbeddingSettings(_Section):
         description="Sentence-transformers model: hub id, local path, or the packaged default.",
     )
     batch_size: int = Field(64, ge=1, description="Records per embedding batch.")
-    flush_ms: int = Field(200, ge=1, description="Flush a partial batch after this many milliseconds.")
+    flush_ms: int = Field(
+        50,
+        ge=1,
+        description="Flush a partial batch after this many milliseconds (with streams.bundle_time_ms and "
+        "streams.buffer_timeout_ms, what a live event waits on top of its work; BENCHMARKS.md).",
+    )
     device: str = Field("cpu", description="torch device for encoding.")
     torch_threads: int = Field(2, ge=1, description="torch threads of a process that encodes (ingest job, search).")
 
@@ -203,9 +208,9 @@ class StreamsSettings(_Section):
         "(file://, s3://, hdfs://); on a cluster every JobManager and TaskManager must reach it. "
         "Default <cache_dir>/flink/checkpoints.",
     )
-    bundle_time_ms: int = Field(100, ge=1, description="Longest a record waits before reaching the Python worker.")
+    bundle_time_ms: int = Field(20, ge=1, description="Longest a record waits before reaching the Python worker.")
     buffer_timeout_ms: int = Field(
-        100,
+        10,
         ge=0,
         description="Longest a record waits in a network buffer between the job's operators (Flink's "
         "execution.buffer-timeout.interval; 0: sent at once, at some throughput cost).",
