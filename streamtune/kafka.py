@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -18,6 +18,8 @@ from streamtune import logs
 from streamtune.errors import KafkaUnavailableError
 from streamtune.settings import KafkaSettings, TopicSettings
 from streamtune.topics import ALL_TOPICS, TopicSpec, topic_name
+
+T = TypeVar("T")
 
 __all__ = [
     "TopicResult",
@@ -215,7 +217,8 @@ def committed_end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int]:
     from confluent_kafka.admin import OffsetSpec
 
     with _served(admin_client(kafka)) as admin:
-        try:
+
+        def ends() -> dict[int, int]:
             metadata = admin.list_topics(topic=topic, timeout=kafka.request_timeout_s)
             partitions = sorted(metadata.topics[topic].partitions)
             futures = admin.list_offsets(
@@ -224,8 +227,33 @@ def committed_end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int]:
                 request_timeout=kafka.request_timeout_s,
             )
             return {tp.partition: int(f.result().offset) for tp, f in futures.items()}
+
+        try:
+            return _while_retriable(ends, kafka.request_timeout_s)
         except KafkaException as exc:
             raise KafkaUnavailableError(f"could not read the end offsets of {topic}: {exc}") from exc
+
+
+_LEADERSHIP = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+"""Partition errors that pass once a leader is elected; the client reports them without its retriable flag."""
+
+
+def _while_retriable(request: Callable[[], T], timeout_s: float) -> T:
+    """``request()``, again after a short pause while it fails with an error Kafka calls retriable (a partition
+    whose leader is moving or not elected yet, as right after its topic was created), for up to
+    ``timeout_s``; then, or on any other error, the error is raised."""
+    deadline = time.monotonic() + timeout_s
+    pause = 0.05
+    while True:
+        try:
+            return request()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            passing = isinstance(error, KafkaError) and (error.retriable() or error.code() in _LEADERSHIP)
+            if not passing or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 def read_range(

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from streamtune.cli import examples as examples_cli
 from streamtune.contracts import ChatMessage, QaRecorded, TrainingExample, decode_event
-from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
+from streamtune.kafka import committed_end_offsets, producer, read_range
 from streamtune.prompt import PromptFormat
-from streamtune.settings import Settings, load_settings
+from streamtune.settings import Settings, TrainingSettings, load_settings
 from streamtune.topics import DOMAIN_EVENTS, TRAINING_EXAMPLES, topic_name
 from training.jsonl import (
     ERROR_CLASSES,
@@ -192,24 +190,19 @@ def test_too_long_is_measured_as_the_trainer_renders_it(tiny_model: Path) -> Non
 
 
 @pytest.fixture
-def jsonl_settings(stack: Settings, tiny_model: Path, tmp_path: Path) -> Iterator[Settings]:
-    settings = load_settings(
-        config_files=[],
-        topics={"prefix": f"jl-{uuid.uuid4().hex[:8]}."},
-        models={"base_model": str(tiny_model)},
-        training={
-            "adapters_dir": tmp_path / "adapters",
+def jsonl_settings(trainer_settings: Settings) -> Settings:
+    """The refresh tests' deployment (tests/training/conftest.py), with a shorter refresh and the default
+    learning rate and replay sample: these tests are about what goes in and comes out, not what is learnt."""
+    defaults = TrainingSettings()
+    training = trainer_settings.training.model_copy(
+        update={
             "max_steps": 4,
-            "batch_size": 4,
             "eval_max_new_tokens": 4,
-            "torch_threads": 1,
-            "metrics_port": 0,
-            "min_eval_examples": 1,
-        },
+            "learning_rate": defaults.learning_rate,
+            "replay_sample": defaults.replay_sample,
+        }
     )
-    create_topics(settings.kafka, settings.topics)
-    yield settings
-    delete_topics(settings.kafka, settings.topics)
+    return trainer_settings.model_copy(update={"training": training})
 
 
 def ingest_qa(settings: Settings) -> int:
