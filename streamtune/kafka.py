@@ -5,21 +5,23 @@ reads."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamtune import logs
-from streamtune.errors import KafkaUnavailableError
+from streamtune.errors import KafkaUnavailableError, RetryExhausted
+from streamtune.retry import Backoff, retrying
 from streamtune.settings import KafkaSettings, TopicSettings
 from streamtune.topics import ALL_TOPICS, TopicSpec, topic_name
 
-T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "TopicResult",
@@ -228,32 +230,23 @@ def committed_end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int]:
             )
             return {tp.partition: int(f.result().offset) for tp, f in futures.items()}
 
+        # a partition whose leader is not elected yet (right after its topic was created) or is moving
+        patience = Backoff(initial_s=0.05, max_s=1.0, give_up_s=kafka.request_timeout_s)
+        fix = "is the broker healthy (`streamtune stack status`)?"
         try:
-            return _while_retriable(ends, kafka.request_timeout_s)
-        except KafkaException as exc:
+            return retrying(ends, transient=_leadership, backoff=patience, what=topic, fix=fix, log=log)
+        except (KafkaException, RetryExhausted) as exc:
             raise KafkaUnavailableError(f"could not read the end offsets of {topic}: {exc}") from exc
 
 
 _LEADERSHIP = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
-"""Partition errors that pass once a leader is elected; the client reports them without its retriable flag."""
 
 
-def _while_retriable(request: Callable[[], T], timeout_s: float) -> T:
-    """``request()``, again after a short pause while it fails with an error Kafka calls retriable (a partition
-    whose leader is moving or not elected yet, as right after its topic was created), for up to
-    ``timeout_s``; then, or on any other error, the error is raised."""
-    deadline = time.monotonic() + timeout_s
-    pause = 0.05
-    while True:
-        try:
-            return request()
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            passing = isinstance(error, KafkaError) and (error.retriable() or error.code() in _LEADERSHIP)
-            if not passing or time.monotonic() + pause > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 1.0)
+def _leadership(exc: BaseException) -> bool:
+    """Whether ``exc`` passes once a partition's leader is elected: retriable, or one of the leadership errors
+    the client reports without its retriable flag."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(error, KafkaError) and (error.retriable() or error.code() in _LEADERSHIP)
 
 
 def read_range(

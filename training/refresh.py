@@ -28,7 +28,7 @@ from training.gate import decide, gather_evidence, score
 from training.manifest import build_manifest, recorded_training
 from training.publish import announce, ensure_announced, write_version
 from training.registry import AdapterRegistry, RegistryError, Version, open_registry
-from training.trainer import resolved_precision, train_candidate
+from training.trainer import train_candidate
 
 __all__ = ["RefreshOutcome", "ReplayOutcome", "refresh", "replay"]
 
@@ -76,8 +76,6 @@ def refresh(
     the window is not consumed, so the next refresh sees these examples again with the newer ones.
     """
     registry = open_registry(settings, tenant)
-    # the precision this machine trains in, resolved once: the manifest records it for the replay
-    settings = settings.model_copy(update={"training": resolved_precision(settings.training)})
     # One writer per tenant from reading `current` to the announcement, so that two trainers cannot both
     # publish the next version nor announce out of order; opening it repairs what a crash left behind.
     with registry.writing():
