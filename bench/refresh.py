@@ -1,7 +1,7 @@
 """Training benchmark: tokens/s of the refresh job's trainer ÷ a plain TRL ``SFTTrainer`` run, and what each
 of our differences from that plain run costs.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/ml/bin/python bench/refresh.py [--steps 10] [--rounds 3] [--ablate all]
+    OMP_WAIT_POLICY=PASSIVE .venv/ml/bin/python bench/refresh.py [--steps 10] [--rounds 3] [--ablate all] [--no-fp32]
 
 Same base model (the configured one, SmolLM2-135M-Instruct by default), same data (the bundled demo QA pairs,
 ``conversation_rows``), same steps, batch size, learning rate, LoRA and 4-bit settings. The yardstick is the
@@ -226,6 +226,12 @@ def main() -> None:
         default="all",
         help=f"Differences to measure alone on the plain run, comma-separated ({','.join(DIFFERENCES)}), all, none.",
     )
+    parser.add_argument(
+        "--fp32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Also run ours+fp32 (--no-fp32: plain and ours only, for more rounds in the same time).",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -236,7 +242,7 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(DIFFERENCES))
     if unknown:
         parser.error(f"--ablate: unknown difference(s) {unknown}; valid: {', '.join(DIFFERENCES)}, all, none")
-    variants = ["plain", "ours", "ours+fp32", *chosen]
+    variants = ["plain", "ours", *(["ours+fp32"] if args.fp32 else []), *chosen]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     begin = time.monotonic()
     for round_ in range(args.rounds):
