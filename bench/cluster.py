@@ -26,14 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpus, document, send_document
+from common import cpus, document, raw_encoder, send_document
 from confluent_kafka import Producer
 
 from retrieval import connect
 from retrieval.store import ChunkStore
 from streamtune.harness import free_port, isolated_env, wait_for
 from streamtune.kafka import client_config, create_topics, delete_topics
-from streamtune.models import load_embedder
 from streamtune.settings import Settings, load_settings
 from streamtune.stack import Stack
 from streamtune.stack.flink_cluster import cancel_job, job_status, submit_job
@@ -48,18 +47,9 @@ def main() -> None:
     variants = [tuple(int(x) for x in v.split("x")) for v in args.variants]
 
     shared = load_settings()
-    import torch
-
-    torch.set_num_threads(cpus())
-    embedder = load_embedder(shared)
-    texts = [document(i) for i in range(args.docs)]
-    embedder.encode(texts[:64], batch_size=shared.embedding.batch_size)  # warm-up
-    begin = time.perf_counter()
-    embedder.encode(texts, batch_size=shared.embedding.batch_size, normalize_embeddings=True)
-    raw_rate = args.docs / (time.perf_counter() - begin)
+    raw_rate = raw_encoder(shared, [document(i) for i in range(args.docs)], threads=cpus())()
     batch = shared.embedding.batch_size
     print(f"yardstick: raw batched encode {raw_rate:.1f} docs/s ({cpus()} threads, batch {batch})")
-    del embedder
 
     with tempfile.TemporaryDirectory() as tmp:
         cluster = _cluster(shared, Path(tmp))

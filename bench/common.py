@@ -1,11 +1,13 @@
-"""What several benchmarks share: the synthetic documents, how they are produced, the bundled QA pairs as
-training examples, and the CPUs a run may use. Benchmarks run as scripts (``python bench/x.py``), so they
-import this as ``common``."""
+"""What several benchmarks share: the synthetic documents, how they are produced, the raw-encode yardstick,
+the bundled QA pairs as training examples, and the CPUs a run may use. Benchmarks run as scripts
+(``python bench/x.py``), so they import this as ``common``."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
@@ -33,6 +35,27 @@ def send_document(producer: Any, topic: str, tenant: str, i: int, text: str, par
     }
     where = {} if partition is None else {"partition": partition}
     producer.produce(topic, key=f"{tenant}:{tenant}-{i}".encode(), value=json.dumps(event).encode(), **where)
+
+
+def raw_encoder(settings: Any, texts: list[str], threads: int | None = None) -> Callable[[], float]:
+    """The ingest benchmarks' yardstick: the configured embedding model in this process, on ``threads`` torch
+    threads (default ``embedding.torch_threads``, the job's), warmed up on one batch; each call encodes ``texts``
+    in batches of ``embedding.batch_size`` and returns documents/s."""
+    import torch
+
+    from streamtune.models import load_embedder
+
+    torch.set_num_threads(threads or settings.embedding.torch_threads)
+    embedder = load_embedder(settings)
+    batch = settings.embedding.batch_size
+    embedder.encode(texts[:batch], batch_size=batch)
+
+    def rate() -> float:
+        begin = time.perf_counter()
+        embedder.encode(texts, batch_size=batch, normalize_embeddings=True)
+        return len(texts) / (time.perf_counter() - begin)
+
+    return rate
 
 
 def demo_examples(prefix: str = "bench") -> list[TrainingExample]:

@@ -43,13 +43,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import cpus, document, send_document
+from common import cpus, document, raw_encoder, send_document
 from confluent_kafka import Producer
 
 from retrieval import connect
 from streamtune.harness import free_port, ingest_job, isolated_env
 from streamtune.kafka import client_config, create_topics, delete_topics
-from streamtune.models import load_embedder
 from streamtune.settings import load_settings
 from streamtune.stack import Stack
 from streamtune.topics import DOMAIN_EVENTS, topic_name
@@ -58,7 +57,12 @@ from streamtune.topics import DOMAIN_EVENTS, topic_name
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=600, help="backlog size for the throughput run")
-    parser.add_argument("--repeats", type=int, default=3, help="backlog rounds, each between two yardstick runs")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="backlog rounds, each between two yardstick runs; the result is the median (upper of an even count)",
+    )
     parser.add_argument("--rates", type=float, nargs="*", default=[10.0], help="events/s of freshness runs")
     parser.add_argument(
         "--fractions", type=float, nargs="*", default=[0.5], help="freshness runs at these shares of the throughput"
@@ -90,23 +94,18 @@ def main() -> None:
         weaviate = Stack(settings, say=lambda _: None, only=("weaviate",))
         weaviate.up()
         create_topics(settings.kafka, settings.topics)
-        import torch
-
-        torch.set_num_threads(settings.embedding.torch_threads)
-        embedder = load_embedder(settings)
         texts = [document(i) for i in range(args.docs)]
-        embedder.encode(texts[:64], batch_size=settings.embedding.batch_size)  # warm-up
-
+        encode = raw_encoder(settings, texts)
         raw_cpu: list[float] = []  # share of the machine the yardstick's own process used
         raw_shares: list[dict[str, float]] = []  # and what the machine's other processes used meanwhile
 
         def raw_encode() -> float:
             begin, cpu, ticks = time.perf_counter(), time.process_time(), _cpu_ticks()
-            embedder.encode(texts, batch_size=settings.embedding.batch_size, normalize_embeddings=True)
+            rate = encode()
             seconds = time.perf_counter() - begin
             raw_cpu.append((time.process_time() - cpu) / seconds / cpus())
             raw_shares.append(_cpu_shares(ticks, _cpu_ticks(), seconds))
-            return args.docs / seconds
+            return rate
 
         yardsticks = [raw_encode()]
 

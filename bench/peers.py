@@ -32,17 +32,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
-from common import cpus, document, send_document
+from common import cpus, document, raw_encoder, send_document
 from confluent_kafka import Producer
 from confluent_kafka.admin import NewTopic
 
 from retrieval import connect
 from streamtune.harness import ingest_job, isolated_env, wait_for
 from streamtune.kafka import admin_client, client_config, create_topics, delete_topics
-from streamtune.models import embedding_model_source, load_embedder
+from streamtune.models import embedding_model_source
 from streamtune.settings import load_settings
 from streamtune.topics import DOMAIN_EVENTS, topic_name
 
@@ -68,7 +67,8 @@ def main() -> None:
         try:
             # The machine's speed drifts by 20-30 % within minutes: the yardstick runs before our job, between
             # the two systems and after Pathway, and each system is held against the mean of the two around it.
-            raw_encode = _raw_encoder(settings, args.docs)
+            # torch's idle threads do not spin meanwhile under the Makefile's OMP_WAIT_POLICY=PASSIVE
+            raw_encode = raw_encoder(settings, [document(i) for i in range(args.docs)])
             yardsticks = [raw_encode()]
             ours, ours_fresh = _ours(settings, producer, topic, args)
             rate = args.rate or ours["docs_per_s"] / 2
@@ -105,24 +105,6 @@ def main() -> None:
         finally:
             delete_topics(settings.kafka, settings.topics)
             admin_client(settings.kafka).delete_topics([queries])
-
-
-def _raw_encoder(settings, docs: int) -> Callable[[], float]:  # type: ignore[no-untyped-def]
-    """The yardstick: a warmed-up embedder in this process; each call encodes ``docs`` documents in batches and
-    returns docs/s (torch's idle threads do not spin under the Makefile's ``OMP_WAIT_POLICY=PASSIVE``)."""
-    import torch
-
-    torch.set_num_threads(settings.embedding.torch_threads)
-    embedder = load_embedder(settings)
-    texts = [document(i) for i in range(docs)]
-    embedder.encode(texts[:64], batch_size=settings.embedding.batch_size)
-
-    def rate() -> float:
-        begin = time.perf_counter()
-        embedder.encode(texts, batch_size=settings.embedding.batch_size, normalize_embeddings=True)
-        return docs / (time.perf_counter() - begin)
-
-    return rate
 
 
 def _backlog(producer: Producer, topic: str, tenant: str, docs: int) -> float:
