@@ -39,13 +39,11 @@ def send_document(producer: Any, topic: str, tenant: str, i: int, text: str, par
 
 def raw_encoder(settings: Any, texts: list[str], threads: int | None = None) -> Callable[[], float]:
     """The ingest benchmarks' yardstick: the configured embedding model in this process, on ``threads`` torch
-    threads (default ``embedding.torch_threads``, the job's), warmed up on one batch; each call encodes ``texts``
-    in batches of ``embedding.batch_size`` and returns documents/s."""
-    import torch
+    threads (default ``embedding.torch_threads``, the job's) and with the job's allocator (``memory``), warmed up
+    on one batch; each call encodes ``texts`` in batches of ``embedding.batch_size`` and returns documents/s."""
+    from streamtune.models import load_embedder, prepare_torch
 
-    from streamtune.models import load_embedder
-
-    torch.set_num_threads(threads or settings.embedding.torch_threads)
+    prepare_torch(threads or settings.embedding.torch_threads, settings.memory)
     embedder = load_embedder(settings)
     batch = settings.embedding.batch_size
     embedder.encode(texts[:batch], batch_size=batch)

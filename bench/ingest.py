@@ -5,8 +5,10 @@ from a Weaviate outage.
         [--seconds 30] [--outage-docs 300] [--plot bench/plots/freshness.png]
 
 Yardstick, measured in the same run: raw batched ``encode`` throughput of the same embedding model on
-the same machine (documents/s, each document one chunk), with the job's torch threads and OpenMP wait policy
-(``OMP_WAIT_POLICY``, PASSIVE as the Makefile runs the job, unless the environment says otherwise). The job's
+the same machine (documents/s, each document one chunk), with the job's torch threads, allocator
+(``memory.keep_freed_mb``; ``--yardstick-allocator glibc``: glibc's defaults, as a plain script runs) and
+OpenMP wait policy (``OMP_WAIT_POLICY``, PASSIVE as the Makefile runs the job, unless the environment says
+otherwise). The job's
 throughput is documents/s through the whole Flink job (Kafka → parse → scrub → chunk → embed → Weaviate) on a
 backlog, from the first produce to the last object Weaviate created, after a warm-up of one full batch per
 partition (the yardstick is warmed up too). This machine's speed drifts by 20-30 % within a minute, so the
@@ -70,6 +72,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="duration of each freshness run")
     parser.add_argument("--outage-docs", type=int, default=300, help="documents produced while Weaviate is down")
     parser.add_argument("--plot", type=Path, help="PNG of latency and delivered rate against the offered rate")
+    parser.add_argument(
+        "--yardstick-allocator",
+        choices=("job", "glibc"),
+        default="job",
+        help="job: the yardstick keeps freed memory as the job does (memory.keep_freed_mb); glibc: its defaults",
+    )
     args = parser.parse_args()
 
     # The yardstick encodes under the OpenMP wait policy the job runs with (the Makefile's, PASSIVE, unless
@@ -95,7 +103,10 @@ def main() -> None:
         weaviate.up()
         create_topics(settings.kafka, settings.topics)
         texts = [document(i) for i in range(args.docs)]
-        encode = raw_encoder(settings, texts)
+        plain_glibc = {"memory": settings.memory.model_copy(update={"keep_freed_mb": 0})}
+        encode = raw_encoder(
+            settings.model_copy(update=plain_glibc) if args.yardstick_allocator == "glibc" else settings, texts
+        )
         raw_cpu: list[float] = []  # share of the machine the yardstick's own process used
         raw_shares: list[dict[str, float]] = []  # and what the machine's other processes used meanwhile
 
@@ -140,7 +151,8 @@ def main() -> None:
             seconds = args.docs / job_rate
             print(
                 f"yardstick: raw batched encode {raw_rate:.0f} docs/s in the median round (batch "
-                f"{settings.embedding.batch_size}; all runs {', '.join(f'{y:.0f}' for y in yardsticks)}), using "
+                f"{settings.embedding.batch_size}; allocator: {args.yardstick_allocator}'s; all runs "
+                f"{', '.join(f'{y:.0f}' for y in yardsticks)}), using "
                 f"{statistics.mean(raw_cpu):.0%} of the machine's CPU"
             )
             print(
@@ -206,10 +218,12 @@ def main() -> None:
                         "ratio_per_round": [round(r["ratio"], 3) for r in rounds],
                         "backlog_cpu_shares": {role: round(share, 3) for role, share in cpu.items()},
                         "omp_wait_policy": policy,
+                        "yardstick_allocator": args.yardstick_allocator,
                         "settings": {
                             "embedding.flush_ms": settings.embedding.flush_ms,
                             "streams.bundle_time_ms": settings.streams.bundle_time_ms,
                             "streams.buffer_timeout_ms": settings.streams.buffer_timeout_ms,
+                            "memory.keep_freed_mb": settings.memory.keep_freed_mb,
                         },
                         "freshness": runs,
                         **outage,

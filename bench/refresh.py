@@ -27,10 +27,13 @@ its default became "auto"), and the plain run with ONE of our differences switch
 - ``loading``: our ``load_model`` (``prepare_model_for_kbit_training``, LoRA wrapped before the trainer),
 - ``precision``: fp32 throughout (``bf16=False``), where TRL's ``SFTConfig`` defaults to bf16 autocast, on CPU
   too; ``train`` trains in fp32 on CPU where ``training.bf16_on_cpu`` resolves to false (variant
-  ``ours+fp32``).
+  ``ours+fp32``),
+- ``allocator``: glibc's allocator keeps freed memory for reuse (``memory.keep_freed_mb``, which
+  ``train_candidate`` applies through ``prepare_torch``; ``streamtune.allocator``).
 
 Each run also reports the sha256 of the adapter weights it trained: a variant whose runs in separate
-processes agree on it is byte-reproducible here.
+processes agree on it is byte-reproducible here; and its page faults (``ru_minflt``), which the allocator
+setting is about.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from common import demo_examples
 from streamtune.models import base_model_source, sha256_file
 from streamtune.settings import Settings, TrainingSettings, load_settings
 
-DIFFERENCES = ("determinism", "seeding", "masking", "collation", "evaluation", "loading", "precision")
+DIFFERENCES = ("determinism", "seeding", "masking", "collation", "evaluation", "loading", "precision", "allocator")
 """Our differences from the plain recipe, each measured alone on top of it."""
 
 
@@ -166,10 +169,14 @@ def run_one(variant: str, steps: int) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer
 
+    from streamtune.models import prepare_torch
     from training.trainer import ADAPTER_WEIGHTS, conversation_rows, quantization_support, train
 
     base, settings = _settings(steps)
-    torch.set_num_threads(settings.torch_threads)
+    if variant in ("ours", "ours+fp32", "allocator"):
+        prepare_torch(settings.torch_threads, base.memory)  # as train_candidate does
+    else:
+        torch.set_num_threads(settings.torch_threads)
     quantize = settings.quantize_4bit and quantization_support()[0]
     source = base_model_source(base)
     examples = demo_examples()
@@ -189,7 +196,7 @@ def run_one(variant: str, steps: int) -> dict[str, Any]:
             tokens, seconds = float(result.tokens), result.seconds
         else:
             rows = conversation_rows(examples)
-            difference = None if variant == "plain" else variant
+            difference = None if variant in ("plain", "allocator") else variant
             model, tokens, seconds = plain_trl(source, rows, settings, quantize, Path(tmp) / "run", difference)
         model.save_pretrained(str(Path(tmp) / "adapter"), save_embedding_layers=False)
         sha256 = sha256_file(Path(tmp) / "adapter" / ADAPTER_WEIGHTS)
@@ -200,6 +207,7 @@ def run_one(variant: str, steps: int) -> dict[str, Any]:
         "seconds": seconds,
         "adapter_sha256": sha256,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
         "quantization": "nf4+double-quant" if quantize else "none",
         "load_average": [load, os.getloadavg()[0]],
     }
@@ -253,7 +261,8 @@ def main() -> None:
             print(
                 f"round {round_ + 1}/{args.rounds} {variant:12} {result['tokens_per_s']:6.1f} tokens/s "
                 f"({result['tokens']:.0f} in {result['seconds']:.1f} s)  "
-                f"peak {result['peak_rss_mb']:5.0f} MB  load {result['load_average'][0]:.1f}",
+                f"peak {result['peak_rss_mb']:5.0f} MB  {result['page_faults'] / 1e6:.2f}M page faults  "
+                f"load {result['load_average'][0]:.1f}",
                 flush=True,
             )
 
@@ -290,6 +299,7 @@ def main() -> None:
                             for r, p in zip(runs[v], runs["plain"], strict=True)
                         ],
                         "peak_rss_mb_median": round(median(v, "peak_rss_mb")),
+                        "page_faults_median": round(median(v, "page_faults")),
                         "adapter_sha256": sorted({r["adapter_sha256"][:12] for r in runs[v]}),
                     }
                     for v in variants

@@ -59,9 +59,9 @@ class Answerer:
 
         from retrieval import Retriever
         from retrieval.client import connect_when_ready
-        from streamtune.models import load_base_model
+        from streamtune.models import load_base_model, prepare_torch
 
-        torch.set_num_threads(settings.inference.torch_threads)
+        prepare_torch(settings.inference.torch_threads, settings.memory)
         self.settings = settings
         self.metrics = metrics or ServeMetrics()
         self.retriever = Retriever(settings, client=connect_when_ready(settings.weaviate, give_up=False))

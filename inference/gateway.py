@@ -735,11 +735,9 @@ class _Retrieval:
         self._thread = threading.Thread(target=self._run, name="http-weaviate", daemon=True)
 
     def start(self) -> None:
-        import torch
+        from streamtune.models import load_embedder, prepare_torch
 
-        from streamtune.models import load_embedder
-
-        torch.set_num_threads(self.settings.embedding.torch_threads)
+        prepare_torch(self.settings.embedding.torch_threads, self.settings.memory)
         self._embedder = load_embedder(self.settings)
         self._thread.start()
 

@@ -186,16 +186,14 @@ def _index_batches_class() -> type:
             self.dlq_tag = dlq_tag
 
         def open(self, runtime_context: RuntimeContext) -> None:
-            import torch
-
             from retrieval.client import connect_when_ready
             from retrieval.retriever import Retriever
             from retrieval.store import ChunkStore
             from streams.chunking import Chunker
             from streams.processing import scrubber_for
-            from streamtune.models import load_embedder
+            from streamtune.models import load_embedder, prepare_torch
 
-            torch.set_num_threads(self.settings.embedding.torch_threads)
+            prepare_torch(self.settings.embedding.torch_threads, self.settings.memory)
             self.embedder = load_embedder(self.settings)
             streams = self.settings.streams
             self.chunker = Chunker(self.embedder.tokenizer, streams.chunk_tokens, streams.chunk_overlap)

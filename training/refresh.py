@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamtune.allocator import release_freed_memory
 from streamtune.manifest import Manifest
 from streamtune.prompt import PromptFormat
 from streamtune.settings import Settings
@@ -80,7 +81,10 @@ def refresh(
     # publish the next version nor announce out of order; opening it repairs what a crash left behind.
     with registry.writing():
         ensure_announced(settings, registry)  # a crash after an earlier promotion must not leave it unserved
-        return _refresh(settings, registry, missing_docs, say)
+        try:
+            return _refresh(settings, registry, missing_docs, say)
+        finally:
+            release_freed_memory()  # what training kept for reuse (memory.keep_freed_mb); `train watch` lives on
 
 
 def _refresh(
@@ -158,6 +162,7 @@ def replay(settings: Settings, tenant: str, name: str, *, say: Callable[[str], N
             recorded, data.examples, parent.path if parent else None, Path(tmp), say, prompt=manifest.prompt
         )
         replayed = candidate.sha256
+    release_freed_memory()
     return ReplayOutcome(name, manifest.adapter.sha256, replayed)
 
 

@@ -333,12 +333,11 @@ def train_candidate(
     """Train on ``examples`` rendered in ``prompt`` (continuing from the ``parent`` adapter when given); the
     adapter goes to ``work/adapter``. Falls back to plain LoRA on the full-precision base where 4-bit does not
     work, and says so."""
-    import torch
     from transformers import AutoTokenizer
 
-    from streamtune.models import base_model_source
+    from streamtune.models import base_model_source, prepare_torch
 
-    torch.set_num_threads(settings.training.torch_threads)
+    prepare_torch(settings.training.torch_threads, settings.memory)
     quantize, why_not = quantization_support() if settings.training.quantize_4bit else (False, "disabled by setting")
     if not quantize:
         say(f"    bitsandbytes 4-bit unavailable ({why_not}): training plain LoRA on the full-precision base")

@@ -49,6 +49,7 @@ def test_settings_are_frozen() -> None:
         ("STREAMTUNE__EMBEDDING__BATCH_SIZE", "0", "embedding.batch_size"),
         ("STREAMTUNE__WEAVIATE__COLLECTION", "lowercase", "weaviate.collection"),
         ("STREAMTUNE__TOPICS__PREFIX", "bad/prefix", "topics.prefix"),
+        ("STREAMTUNE__MEMORY__KEEP_FREED_MB", "4096", "memory.keep_freed_mb"),  # past mallopt's int
     ],
 )
 def test_bad_values_name_the_setting_the_value_and_the_fix(

@@ -1,7 +1,8 @@
 """``train`` is byte-reproducible across processes, which is what ``train replay`` relies on: the replay runs
 in another process (often days later) than the refresh it checks. On CPU it gets there with seeds and a fixed
 thread count alone, without switching ``torch.use_deterministic_algorithms`` on for the whole process; in fp32
-(how versions are trained today) and with bf16 autocast (``training.bf16_on_cpu``, TRL's default)."""
+(how versions are trained today) and with bf16 autocast (``training.bf16_on_cpu``, TRL's default); and with
+or without the allocator keeping freed memory (``memory.keep_freed_mb``), which is not in the manifest."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ import json, sys, tempfile
 from pathlib import Path
 import torch
 from transformers import AutoTokenizer
+from streamtune.allocator import keep_freed_memory
 from streamtune.contracts import ChatMessage, TrainingExample
 from streamtune.models import sha256_file
 from streamtune.settings import load_settings
 from training.trainer import ADAPTER_WEIGHTS, train
 
 source, bf16_on_cpu = sys.argv[1], sys.argv[2] == "bf16"
+keep_freed_memory(int(sys.argv[3]))
 settings = load_settings(config_files=[]).training.model_copy(
     update={"max_steps": 3, "batch_size": 2, "learning_rate": 5e-3}
 )
@@ -55,9 +58,9 @@ with tempfile.TemporaryDirectory() as tmp:
 """
 
 
-def _train_in_a_fresh_process(tiny_model: Path, precision: str) -> dict[str, object]:
+def _train_in_a_fresh_process(tiny_model: Path, precision: str, keep_freed_mb: int = 256) -> dict[str, object]:
     done = subprocess.run(
-        [sys.executable, "-c", _TRAIN_ONCE, str(tiny_model), precision],
+        [sys.executable, "-c", _TRAIN_ONCE, str(tiny_model), precision, str(keep_freed_mb)],
         check=True,
         capture_output=True,
         text=True,
@@ -75,3 +78,11 @@ def test_training_twice_in_fresh_processes_gives_the_same_adapter_bytes(tiny_mod
     if not first["cuda"]:
         # The process-wide switch would also slow every later model call in it (the gate, `train watch`).
         assert first["deterministic_algorithms_left_on"] is False
+
+
+def test_the_allocator_setting_does_not_change_the_adapter_bytes(tiny_model: Path) -> None:
+    # Not recorded in manifests: a version trained with glibc's defaults must replay with today's setting.
+    assert (
+        _train_in_a_fresh_process(tiny_model, "bf16", keep_freed_mb=0)["sha256"]
+        == _train_in_a_fresh_process(tiny_model, "bf16", keep_freed_mb=256)["sha256"]
+    )

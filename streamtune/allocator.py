@@ -1,0 +1,59 @@
+"""glibc's allocator, set for the processes that run torch: freed memory is reused, not handed back and faulted in
+again.
+
+By default glibc serves every allocation above its (adaptive) mmap threshold with fresh pages from the kernel and
+returns them on free, and it trims freed memory at the top of the heap above 128 KiB. torch on CPU allocates and
+frees the same activation-sized buffers at every encode batch and every training step, so each of them is paid
+for again in page faults: 1.1-1.7 million per benchmark run here, 15-25 % of its time (BENCHMARKS.md, "Allocator").
+With ``memory.keep_freed_mb`` > 0, allocations up to glibc's largest mmap threshold (32 MiB on 64-bit) come from
+the heap and up to that many MiB of freed heap are kept for reuse; ``release_freed_memory`` gives it back (after a
+refresh, in a process that lives on). The arithmetic is untouched: the same adapter bytes either way (a test).
+
+Only glibc has these knobs (``mallopt``); elsewhere (musl, macOS) nothing is changed and a debug line says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import platform
+from functools import cache
+
+__all__ = ["MMAP_THRESHOLD_MAX", "keep_freed_memory", "release_freed_memory"]
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1  # <malloc.h>
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_MAX = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
+"""glibc's ceiling for M_MMAP_THRESHOLD (DEFAULT_MMAP_THRESHOLD_MAX): 32 MiB on 64-bit."""
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(None)  # the running process's own symbols: its C library
+
+
+def keep_freed_memory(mb: int) -> bool:
+    """Keep up to ``mb`` MiB of freed memory for reuse, and serve allocations up to MMAP_THRESHOLD_MAX from it
+    (process-wide, also for allocations already made). 0: glibc's defaults, left alone. True when applied."""
+    if mb <= 0:
+        return False
+    libc = _glibc()
+    if libc is None:
+        log.debug("memory.keep_freed_mb: not glibc (%s), allocator left as it is", platform.libc_ver()[0] or "?")
+        return False
+    applied = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1
+    applied = libc.mallopt(_M_TRIM_THRESHOLD, mb * 1024 * 1024) == 1 and applied
+    if not applied:  # mallopt refuses only values outside its range, which settings.py does not let through
+        log.warning("memory.keep_freed_mb=%d: glibc's mallopt refused it; allocator left at its defaults", mb)
+    return applied
+
+
+def release_freed_memory() -> None:
+    """Hand the freed memory that ``keep_freed_memory`` kept back to the kernel (glibc's ``malloc_trim``)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
