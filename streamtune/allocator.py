@@ -2,9 +2,12 @@
 again.
 
 By default glibc serves every allocation above its (adaptive) mmap threshold with fresh pages from the kernel and
-returns them on free, and it trims freed memory at the top of the heap above 128 KiB. torch on CPU allocates and
+returns them on free, and it trims free memory at the top of the heap beyond twice that threshold (which adapts
+up to 32 MiB). torch on CPU allocates and
 frees the same activation-sized buffers at every encode batch and every training step, so each of them is paid
-for again in page faults: 1.1-1.7 million per benchmark run here, 15-25 % of its time (BENCHMARKS.md, "Allocator").
+for again in page faults: 1.1-2.5 million per benchmark run here. Kept, encoding ran 15-20 % and training 8-11 %
+faster (BENCHMARKS.md, "Allocator").
+
 With ``memory.keep_freed_mb`` > 0, allocations up to glibc's largest mmap threshold (32 MiB on 64-bit) come from
 the heap and up to that many MiB of freed heap are kept for reuse; ``release_freed_memory`` gives it back (after a
 refresh, in a process that lives on). The arithmetic is untouched: the same adapter bytes either way (a test).

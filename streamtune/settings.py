@@ -185,8 +185,8 @@ class MemorySettings(_Section):
         ge=0,
         le=2047,
         description="Freed memory a torch process (ingest job, training, serve, http) keeps for reuse, in MiB; "
-        "with it, allocations up to 32 MiB reuse the heap instead of faulting in fresh pages: 15-25 % faster "
-        "encoding and training here (BENCHMARKS.md). 0: glibc's defaults. glibc only; elsewhere ignored.",
+        "with it, allocations up to 32 MiB reuse the heap instead of faulting in fresh pages: encoding 15-20 % and "
+        "training 8-11 % faster here (BENCHMARKS.md). 0: glibc's defaults. glibc only; elsewhere ignored.",
     )
 
 
