@@ -51,7 +51,7 @@ from confluent_kafka import Producer
 from retrieval import connect
 from streamtune.harness import free_port, ingest_job, isolated_env
 from streamtune.kafka import client_config, create_topics, delete_topics
-from streamtune.settings import load_settings
+from streamtune.settings import MemorySettings, load_settings
 from streamtune.stack import Stack
 from streamtune.topics import DOMAIN_EVENTS, topic_name
 
@@ -103,10 +103,10 @@ def main() -> None:
         weaviate.up()
         create_topics(settings.kafka, settings.topics)
         texts = [document(i) for i in range(args.docs)]
-        plain_glibc = {"memory": settings.memory.model_copy(update={"keep_freed_mb": 0})}
-        encode = raw_encoder(
-            settings.model_copy(update=plain_glibc) if args.yardstick_allocator == "glibc" else settings, texts
-        )
+        yardstick = settings
+        if args.yardstick_allocator == "glibc":
+            yardstick = settings.model_copy(update={"memory": MemorySettings(keep_freed_mb=0)})
+        encode = raw_encoder(yardstick, texts)
         raw_cpu: list[float] = []  # share of the machine the yardstick's own process used
         raw_shares: list[dict[str, float]] = []  # and what the machine's other processes used meanwhile
 

@@ -54,7 +54,7 @@ from typing import Any
 from common import demo_examples
 
 from streamtune.models import base_model_source, sha256_file
-from streamtune.settings import Settings, TrainingSettings, load_settings
+from streamtune.settings import MemorySettings, Settings, TrainingSettings, load_settings
 
 DIFFERENCES = ("determinism", "seeding", "masking", "collation", "evaluation", "loading", "precision", "allocator")
 """Our differences from the plain recipe, each measured alone on top of it."""
@@ -166,17 +166,15 @@ def _settings(steps: int) -> tuple[Settings, TrainingSettings]:
 
 def run_one(variant: str, steps: int) -> dict[str, Any]:
     """One variant, in this process (meant to be the only run in it): tokens/s, adapter sha256, peak memory."""
-    import torch
     from transformers import AutoTokenizer
 
     from streamtune.models import prepare_torch
     from training.trainer import ADAPTER_WEIGHTS, conversation_rows, quantization_support, train
 
     base, settings = _settings(steps)
-    if variant in ("ours", "ours+fp32", "allocator"):
-        prepare_torch(settings.torch_threads, base.memory)  # as train_candidate does
-    else:
-        torch.set_num_threads(settings.torch_threads)
+    # as train_candidate does; the plain recipe and the other differences with glibc's defaults
+    keeps_freed = variant in ("ours", "ours+fp32", "allocator")
+    prepare_torch(settings.torch_threads, base.memory if keeps_freed else MemorySettings(keep_freed_mb=0))
     quantize = settings.quantize_4bit and quantization_support()[0]
     source = base_model_source(base)
     examples = demo_examples()
@@ -200,14 +198,15 @@ def run_one(variant: str, steps: int) -> dict[str, Any]:
             model, tokens, seconds = plain_trl(source, rows, settings, quantize, Path(tmp) / "run", difference)
         model.save_pretrained(str(Path(tmp) / "adapter"), save_embedding_layers=False)
         sha256 = sha256_file(Path(tmp) / "adapter" / ADAPTER_WEIGHTS)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "variant": variant,
         "tokens_per_s": tokens / seconds,
         "tokens": tokens,
         "seconds": seconds,
         "adapter_sha256": sha256,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-        "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+        "page_faults": usage.ru_minflt,
         "quantization": "nf4+double-quant" if quantize else "none",
         "load_average": [load, os.getloadavg()[0]],
     }

@@ -22,13 +22,13 @@ import logging
 import platform
 from functools import cache
 
-__all__ = ["MMAP_THRESHOLD_MAX", "keep_freed_memory", "release_freed_memory"]
+__all__ = ["keep_freed_memory", "release_freed_memory"]
 
 log = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1  # <malloc.h>
 _M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_MAX = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
+_MMAP_THRESHOLD_MAX = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
 """glibc's ceiling for M_MMAP_THRESHOLD (DEFAULT_MMAP_THRESHOLD_MAX): 32 MiB on 64-bit."""
 
 
@@ -40,15 +40,15 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def keep_freed_memory(mb: int) -> bool:
-    """Keep up to ``mb`` MiB of freed memory for reuse, and serve allocations up to MMAP_THRESHOLD_MAX from it
-    (process-wide, also for allocations already made). 0: glibc's defaults, left alone. True when applied."""
+    """Keep up to ``mb`` MiB of freed memory for reuse, and serve allocations up to 32 MiB from it
+    (process-wide, from now on). 0: glibc's defaults, left alone. True when applied."""
     if mb <= 0:
         return False
     libc = _glibc()
     if libc is None:
         log.debug("memory.keep_freed_mb: not glibc (%s), allocator left as it is", platform.libc_ver()[0] or "?")
         return False
-    applied = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1
+    applied = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
     applied = libc.mallopt(_M_TRIM_THRESHOLD, mb * 1024 * 1024) == 1 and applied
     if not applied:  # mallopt refuses only values outside its range, which settings.py does not let through
         log.warning("memory.keep_freed_mb=%d: glibc's mallopt refused it; allocator left at its defaults", mb)
