@@ -184,7 +184,8 @@ class MemorySettings(_Section):
         256,
         ge=0,
         le=2047,
-        description="Freed memory a torch process (ingest job, training, serve, http) keeps for reuse, in MiB; "
+        description="Freed memory a torch process (ingest job, training, serve, http) keeps for reuse, in MiB per "
+        "glibc arena (the main one and each thread's); "
         "with it, allocations up to 32 MiB reuse the heap instead of faulting in fresh pages: encoding 15-20 % and "
         "training 8-11 % faster here (BENCHMARKS.md). 0: glibc's defaults. glibc only; elsewhere ignored.",
     )
