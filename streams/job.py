@@ -175,6 +175,8 @@ def run(settings: Settings) -> Any:
 
 def _index_batches_class() -> type:
     """Defined on demand so that this module imports without PyFlink."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from pyflink.common import Row, Types
     from pyflink.datastream import KeyedProcessFunction, RuntimeContext
     from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
@@ -193,7 +195,11 @@ def _index_batches_class() -> type:
             from streams.processing import scrubber_for
             from streamtune.models import load_embedder, prepare_torch
 
-            prepare_torch(self.settings.embedding.torch_threads, self.settings.memory)
+            # Every encode runs on this one long-lived thread rather than on whichever of Beam's worker threads
+            # delivers the bundle: glibc's arena and the OpenMP team belong to the thread that encodes, and a
+            # thread met for the first time faults its buffers in afresh (BENCHMARKS.md, "where the job's time goes").
+            self.encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamtune-encode")
+            self.encoding.submit(prepare_torch, self.settings.embedding.torch_threads, self.settings.memory).result()
             self.embedder = load_embedder(self.settings)
             streams = self.settings.streams
             self.chunker = Chunker(self.embedder.tokenizer, streams.chunk_tokens, streams.chunk_overlap)
@@ -223,6 +229,8 @@ def _index_batches_class() -> type:
         def close(self) -> None:
             if getattr(self, "client", None) is not None:
                 self.client.close()
+            if getattr(self, "encoding", None) is not None:
+                self.encoding.shutdown(wait=False, cancel_futures=True)
 
         def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
             from streams.flink import current_metrics_scope
@@ -322,13 +330,13 @@ def _index_batches_class() -> type:
             from streamtune.retry import retrying
 
             texts = [text for write in plan.writes for text in write.chunks]
-            vectors = (
-                self.embedder.encode(
-                    texts, batch_size=self.settings.embedding.batch_size, normalize_embeddings=True
-                ).tolist()
+            batch = self.settings.embedding.batch_size
+            encoded = (
+                self.encoding.submit(self.embedder.encode, texts, batch_size=batch, normalize_embeddings=True)
                 if texts
-                else []
+                else None
             )
+            vectors = encoded.result().tolist() if encoded is not None else []
             weaviate = self.settings.weaviate
 
             def patiently(operation: Any) -> Any:
@@ -357,7 +365,7 @@ def _index_batches_class() -> type:
             from streams.processing import passages
 
             top_k = self.settings.retrieval.top_k
-            vectors = self.retriever.embed([r.question for r in requests])
+            vectors = self.encoding.submit(self.retriever.embed, [r.question for r in requests]).result()
 
             def search() -> list[Any]:
                 return [
