@@ -15,7 +15,8 @@ partition (the yardstick is warmed up too). This machine's speed drifts by 20-30
 backlog runs ``--repeats`` times, each round between two yardstick runs; per round the job's docs/s ÷ the mean
 of the two, and the result is the median round (goal ≥ 0.9). Beside it, the share of the machine's CPU each
 process used during that round's backlog and during the yardstick (from /proc, Linux): what the job's Python
-functions (encoding among them), its JVM, Weaviate, Kafka and this benchmark took, and what stayed idle.
+functions (encoding among them), its JVM, Weaviate, Kafka and this benchmark took, and what stayed idle; and the
+minor page faults the job's Python took in each round (memory it faulted in afresh, ``memory.keep_freed_mb``).
 
 Freshness: documents produced at a steady rate, each one's latency from produce to its object's creation
 time in Weaviate (the server's clock, same machine), p50 / p99, and the rate the documents became searchable
@@ -157,7 +158,8 @@ def main() -> None:
             )
             print(
                 f"job: {job_rate:.0f} docs/s through Kafka → Flink → Weaviate; ratio {job_rate / raw_rate:.2f} "
-                f"(median of {args.repeats} rounds: {', '.join(format(r['ratio'], '.2f') for r in rounds)})"
+                f"(median of {args.repeats} rounds: {', '.join(format(r['ratio'], '.2f') for r in rounds)}); "
+                f"page faults of the job's Python per round: {', '.join(str(r['job_page_faults']) for r in rounds)}"
             )
             print(
                 f"CPU during that round's backlog ({seconds:.1f}s x {cpus()} cores = {seconds * cpus():.1f} core-s): "
@@ -216,6 +218,7 @@ def main() -> None:
                         "job_docs_per_s": round(job_rate, 1),
                         "ratio": round(job_rate / raw_rate, 3),
                         "ratio_per_round": [round(r["ratio"], 3) for r in rounds],
+                        "job_page_faults_per_round": [r["job_page_faults"] for r in rounds],
                         "backlog_cpu_shares": {role: round(share, 3) for role, share in cpu.items()},
                         "omp_wait_policy": policy,
                         "yardstick_allocator": args.yardstick_allocator,
@@ -237,11 +240,12 @@ def main() -> None:
             delete_topics(settings.kafka, settings.topics)
 
 
+_JOB_PYTHON = "job: Python"
 _ROLES = (  # the first whose marks are all in a process's command line names its role
     ("job: Flink (JVM)", ("java ", "flink")),
     # a local job runs its Python functions in the driver's process (PyFlink's loopback mode), else in workers
-    ("job: Python", ("streamtune streams run",)),
-    ("job: Python", ("pyflink.fn_execution",)),
+    (_JOB_PYTHON, ("streamtune streams run",)),
+    (_JOB_PYTHON, ("pyflink.fn_execution",)),
     ("Weaviate", ("weaviate-server",)),
     ("Kafka", ("kafka.Kafka",)),
 )
@@ -250,10 +254,10 @@ _ROLES = (  # the first whose marks are all in a process's command line names it
 _THIS = "this benchmark (yardstick, polling)"
 
 
-def _cpu_ticks() -> dict[int, tuple[str, int]]:
-    """Per process: its role (``_ROLES``, else "other") and CPU ticks so far (user + system), from /proc
-    (Linux)."""
-    ticks: dict[int, tuple[str, int]] = {}
+def _cpu_ticks() -> dict[int, tuple[str, int, int]]:
+    """Per process: its role (``_ROLES``, else "other"), CPU ticks so far (user + system) and minor page faults
+    so far, from /proc (Linux)."""
+    ticks: dict[int, tuple[str, int, int]] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -266,24 +270,29 @@ def _cpu_ticks() -> dict[int, tuple[str, int]]:
         role = next((name for name, marks in _ROLES if all(m in cmdline for m in marks)), "other")
         if int(proc.name) == os.getpid():
             role = _THIS
-        ticks[int(proc.name)] = (role, int(fields[11]) + int(fields[12]))
+        ticks[int(proc.name)] = (role, int(fields[11]) + int(fields[12]), int(fields[7]))
     return ticks
 
 
 def _cpu_shares(
-    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], seconds: float
+    before: dict[int, tuple[str, int, int]], after: dict[int, tuple[str, int, int]], seconds: float
 ) -> dict[str, float]:
     """Share of the machine's core-seconds over ``seconds`` each role used between two ``_cpu_ticks``; "idle"
     is what no process used."""
     hertz = os.sysconf("SC_CLK_TCK")
     used: dict[str, float] = {}
-    for pid, (role, total) in after.items():
-        used[role] = used.get(role, 0.0) + (total - before.get(pid, (role, 0))[1]) / hertz
+    for pid, (role, total, _) in after.items():
+        used[role] = used.get(role, 0.0) + (total - before.get(pid, (role, 0, 0))[1]) / hertz
     capacity = seconds * cpus()
     roles = [*dict.fromkeys(name for name, _ in _ROLES), _THIS, "other"]
     shares = {role: used.get(role, 0.0) / capacity for role in roles}
     shares["idle"] = max(1.0 - sum(shares.values()), 0.0)
     return shares
+
+
+def _page_faults(before: dict[int, tuple[str, int, int]], after: dict[int, tuple[str, int, int]], role: str) -> int:
+    """Minor page faults the processes of ``role`` took between two ``_cpu_ticks``."""
+    return sum(faults - before.get(pid, (role, 0, 0))[2] for pid, (name, _, faults) in after.items() if name == role)
 
 
 def _backlog(
@@ -297,9 +306,10 @@ def _backlog(
         send_document(producer, topic, tenant, i, text)
     producer.flush(30)
     _wait_count(client, collection, tenant, len(texts), 600, poll_s=0.25)
-    cpu = _cpu_shares(ticks, _cpu_ticks(), time.perf_counter() - begin)
+    after = _cpu_ticks()
+    cpu = _cpu_shares(ticks, after, time.perf_counter() - begin)
     seconds = max(_created(client, collection, tenant).values()) - wall
-    return {"docs_per_s": len(texts) / seconds, "cpu": cpu}
+    return {"docs_per_s": len(texts) / seconds, "cpu": cpu, "job_page_faults": _page_faults(ticks, after, _JOB_PYTHON)}
 
 
 def _wait_count(

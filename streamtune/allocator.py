@@ -12,7 +12,7 @@ With ``memory.keep_freed_mb`` > 0, allocations up to glibc's largest mmap thresh
 the heap and up to that many MiB of freed heap are kept for reuse; ``release_freed_memory`` gives it back (after a
 refresh, in a process that lives on). Threads other than the main one allocate from arenas of their own, which
 glibc unmaps whenever one of their heaps empties, whatever the trim threshold says; the ingest job encodes on such
-threads (Beam's workers), so the same amount is kept at the top of every arena too (M_TOP_PAD), which applies to
+a thread (its operator's), so the same amount is kept at the top of every arena too (M_TOP_PAD), which applies to
 arenas that exist already: 70,000-240,000 page faults per 384 documents encoded on a thread before, next to none
 after. The arithmetic is untouched: the same adapter bytes either way (a test).
 
