@@ -15,8 +15,8 @@ from streamtune import allocator
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 
 # What a torch step does to the allocator: buffers of many sizes up to tens of MiB, written, all freed, again.
-# On a thread (as the ingest job's Beam workers encode), the thread's own arena is first made and left
-# empty before the setting is applied, as the job's worker threads exist before its operator opens.
+# On a thread (the ingest job encodes on its operator's own), the thread's arena is first made and left empty
+# before the setting is applied: the setting must reach arenas that exist already.
 _STEPS = """
 import json, resource, sys, threading
 from streamtune.allocator import keep_freed_memory
