@@ -199,7 +199,7 @@ def _index_batches_class() -> type:
             # delivers the bundle: glibc's arena and the OpenMP team belong to the thread that encodes, and a
             # thread met for the first time faults its buffers in afresh (BENCHMARKS.md, "where the job's time goes").
             self.encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamtune-encode")
-            self.encoding.submit(prepare_torch, self.settings.embedding.torch_threads, self.settings.memory).result()
+            self._encoding(prepare_torch, self.settings.embedding.torch_threads, self.settings.memory)
             self.embedder = load_embedder(self.settings)
             streams = self.settings.streams
             self.chunker = Chunker(self.embedder.tokenizer, streams.chunk_tokens, streams.chunk_overlap)
@@ -231,6 +231,10 @@ def _index_batches_class() -> type:
                 self.client.close()
             if getattr(self, "encoding", None) is not None:
                 self.encoding.shutdown(wait=False, cancel_futures=True)
+
+        def _encoding(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+            """``function``'s result, run on the encoding thread (``open``); its exceptions are raised here."""
+            return self.encoding.submit(function, *args, **kwargs).result()
 
         def process_element(self, row: Any, ctx: Any) -> Iterator[Any]:
             from streams.flink import current_metrics_scope
@@ -330,13 +334,11 @@ def _index_batches_class() -> type:
             from streamtune.retry import retrying
 
             texts = [text for write in plan.writes for text in write.chunks]
-            batch = self.settings.embedding.batch_size
-            encoded = (
-                self.encoding.submit(self.embedder.encode, texts, batch_size=batch, normalize_embeddings=True)
-                if texts
-                else None
-            )
-            vectors = encoded.result().tolist() if encoded is not None else []
+            vectors: list[Any] = []
+            if texts:
+                batch = self.settings.embedding.batch_size
+                encoded = self._encoding(self.embedder.encode, texts, batch_size=batch, normalize_embeddings=True)
+                vectors = encoded.tolist()
             weaviate = self.settings.weaviate
 
             def patiently(operation: Any) -> Any:
@@ -365,7 +367,7 @@ def _index_batches_class() -> type:
             from streams.processing import passages
 
             top_k = self.settings.retrieval.top_k
-            vectors = self.encoding.submit(self.retriever.embed, [r.question for r in requests]).result()
+            vectors = self._encoding(self.retriever.embed, [r.question for r in requests])
 
             def search() -> list[Any]:
                 return [

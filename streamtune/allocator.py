@@ -13,8 +13,8 @@ the heap and up to that many MiB of freed heap are kept for reuse; ``release_fre
 refresh, in a process that lives on). Threads other than the main one allocate from arenas of their own, which
 glibc unmaps whenever one of their heaps empties, whatever the trim threshold says; the ingest job encodes on such
 a thread (its operator's), so the same amount is kept at the top of every arena too (M_TOP_PAD), which applies to
-arenas that exist already: 70,000-240,000 page faults per 384 documents encoded on a thread before, next to none
-after. The arithmetic is untouched: the same adapter bytes either way (a test).
+arenas that exist already: 71,000-222,000 page faults per 384 documents encoded on a thread before, 27-6,600 after
+the first pass (BENCHMARKS.md). The arithmetic is untouched: the same adapter bytes either way (a test).
 
 Only glibc has these knobs (``mallopt``); elsewhere (musl, macOS) nothing is changed and a debug line says so.
 """
@@ -54,9 +54,9 @@ def keep_freed_memory(mb: int) -> bool:
     if libc is None:
         log.debug("memory.keep_freed_mb: not glibc (%s), allocator left as it is", platform.libc_ver()[0] or "?")
         return False
-    applied = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
-    applied = libc.mallopt(_M_TRIM_THRESHOLD, mb * 1024 * 1024) == 1 and applied
-    applied = libc.mallopt(_M_TOP_PAD, mb * 1024 * 1024) == 1 and applied
+    kept = mb * 1024 * 1024
+    options = ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, kept), (_M_TOP_PAD, kept))
+    applied = all([libc.mallopt(option, value) == 1 for option, value in options])  # a list: every one is set
     if not applied:  # mallopt refuses only values outside its range, which settings.py does not let through
         log.warning("memory.keep_freed_mb=%d: glibc's mallopt refused it; allocator left at its defaults", mb)
     return applied
