@@ -5,9 +5,12 @@ Run it with ``streamtune streams run`` (local MiniCluster), or submit this file 
 ``flink run --python streams/job.py --jarfile <connector jar>``.
 
 Batches flush on ``embedding.batch_size`` records or ``embedding.flush_ms`` milliseconds, whichever
-comes first, so the tail of a live stream is never left waiting. Buffered records live in Flink state
-and the Kafka sinks are transactional, so a restart from the retained checkpoint loses and duplicates
-nothing; Weaviate writes are idempotent (deterministic ids), so replaying them is harmless.
+comes first, so the tail of a live stream is never left waiting. A full batch runs in a pipeline of
+``_IN_FLIGHT`` batches (``streams.pipeline``): the next batch is planned and encoded while one is written, and
+a partition's writes and outputs keep the stream's order. Buffered records and the batches in flight live in
+Flink state until their outputs are emitted, and the Kafka sinks are transactional, so a restart from the
+retained checkpoint loses and duplicates nothing: it runs the batches in flight again, and Weaviate writes
+are idempotent (deterministic ids), so replaying them is harmless.
 
 Each training example carries the context it is meant to be answered with, looked up in the index once the
 batch's writes are done (so a document of the same batch is found): the chunks of the documents a
@@ -54,6 +57,12 @@ DEAD_LETTER_CLASSES = (
     "Other",
 )
 _PII_KINDS = ("email", "iban", "card", "phone")
+# Batches the operator runs at once (streams.pipeline): one is written while the next is planned and encoded.
+_IN_FLIGHT = 2
+
+
+class Stopped(Exception):
+    """A batch's wait for Weaviate ended because its operator closed (the job stops or restarts)."""
 
 
 def latest_checkpoint(uri: str) -> str | None:
@@ -175,7 +184,10 @@ def run(settings: Settings) -> Any:
 
 def _index_batches_class() -> type:
     """Defined on demand so that this module imports without PyFlink."""
-    from concurrent.futures import ThreadPoolExecutor
+    import copy
+    import threading
+    from concurrent.futures import Future, ThreadPoolExecutor
+    from functools import partial
 
     from pyflink.common import Row, Types
     from pyflink.datastream import KeyedProcessFunction, RuntimeContext
@@ -192,6 +204,7 @@ def _index_batches_class() -> type:
             from retrieval.retriever import Retriever
             from retrieval.store import ChunkStore
             from streams.chunking import Chunker
+            from streams.pipeline import Pipeline
             from streams.processing import scrubber_for
             from streamtune.models import load_embedder, prepare_torch
 
@@ -199,10 +212,20 @@ def _index_batches_class() -> type:
             # delivers the bundle: glibc's arena and the OpenMP team belong to the thread that encodes, and a
             # thread met for the first time faults its buffers in afresh (BENCHMARKS.md, "where the job's time goes").
             self.encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamtune-encode")
+            # A batch's whole work (plan, encode, write, context) runs in the pipeline, so that the next batch is
+            # planned and encoded while this one is written; its batches are those of ``in_flight``, in order.
+            self.pipeline = Pipeline(_IN_FLIGHT, "streamtune-batch")
+            self.stopping = threading.Event()
+            self.retried_ms = 0  # counted on the pipeline's threads, reported on the operator's (metrics)
+            self.retries = threading.Lock()
             self._encoding(prepare_torch, self.settings.embedding.torch_threads, self.settings.memory)
             self.embedder = load_embedder(self.settings)
             streams = self.settings.streams
-            self.chunker = Chunker(self.embedder.tokenizer, streams.chunk_tokens, streams.chunk_overlap)
+            # its own tokenizer: the encode (on another thread) sets truncation on the model's, and a Rust
+            # tokenizer used from two threads while one changes its settings fails ("Already borrowed")
+            tokenizer = copy.deepcopy(self.embedder.tokenizer)
+            self.chunker = Chunker(tokenizer, streams.chunk_tokens, streams.chunk_overlap)
+            self.planning = threading.Lock()  # the chunker's tokenizer, for one pipeline thread at a time
             self.scrubber = scrubber_for(streams)
             self.client = connect_when_ready(self.settings.weaviate)
             self.store = ChunkStore(self.client, self.settings)
@@ -212,6 +235,10 @@ def _index_batches_class() -> type:
             self.buffer = runtime_context.get_list_state(ListStateDescriptor("buffer", Types.PICKLED_BYTE_ARRAY()))
             self.size = runtime_context.get_state(ValueStateDescriptor("size", Types.INT()))
             self.timer = runtime_context.get_state(ValueStateDescriptor("timer", Types.LONG()))
+            # batches handed to the pipeline whose results are not yet emitted: [records], oldest first; a
+            # checkpoint keeps them, and a restart runs them again (Weaviate's writes are idempotent)
+            self.in_flight = runtime_context.get_state(ValueStateDescriptor("in_flight", Types.PICKLED_BYTE_ARRAY()))
+            self.wake = runtime_context.get_state(ValueStateDescriptor("wake", Types.LONG()))  # the latest wake-up
             metrics = runtime_context.get_metrics_group()
             self.counters = {
                 name: metrics.counter(name)
@@ -227,10 +254,14 @@ def _index_batches_class() -> type:
             log.info("streams: indexing operator open (attempt %s)", runtime_context.get_attempt_number())
 
         def close(self) -> None:
-            if getattr(self, "client", None) is not None:
-                self.client.close()
+            if getattr(self, "stopping", None) is not None:
+                self.stopping.set()  # a batch waiting out Weaviate stops waiting; the checkpoint holds it
+            if getattr(self, "pipeline", None) is not None:
+                self.pipeline.close()
             if getattr(self, "encoding", None) is not None:
                 self.encoding.shutdown(wait=False, cancel_futures=True)
+            if getattr(self, "client", None) is not None:
+                self.client.close()
 
         def _encoding(self, function: Any, *args: Any, **kwargs: Any) -> Any:
             """``function``'s result, run on the encoding thread (``open``); its exceptions are raised here."""
@@ -244,13 +275,14 @@ def _index_batches_class() -> type:
             self.buffer.add(pickle.dumps((key, value, int(partition), int(offset))))
             size = (self.size.value() or 0) + 1
             if size >= self.settings.embedding.batch_size:
-                yield from self._flush(ctx)
-                return
-            self.size.update(size)
-            if self.timer.value() is None:
-                deadline = ctx.timer_service().current_processing_time() + self.settings.embedding.flush_ms
-                ctx.timer_service().register_processing_time_timer(deadline)
-                self.timer.update(deadline)
+                self._submit_buffer(ctx)
+            else:
+                self.size.update(size)
+                if self.timer.value() is None:
+                    deadline = ctx.timer_service().current_processing_time() + self.settings.embedding.flush_ms
+                    ctx.timer_service().register_processing_time_timer(deadline)
+                    self.timer.update(deadline)
+            yield from self._emit(ctx)
 
         def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
             from contextlib import nullcontext
@@ -258,24 +290,60 @@ def _index_batches_class() -> type:
             # PyFlink runs timers outside the operator's metrics scope (streams.flink.current_metrics_scope);
             # a timer restored from a checkpoint may fire before any element: then nothing to enter.
             with getattr(self, "metrics_scope", None) or nullcontext():
-                outputs = list(self._flush(ctx))
+                deadline = self.timer.value()
+                if deadline is not None and deadline <= timestamp:
+                    self._submit_buffer(ctx)
+                outputs = list(self._emit(ctx))
             yield from outputs
 
-        def _flush(self, ctx: Any) -> Iterator[Any]:
-            from streams.processing import RawRecord
-            from streamtune.contracts import encode
-
-            pending = self.timer.value()
-            if pending is not None:
-                ctx.timer_service().delete_processing_time_timer(pending)
-            records = [RawRecord(k, v, self.topic, p, o) for k, v, p, o in map(pickle.loads, self.buffer.get())]
+        def _submit_buffer(self, ctx: Any) -> None:
+            """Hand the buffered records to the pipeline as one batch, kept in state until its results are out.
+            The buffer's timer stays registered (its firing then finds no deadline due): a wake-up for the batches
+            in flight may fall on the same millisecond, and deleting one timer would delete both."""
+            records = list(map(pickle.loads, self.buffer.get()))
             self.buffer.clear()
             self.size.clear()
             self.timer.clear()
             if not records:
                 return
             self.batch_size.update(len(records))
-            for result in self._process(records):
+            partition = ctx.get_current_key()
+            self._restart(partition)
+            self.in_flight.update(pickle.dumps([*self._in_flight(), records]))
+            self._start(partition, records)
+
+        def _in_flight(self) -> list[list[tuple[Any, ...]]]:
+            data = self.in_flight.value()
+            return list(pickle.loads(data)) if data else []
+
+        def _restart(self, partition: int) -> None:
+            """The first time this process meets the partition, start again the batches a checkpoint held."""
+            if self.pipeline.first_sight(partition):
+                for records in self._in_flight():
+                    log.info("streams: running again a batch of %d records that the checkpoint held", len(records))
+                    self._start(partition, records)
+
+        def _start(self, partition: int, records: list[tuple[Any, ...]]) -> None:
+            from streams.processing import RawRecord
+
+            raw = [RawRecord(k, v, self.topic, p, o) for k, v, p, o in records]
+            self.pipeline.start(partition, partial(self._process, raw))
+
+        def _emit(self, ctx: Any) -> Iterator[Any]:
+            """The outputs of this partition's finished batches, oldest first; wake-ups while any is in flight."""
+            from streamtune.contracts import encode
+
+            partition = ctx.get_current_key()
+            self._restart(partition)
+            finished = list(self.pipeline.finished(partition))
+            if finished:
+                self._report_retries()
+                in_flight = self._in_flight()[len(finished) :]
+                if in_flight:
+                    self.in_flight.update(pickle.dumps(in_flight))
+                else:
+                    self.in_flight.clear()
+            for result in (result for results in finished for result in results):
                 self.counters["records"].inc(sum(result.counts.values()))
                 self.counters["chunks"].inc(sum(len(w.chunks) for w in result.writes))
                 for name, count in result.counts.items():
@@ -287,20 +355,45 @@ def _index_batches_class() -> type:
                 for letter in result.dead_letters:
                     self.dead_letters.get(letter.error_class, self.dead_letters["Other"]).inc()
                     yield self.dlq_tag, Row(key=letter.key, value=letter.value, headers=letter.headers())
+            if self.pipeline.in_flight(partition):
+                self._wake(ctx)
 
-        def _process(self, records: list[Any]) -> list[Any]:
-            """The batch's results; if indexing the batch fails for a reason of ours, each record alone, so
-            that only the record that fails on its own is dead-lettered (InternalError)."""
+        def _wake(self, ctx: Any) -> None:
+            """Keep two timers ahead on a grid of ``embedding.flush_ms``, so that one registered in an earlier
+            bundle is pending at any checkpoint. PyFlink registers a Python timer through the task's mailbox once
+            the bundle is done (FLINK-37084), after a checkpoint taken at the end of that bundle, so a restore may
+            lack the newest; with none, the batches the checkpoint holds would wait for the partition's next
+            record. On the grid, a timer registered twice is one timer."""
+            step = self.settings.embedding.flush_ms
+            now = ctx.timer_service().current_processing_time()
+            latest = self.wake.value()
+            if latest is None or latest <= now + step:
+                first = (now // step + 1) * step
+                for at in (first, first + step):
+                    ctx.timer_service().register_processing_time_timer(at)
+                self.wake.update(first + step)
+
+        def _report_retries(self) -> None:
+            with self.retries:
+                retried, self.retried_ms = self.retried_ms, 0
+            if retried:
+                self.retry_ms.inc(retried)
+
+        def _process(self, records: list[Any], after: Future[list[Any]] | None) -> list[Any]:
+            """The batch's results (on a pipeline thread); if indexing the batch fails for a reason of ours, each
+            record alone, so that only the record that fails on its own is dead-lettered (InternalError). Its
+            writes wait for ``after``, the partition's batch before it, so that they land in the stream's order."""
             from streams.processing import internal_error, plan_batch
             from streamtune.errors import RetryExhausted
 
             streams = self.settings.streams
-            plan = plan_batch(records, streams, self.chunker, self.scrubber)
+            with self.planning:
+                plan = plan_batch(records, streams, self.chunker, self.scrubber)
             try:
-                self._index(plan)
+                self._index(plan, after)
                 return [plan]
-            except RetryExhausted:
-                raise  # Weaviate stayed down past weaviate.give_up_s: fail, naming it
+            except (RetryExhausted, Stopped):
+                raise  # Weaviate stayed down past weaviate.give_up_s (fail, naming it), or the operator closed
             except Exception as exc:
                 log.warning(
                     "streams: indexing a batch of %d records failed (%s: %s); indexing them one by one",
@@ -310,10 +403,11 @@ def _index_batches_class() -> type:
                 )
             results = []
             for record in records:
-                single = plan_batch([record], streams, self.chunker, self.scrubber)
+                with self.planning:
+                    single = plan_batch([record], streams, self.chunker, self.scrubber)
                 try:
-                    self._index(single)
-                except RetryExhausted:
+                    self._index(single, after)
+                except (RetryExhausted, Stopped):
                     raise
                 except Exception as exc:
                     log.error(
@@ -328,7 +422,9 @@ def _index_batches_class() -> type:
                 results.append(single)
             return results
 
-        def _index(self, plan: Any) -> None:
+        def _index(self, plan: Any, after: Future[list[Any]] | None) -> None:
+            from concurrent.futures import wait
+
             from retrieval.client import address, is_transient
             from streams.processing import add_context, documents, reject
             from streamtune.retry import retrying
@@ -339,6 +435,8 @@ def _index_batches_class() -> type:
                 batch = self.settings.embedding.batch_size
                 encoded = self._encoding(self.embedder.encode, texts, batch_size=batch, normalize_embeddings=True)
                 vectors = encoded.tolist()
+            if after is not None:
+                wait([after])
             weaviate = self.settings.weaviate
 
             def patiently(operation: Any) -> Any:
@@ -382,8 +480,10 @@ def _index_batches_class() -> type:
             return list(patiently(search))
 
         def _sleep(self, seconds: float) -> None:
-            self.retry_ms.inc(int(seconds * 1000))
-            time.sleep(seconds)
+            with self.retries:
+                self.retried_ms += int(seconds * 1000)
+            if self.stopping.wait(seconds):
+                raise Stopped("the operator closed while a batch waited for Weaviate; the checkpoint holds it")
 
     return IndexBatches
 

@@ -8,6 +8,7 @@ flush on size or time, so the tail of the stream is never left waiting.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 import uuid
@@ -457,6 +458,61 @@ def test_weaviate_outage_loses_and_duplicates_nothing(
     assert len(ids) == 2 * half and len(set(ids)) == 2 * half  # none lost, none duplicated
     states, exceptions = ingest.failures()
     assert states == ["RUNNING"] and exceptions == []
+
+
+@pytest.mark.fault
+def test_a_crash_while_batches_wait_for_weaviate_loses_and_duplicates_nothing(
+    private_weaviate: Any, fresh: Callable[..., Ingest]
+) -> None:
+    """Batches in flight (handed to the operator's pipeline, results not yet out) are kept in the checkpoint: a
+    crash while they wait out a Weaviate outage, taken after checkpoints that hold them, loses none of them."""
+    ingest = fresh(**private_weaviate.env)
+    ingest.start()
+    topic = topic_name(DOMAIN_EVENTS, ingest.settings.topics)
+
+    def send(start: int, count: int) -> None:
+        # one partition, fewer records than two batches: the operator never blocks, so checkpoints go on
+        for i in range(start, start + count):
+            key, value = doc_event(f"w-d-{i}", f"doc-{i:04d}", f"Waiting document {i}.", tenant="waiting")
+            ingest.producer.produce(topic, key=key.encode(), value=json.dumps(value).encode(), partition=0)
+            qa = other_event(f"w-q-{i}", "qa.recorded", {"question": f"Q{i}?", "answer": f"A{i}."}, tenant="waiting")
+            ingest.producer.produce(topic, key=f"w-q-{i}".encode(), value=json.dumps(qa).encode(), partition=0)
+        ingest.flush()
+
+    send(0, 4)
+    eventually(lambda: len(_examples_of(ingest, "waiting")) == 4, timeout_s=120, what="the first examples")
+    private_weaviate.stop()
+    ingest.client.close()
+    send(4, 4)  # one batch (8 records < batch_size 16), flushed by its timer into a Weaviate that is down
+
+    def log() -> str:
+        return "".join(f.read_text(errors="replace") for f in ingest.settings.flink_log_dir.glob("*.log"))
+
+    eventually(lambda: "unavailable for" in log(), what="the batch waiting for Weaviate")
+    jobs = ingest.flink("/jobs")["jobs"]
+    completed = ingest.flink(f"/jobs/{jobs[0]['id']}/checkpoints")["counts"]["completed"]
+    eventually(
+        lambda: ingest.flink(f"/jobs/{jobs[0]['id']}/checkpoints")["counts"]["completed"] >= completed + 2,
+        what="two checkpoints while the batch waits",
+    )
+    ingest.kill()
+    private_weaviate.start()
+    ingest.client = connect(ingest.settings.weaviate)
+    ingest.store = ChunkStore(ingest.client, ingest.settings)
+    ingest.start()
+
+    def restored() -> int:
+        return sum(int(n) for n in re.findall(r"running again a batch of (\d+) records", log()))
+
+    eventually(lambda: restored() == 8, what="the waiting records restored from the checkpoint, in flight")
+    eventually(lambda: ingest.chunks("waiting") == 8, timeout_s=180, what="every document after the restart")
+    for i in range(8):
+        assert ingest.chunks("waiting", f"doc-{i:04d}") == 1
+    ids = eventually(
+        lambda: (ids := _examples_of(ingest, "waiting")) and len(ids) >= 8 and ids, timeout_s=120, what="examples"
+    )
+    assert len(ids) == 8 and len(set(ids)) == 8  # none lost, none duplicated
+    assert [d for d in ingest.dead_letters() if (d.key or b"").startswith((b"w-", b"waiting:"))] == []
 
 
 @pytest.mark.fault
