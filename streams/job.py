@@ -274,12 +274,16 @@ def _index_batches_class() -> type:
             key, value, partition, offset = row[0], row[1], row[2], row[3]
             self.buffer.add(pickle.dumps((key, value, int(partition), int(offset))))
             size = (self.size.value() or 0) + 1
-            if size >= self.settings.embedding.batch_size:
+            now = ctx.timer_service().current_processing_time()
+            deadline = self.timer.value()
+            # past its deadline, the buffer goes now: its timer fires late, or a restore lacks it (FLINK-37084,
+            # ``_wake``) and the buffer would otherwise wait until it is full
+            if size >= self.settings.embedding.batch_size or (deadline is not None and deadline <= now):
                 self._submit_buffer(ctx)
             else:
                 self.size.update(size)
-                if self.timer.value() is None:
-                    deadline = ctx.timer_service().current_processing_time() + self.settings.embedding.flush_ms
+                if deadline is None:
+                    deadline = now + self.settings.embedding.flush_ms
                     ctx.timer_service().register_processing_time_timer(deadline)
                     self.timer.update(deadline)
             yield from self._emit(ctx)
