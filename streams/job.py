@@ -186,7 +186,7 @@ def _index_batches_class() -> type:
     """Defined on demand so that this module imports without PyFlink."""
     import copy
     import threading
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor, wait
     from functools import partial
 
     from pyflink.common import Row, Types
@@ -271,18 +271,18 @@ def _index_batches_class() -> type:
             from streams.flink import current_metrics_scope
 
             self.metrics_scope = current_metrics_scope()  # on_timer counts in it
+            self._restart(ctx.get_current_key())
             key, value, partition, offset = row[0], row[1], row[2], row[3]
             self.buffer.add(pickle.dumps((key, value, int(partition), int(offset))))
             size = (self.size.value() or 0) + 1
             now = ctx.timer_service().current_processing_time()
-            deadline = self.timer.value()
             # past its deadline, the buffer goes now: its timer fires late, or a restore lacks it (FLINK-37084,
             # ``_wake``) and the buffer would otherwise wait until it is full
-            if size >= self.settings.embedding.batch_size or (deadline is not None and deadline <= now):
+            if size >= self.settings.embedding.batch_size or self._due(now):
                 self._submit_buffer(ctx)
             else:
                 self.size.update(size)
-                if deadline is None:
+                if self.timer.value() is None:
                     deadline = now + self.settings.embedding.flush_ms
                     ctx.timer_service().register_processing_time_timer(deadline)
                     self.timer.update(deadline)
@@ -294,8 +294,8 @@ def _index_batches_class() -> type:
             # PyFlink runs timers outside the operator's metrics scope (streams.flink.current_metrics_scope);
             # a timer restored from a checkpoint may fire before any element: then nothing to enter.
             with getattr(self, "metrics_scope", None) or nullcontext():
-                deadline = self.timer.value()
-                if deadline is not None and deadline <= timestamp:
+                self._restart(ctx.get_current_key())
+                if self._due(timestamp):
                     self._submit_buffer(ctx)
                 outputs = list(self._emit(ctx))
             yield from outputs
@@ -311,17 +311,20 @@ def _index_batches_class() -> type:
             if not records:
                 return
             self.batch_size.update(len(records))
-            partition = ctx.get_current_key()
-            self._restart(partition)
             self.in_flight.update(pickle.dumps([*self._in_flight(), records]))
-            self._start(partition, records)
+            self._start(ctx.get_current_key(), records)
+
+        def _due(self, now: int) -> bool:
+            deadline = self.timer.value()
+            return deadline is not None and deadline <= now
 
         def _in_flight(self) -> list[list[tuple[Any, ...]]]:
             data = self.in_flight.value()
             return list(pickle.loads(data)) if data else []
 
         def _restart(self, partition: int) -> None:
-            """The first time this process meets the partition, start again the batches a checkpoint held."""
+            """The first time this process meets the partition, start again the batches a checkpoint held (on
+            entry to ``process_element`` and ``on_timer``: before any new batch is added to them)."""
             if self.pipeline.first_sight(partition):
                 for records in self._in_flight():
                     log.info("streams: running again a batch of %d records that the checkpoint held", len(records))
@@ -338,7 +341,6 @@ def _index_batches_class() -> type:
             from streamtune.contracts import encode
 
             partition = ctx.get_current_key()
-            self._restart(partition)
             finished = list(self.pipeline.finished(partition))
             if finished:
                 self._report_retries()
@@ -399,6 +401,7 @@ def _index_batches_class() -> type:
             except (RetryExhausted, Stopped):
                 raise  # Weaviate stayed down past weaviate.give_up_s (fail, naming it), or the operator closed
             except Exception as exc:
+                self._unless_stopped(exc)
                 log.warning(
                     "streams: indexing a batch of %d records failed (%s: %s); indexing them one by one",
                     len(records),
@@ -414,6 +417,7 @@ def _index_batches_class() -> type:
                 except (RetryExhausted, Stopped):
                     raise
                 except Exception as exc:
+                    self._unless_stopped(exc)
                     log.error(
                         "streams: %s[%d]@%d dead-lettered: %s",
                         record.topic,
@@ -426,9 +430,13 @@ def _index_batches_class() -> type:
                 results.append(single)
             return results
 
-        def _index(self, plan: Any, after: Future[list[Any]] | None) -> None:
-            from concurrent.futures import wait
+        def _unless_stopped(self, exc: Exception) -> None:
+            """A batch that fails once its operator closed (its client closed under it) is not the records'
+            fault: nothing is dead-lettered, and the checkpoint holds the batch."""
+            if self.stopping.is_set():
+                raise Stopped(f"the operator closed while a batch ran ({type(exc).__name__})") from exc
 
+        def _index(self, plan: Any, after: Future[list[Any]] | None) -> None:
             from retrieval.client import address, is_transient
             from streams.processing import add_context, documents, reject
             from streamtune.retry import retrying

@@ -461,11 +461,14 @@ def test_weaviate_outage_loses_and_duplicates_nothing(
 
 
 @pytest.mark.fault
-def test_a_crash_while_batches_wait_for_weaviate_loses_and_duplicates_nothing(
-    private_weaviate: Any, fresh: Callable[..., Ingest]
+@pytest.mark.parametrize("end", ["kill", "stop"])
+def test_a_crash_or_stop_while_batches_wait_for_weaviate_loses_and_duplicates_nothing(
+    private_weaviate: Any, fresh: Callable[..., Ingest], end: str
 ) -> None:
     """Batches in flight (handed to the operator's pipeline, results not yet out) are kept in the checkpoint: a
-    crash while they wait out a Weaviate outage, taken after checkpoints that hold them, loses none of them."""
+    crash (SIGKILL) or a stop (SIGTERM) while they wait out a Weaviate outage, after checkpoints that hold them,
+    loses none of them and dead-letters nothing; a stop ends cleanly (SIGTERM's grace is 60 s, weaviate.give_up_s
+    600 s)."""
     ingest = fresh(**private_weaviate.env)
     ingest.start()
     topic = topic_name(DOMAIN_EVENTS, ingest.settings.topics)
@@ -495,7 +498,11 @@ def test_a_crash_while_batches_wait_for_weaviate_loses_and_duplicates_nothing(
         lambda: ingest.flink(f"/jobs/{jobs[0]['id']}/checkpoints")["counts"]["completed"] >= completed + 2,
         what="two checkpoints while the batch waits",
     )
-    ingest.kill()
+    if end == "kill":
+        ingest.kill()
+    else:
+        ingest.stop()
+        assert ingest.job.process is not None and ingest.job.process.returncode == 0  # not killed after the grace
     private_weaviate.start()
     ingest.client = connect(ingest.settings.weaviate)
     ingest.store = ChunkStore(ingest.client, ingest.settings)
@@ -513,6 +520,7 @@ def test_a_crash_while_batches_wait_for_weaviate_loses_and_duplicates_nothing(
     )
     assert len(ids) == 8 and len(set(ids)) == 8  # none lost, none duplicated
     assert [d for d in ingest.dead_letters() if (d.key or b"").startswith((b"w-", b"waiting:"))] == []
+    assert "one by one" not in log()  # no batch was taken for the records' fault
 
 
 @pytest.mark.fault
