@@ -28,6 +28,7 @@ from streamtune.contracts import AdapterUpdate
 from streamtune.errors import ContractError
 from streamtune.kafka import consumer
 from streamtune.models import sha256_file
+from streamtune.rollout import Rollout, canary_arm, fold
 from streamtune.settings import Settings
 from streamtune.topics import ADAPTER_UPDATES, topic_name
 
@@ -76,17 +77,27 @@ def verify(update: AdapterUpdate, store: Path, base_model: str) -> Announced:
 
 @dataclass
 class AdapterBook:
-    """Every verified announcement, and each tenant's newest; refusals are kept for the log and the metrics."""
+    """Every verified announcement, and each tenant's rollout (``streamtune.rollout``: its current version and a
+    canary on trial); refusals are kept for the log and the metrics."""
 
     store: Path
     base_model: str
-    latest: dict[str, str] = field(default_factory=dict)
+    rollouts: dict[str, Rollout] = field(default_factory=dict)
     versions: dict[tuple[str, str], Announced] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
     on_refusal: Callable[[str], None] = lambda reason: None
 
+    @property
+    def latest(self) -> dict[str, str]:
+        """Each tenant's current version."""
+        return {tenant: r.current for tenant, r in self.rollouts.items() if r.current is not None}
+
     def record(self, update: AdapterUpdate) -> bool:
-        """Take an announcement; False (logged, counted) when it fails a check."""
+        """Take an announcement; False (logged, counted) when it fails a check. The end of a rollout
+        (``rolled_back``) loads nothing, so it is not checked: it can only take a version out of service."""
+        if update.state == "rolled_back":
+            self.rollouts[update.tenant] = fold(self.rollouts.get(update.tenant, Rollout()), update)
+            return True
         try:
             announced = verify(update, self.store, self.base_model)
         except ValueError as exc:
@@ -96,12 +107,22 @@ class AdapterBook:
             self.on_refusal(str(exc).split(" ", 1)[0])
             return False
         self.versions[(update.tenant, update.version)] = announced
-        self.latest[update.tenant] = update.version
+        self.rollouts[update.tenant] = fold(self.rollouts.get(update.tenant, Rollout()), update)
         return True
+
+    def route(self, tenant: str, pinned: str | None, query_id: str) -> tuple[Announced | None, str | None]:
+        """The adapter a query is answered with and its canary arm (None: no canary, or a pinned version);
+        KeyError for an unknown pin. A pin wins over the split."""
+        rollout = self.rollouts.get(tenant, Rollout())
+        if pinned is not None or rollout.canary is None:
+            return self.resolve(tenant, pinned), None
+        if canary_arm(query_id, rollout.canary_percent):
+            return self.versions[(tenant, rollout.canary)], "canary"
+        return self.resolve(tenant, None), "incumbent"
 
     def resolve(self, tenant: str, pinned: str | None) -> Announced | None:
         """The adapter a query of ``tenant`` is answered with (None: the base model); KeyError for an unknown pin."""
-        version = pinned or self.latest.get(tenant)
+        version = pinned or self.rollouts.get(tenant, Rollout()).current
         if version is None:
             return None
         return self.versions[(tenant, version)]

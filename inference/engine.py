@@ -47,6 +47,7 @@ class _Item:
     received: float
     timings: dict[str, float] = field(default_factory=dict)
     adapter: Announced | None = None
+    arm: str | None = None
     hits: list[SearchHit] = field(default_factory=list)
     prompt: str = ""
     text: str = ""
@@ -150,7 +151,7 @@ class Answerer:
         for item in items:
             query = item.query
             try:
-                item.adapter = self.book.resolve(query.tenant, query.adapter)
+                item.adapter, item.arm = self.book.route(query.tenant, query.adapter, query.query_id)
             except KeyError:
                 item.failure = AnswerFailure(
                     "unknown_adapter", f"tenant {query.tenant} has no announced adapter version {query.adapter!r}"
@@ -265,4 +266,5 @@ class Answerer:
             adapter_version=item.adapter.version if item.adapter else None,
             model=self.model_name,
             timings_ms=timings,
+            arm=item.arm,
         )

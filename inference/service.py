@@ -224,9 +224,23 @@ def _report_kafka(
 def _take_updates(answerer: Any, updates: list[Any], metrics: Any) -> None:
     for update in updates:
         previous = answerer.book.latest.get(update.tenant)
-        if answerer.book.record(update):
-            metrics.serving(update.tenant, update.version, previous)
-            log.info("serve: %s now uses adapter %s", update.tenant, update.version, extra={"tenant": update.tenant})
+        if not answerer.book.record(update):
+            continue
+        rollout = answerer.book.rollouts[update.tenant]
+        if update.state == "canary":
+            log.info(
+                "serve: %s: canary %s answers %d%% of queries beside %s",
+                update.tenant,
+                update.version,
+                rollout.canary_percent,
+                rollout.current or "the base model",
+                extra={"tenant": update.tenant},
+            )
+        elif update.state == "rolled_back":
+            log.info("serve: %s: %s rolled back", update.tenant, update.version, extra={"tenant": update.tenant})
+        if rollout.current is not None and rollout.current != previous:
+            metrics.serving(update.tenant, rollout.current, previous)
+            log.info("serve: %s now uses adapter %s", update.tenant, rollout.current, extra={"tenant": update.tenant})
 
 
 def _answer(answerer: Any, messages: list[Any], max_query_bytes: int) -> list[Answer]:

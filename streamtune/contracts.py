@@ -213,6 +213,9 @@ class Answer(_Message):
     model: str | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
     error: AnswerError | None = None
+    arm: Literal["canary", "incumbent"] | None = None
+    """Which arm of the tenant's running canary answered (``streamtune.rollout``); None: no canary was running,
+    or the query pinned its version (a pin is no evidence about either arm)."""
 
 
 class AdapterUpdate(_Message):
@@ -221,6 +224,13 @@ class AdapterUpdate(_Message):
     uri: str
     base_model: str
     manifest: Manifest
+    state: Literal["current", "canary", "rolled_back"] | None = None
+    """What the version becomes (``streamtune.rollout``): ``current`` serves the tenant; ``canary`` serves
+    ``canary_percent`` of its queries beside the current one; ``rolled_back`` ends that canary (or, for the
+    version that was current, is followed by the announcement of the one that is current again). None: an
+    announcement from before canaries, which means ``current``."""
+    canary_percent: int | None = Field(None, ge=0, le=100)
+    """For ``state = "canary"``: the share of the tenant's queries it answers."""
 
 
 _EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(DomainEvent)

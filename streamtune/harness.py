@@ -164,6 +164,9 @@ def isolated_env(work: Path, name: str = "it", **overrides: str) -> dict[str, st
         "STREAMTUNE__HTTP__METRICS_PORT": "0",
         "STREAMTUNE__FLINK__METRICS_PORT": "0",
         "STREAMTUNE__FLINK__LOG_DIR": str(work / "flink-logs"),
+        # A gate-passed version is promoted directly unless a test asks for a canary: most tests are about
+        # what happens once a version is current.
+        "STREAMTUNE__TRAINING__CANARY_PERCENT": "0",
     }
     env.update(overrides)
     return env

@@ -142,6 +142,16 @@ class TrainFigures(_Part):
     seconds: float
     tokens_per_second: float
     final_loss: float | None = None
+    # Early stopping on a validation slice (``training.validation_percent``). All optional: every earlier
+    # manifest still loads, as one trained without a slice (every step trained, the last one kept).
+    eval_losses: list[tuple[int, float]] = Field(default_factory=list)
+    """(step, validation loss) at each evaluation, in order."""
+    best_step: int | None = None
+    """The step whose adapter was kept: the lowest validation loss (None: no slice, the last step's)."""
+    stopped_early: bool = False
+    """Whether training stopped before ``training.max_steps`` for want of improvement."""
+    validation_examples: int = 0
+    """Examples in the validation slice, carved out of those trained on (0: none)."""
 
 
 class Verdict(_Part):
@@ -153,6 +163,9 @@ class Verdict(_Part):
     compared_with: str = ""
     quality_tolerance: float | None = None
     """How far held-out exact match and token F1 may fall below the current's (None: not a rule yet then)."""
+    canary_percent: int | None = None
+    """For a candidate that passed: the share of queries it answered as the canary before a decision on live
+    feedback (``training.canary_percent``); None or 0: promoted directly (and every version made before)."""
 
 
 class Metrics(_Part):
@@ -238,7 +251,7 @@ class Manifest(_Part):
             f"  training     {self.metrics.train.steps} steps, lr {self.training.get('learning_rate')}, "
             f"batch {self.training.get('batch_size')}, LoRA r {self.training.get('lora_r')}, {self.quantization}",
             f"               {self.metrics.train.tokens_per_second:.1f} tokens/s, "
-            f"final loss {_num(self.metrics.train.final_loss)}",
+            f"final loss {_num(self.metrics.train.final_loss)}{_kept(self.metrics.train)}",
             f"  held-out     loss {_num(cand.held_out.loss)} vs {_num(curr.held_out.loss)}, "
             f"EM {_num(cand.held_out.exact_match, 2)} vs {_num(curr.held_out.exact_match, 2)}, "
             f"F1 {_num(cand.held_out.token_f1, 2)} vs {_num(curr.held_out.token_f1, 2)} "
@@ -254,6 +267,15 @@ class Manifest(_Part):
             ),
         ]
         return "\n".join(lines)
+
+
+def _kept(train: TrainFigures) -> str:
+    """The early-stopping part of the summary's training line ("" without a validation slice)."""
+    if train.best_step is None:
+        return ""
+    best = dict(train.eval_losses).get(train.best_step)
+    early = ", stopped early" if train.stopped_early else ""
+    return f", kept step {train.best_step} (validation loss {_num(best)}{early})"
 
 
 def _num(value: float | None, digits: int = 4) -> str:

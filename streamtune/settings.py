@@ -319,6 +319,70 @@ class TrainingSettings(_Section):
         description="How far the candidate's held-out exact match and token F1 may fall below the current "
         "adapter's (absolute).",
     )
+    validation_percent: int = Field(
+        10,
+        ge=0,
+        le=50,
+        description="Share of the training examples (never the gate's held-out ones) set aside as a validation "
+        "slice for early stopping; 0: no slice, every step trained and the last one kept. Manifests older than "
+        "this setting replay with 0, as they were trained.",
+    )
+    eval_steps: int = Field(
+        10, ge=1, description="Steps between validation losses (and at the last step), with validation_percent > 0."
+    )
+    patience: int = Field(
+        3,
+        ge=1,
+        description="Validation losses in a row without improvement that stop training early; the adapter of the "
+        "step with the lowest validation loss is kept.",
+    )
+    # -- the canary: a gate-passed candidate proves itself on live, rated answers (training/canary.py) --------
+    canary_percent: int = Field(
+        20,
+        ge=0,
+        le=100,
+        description="Share of a tenant's queries (by a stable hash of query_id) that a gate-passed candidate answers "
+        "as the canary before it may become current; 0: promote directly, as before canaries existed.",
+    )
+    canary_min_rated: int = Field(
+        10, ge=1, description="Fewest rated answers each arm (canary and incumbent) needs before a decision."
+    )
+    canary_false_promotion: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Error rate allowed for promoting a canary that is worse: it is promoted once the posterior "
+        "probability that its negative-rating rate is below the incumbent's reaches 1 minus this.",
+    )
+    canary_false_rollback: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Error rate allowed for rolling back a canary that is better: it is rolled back once the "
+        "posterior probability that its negative-rating rate is above the incumbent's reaches 1 minus this.",
+    )
+    canary_max_hours: float = Field(
+        24.0,
+        gt=0,
+        description="Longest a canary waits for a decision; then it is promoted if it is not more likely worse than "
+        "the incumbent (it passed the offline gate), else rolled back.",
+    )
+    degradation_margin: float = Field(
+        0.15,
+        gt=0,
+        le=1,
+        description="A current version whose negative share over its last degradation_window rated answers exceeds "
+        "its own earlier share by this much is rolled back to the previous version.",
+    )
+    degradation_window: int = Field(
+        30, ge=2, description="Rated answers of a current version that make up its recent negative share."
+    )
+    decide_every_s: float = Field(
+        60.0,
+        gt=0,
+        description="`train watch`: how often the rollout decision step runs (it reads answers and feedback from the "
+        "topics; `streamtune adapters decide` runs it once).",
+    )
 
     def refresh_backoff(self) -> Backoff:
         """`train watch`'s policy for a tenant whose refresh failed: retried later, never given up on."""

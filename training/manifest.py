@@ -80,6 +80,10 @@ def build_manifest(
                 seconds=round(result.seconds, 3),
                 tokens_per_second=round(result.tokens_per_second, 1),
                 final_loss=result.losses[-1][1] if result.losses else None,
+                eval_losses=result.eval_losses,
+                best_step=result.best_step,
+                stopped_early=result.stopped_early,
+                validation_examples=result.validation,
             ),
             candidate=scores[0],
             current=scores[1],
@@ -138,7 +142,7 @@ def recorded_training(manifest: Manifest) -> TrainingSettings:
     return TrainingSettings.model_validate({**_BEFORE_RECORDED, **recorded})
 
 
-_BEFORE_RECORDED: dict[str, Any] = {"bf16_on_cpu": False}
+_BEFORE_RECORDED: dict[str, Any] = {"bf16_on_cpu": False, "validation_percent": 0}
 """Settings added after versions were published without them, at the value those versions were trained with
 (where today's default differs)."""
 

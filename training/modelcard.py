@@ -176,6 +176,7 @@ def model_card(manifest: Manifest) -> str:
         f"- Quantization of the base model during training: {m.quantization}",
         f"- {m.metrics.train.steps} steps, {m.metrics.train.tokens} tokens in {m.metrics.train.seconds} s "
         f"({m.metrics.train.tokens_per_second} tokens/s); final training loss {_num(m.metrics.train.final_loss)}",
+        *_early_stopping(m),
         f"- Continued from: {parent}",
         "- Every `[training]` setting is in `manifest.json` under `training`; the loss curve is `loss.png`.",
         *(
@@ -215,6 +216,22 @@ def model_card(manifest: Manifest) -> str:
         "",
     ]
     return "\n".join(sections)
+
+
+def _early_stopping(m: Manifest) -> list[str]:
+    """The card's lines on the validation slice: the final validation loss and the step kept (none without)."""
+    train = m.metrics.train
+    if train.best_step is None:
+        return []
+    losses = dict(train.eval_losses)
+    last = train.eval_losses[-1][1] if train.eval_losses else None
+    ended = f"Stopped early at step {train.steps}" if train.stopped_early else f"Ran all {train.steps} steps"
+    return [
+        f"- Early stopping: validation loss on {train.validation_examples} examples set aside from those trained "
+        f"on (never the held-out ones) every {m.training.get('eval_steps')} steps, patience "
+        f"{m.training.get('patience')}; final validation loss {_num(last)}",
+        f"- {ended}; kept the adapter of step {train.best_step} (validation loss {_num(losses.get(train.best_step))})",
+    ]
 
 
 def _package_licence(distribution: str) -> str | None:

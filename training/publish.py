@@ -24,20 +24,25 @@ import json
 import logging
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import training.registry as registry_module
 from streamtune.contracts import AdapterUpdate
 from streamtune.errors import ContractError, KafkaUnavailableError, StreamtuneError
 from streamtune.kafka import committed_end_offsets, producer, read_range
 from streamtune.manifest import Manifest
+from streamtune.rollout import Rollout, fold
 from streamtune.settings import Settings
 from streamtune.topics import ADAPTER_UPDATES, topic_name
 from training.modelcard import ADAPTER_CONFIG, MODEL_CARD, adapter_config, model_card
-from training.registry import AdapterRegistry, Version, open_registry
+from training.registry import AdapterRegistry, Version, open_registry, status_of
 from training.trainer import ADAPTER_WEIGHTS, Candidate
 
 __all__ = [
+    "Announced",
     "ExportError",
     "announce",
     "ensure_announced",
@@ -63,9 +68,11 @@ def write_version(registry: AdapterRegistry, manifest: Manifest, candidate: Cand
         (target / MODEL_CARD).write_text(model_card(manifest))
         registry_module._crash_point("partial")
         (target / "manifest.json").write_text(manifest.to_json())
-        _loss_curve(candidate.result.losses, target / "loss.png", f"{manifest.tenant} {manifest.version}")
+        result = candidate.result
+        title = f"{manifest.tenant} {manifest.version}"
+        _loss_curve(result.losses, target / "loss.png", title, validation=result.eval_losses, kept=result.best_step)
 
-    return registry.publish(manifest.version, write, "promoted" if manifest.gate.promoted else "rejected")
+    return registry.publish(manifest.version, write, status_of(manifest))
 
 
 class ExportError(StreamtuneError):
@@ -123,8 +130,9 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def announce(settings: Settings, version: Version) -> None:
-    """Publish the (already durable) version on ``adapter-updates``, keyed by its tenant.
+def announce(settings: Settings, version: Version, state: str = "current") -> None:
+    """Publish the (already durable) version on ``adapter-updates``, keyed by its tenant, as what it becomes
+    (``state``: current, canary or rolled_back; ``streamtune.rollout``).
 
     Call it holding the tenant's registry lock (``promote_and_announce`` and ``refresh`` do)."""
     update = AdapterUpdate(
@@ -133,6 +141,8 @@ def announce(settings: Settings, version: Version) -> None:
         uri=version.path.resolve().as_uri(),
         base_model=settings.models.base_model,
         manifest=version.manifest,
+        state=state,
+        canary_percent=version.manifest.gate.canary_percent if state == "canary" else None,
     )
     client = producer(settings.kafka, idempotent=True)
     client.produce(
@@ -143,45 +153,83 @@ def announce(settings: Settings, version: Version) -> None:
     registry_module._crash_point("announced")
 
 
-def last_announcements(settings: Settings) -> dict[str, AdapterUpdate]:
-    """Each tenant's last announcement on ``adapter-updates`` (one partition: total order); invalid records,
-    which only a foreign producer writes, are skipped as ``serve`` skips them."""
+@dataclass(frozen=True)
+class Announced:
+    """What ``adapter-updates`` says of a tenant: its rollout, and the announcements that made it."""
+
+    rollout: Rollout
+    updates: dict[str, AdapterUpdate]
+    """version → its last announcement."""
+
+    def says(self, version: Version | None, role: str) -> bool:
+        """Whether the topic serves ``version`` (None: none) in ``role`` (current or canary), same weights."""
+        named = self.rollout.current if role == "current" else self.rollout.canary
+        if version is None:
+            return named is None
+        update = self.updates.get(version.name)
+        return (
+            named == version.name
+            and update is not None
+            and update.manifest.adapter.sha256 == (version.manifest.adapter.sha256)
+        )
+
+
+def last_announcements(settings: Settings) -> dict[str, Announced]:
+    """Each tenant's rollout as ``adapter-updates`` announces it (one partition: total order), folded as
+    ``serve`` folds it; invalid records, which only a foreign producer writes, are skipped as ``serve`` skips
+    them."""
     topic = topic_name(ADAPTER_UPDATES, settings.topics)
     ends = committed_end_offsets(settings.kafka, topic)
-    last: dict[str, AdapterUpdate] = {}
+    rollouts: dict[str, Rollout] = {}
+    updates: dict[str, dict[str, AdapterUpdate]] = {}
     for message in read_range(settings.kafka, topic, {p: (0, end) for p, end in ends.items()}):
         try:
             update = ADAPTER_UPDATES.decode(message.value())
         except ContractError:
             continue
-        last[update.tenant] = update
-    return last
+        rollouts[update.tenant] = fold(rollouts.get(update.tenant, Rollout()), update)
+        updates.setdefault(update.tenant, {})[update.version] = update
+    return {tenant: Announced(rollout, updates[tenant]) for tenant, rollout in rollouts.items()}
 
 
 def ensure_announced(
-    settings: Settings, registry: AdapterRegistry, *, announced: Mapping[str, AdapterUpdate] | None = None
+    settings: Settings, registry: AdapterRegistry, *, announced: Mapping[str, Announced] | None = None
 ) -> Version | None:
-    """Announce the tenant's current version if the tenant's last announcement is not it (same version name
-    and adapter sha256); return it, or None when nothing was missing. Call it holding ``registry.writing()``.
+    """Announce what the registry holds and the topic does not say: the current version, then the canary (or
+    the end of a canary the registry has decided). Return the version announced last, or None when nothing was
+    missing. Call it holding ``registry.writing()``.
 
     ``announced``: ``last_announcements``, when the caller has read the topic for several tenants at once;
     by default the topic is read here.
     """
-    current = registry.current()
-    if current is None:
-        return None
-    last = (last_announcements(settings) if announced is None else announced).get(registry.tenant)
-    if last and (last.version, last.manifest.adapter.sha256) == (current.name, current.manifest.adapter.sha256):
-        return None
+    said = (last_announcements(settings) if announced is None else announced).get(registry.tenant)
+    said = said or Announced(Rollout(), {})
+    current, canary = registry.current(), registry.canary()
+    repaired = None
+    if current is not None and not said.says(current, "current"):
+        _repairing(registry.tenant, "current", current.name, said.rollout.current)
+        announce(settings, current)
+        repaired = current
+    if canary is not None and not said.says(canary, "canary"):
+        _repairing(registry.tenant, "canary", canary.name, said.rollout.canary)
+        announce(settings, canary, "canary")
+        repaired = canary
+    elif canary is None and said.rollout.canary and said.rollout.canary != (current.name if current else None):
+        ended = registry.get(said.rollout.canary)  # decided (rolled back) in the registry, never announced
+        _repairing(registry.tenant, "canary", "none", ended.name)
+        announce(settings, ended, "rolled_back")
+        repaired = ended
+    return repaired
+
+
+def _repairing(tenant: str, role: str, registry_says: str, topic_says: str | None) -> None:
     log.warning(
-        "tenant %s: repairing: %s is current but the last announcement on adapter-updates is %s; announcing %s",
-        registry.tenant,
-        current.name,
-        last.version if last else "none",
-        current.name,
+        "tenant %s: repairing: the registry's %s is %s, adapter-updates says %s; announcing it",
+        tenant,
+        role,
+        registry_says,
+        topic_says or "none",
     )
-    announce(settings, current)
-    return current
 
 
 def promote_and_announce(settings: Settings, tenant: str, name: str) -> Version:
@@ -189,9 +237,13 @@ def promote_and_announce(settings: Settings, tenant: str, name: str) -> Version:
     refresh can announce another version in between."""
     registry = open_registry(settings, tenant)
     with registry.writing():
-        version = registry.promote(name)
+        version = registry.promote(name, decision=_by_hand("promote"))
         announce(settings, version)
     return version
+
+
+def _by_hand(decision: str) -> dict[str, Any]:
+    return {"decision": decision, "reason": "by hand (streamtune adapters)", "at": datetime.now(UTC).isoformat()}
 
 
 def rollback_and_announce(settings: Settings, tenant: str) -> Version:
@@ -203,15 +255,30 @@ def rollback_and_announce(settings: Settings, tenant: str) -> Version:
     return version
 
 
-def _loss_curve(losses: list[tuple[int, float]], path: Path, title: str) -> None:
+def _loss_curve(
+    losses: list[tuple[int, float]],
+    path: Path,
+    title: str,
+    *,
+    validation: list[tuple[int, float]] | None = None,
+    kept: int | None = None,
+) -> None:
+    """The training loss per step; with early stopping also the validation loss and the step whose adapter
+    was kept."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot([s for s, _ in losses], [v for _, v in losses], marker=".")
-    axis.set(xlabel="step", ylabel="training loss", title=title)
+    axis.plot([s for s, _ in losses], [v for _, v in losses], marker=".", label="training loss")
+    if validation:
+        axis.plot([s for s, _ in validation], [v for _, v in validation], marker="o", label="validation loss")
+    if kept is not None:
+        axis.axvline(kept, color="grey", linestyle="--", label=f"kept: step {kept}")
+    axis.set(xlabel="step", ylabel="loss" if validation else "training loss", title=title)
+    if validation or kept is not None:
+        axis.legend()
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

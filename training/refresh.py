@@ -37,7 +37,7 @@ __all__ = ["RefreshOutcome", "ReplayOutcome", "refresh", "replay"]
 @dataclass(frozen=True)
 class RefreshOutcome:
     status: str
-    """promoted | rejected | skipped"""
+    """promoted | canary | rejected | skipped"""
     reason: str
     version: str | None = None
     manifest: Manifest | None = None
@@ -91,6 +91,12 @@ def _refresh(
     settings: Settings, registry: AdapterRegistry, missing_docs: MissingDocs | None, say: Callable[[str], None]
 ) -> RefreshOutcome:
     tenant = registry.tenant
+    canary = registry.canary()
+    if canary is not None:
+        # One trial at a time: the next candidate is trained against the version the decision leaves current.
+        reason = f"canary {canary.name} is on trial (`streamtune adapters decide`); the examples wait"
+        say(f"  {tenant}: {reason}")
+        return RefreshOutcome("skipped", reason)
     current = registry.current()
     span = window(settings, current.manifest if current else None)
     new = read_new(settings, tenant, span.ranges, missing_docs, span.carried)
@@ -130,6 +136,8 @@ def _refresh(
             quality_tolerance=settings.training.quality_tolerance,
             compared_with=baseline,
         )
+        if verdict.promoted and settings.training.canary_percent:
+            verdict = verdict.model_copy(update={"canary_percent": settings.training.canary_percent})
         manifest = build_manifest(
             settings,
             tenant=tenant,
@@ -142,8 +150,11 @@ def _refresh(
             evidence=evidence.record,
         )
         version = write_version(registry, manifest, candidate)
-    if verdict.promoted:
+    if version.status == "promoted":
         announce(settings, version)
+    elif version.status == "canary":
+        say(f"  {tenant}: {version.name} passed the gate; canary for {settings.training.canary_percent}% of queries")
+        announce(settings, version, "canary")
     return RefreshOutcome(version.status, verdict.reason, version.name, manifest)
 
 

@@ -1,8 +1,9 @@
 """The adapter registry: immutable version directories per tenant, their status, and the current pointer.
 
 Layout: ``<adapters_dir>/<tenant>/<version>/`` holds the PEFT adapter, ``manifest.json`` and the loss
-curve; ``<adapters_dir>/<tenant>/registry.json`` holds each version's status (promoted / rejected) and
-the history of the current pointer. Versions are written to a temporary name, fsynced and renamed;
+curve; ``<adapters_dir>/<tenant>/registry.json`` holds each version's status (promoted / rejected / canary /
+rolled_back), the figures each rollout decision was taken on, the running canary (at most one per tenant)
+and the history of the current pointer. Versions are written to a temporary name, fsynced and renamed;
 only then are they announced on ``adapter-updates``. Published versions never change.
 
 One writer per tenant, and crash-consistent. Every change (publish, promote, rollback, and a whole refresh
@@ -17,7 +18,8 @@ atomically, so a reader sees the state before or after a change, never half of o
 Opening for writing first repairs what a crash can leave, and logs each repair: a half-written
 ``.partial-*`` directory or an unfinished ``registry.json.<pid>`` is removed; a version directory missing
 from the index (killed between the rename and the index write) is adopted with the status its manifest's
-gate verdict says, and a promoted one becomes current when it is newer than the current one. Whether the
+gate verdict says (a gate-passed one meant for a canary becomes the canary again), and a promoted one
+becomes current when it is newer than the current one. Whether the
 current version was announced is checked against the topic itself (``training.publish.ensure_announced``).
 
 A version's manifest is read through ``streamtune.manifest.Manifest``: one that does not match it raises
@@ -43,7 +45,15 @@ from streamtune.errors import ContractError, StreamtuneError
 from streamtune.manifest import Manifest
 from streamtune.settings import Settings
 
-__all__ = ["LOCK_TIMEOUT_S", "AdapterRegistry", "RegistryError", "Version", "open_registry", "tenants"]
+__all__ = [
+    "LOCK_TIMEOUT_S",
+    "AdapterRegistry",
+    "RegistryError",
+    "Version",
+    "open_registry",
+    "status_of",
+    "tenants",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +80,8 @@ the point it wants); nothing else sets it. The points, in the order a refresh pa
 - ``renamed``: the version directory is in place, ``registry.json`` does not list it yet;
 - ``index-temp``: ``registry.json.<pid>`` is written and fsynced, not yet renamed over ``registry.json``
   (at every index write);
-- ``index-written``: ``registry.json`` lists the version (current, if promoted); not announced yet;
+- ``index-written``: ``registry.json`` lists the version (current, if promoted), or a promotion, rollback or
+  end of a canary; not announced yet;
 - ``announced``: the announcement is flushed to Kafka (``training.publish.announce``).
 """
 
@@ -85,8 +96,14 @@ class Version:
     name: str
     path: Path
     status: str
-    """promoted | rejected (a version that was current once stays promoted after a rollback)."""
+    """promoted | rejected | canary | rolled_back (a version that was current once stays promoted after a
+    rollback by hand; one rolled back by a decision, canary or current, is rolled_back)."""
     manifest: Manifest
+    published_at: datetime | None = None
+    """When the registry listed it (a canary's trial runs from then); None in indexes that lack it."""
+    decision: dict[str, Any] | None = None
+    """The last rollout decision about this version (``training/canary.py``): what was decided, why, when and
+    on which figures; None when none was taken."""
 
 
 def _fsync_tree(path: Path) -> None:
@@ -226,9 +243,11 @@ class AdapterRegistry:
                 manifest.version,
             )
             return None
-        status = "promoted" if manifest.gate.promoted else "rejected"
+        status = status_of(manifest)
         index["versions"][path.name] = {"status": status, "created_at": manifest.created_at.isoformat()}
         note = f"adopted {path.name} ({status}), which a crash had left out of {self.index_file.name}"
+        if status == "canary":
+            self._start_canary(index, path.name)
         current = index["current"]
         if status == "promoted" and (current is None or _number(path.name) > _number(current)):
             index["current"] = path.name
@@ -239,8 +258,10 @@ class AdapterRegistry:
     # -- index ----------------------------------------------------------------------------------
     def _index(self) -> dict[str, Any]:
         if not self.index_file.is_file():
-            return {"current": None, "versions": {}, "history": []}
-        return dict(json.loads(self.index_file.read_text()))
+            return {"current": None, "canary": None, "versions": {}, "history": []}
+        index = dict(json.loads(self.index_file.read_text()))
+        index.setdefault("canary", None)  # indexes written before canaries
+        return index
 
     def _write_index(self, index: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -263,11 +284,23 @@ class AdapterRegistry:
         if name not in index["versions"] or not (path / "manifest.json").is_file():
             known = ", ".join(sorted(index["versions"])) or "none"
             raise RegistryError(f"tenant {self.tenant}: no adapter version {name!r} (known: {known})")
-        return Version(self.tenant, name, path, index["versions"][name]["status"], Manifest.load(path))
+        entry = index["versions"][name]
+        since = datetime.fromisoformat(entry["created_at"]) if entry.get("created_at") else None
+        return Version(self.tenant, name, path, entry["status"], Manifest.load(path), since, entry.get("decision"))
 
     def current(self) -> Version | None:
         name = self._index()["current"]
         return self.get(name) if name else None
+
+    def canary(self) -> Version | None:
+        """The version on trial as the tenant's canary, if one is."""
+        name = self._index()["canary"]
+        return self.get(name) if name else None
+
+    def previous(self) -> Version | None:
+        """The version a rollback of the current one would make current again."""
+        history = self._index()["history"]
+        return self.get(history[-2]) if len(history) >= 2 else None
 
     def next_name(self) -> str:
         """After every version the index lists *and* every version directory on disk, so that a directory the
@@ -302,31 +335,78 @@ class AdapterRegistry:
             if status == "promoted":
                 index["current"] = name
                 index["history"].append(name)
+            elif status == "canary":
+                self._start_canary(index, name)
             self._write_index(index)
             _crash_point("index-written")
             return self.get(name)
 
-    def promote(self, name: str) -> Version:
+    def _start_canary(self, index: dict[str, Any], name: str) -> None:
+        """``name`` becomes the canary; one still running (the refresh waits for a decision, so only a crash's
+        repair or an operator meets one) is rolled back, superseded."""
+        running = index.get("canary")
+        if running and running != name and running in index["versions"]:
+            index["versions"][running]["status"] = "rolled_back"
+            index["versions"][running]["decision"] = {
+                "decision": "rollback",
+                "reason": f"superseded by {name}",
+                "at": datetime.now(UTC).isoformat(),
+            }
+        index["canary"] = name
+
+    def promote(self, name: str, *, decision: dict[str, Any] | None = None) -> Version:
+        """Make ``name`` current (a canary's trial ends); ``decision``: the figures it was decided on."""
         with self.writing():
-            version = self.get(name)
+            self.get(name)
             index = self._index()
             index["versions"][name]["status"] = "promoted"
+            if decision is not None:
+                index["versions"][name]["decision"] = decision
+            if index["canary"] == name:
+                index["canary"] = None
             index["current"] = name
             index["history"].append(name)
             self._write_index(index)
-            return version
+            _crash_point("index-written")
+            return self.get(name)
 
-    def rollback(self) -> Version:
-        """Make the previously current version current again."""
+    def end_canary(self, name: str, decision: dict[str, Any]) -> Version:
+        """Roll the canary ``name`` back: it is marked rolled_back with ``decision``; the current version keeps
+        every query."""
+        with self.writing():
+            index = self._index()
+            if index["canary"] != name:
+                raise RegistryError(f"tenant {self.tenant}: {name} is not the running canary ({index['canary']})")
+            index["versions"][name]["status"] = "rolled_back"
+            index["versions"][name]["decision"] = decision
+            index["canary"] = None
+            self._write_index(index)
+            _crash_point("index-written")
+            return self.get(name)
+
+    def rollback(self, *, decision: dict[str, Any] | None = None) -> Version:
+        """Make the previously current version current again. ``decision`` (a degradation found on live
+        feedback): the version rolled back is marked rolled_back with it; by hand it stays promoted."""
         with self.writing():
             index = self._index()
             history = index["history"]
             if len(history) < 2:
                 raise RegistryError(f"tenant {self.tenant}: nothing to roll back to (history: {history or 'empty'})")
-            history.pop()
+            left = history.pop()
+            if decision is not None:
+                index["versions"][left]["status"] = "rolled_back"
+                index["versions"][left]["decision"] = decision
             index["current"] = history[-1]
             self._write_index(index)
+            _crash_point("index-written")
             return self.get(history[-1])
+
+
+def status_of(manifest: Manifest) -> str:
+    """The status a version's own manifest gives it when it is published (or adopted by the repair)."""
+    if not manifest.gate.promoted:
+        return "rejected"
+    return "canary" if manifest.gate.canary_percent else "promoted"
 
 
 def open_registry(settings: Settings, tenant: str) -> AdapterRegistry:

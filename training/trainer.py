@@ -5,6 +5,10 @@ TRL's ``SFTTrainer`` on prompt/completion conversations (the model's chat templa
 assistant's tokens only); ``evaluate`` gives loss, exact match and token F1 of generated answers.
 Given a ``PromptFormat``, both see each example as ``serve`` would prompt for it: the system prompt and the
 example's stored context, numbered and cut by ``streamtune.prompt`` (``conversation_rows``).
+With ``training.validation_percent``, ``train`` sets a slice of its examples aside (``validation_slice``),
+evaluates on it every ``training.eval_steps``, stops after ``training.patience`` evaluations without
+improvement and ends with the best step's adapter: transformers' own ``EarlyStoppingCallback`` and
+``load_best_model_at_end``, over checkpoints in its work folder.
 ``train_candidate`` is the refresh's training step: the configured base model, 4-bit where bitsandbytes
 works, the adapter saved to a folder. All heavy libraries are imported inside the functions.
 """
@@ -24,6 +28,7 @@ from streamtune.contracts import TrainingExample
 from streamtune.models import sha256_file
 from streamtune.prompt import PromptFormat, conversation
 from streamtune.settings import Settings, TrainingSettings
+from training.data import split
 
 __all__ = [
     "ADAPTER_WEIGHTS",
@@ -38,6 +43,7 @@ __all__ = [
     "quantization_support",
     "train",
     "train_candidate",
+    "validation_slice",
 ]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -211,10 +217,36 @@ class TrainResult:
     """Ids of the examples the trainer could not use (``fates``)."""
     truncated: list[str] = field(default_factory=list)
     """Ids of the examples trained on cut short to ``max_length`` tokens (``fates``)."""
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    """(step, validation loss) at each evaluation; empty without a validation slice."""
+    best_step: int | None = None
+    """The step whose adapter training ended with (the lowest validation loss); None: no slice, the last."""
+    stopped_early: bool = False
+    """Whether ``patience`` evaluations without improvement stopped training before ``max_steps``."""
+    validation: int = 0
+    """Rows in the validation slice (0: none)."""
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+
+_VALIDATION_SEED = 2
+"""Added to ``training.seed`` for the validation slice's ranking. The held-out split ranks example ids by the
+seed itself and the replay sample by seed + 1; ranked by the seed, the slice would be the ids ranked like the
+held-out ones, which never reach ``train``."""
+
+
+def validation_slice(
+    examples: Sequence[TrainingExample], settings: TrainingSettings
+) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """(to train on, to validate on): ``settings.validation_percent`` of ``examples`` by a hash of the example
+    id, as the held-out split is made (``training.data.split``: stable whatever the order or company the
+    examples come in, at least one set aside), in their order. Only what ``train`` is handed is sliced, so the
+    gate's held-out examples, which never are, are never in it. Percent 0: nothing set aside."""
+    if settings.validation_percent == 0:
+        return list(examples), []
+    return split(list(examples), settings.validation_percent, settings.seed + _VALIDATION_SEED)
 
 
 def train(
@@ -232,11 +264,13 @@ def train(
     """Train a LoRA adapter (continuing from ``parent`` when given); returns the PEFT model and figures.
 
     ``prompt``: the format the examples are rendered in (``conversation_rows``); None: their bare turns.
+    With ``settings.validation_percent``: early stopping on ``validation_slice`` (module docstring), unless
+    too few rows are usable for it (then every example is trained on, as without it, and ``say`` tells why).
     Precision: bf16 with CUDA; on CPU ``settings.bf16_on_cpu`` (``resolved_precision``; recorded in the
     manifest, so a replay trains in the precision its version was trained in)."""
     import torch
     from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback, set_seed
+    from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
     # Seeded before loading: the fresh LoRA weights are drawn here. Deterministic algorithms only on CUDA,
@@ -246,6 +280,13 @@ def train(
     deterministic = torch.cuda.is_available()
     set_seed(settings.seed, deterministic=deterministic)
     model = load_model(source, settings, quantize=quantize, adapter=parent, trainable=True)
+    rows, eval_rows, dropped, truncated = _rows(examples, settings, prompt, tokenizer, say)
+    validating = bool(eval_rows)
+    if validating:
+        # The Trainer saves checkpoints with PEFT's save_embedding_layers="auto", which looks up the base model
+        # the adapter's config names: for a published parent, a portable hub id, asked of the hub at every
+        # checkpoint. Name the one loaded instead (train_candidate saves without embeddings either way).
+        model.peft_config[model.active_adapter].base_model_name_or_path = source
     config = SFTConfig(
         output_dir=str(work_dir),
         max_steps=settings.max_steps,
@@ -257,7 +298,7 @@ def train(
         data_seed=settings.seed,
         full_determinism=deterministic,
         logging_steps=1,
-        save_strategy="no",
+        **(_early_stopping(settings) if validating else {"save_strategy": "no"}),
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available() or bool(resolved_precision(settings).bf16_on_cpu),
@@ -271,6 +312,8 @@ def train(
 
     class Progress(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
+            if logs and "eval_loss" in logs:
+                say(f"    step {state.global_step}/{state.max_steps}  validation loss {float(logs['eval_loss']):.3f}")
             if logs and "loss" in logs and (state.global_step % 10 == 0 or state.global_step == state.max_steps):
                 rate = float(logs.get("num_tokens", 0)) / max(time.monotonic() - begin, 1e-9)
                 say(
@@ -278,28 +321,94 @@ def train(
                     f"loss {float(logs['loss']):.3f}  {rate:.0f} tokens/s"
                 )
 
-    rows, dropped, truncated = fates(examples, prompt, tokenizer, settings.max_length)
+    early_stopping = [EarlyStoppingCallback(early_stopping_patience=settings.patience)] if validating else []
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(eval_rows) if validating else None,
+        processing_class=tokenizer,
+        callbacks=[Progress(), *early_stopping],
+    )
+    trainer.remove_callback(PrinterCallback)  # our Progress callback reports instead
+    output = trainer.train()  # with validation: ends holding the best checkpoint's adapter (load_best_model_at_end)
+    state = trainer.state
+    history = state.log_history
+    losses = [(int(h["step"]), float(h["loss"])) for h in history if "loss" in h]
+    evals = [(int(h["step"]), float(h["eval_loss"])) for h in history if "eval_loss" in h]
+    tokens = int(max((float(h.get("num_tokens", 0)) for h in history), default=0))
+    stopped_early = validating and state.global_step < settings.max_steps
+    best_step = int(state.best_global_step) if validating and state.best_global_step else None
+    if best_step is not None:
+        how = f"stopped early at step {state.global_step}" if stopped_early else f"trained {state.global_step} steps"
+        say(f"    {how}; kept step {best_step} (validation loss {dict(evals)[best_step]:.3f})")
+    result = TrainResult(
+        int(state.global_step),
+        tokens,
+        float(output.metrics["train_runtime"]),
+        losses,
+        dropped,
+        truncated,
+        evals,
+        best_step,
+        stopped_early,
+        len(eval_rows),
+    )
+    return trainer.model, result
+
+
+def _rows(
+    examples: Sequence[TrainingExample],
+    settings: TrainingSettings,
+    prompt: PromptFormat | None,
+    tokenizer: Any,
+    say: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str], list[str]]:
+    """(rows to train on, rows to validate on, dropped, truncated): ``fates`` of ``validation_slice``'s two
+    parts; with too few usable rows for a slice (2 to train on and 1 to validate on), every example is
+    trained on, as without one."""
+    kept, validation = validation_slice(examples, settings)
+    rows, dropped, truncated = fates(kept, prompt, tokenizer, settings.max_length)
+    eval_rows, eval_dropped, eval_truncated = fates(validation, prompt, tokenizer, settings.max_length)
+    if validation and (len(rows) < 2 or not eval_rows):
+        say(
+            f"    no validation slice: {len(rows)} rows to train on and {len(eval_rows)} to validate on, fewer than "
+            f"2 and 1; training on all {len(examples)} examples without early stopping"
+        )
+        rows, dropped, truncated = fates(examples, prompt, tokenizer, settings.max_length)
+        eval_rows, eval_dropped, eval_truncated = [], [], []
+    elif eval_rows:
+        say(
+            f"    validation: {len(eval_rows)} of {len(rows) + len(eval_rows)} rows set aside, evaluated every "
+            f"{settings.eval_steps} steps; stopping after {settings.patience} without improvement"
+        )
+    # in the examples' order, as the manifest records them
+    left_out, cut = {*dropped, *eval_dropped}, {*truncated, *eval_truncated}
+    dropped = [e.example_id for e in examples if e.example_id in left_out]
+    truncated = [e.example_id for e in examples if e.example_id in cut]
     if dropped or truncated:
         say(
             f"    {len(examples)} examples: {len(dropped)} dropped (no usable question and answer), "
             f"{len(truncated)} truncated to {settings.max_length} tokens (recorded in the manifest)"
         )
-    trainer = SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        callbacks=[Progress()],
-    )
-    trainer.remove_callback(PrinterCallback)  # our Progress callback reports instead
-    output = trainer.train()
-    history = trainer.state.log_history
-    losses = [(int(h["step"]), float(h["loss"])) for h in history if "loss" in h]
-    tokens = int(max((float(h.get("num_tokens", 0)) for h in history), default=0))
-    result = TrainResult(
-        int(trainer.state.global_step), tokens, float(output.metrics["train_runtime"]), losses, dropped, truncated
-    )
-    return trainer.model, result
+    return rows, eval_rows, dropped, truncated
+
+
+def _early_stopping(settings: TrainingSettings) -> dict[str, Any]:
+    """``SFTConfig`` arguments: a validation loss and a checkpoint every ``eval_steps`` (and at the last step),
+    ending with the best checkpoint's weights. Checkpoints hold the adapter only."""
+    return {
+        "eval_strategy": "steps",
+        "eval_steps": settings.eval_steps,
+        "per_device_eval_batch_size": settings.batch_size,
+        "save_strategy": "steps",
+        "save_steps": settings.eval_steps,
+        "save_total_limit": 1,  # with load_best_model_at_end the best one is kept besides the latest
+        "save_only_model": True,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+    }
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from streamtune import logs
-from streamtune.contracts import AdapterUpdate
 from streamtune.errors import ContractError, KafkaUnavailableError, StreamtuneError
 from streamtune.kafka import committed_end_offsets, read_range
 from streamtune.retry import Backoff, retrying
 from streamtune.settings import Settings
 from streamtune.topics import TRAINING_EXAMPLES, topic_name
+from training.canary import decide
 from training.data import MissingDocs
-from training.publish import ensure_announced, last_announcements
+from training.publish import Announced, ensure_announced, last_announcements
 from training.refresh import refresh
 from training.registry import open_registry, tenants
 
@@ -140,6 +140,7 @@ def watch(
     waiting_since: dict[str, float] = {}
     pending: Counter[str] = Counter()
     refreshes = 0
+    next_decision = time.monotonic()
 
     def done() -> bool:
         return (max_refreshes is not None and refreshes >= max_refreshes) or (until is not None and until())
@@ -153,6 +154,9 @@ def watch(
         while not stop.is_set() and not done():
             if unreconciled:
                 _reconcile(settings, unreconciled, failures, stop)
+            if time.monotonic() >= next_decision:
+                _decide(settings, stop)
+                next_decision = time.monotonic() + settings.training.decide_every_s
             # each tenant's registry is read once per tick, not once per record
             floor = functools.cache(lambda tenant: _trained_up_to(settings, tenant))
             counts, seen = _kafka(settings, functools.partial(pending_counts, settings, seen, floor), stop)
@@ -208,7 +212,7 @@ def _reconcile(settings: Settings, unreconciled: set[str], failures: _Failures, 
     ready = sorted(t for t in unreconciled if failures.ready(t, time.monotonic()))
     if not ready:
         return
-    announced: Mapping[str, AdapterUpdate] = _kafka(settings, lambda: last_announcements(settings), stop)
+    announced: Mapping[str, Announced] = _kafka(settings, lambda: last_announcements(settings), stop)
     for tenant in ready:
         if stop.is_set():
             return
@@ -221,6 +225,25 @@ def _reconcile(settings: Settings, unreconciled: set[str], failures: _Failures, 
             continue
         failures.succeeded(tenant)
         unreconciled.discard(tenant)
+
+
+def _decide(settings: Settings, stop: threading.Event) -> None:
+    """One rollout decision step (``training.canary``) over every tenant; a failure is logged and the step runs
+    again at the next interval, never a reason to stop refreshing."""
+    try:
+        for decision in _kafka(settings, lambda: decide(settings, say=log.debug), stop):
+            log.info(
+                "watch: %s: %s %s (%s)",
+                decision.tenant,
+                decision.action,
+                decision.version,
+                decision.reason,
+                extra={"tenant": decision.tenant},
+            )
+    except _Stopped:
+        raise
+    except Exception as exc:
+        log.error("watch: the rollout decision step failed (%s: %s); it runs again later", type(exc).__name__, exc)
 
 
 def _kafka(settings: Settings, operation: Callable[[], T], stop: threading.Event) -> T:

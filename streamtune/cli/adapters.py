@@ -1,4 +1,9 @@
-"""``streamtune adapters list|show V|promote V|rollback|export V DIR``: the adapter registry of one tenant.
+"""``streamtune adapters list|show V|promote V|rollback|decide|export V DIR``: the adapter registry of one tenant.
+
+``list`` names each version's state (``current``, ``canary``, ``promoted`` for one current before,
+``rolled_back``, ``rejected``) and the decision that put it there with the figures it was taken on;
+``decide`` runs the rollout decision step once (``training.canary``: a canary promoted or rolled back on its
+live ratings, a degraded current version rolled back).
 
 ``export`` writes a version as a plain PEFT adapter folder (to a path, ``file://`` or any fsspec URL) that
 ``PeftModel.from_pretrained`` loads on a machine with only the base model (``training.publish.export_version``).
@@ -39,6 +44,11 @@ def register(commands: Any) -> None:
     rollback_ = actions.add_parser("rollback", help="make the previously current version current again")
     rollback_.add_argument("--tenant", default=argparse.SUPPRESS)
     rollback_.set_defaults(func=rollback)
+    decide_ = actions.add_parser(
+        "decide", help="judge running canaries (and current versions) on live feedback once; every tenant by default"
+    )
+    decide_.add_argument("--tenant", dest="only", default=None, help="one tenant (default: every tenant)")
+    decide_.set_defaults(func=decide)
 
 
 def _registry(settings: Settings, tenant: str) -> Any:
@@ -52,15 +62,37 @@ def list_versions(settings: Settings, args: argparse.Namespace) -> int:
     current = registry.current()
     versions = registry.versions()
     for v in versions:
-        mark = "*" if current and v.name == current.name else " "
+        is_current = current is not None and v.name == current.name
+        state = "current" if is_current else v.status
+        if state == "canary":
+            state = f"canary {v.manifest.gate.canary_percent}%"
         held = v.manifest.metrics.candidate.held_out
         print(
-            f"{mark} {v.name}  {v.status:<9} held-out loss {held.loss:.4f}  "
+            f"{'*' if is_current else ' '} {v.name}  {state:<11} held-out loss {held.loss:.4f}  "
             f"examples {v.manifest.data.new_examples}  {v.manifest.created_at.isoformat()}"
         )
+        if v.decision:
+            print(f"      {_decision_line(v.decision)}")
     if not versions:
         print(f"no adapters for tenant {args.tenant!r} under {registry.root}")
     return 0
+
+
+def _decision_line(decision: dict[str, Any]) -> str:
+    """``rollback at <time>: <reason>; canary 0+ 10- of 10 rated, incumbent 12+ 0- of 12 rated``."""
+    line = f"{decision.get('decision')} at {decision.get('at', '?')[:19]}: {decision.get('reason', '')}"
+    arms = [
+        ("canary", decision.get("canary_figures")),
+        (f"incumbent {decision.get('incumbent') or 'base'}", decision.get("incumbent_figures")),
+        ("live", decision.get("figures")),
+    ]
+    for name, figures in arms:
+        if figures:
+            line += (
+                f"; {name} {figures['positive']}+ {figures['negative']}- of {figures['rated']} rated "
+                f"({figures['served']} served, {figures['corrections']} corrected)"
+            )
+    return line
 
 
 def show(settings: Settings, args: argparse.Namespace) -> int:
@@ -69,7 +101,21 @@ def show(settings: Settings, args: argparse.Namespace) -> int:
         print(version.manifest.to_json())
     else:
         print(f"{version.status} at {version.path}")
+        if version.decision:
+            print(f"  decision     {_decision_line(version.decision)}")
         print(version.manifest.summary())
+    return 0
+
+
+def decide(settings: Settings, args: argparse.Namespace) -> int:
+    from training.canary import decide as decide_step
+
+    # `adapters --tenant T decide` names one tenant as well; the group's own default means every tenant
+    decisions = decide_step(settings, args.only or (args.tenant if args.tenant != "default" else None))
+    if not decisions:
+        print("no decision: every canary waits for more rated answers, and no current version degraded")
+    for d in decisions:
+        print(f"{d.tenant}: {d.action} {d.version}: {d.reason}")
     return 0
 
 

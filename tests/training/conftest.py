@@ -91,6 +91,7 @@ def trainer_settings(stack: Settings, tiny_model: Path, tmp_path: Path) -> Itera
             "replay_sample": 4,
             "metrics_port": 0,
             "min_eval_examples": 1,
+            "canary_percent": 0,  # promoted directly: these tests are about the refresh (canaries: test_canary)
         },
     )
     create_topics(settings.kafka, settings.topics)

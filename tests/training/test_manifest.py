@@ -87,8 +87,11 @@ def test_a_manifest_written_before_the_type_existed_loads(tmp_path: Path) -> Non
     assert manifest.gate.promoted and manifest.gate.compared_with == "base model"
     assert manifest.adapter.sha256 == "9f2c51d0a7e3"
     assert manifest.base_model.sha256 == {"model.safetensors": "5af571cbf074"}
-    # trained before `bf16_on_cpu` existed, i.e. in fp32 on CPU: replayed so, whatever today's default
-    assert recorded_training(manifest) == TrainingSettings(max_steps=24, learning_rate=3e-4, bf16_on_cpu=False)
+    # trained before `bf16_on_cpu` and `validation_percent` existed, i.e. in fp32 on CPU and without a validation
+    # slice: replayed so, whatever today's defaults
+    assert recorded_training(manifest) == TrainingSettings(
+        max_steps=24, learning_rate=3e-4, bf16_on_cpu=False, validation_percent=0
+    )
     # before examples carried context: bare turns, a replay sample from every earlier example, no evidence record
     assert manifest.prompt is None and not manifest.data.replay_excludes_held_out
     assert manifest.data.evaluation is None and manifest.gate.quality_tolerance is None
