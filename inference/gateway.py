@@ -40,6 +40,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
@@ -51,11 +52,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamtune import logs
-from streamtune.contracts import TENANT_PATTERN, AdapterUpdate, Answer, AnswerError, Query
+from streamtune.contracts import (
+    MAX_ID_CHARS,
+    MAX_QA_CHARS,
+    TENANT_PATTERN,
+    AdapterUpdate,
+    Answer,
+    AnswerError,
+    FeedbackRecorded,
+    FeedbackRecordedData,
+    Query,
+)
 from streamtune.errors import ConfigError, KafkaUnavailableError, UnavailableError
 from streamtune.kafka import consumer, producer
 from streamtune.settings import HttpSettings, Settings
-from streamtune.topics import ANSWERS, QUERIES, topic_name
+from streamtune.topics import ANSWERS, DOMAIN_EVENTS, QUERIES, topic_name
 
 __all__ = [
     "ANSWER_ERRORS",
@@ -286,6 +297,14 @@ class ChatCompletionRequest(_Body):
         raise ApiError(400, "messages holds no user message (the last one is the question)", param="messages")
 
 
+class FeedbackRequest(_Body):
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="The completion's id (chatcmpl-...).")
+    rating: Literal[1, -1] = Field(description="1: a good answer, -1: a bad one.")
+    correction: str | None = Field(
+        None, min_length=1, max_length=MAX_QA_CHARS, description="The answer it should have been (for -1)."
+    )
+
+
 class RetrieveRequest(_Body):
     query: str = Field(min_length=1)
     k: int | None = Field(None, ge=1, le=100, description="Chunks to return (default retrieval.top_k).")
@@ -413,6 +432,58 @@ class GatewayMetrics:
             ["code"],
             registry=r,
         )
+        self.feedback = Counter(
+            "streamtune_http_feedback",
+            "Ratings received on POST /v1/feedback, by outcome (published, unknown, duplicate, forbidden).",
+            ["outcome"],
+            registry=r,
+        )
+
+
+# -- feedback on completions ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Completion:
+    tenant: str
+    question: str
+    answer: str
+    rated: bool = False
+
+
+class CompletionMemory:
+    """The last ``http.feedback_memory`` completions this gateway returned, by id, so that a rating can be
+    published with the question and the answer it rates (``feedback.recorded`` carries both). Bounded: the
+    oldest are forgotten first; a completion forgotten, or returned by another gateway replica, cannot be
+    rated here (404 says so), and its rating can still be published as an event by whoever holds it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: dict[str, _Completion] = {}  # insertion order: the oldest first
+        self._lock = threading.Lock()
+
+    def remember(self, query_id: str, tenant: str, question: str, answer: str) -> None:
+        with self._lock:
+            self._items[query_id] = _Completion(tenant, question, answer)
+            while len(self._items) > self.capacity:
+                del self._items[next(iter(self._items))]
+
+    def get(self, query_id: str) -> _Completion | None:
+        with self._lock:
+            return self._items.get(query_id)
+
+    def claim(self, query_id: str) -> bool:
+        """Mark it rated; False when it already was (one rating per completion)."""
+        with self._lock:
+            item = self._items.get(query_id)
+            if item is None or item.rated:
+                return False
+            item.rated = True
+            return True
+
+    def release(self, query_id: str) -> None:
+        """Its rating could not be published: it may be rated again."""
+        with self._lock:
+            if query_id in self._items:
+                self._items[query_id].rated = False
 
 
 # -- Kafka: queries out, answers in ---------------------------------------------------------------------------
@@ -422,6 +493,11 @@ def _settle(future: asyncio.Future[Answer], outcome: Answer | BaseException) -> 
     if isinstance(outcome, BaseException):
         future.set_exception(outcome)
     else:
+        future.set_result(outcome)
+
+
+def _settle_any(future: asyncio.Future[Any], outcome: Any) -> None:
+    if not future.done():
         future.set_result(outcome)
 
 
@@ -487,6 +563,31 @@ class AnswerRouter:
         finally:
             with self._lock:
                 self._waiting.pop(query.query_id, None)
+
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        """Produce one record with this process's producer and wait for its delivery (ApiError 503 if Kafka
+        does not take it within ``http.answer_timeout_s``)."""
+        loop = asyncio.get_running_loop()
+        delivered: asyncio.Future[Any] = loop.create_future()
+
+        def report(error: Any, message: Any) -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle_any, delivered, error)
+
+        try:
+            self._producer.produce(topic, key=key, value=value, on_delivery=report)
+        except BufferError as exc:
+            raise ApiError(
+                503, "too many records in flight; try again shortly", kind="server_error", code="overloaded"
+            ) from exc
+        try:
+            error = await asyncio.wait_for(delivered, self.settings.http.answer_timeout_s)
+        except TimeoutError:
+            error = "no delivery report in time"
+        if error is not None:
+            raise ApiError(
+                503, f"could not publish to {topic}: {error}", kind="server_error", code="kafka_unavailable", retry=True
+            )
 
     def _produce(self, query: Query, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Answer]) -> None:
         def delivered(error: Any, message: Any) -> None:
@@ -796,6 +897,7 @@ class Gateway:
         self.settings = settings
         self.metrics = metrics or GatewayMetrics()
         self.answers = AnswerRouter(settings, self.metrics)
+        self.completions = CompletionMemory(settings.http.feedback_memory)
         self.catalog = ModelCatalog(settings)
         self.retrieval = _Retrieval(settings)
         self._metrics_server: Any = None
@@ -907,6 +1009,7 @@ def create_app(
         metrics.answers.labels(answer.error.code if answer.error else "ok").inc()
         if answer.error is not None:
             raise answer_error(answer.error)
+        gw.completions.remember(query.query_id, tenant, query.question, answer.answer)
         created = int(time.time())
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -917,6 +1020,55 @@ def create_app(
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         return JSONResponse(completion(answer, created))
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict[str, Any]:
+        """A rating of a completion this gateway returned, published as ``feedback.recorded`` with its question
+        and answer (the ingest job and the live-quality join take it from there)."""
+        access = keys.access(request.headers.get("authorization"))
+        body: FeedbackRequest = await _parse(request, FeedbackRequest)
+        served = gw.completions.get(body.id)
+        if served is None:
+            metrics.feedback.labels("unknown").inc()
+            raise ApiError(
+                404,
+                f"no completion {body.id!r} among the last {settings.http.feedback_memory} this gateway returned "
+                "(http.feedback_memory); rate it where it was answered, or publish feedback.recorded yourself",
+                code="completion_not_found",
+                param="id",
+            )
+        if not access.allows(served.tenant):
+            metrics.feedback.labels("forbidden").inc()
+            _authorize(access, served.tenant, "id")
+        try:
+            event = FeedbackRecorded(
+                event_id=f"feedback-{body.id}",  # one rating per completion: a retry is the same event
+                type="feedback.recorded",
+                tenant=served.tenant,
+                occurred_at=datetime.now(UTC),
+                source="http",
+                data=FeedbackRecordedData(
+                    query_id=body.id,
+                    rating=body.rating,
+                    question=served.question,
+                    answer=served.answer or "(empty answer)",
+                    correction=body.correction,
+                ),
+            )
+        except ValidationError as exc:
+            raise ApiError(400, f"this completion cannot be rated: {exc.errors()[0]['msg']}", param="id") from exc
+        if not gw.completions.claim(body.id):
+            metrics.feedback.labels("duplicate").inc()
+            raise ApiError(409, f"completion {body.id!r} is rated already", code="already_rated", param="id")
+        try:
+            await gw.answers.publish(
+                topic_name(DOMAIN_EVENTS, settings.topics), event.key.encode(), event.model_dump_json().encode()
+            )
+        except ApiError:
+            gw.completions.release(body.id)
+            raise
+        metrics.feedback.labels("published").inc()
+        return {"object": "feedback", "id": body.id, "rating": body.rating, "event_id": event.event_id}
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:

@@ -446,6 +446,12 @@ class HttpSettings(_Section):
     answer_timeout_s: float = Field(
         60.0, gt=0, description="How long a request waits for its answer before a 503 (serve down or overloaded)."
     )
+    feedback_memory: int = Field(
+        10_000,
+        ge=1,
+        description="Completions a gateway remembers (question, answer, tenant) so that POST /v1/feedback can rate "
+        "them; older ones are forgotten first.",
+    )
     metrics_port: int = Field(
         9311, ge=0, lt=65536, description="Prometheus /metrics port of the gateway on metrics_host (0: none)."
     )

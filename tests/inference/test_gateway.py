@@ -35,16 +35,17 @@ from inference.gateway import (
     parse_model,
 )
 from streamtune.cli import http as http_cli
-from streamtune.contracts import AdapterUpdate, Answer, AnswerError, Citation, encode
+from streamtune.contracts import AdapterUpdate, Answer, AnswerError, Citation, FeedbackRecorded, decode_event, encode
 from streamtune.errors import ConfigError
 from streamtune.harness import ServiceProcess, free_port, isolated_env, query_server, wait_for
-from streamtune.kafka import create_topics, delete_topics, producer
+from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
 from streamtune.manifest import Manifest
 from streamtune.settings import HttpSettings, Settings
-from streamtune.topics import ADAPTER_UPDATES, topic_name
+from streamtune.topics import ADAPTER_UPDATES, DOMAIN_EVENTS, topic_name
 
 KEY_ACME = "key-acme"
 KEY_ALL = "key-all"
+KEY_BETA = "key-beta"
 QUESTION = "What is the refund window?"
 # Short, so that the dead-serve test is quick; long enough for the tiny model on a busy machine.
 ANSWER_TIMEOUT_S = 15.0
@@ -232,7 +233,9 @@ def _live(load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: 
         STREAMTUNE__EMBEDDING__TORCH_THREADS="1",
         STREAMTUNE__HTTP__PORT=str(free_port()),
         STREAMTUNE__HTTP__METRICS_PORT=str(free_port()),
-        STREAMTUNE__HTTP__API_KEYS=json.dumps({hash_key(KEY_ACME): ["acme"], hash_key(KEY_ALL): ["*"]}),
+        STREAMTUNE__HTTP__API_KEYS=json.dumps(
+            {hash_key(KEY_ACME): ["acme"], hash_key(KEY_ALL): ["*"], hash_key(KEY_BETA): ["beta"]}
+        ),
         STREAMTUNE__HTTP__ANSWER_TIMEOUT_S=str(ANSWER_TIMEOUT_S),
         **extra,
     )
@@ -353,6 +356,54 @@ def test_keys_decide_which_tenants_a_client_may_use(live: Live) -> None:
     with pytest.raises(openai.NotFoundError) as pinned:  # serve refused v0001 (no weights): unknown_adapter
         live.client().chat.completions.create(model="acme/v0001", messages=question)
     assert pinned.value.code == "unknown_adapter"
+
+
+def _feedback_events(live: Live) -> list[FeedbackRecorded]:
+    topic = topic_name(DOMAIN_EVENTS, live.settings.topics)
+    ends = committed_end_offsets(live.settings.kafka, topic)
+    events = [
+        decode_event(m.value()) for m in read_range(live.settings.kafka, topic, {p: (0, e) for p, e in ends.items()})
+    ]
+    return [e for e in events if isinstance(e, FeedbackRecorded)]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.fault
+def test_feedback_rates_a_completion_once_and_only_for_its_tenant(live: Live) -> None:
+    before = len(_feedback_events(live))
+    response = _ask(live)
+    rated = live.post("/feedback", {"id": response.id, "rating": -1, "correction": "Within 30 days."})
+    assert rated.status_code == 200, rated.text
+    assert rated.json() == {
+        "object": "feedback",
+        "id": response.id,
+        "rating": -1,
+        "event_id": f"feedback-{response.id}",
+    }
+    # the same completion rated again, by another tenant's key, unknown, a 1 MB correction, a bad rating
+    again = live.post("/feedback", {"id": response.id, "rating": 1})
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "already_rated")
+    foreign = live.post("/feedback", {"id": response.id, "rating": 1}, key=KEY_BETA)
+    assert (foreign.status_code, foreign.json()["error"]["code"]) == (403, "model_not_permitted")
+    unknown = live.post("/feedback", {"id": "chatcmpl-nobody", "rating": 1})
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "completion_not_found")
+    other = _ask(live)
+    huge = live.post("/feedback", {"id": other.id, "rating": -1, "correction": "x" * 1_000_000})
+    assert (huge.status_code, huge.json()["error"]["param"]) == (400, "correction")
+    for bad in (0, 2, "1", None):
+        refused = live.post("/feedback", {"id": other.id, "rating": bad})
+        assert (refused.status_code, refused.json()["error"]["param"]) == (400, "rating"), bad
+    assert live.post("/feedback", {"id": other.id, "rating": 1}, key=KEY_ALL).status_code == 200
+    events = _feedback_events(live)  # each rating was delivered before its 200
+    mine = {e.data.query_id: e for e in events[before:]}
+    assert len(events) - before == 2 and set(mine) == {response.id, other.id}  # counted: nothing else published
+    first = mine[response.id]
+    assert (first.tenant, first.data.rating, first.data.correction) == ("acme", -1, "Within 30 days.")
+    assert first.data.question == QUESTION and first.data.answer == (
+        response.choices[0].message.content or "(empty answer)"
+    )
+    assert mine[other.id].data.rating == 1
 
 
 @pytest.mark.integration
