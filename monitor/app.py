@@ -1,6 +1,7 @@
 """`streamtune monitor`: a faust-streaming application that reads ``queries``, ``answers``,
-``adapter-updates``, ``domain-events`` and ``domain-events.dlq`` and serves ``/metrics`` and a status page
-per tenant. It writes nothing, so a stall of its own can never touch data:
+``adapter-updates``, ``domain-events`` (documents for freshness, ratings for live quality) and
+``domain-events.dlq`` and serves ``/metrics`` and a status page per tenant. It writes nothing, so a stall of
+its own can never touch data:
 
 - no faust tables (they would create and write changelog topics): the state is ``monitor.state`` in memory,
   rebuilt from the topics at every start;
@@ -36,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from monitor.metrics import MonitorMetrics
 from monitor.page import index_page, loss_curve_file, status_page, stored_versions
 from monitor.state import MonitorState, PendingDocument
-from streamtune.contracts import DocumentDeleted, DocumentUpserted, decode_event
+from streamtune.contracts import DocumentDeleted, DocumentUpserted, FeedbackRecorded, decode_event
 from streamtune.dlq import DeadLetter
 from streamtune.errors import ConfigError, ContractError, KafkaUnavailableError
 from streamtune.kafka import admin_client, client_config
@@ -145,9 +146,8 @@ class Monitor:
             (ANSWERS, lambda event, at: state.on_answer(ANSWERS.decode(event.message.value), at)),
             (ADAPTER_UPDATES, lambda e, at: state.on_adapter_update(ADAPTER_UPDATES.decode(e.message.value), at)),
             (DOMAIN_EVENTS_DLQ, self._on_dead_letter),
+            (DOMAIN_EVENTS, self._on_domain_event),  # ratings always, documents for freshness
         ]
-        if self.settings.monitor.freshness:
-            handlers.append((DOMAIN_EVENTS, self._on_domain_event))
         for spec, handle in handlers:
             app.agent(self._topic(spec), name=f"read-{spec.name}")(self._reader(spec, handle))
         if self.settings.monitor.freshness:
@@ -181,13 +181,19 @@ class Monitor:
 
     def _on_domain_event(self, event: Any, at: float) -> None:
         message = event.message
+        value = message.value or b""
+        freshness = self.settings.monitor.freshness
+        if not freshness and b"feedback.recorded" not in value:
+            return  # documents can be large: without freshness only ratings are decoded
         try:
-            parsed = decode_event(message.value or b"", max_bytes=self.settings.streams.max_event_bytes)
+            parsed = decode_event(value, max_bytes=self.settings.streams.max_event_bytes)
         except ContractError:
             return  # the ingest job dead-letters it; it is counted when its dead letter is read
-        if isinstance(parsed, DocumentUpserted):
+        if isinstance(parsed, FeedbackRecorded):
+            self.state.on_feedback(parsed)
+        elif freshness and isinstance(parsed, DocumentUpserted):
             self.state.on_document(parsed, at, message.partition, message.offset)
-        elif isinstance(parsed, DocumentDeleted):
+        elif freshness and isinstance(parsed, DocumentDeleted):
             self.state.on_document_deleted(parsed.tenant, parsed.data.doc_id)
 
     async def _announce_ready(self) -> None:
@@ -293,9 +299,7 @@ def _check(settings: Settings) -> None:
 
 def _check_topics(settings: Settings) -> None:
     """The topics must exist: the monitor creates none, and faust would wait for them without a word."""
-    specs: list[TopicSpec[Any]] = [QUERIES, ANSWERS, ADAPTER_UPDATES, DOMAIN_EVENTS_DLQ]
-    if settings.monitor.freshness:
-        specs.append(DOMAIN_EVENTS)
+    specs: list[TopicSpec[Any]] = [QUERIES, ANSWERS, ADAPTER_UPDATES, DOMAIN_EVENTS, DOMAIN_EVENTS_DLQ]
     try:
         existing = admin_client(settings.kafka).list_topics(timeout=settings.kafka.request_timeout_s).topics
     except KafkaException as exc:

@@ -36,6 +36,13 @@ NAMES = (
     f"{PREFIX}promotion_to_first_answer_seconds",
     f"{PREFIX}current_adapter",
     f"{PREFIX}last_record_timestamp_seconds",
+    f"{PREFIX}live_answers",
+    f"{PREFIX}live_ratings",
+    f"{PREFIX}live_corrections",
+    f"{PREFIX}live_negative_share",
+    f"{PREFIX}feedback_ignored",
+    f"{PREFIX}feedback_unknown",
+    f"{PREFIX}canary_percent",
 )
 """The metric families (histograms by their base name)."""
 
@@ -87,6 +94,36 @@ class MonitorMetrics:
         self.last_record = Gauge(
             f"{p}last_record_timestamp_seconds", "Kafka timestamp of the last record read, per topic.", ["topic"],
             registry=r,
+        )  # fmt: skip
+        # Live quality (streamtune.quality): gauges set from the join at each scrape, since the join is rebuilt
+        # from the topics at every start; arm is canary, incumbent, or none (outside a canary, or pinned).
+        self.live_answers = Gauge(
+            f"{p}live_answers", "Answers served (errors excluded), per version and canary arm.",
+            ["tenant", "version", "arm"], registry=r,
+        )  # fmt: skip
+        self.live_ratings = Gauge(
+            f"{p}live_ratings", "Ratings joined to the answer they rate, per version, arm and rating.",
+            ["tenant", "version", "arm", "rating"], registry=r,
+        )  # fmt: skip
+        self.live_corrections = Gauge(
+            f"{p}live_corrections", "Joined ratings that carry a correction, per version.", ["tenant", "version"],
+            registry=r,
+        )  # fmt: skip
+        self.live_negative_share = Gauge(
+            f"{p}live_negative_share", "Negative share of the version's joined ratings (NaN: none rated yet).",
+            ["tenant", "version"], registry=r,
+        )  # fmt: skip
+        self.feedback_ignored = Gauge(
+            f"{p}feedback_ignored", "Ratings never joined, by reason (unknown_query, other_tenant, duplicate).",
+            ["tenant", "reason"], registry=r,
+        )  # fmt: skip
+        self.feedback_unknown = Gauge(
+            f"{p}feedback_unknown", "Ratings whose answer has not been read (yet): neither joined nor ignored.",
+            ["tenant"], registry=r,
+        )  # fmt: skip
+        self.canary_percent = Gauge(
+            f"{p}canary_percent", "Share of the tenant's queries its running canary answers (absent: no canary).",
+            ["tenant", "version"], registry=r,
         )  # fmt: skip
 
 

@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from monitor.state import AdapterRecord, MonitorState, manifest_figures
+from monitor.state import AdapterRecord, LiveVersion, MonitorState, manifest_figures
 from streamtune.contracts import TENANT_PATTERN
 from streamtune.errors import ContractError
 from streamtune.manifest import Manifest
+from streamtune.quality import BASE, IGNORED_REASONS, Figures
 
 __all__ = ["index_page", "loss_curve_file", "loss_curve_path", "status_page", "stored_versions"]
 
@@ -130,7 +131,76 @@ def index_page(state: MonitorState) -> str:
     return _document("streamtune monitor", body)
 
 
-def _adapter_row(tenant: str, record: AdapterRecord, current: bool, with_curves: bool) -> str:
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+_LIVE_COLUMNS = (
+    ("served", "served"),
+    ("rated", "rated"),
+    ("positive", "+"),
+    ("negative", "&minus;"),
+    ("negative-share", "negative share"),
+    ("corrections", "corrections"),
+)
+"""Each live-quality column: its id suffix and its head (HTML)."""
+_IGNORED_LABELS = {
+    "unknown_query": "rating an unknown query",
+    "other_tenant": "rating another tenant's answer",
+    "duplicate": "rating a query already rated",
+}
+
+
+def _live_cells(figures: Figures) -> list[str]:
+    values = (figures.served, figures.rated, figures.positive, figures.negative)
+    return [str(v) for v in values] + [_share(figures.negative_share), str(figures.corrections)]
+
+
+def _version_name(version: str) -> str:
+    return "base model" if version == BASE else version
+
+
+def _live_quality(state: MonitorState, tenant: str) -> str:
+    """Per version: answers served, ratings joined and corrections; the canary's arm beside the incumbent's
+    while one runs; the ratings that were not joined."""
+    percent = state.tenants[tenant].rollout.canary_percent
+
+    def row(live: LiveVersion) -> str:
+        role = {"current": "<b>current</b>", "canary": f"<b>canary {percent}%</b>"}.get(live.role, "earlier")
+        cells = "".join(f"<td class=num>{_e(cell)}</td>" for cell in _live_cells(live.figures))
+        return f'<tr id="live-{_e(live.version)}"><td>{_e(_version_name(live.version))}</td><td>{role}</td>{cells}</tr>'
+
+    head = "".join(f"<th>{name}</th>" for _, name in _LIVE_COLUMNS)
+    rows = "".join(row(live) for live in state.live(tenant))
+    table = f"<table><tr><th>version</th><th>role</th>{head}</tr>{rows}</table>"
+    arms = state.arms(tenant)
+    if arms is not None:
+        rollout = state.tenants[tenant].rollout
+        canary, incumbent = (_live_cells(figures) for figures in arms)
+        side = "".join(
+            f"<tr><td>{name}</td><td class=num id=canary-{key}>{_e(a)}</td>"
+            f"<td class=num id=incumbent-{key}>{_e(b)}</td></tr>"
+            for (key, name), a, b in zip(_LIVE_COLUMNS, canary, incumbent, strict=True)
+        )
+        table += (
+            f"<h3>Canary on trial: {_e(rollout.canary)} answers {percent}% of the queries</h3>"
+            f"<table id=arms><tr><th>figure</th><th>canary arm ({_e(rollout.canary)})</th>"
+            f"<th>incumbent arm ({_e(_version_name(rollout.current or BASE))})</th></tr>{side}</table>"
+        )
+    ignored = "".join(
+        f"<tr><td>{_e(_IGNORED_LABELS[reason])}</td><td class=num id=ignored-{reason}>"
+        f"{state.quality.ignored[(tenant, reason)]}</td></tr>"
+        for reason in IGNORED_REASONS
+    )
+    table += (
+        f"<table><tr><th>ratings not joined</th><th>count</th></tr>{ignored}"
+        f"<tr><td>waiting for their answer</td><td class=num id=ratings-waiting>{state.quality.unknown(tenant)}</td>"
+        "</tr></table>"
+    )
+    return table
+
+
+def _adapter_row(tenant: str, record: AdapterRecord, role: str, with_curves: bool) -> str:
     verdict = "promoted" if record.promoted else "rejected"
     figures = "<br>".join(
         f"{_e(_FIGURE_LABELS.get(k, k))} <span class=num>{_number(v)}</span>" for k, v in record.figures.items()
@@ -140,9 +210,12 @@ def _adapter_row(tenant: str, record: AdapterRecord, current: bool, with_curves:
         if with_curves
         else "<span class=muted>adapter store not readable here</span>"
     )
+    announced = {"canary": f"canary {record.canary_percent}%", "rolled_back": "rolled back"}.get(
+        record.state, "current"
+    )
     return (
-        f"<tr><td>{_e(record.version)}{' <b>(current)</b>' if current else ''}</td>"
-        f"<td>{_when(record.announced_at)}</td>"
+        f"<tr><td>{_e(record.version)}{f' <b>({role})</b>' if role else ''}</td>"
+        f"<td>{_when(record.announced_at)}</td><td>{_e(announced)}</td>"
         f"<td><span class={'ok' if record.promoted else 'bad'}>{verdict}</span>"
         f"{' against ' + _e(record.compared_with) if record.compared_with else ''}: {_e(record.reason)}</td>"
         f"<td class=figures>{figures}</td><td class=num>{_seconds(record.to_first_answer_s)}</td><td>{curve}</td></tr>"
@@ -190,12 +263,15 @@ def status_page(state: MonitorState, tenant: str, *, with_curves: bool, stored: 
 </table>
 <p class=muted>Since start: {data.queries} queries, {data.answers} answers, {data.errors} errors,
 {data.dead_letters} dead letters.</p>"""
-    history = "".join(
-        _adapter_row(tenant, record, record is current, with_curves) for record in reversed(data.adapters)
-    )
+    canary = data.canary
+
+    def role(record: AdapterRecord) -> str:
+        return "current" if record is current else "canary" if record is canary else ""
+
+    history = "".join(_adapter_row(tenant, record, role(record), with_curves) for record in reversed(data.adapters))
     adapters = (
-        "<table><tr><th>version</th><th>announced</th><th>gate</th><th>metrics (candidate)</th>"
-        f"<th>→ first answer</th><th>loss curve</th></tr>{history}</table>"
+        "<table><tr><th>version</th><th>announced</th><th>as</th><th>gate</th><th>metrics (candidate)</th>"
+        f"<th>→ first answer in that role</th><th>loss curve</th></tr>{history}</table>"
         if history
         else "<p class=muted>No adapter announced.</p>"
     )
@@ -219,6 +295,9 @@ def status_page(state: MonitorState, tenant: str, *, with_curves: bool, stored: 
 <h1>Tenant <span id=tenant>{_e(tenant)}</span></h1>
 <p>Current adapter: <b id=current-adapter>{_e(current.version) if current else "none (base model)"}</b></p>
 <h2>Service levels</h2>{summary}
+<h2>Live quality</h2>
+<p class=muted>Users' ratings joined to the answers they rate, since the beginning of the topics.</p>
+{_live_quality(state, tenant)}
 <h2>Adapter history</h2>
 {adapters}
 <h2>Last dead letters</h2>

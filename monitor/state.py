@@ -13,8 +13,16 @@ The figures:
 - answer latency: a ``queries`` record's timestamp → its ``answers`` record's timestamp (joined on
   ``query_id``, whichever of the two is read first);
 - error and DLQ rates: the share of error answers, and dead letters per second, over ``monitor.window_s``;
-- promotion → first answer: an ``adapter-updates`` record's timestamp → the first answer at or after it
-  whose ``adapter_version`` is the announced version;
+- promotion → first answer: a ``current`` announcement's timestamp on ``adapter-updates`` → the first answer
+  at or after it whose ``adapter_version`` is the announced version, outside the canary arm (a canary answers
+  with its version before it is promoted); a ``canary`` announcement waits the same way for its first answer
+  on the canary arm (shown on the page, not in the promotion histogram); a ``rolled_back`` one waits for none;
+- the rollout: each tenant's current version and running canary, folded from its announcements with
+  ``streamtune.rollout.fold`` as ``serve`` folds them, so a rolled-back version is never shown as current;
+- live quality: ``feedback.recorded`` events on ``domain-events`` joined to the answers they rate
+  (``streamtune.quality.LiveQuality``: per tenant, version and canary arm; ratings of an unknown query, of
+  another tenant's answer, or rating a query twice are counted and ignored). It uses LiveQuality's own
+  bounds, the ones the canary's decision step (``training/canary.py``) uses, so that both show the same figures.
 - freshness (event → searchable): a ``document.upserted`` record's timestamp → the time Weaviate last wrote
   the document's first chunk, once that chunk carries the event's id (the app looks it up, rate-limited).
 
@@ -35,15 +43,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.metrics import MonitorMetrics
-from streamtune.contracts import TENANT_PATTERN, AdapterUpdate, Answer, DocumentUpserted, Query
+from streamtune.contracts import TENANT_PATTERN, AdapterUpdate, Answer, DocumentUpserted, FeedbackRecorded, Query
 from streamtune.dlq import DeadLetter
 from streamtune.manifest import Manifest
+from streamtune.quality import BASE, IGNORED_REASONS, Figures, LiveQuality
+from streamtune.rollout import Rollout, fold
 from streamtune.settings import MonitorSettings
 
 __all__ = [
     "UNKNOWN_TENANT",
     "AdapterRecord",
     "LetterRecord",
+    "LiveVersion",
     "MonitorState",
     "PendingDocument",
     "TenantState",
@@ -89,7 +100,8 @@ class Window:
 
 @dataclass
 class AdapterRecord:
-    """One announcement on ``adapter-updates``: the version that became the tenant's current one."""
+    """One announcement on ``adapter-updates``: a version made current, put on trial as a canary
+    (``canary_percent`` % of the queries), or rolled back."""
 
     version: str
     announced_at: float
@@ -98,7 +110,11 @@ class AdapterRecord:
     compared_with: str
     created_at: float
     figures: dict[str, float | None]
+    state: str = "current"
+    """``current``, ``canary`` or ``rolled_back`` (an announcement from before canaries: ``current``)."""
+    canary_percent: int = 0
     first_answer_at: float | None = None
+    """The first answer in the announced role: outside the canary arm for ``current``, on it for ``canary``."""
 
     @property
     def to_first_answer_s(self) -> float | None:
@@ -135,6 +151,7 @@ class TenantState:
     outcomes: Window = field(init=False)
     letter_times: Window = field(init=False)
     adapters: list[AdapterRecord] = field(default_factory=list)
+    rollout: Rollout = field(default_factory=Rollout)
     letters: deque[LetterRecord] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -146,7 +163,29 @@ class TenantState:
 
     @property
     def current(self) -> AdapterRecord | None:
-        return self.adapters[-1] if self.adapters else None
+        """The announcement that made the rollout's current version current (None: the base model)."""
+        return self._last("current", self.rollout.current)
+
+    @property
+    def canary(self) -> AdapterRecord | None:
+        """The announcement of the canary on trial now, if one is."""
+        return self._last("canary", self.rollout.canary)
+
+    def _last(self, state: str, version: str | None) -> AdapterRecord | None:
+        if version is None:
+            return None
+        return next((r for r in reversed(self.adapters) if r.state == state and r.version == version), None)
+
+
+@dataclass(frozen=True)
+class LiveVersion:
+    """One version's live figures (every arm summed) and its role in the tenant's rollout now."""
+
+    version: str
+    """The adapter version, or ``streamtune.quality.BASE`` for the base model."""
+    role: str
+    """``current``, ``canary`` or ``earlier`` (any other version that answered)."""
+    figures: Figures
 
 
 class _Bounded(OrderedDict[Any, Any]):
@@ -206,8 +245,10 @@ class MonitorState:
         limit = settings.max_pending
         self._queries = _Bounded(limit)  # query_id -> query timestamp, waiting for the answer
         self._answers = _Bounded(limit)  # query_id -> answer timestamp, read before its query
-        self._served: dict[tuple[str, str], list[float]] = {}  # (tenant, version) -> sorted answer timestamps
+        # (tenant, version, role) -> sorted timestamps of its answers in that role (current or canary)
+        self._served: dict[tuple[str, str, str], list[float]] = {}
         self.pending_documents = _Bounded(limit)  # (tenant, doc_id) -> PendingDocument
+        self.quality = LiveQuality()
 
     def tenant(self, name: str) -> TenantState:
         if name not in self.tenants:
@@ -240,12 +281,19 @@ class MonitorState:
         else:
             self._answers.put((tenant, answer.query_id), at)
         if answer.adapter_version and answer.error is None:
-            self._served_with(state, tenant, answer.adapter_version, at)
+            self._served_with(state, tenant, answer.adapter_version, _role(answer), at)
+        self.quality.on_answer(answer)
+
+    def on_feedback(self, event: FeedbackRecorded) -> None:
+        """A rating on ``domain-events``: joined to the answer it rates (``streamtune.quality``)."""
+        self.tenant(event.tenant)
+        self.quality.on_feedback(event)
 
     def on_adapter_update(self, update: AdapterUpdate, at: float) -> None:
         state = self.tenant(update.tenant)
         manifest = update.manifest
-        previous = state.current
+        before = state.rollout
+        state.rollout = fold(before, update)
         record = AdapterRecord(
             version=update.version,
             announced_at=at,
@@ -254,18 +302,22 @@ class MonitorState:
             compared_with=manifest.gate.compared_with,
             created_at=manifest.created_at.timestamp(),
             figures=manifest_figures(manifest),
+            state=update.state or "current",
+            canary_percent=(update.canary_percent or 0) if update.state == "canary" else 0,
         )
-        served = self._served.get((update.tenant, update.version), [])
-        index = bisect.bisect_left(served, at)
-        if index < len(served):
-            record.first_answer_at = served[index]
-            self.metrics.promotion.labels(update.tenant).observe(served[index] - at)
+        if record.state != "rolled_back":  # the end of a trial (or a withdrawal) waits for no answer
+            served = self._served.get((update.tenant, update.version, record.state), [])
+            index = bisect.bisect_left(served, at)
+            if index < len(served):
+                self._first_answer(update.tenant, record, served[index])
         state.adapters.append(record)
         self.metrics.adapter_updates.labels(update.tenant, "promoted" if record.promoted else "rejected").inc()
-        if previous is not None and previous.version != record.version:
-            with contextlib.suppress(KeyError):  # announced before but not as the current one
-                self.metrics.current_adapter.remove(update.tenant, previous.version)
-        self.metrics.current_adapter.labels(update.tenant, record.version).set(1)
+        if before.current != state.rollout.current:
+            if before.current is not None:
+                with contextlib.suppress(KeyError):
+                    self.metrics.current_adapter.remove(update.tenant, before.current)
+            if state.rollout.current is not None:
+                self.metrics.current_adapter.labels(update.tenant, state.rollout.current).set(1)
 
     def on_dead_letter(self, letter: DeadLetter, at: float) -> str:
         """Record a dead letter; returns the tenant it was counted for."""
@@ -319,19 +371,45 @@ class MonitorState:
         self.tenant(tenant).latency.add(at, seconds)
         self.metrics.latency.labels(tenant).observe(seconds)
 
-    def _served_with(self, state: TenantState, tenant: str, version: str, at: float) -> None:
-        served = self._served.setdefault((tenant, version), [])
+    def _served_with(self, state: TenantState, tenant: str, version: str, role: str, at: float) -> None:
+        served = self._served.setdefault((tenant, version, role), [])
         bisect.insort(served, at)
         if len(served) > self.settings.max_pending:
             served.pop()
         for record in state.adapters:
-            if record.version != version or record.announced_at > at:
+            if record.version != version or record.state != role or record.announced_at > at:
                 continue
             if record.first_answer_at is None:
-                self.metrics.promotion.labels(tenant).observe(at - record.announced_at)
-                record.first_answer_at = at
+                self._first_answer(tenant, record, at)
             elif at < record.first_answer_at:  # read out of order: an earlier answer than the one seen first
                 record.first_answer_at = at
+
+    def _first_answer(self, tenant: str, record: AdapterRecord, at: float) -> None:
+        record.first_answer_at = at
+        if record.state == "current":  # the histogram is promotion → first answer; a canary's is on the page
+            self.metrics.promotion.labels(tenant).observe(at - record.announced_at)
+
+    def live(self, tenant: str) -> list[LiveVersion]:
+        """``tenant``'s live figures per version: the current one, the canary, then the others, newest first.
+        The current version and the canary are listed even before they answered."""
+        rollout = self.tenant(tenant).rollout
+        current, canary = rollout.current or BASE, rollout.canary
+        by_version = self.quality.versions(tenant)
+        rows = [LiveVersion(current, "current", by_version.pop(current, Figures()))]
+        if canary is not None and canary != current:
+            rows.append(LiveVersion(canary, "canary", by_version.pop(canary, Figures())))
+        rows += [LiveVersion(v, "earlier", by_version[v]) for v in sorted(by_version, reverse=True)]
+        return rows
+
+    def arms(self, tenant: str) -> tuple[Figures, Figures] | None:
+        """While a canary runs: its arm's figures and the current version's on the incumbent arm."""
+        rollout = self.tenant(tenant).rollout
+        if rollout.canary is None:
+            return None
+        return (
+            self.quality.arm(tenant, rollout.canary, "canary"),
+            self.quality.arm(tenant, rollout.current, "incumbent"),
+        )
 
     def figures(self, tenant: str) -> dict[str, float | None]:
         """The tenant's windowed figures now (None: nothing in the window)."""
@@ -370,3 +448,36 @@ class MonitorState:
             ):
                 value = figures[name]
                 gauge.labels(tenant).set(math.nan if value is None else value)
+        self._refresh_live()
+
+    def _refresh_live(self) -> None:
+        """The live-quality gauges, set from the join (it only grows: no series goes away but the canary's)."""
+        m, quality = self.metrics, self.quality
+        for (tenant, version, arm), figures in list(quality.figures.items()):
+            arm_label = arm or _NO_ARM
+            m.live_answers.labels(tenant, version, arm_label).set(figures.served)
+            m.live_ratings.labels(tenant, version, arm_label, "positive").set(figures.positive)
+            m.live_ratings.labels(tenant, version, arm_label, "negative").set(figures.negative)
+        for tenant in quality.tenants():
+            for version, figures in quality.versions(tenant).items():
+                m.live_corrections.labels(tenant, version).set(figures.corrections)
+                share = figures.negative_share
+                m.live_negative_share.labels(tenant, version).set(math.nan if share is None else share)
+        m.canary_percent.clear()  # a canary ends (promoted or rolled back): its series goes
+        for tenant, state in list(self.tenants.items()):
+            if tenant == UNKNOWN_TENANT:
+                continue  # a dead letter's, never a rating's
+            for reason in IGNORED_REASONS:
+                m.feedback_ignored.labels(tenant, reason).set(quality.ignored[(tenant, reason)])
+            m.feedback_unknown.labels(tenant).set(quality.unknown(tenant))
+            if state.rollout.canary is not None:
+                m.canary_percent.labels(tenant, state.rollout.canary).set(state.rollout.canary_percent)
+
+
+_NO_ARM = "none"
+"""The arm label of answers given outside a canary (or pinned to a version)."""
+
+
+def _role(answer: Answer) -> str:
+    """The role an answer's version answered in: ``canary`` on the canary arm, else ``current``."""
+    return "canary" if answer.arm == "canary" else "current"

@@ -58,12 +58,19 @@ class Deployment:
     def send(self, spec: Any, key: str, value: bytes) -> None:
         self.producer.produce(topic_name(spec, self.settings.topics), key=key.encode(), value=value)
 
-    def answers(self, wanted: set[str], timeout_s: float = 120) -> dict[str, list[dict[str, Any]]]:
+    def answers(
+        self, wanted: set[str], timeout_s: float = 120, *, at_least: int = 1
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Every answer on the topic, by query id, once each of ``wanted`` has ``at_least`` (or at the timeout)."""
         reader = consumer(self.settings.kafka, uuid.uuid4().hex)
         reader.subscribe([topic_name(ANSWERS, self.settings.topics)])
         found: dict[str, list[dict[str, Any]]] = {}
         deadline = time.monotonic() + timeout_s
-        while not wanted <= set(found) and time.monotonic() < deadline:
+
+        def enough() -> bool:
+            return all(len(found.get(q, [])) >= at_least for q in wanted)
+
+        while not enough() and time.monotonic() < deadline:
             message = reader.poll(0.5)
             if message is not None and message.error() is None:
                 answer = json.loads(message.value() or b"")
@@ -451,3 +458,44 @@ def test_one_batch_mixes_tenants_and_adapters(deploy: Callable[..., Deployment])
         assert _metric(metrics_port, "streamtune_adapter_evictions_total") >= 1  # three adapters, room for two
     finally:
         server.stop()
+
+
+@pytest.mark.fault
+def test_a_canary_answers_its_share_and_a_restarted_server_keeps_each_query_on_its_arm(
+    deploy: Callable[..., Deployment],
+) -> None:
+    from streamtune.rollout import canary_arm
+
+    deployment = deploy(STREAMTUNE__TRAINING__CANARY_PERCENT="30")
+    candidate = _train_one(deployment, 0)
+    registry = AdapterRegistry(deployment.settings.adapters_dir, "acme")
+    assert registry.canary() is not None and registry.canary().name == candidate  # type: ignore[union-attr]
+    assert registry.current() is None  # a first adapter is on trial against the base model
+    ids = [f"c-{i}" for i in range(40)]
+    expected = {q for q in ids if canary_arm(q, 30)}
+
+    def round_of_answers(number: int) -> dict[str, dict[str, Any]]:
+        for query_id in ids:
+            deployment.send(QUERIES, query_id, query(query_id))
+        deployment.producer.flush(15)
+        found = deployment.answers(set(ids), timeout_s=180, at_least=number)
+        assert all(len(found.get(q, [])) >= number for q in ids)
+        return {q: found[q][-1] for q in ids}
+
+    server = deployment.server()
+    server.start()
+    try:
+        before = round_of_answers(1)
+        server.kill()  # SIGKILL mid-canary; a new process reads the announcements again
+        server.start()
+        # the second round's answers follow the first's on the topic: the latest per id is the new process's
+        after = round_of_answers(2)
+    finally:
+        server.stop()
+    for answers in (before, after):
+        on_canary = {q for q, a in answers.items() if a["arm"] == "canary"}
+        assert on_canary == expected and 0 < len(on_canary) < len(ids)
+        assert {answers[q]["adapter_version"] for q in on_canary} == {candidate}
+        assert {a["adapter_version"] for q, a in answers.items() if q not in on_canary} == {None}
+        assert {a["arm"] for q, a in answers.items() if q not in on_canary} == {"incumbent"}
+    assert {q: a["arm"] for q, a in before.items()} == {q: a["arm"] for q, a in after.items()}

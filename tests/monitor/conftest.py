@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Literal
+
 import pytest
 
-from streamtune.contracts import AdapterUpdate, Answer, AnswerError, Query
-from streamtune.harness import sample_manifest
+from streamtune.contracts import AdapterUpdate, Answer, AnswerError, FeedbackRecorded, Query
+from streamtune.harness import feedback_recorded, sample_manifest
 
 
 def adapter_update(
-    tenant: str, version: str, *, promoted: bool = True, reason: str = "held-out loss improved"
+    tenant: str,
+    version: str,
+    *,
+    promoted: bool = True,
+    reason: str = "held-out loss improved",
+    state: Literal["current", "canary", "rolled_back"] | None = None,
+    percent: int | None = None,
 ) -> AdapterUpdate:
-    """An announcement as ``training.publish.announce`` makes it, with made-up figures."""
+    """An announcement as ``training.publish.announce`` makes it, with made-up figures; ``state`` None: as
+    announced before canaries (current)."""
     manifest = sample_manifest(tenant, version, gate={"promoted": promoted, "reason": reason})
     return AdapterUpdate(
-        tenant=tenant, version=version, uri=f"file:///adapters/{tenant}/{version}", base_model="tiny", manifest=manifest
+        tenant=tenant,
+        version=version,
+        uri=f"file:///adapters/{tenant}/{version}",
+        base_model="tiny",
+        manifest=manifest,
+        state=state,
+        canary_percent=percent,
     )
 
 
@@ -22,7 +38,14 @@ def query(tenant: str, query_id: str) -> Query:
     return Query(query_id=query_id, tenant=tenant, question="What is the refund window?")
 
 
-def answer(tenant: str, query_id: str, *, version: str | None = None, error: str | None = None) -> Answer:
+def answer(
+    tenant: str,
+    query_id: str,
+    *,
+    version: str | None = None,
+    error: str | None = None,
+    arm: Literal["canary", "incumbent"] | None = None,
+) -> Answer:
     return Answer(
         query_id=query_id,
         tenant=tenant,
@@ -30,6 +53,20 @@ def answer(tenant: str, query_id: str, *, version: str | None = None, error: str
         adapter_version=version,
         error=AnswerError(code=error, message="made up") if error else None,
         timings_ms={"total": 12.0},
+        arm=arm,
+    )
+
+
+def feedback(tenant: str, query_id: str, rating: int = 1, correction: str | None = None) -> FeedbackRecorded:
+    """A rating as the gateway's POST /v1/feedback publishes it."""
+    return feedback_recorded(
+        f"fb-{uuid.uuid4().hex}",
+        "What is the refund window?",
+        "30 days",
+        rating=rating,
+        correction=correction,
+        tenant=tenant,
+        query_id=query_id,
     )
 
 
@@ -39,6 +76,7 @@ class Records:
     adapter_update = staticmethod(adapter_update)
     query = staticmethod(query)
     answer = staticmethod(answer)
+    feedback = staticmethod(feedback)
 
 
 @pytest.fixture

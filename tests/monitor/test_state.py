@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +241,178 @@ def test_versions_the_gate_rejected_are_read_from_the_adapter_store(records: Any
     assert "v0002" in never_announced and "rejected" in never_announced and "why v0002" in never_announced
     assert "v0001" not in never_announced.split("Last dead letters")[0]
     assert stored_versions(tmp_path, "../etc") == [] and stored_versions(tmp_path, "nobody") == []
+
+
+# -- live quality and the rollout -----------------------------------------------------------------
+
+
+def live_row(page: str, version: str) -> list[str]:
+    """The cells of ``version``'s row of the page's live-quality table."""
+    match = re.search(rf'<tr id="live-{re.escape(version)}">(.*?)</tr>', page)
+    assert match, f"no live-quality row for {version}"
+    return re.findall(r"<td[^>]*>(.*?)</td>", match.group(1))
+
+
+def test_ratings_join_their_answers_per_version_and_arm_and_the_rest_is_counted_and_ignored(records: Any) -> None:
+    clock = Clock()
+    state = make_state(clock)
+    t = clock.now
+    state.on_adapter_update(records.adapter_update("acme", "v0001"), t - 100)
+    state.on_adapter_update(records.adapter_update("acme", "v0002", state="canary", percent=20), t - 90)
+    served = [
+        records.answer("acme", "q1", version="v0001", arm="incumbent"),
+        records.answer("acme", "q2", version="v0001", arm="incumbent"),
+        records.answer("acme", "q3", version="v0002", arm="canary"),
+        records.answer("acme", "q4", version="v0002", arm="canary"),
+        records.answer("acme", "q5", version="v0001"),  # pinned: outside the canary
+        records.answer("acme", "q1", version="v0001", arm="incumbent"),  # the same answer read twice
+        records.answer("acme", "q6", version="v0001", arm="incumbent", error="generation_failed"),
+        records.answer("globex", "g1", version="v0009"),
+    ]
+    for n, answer in enumerate(served):
+        state.on_answer(answer, t - 80 + n)
+    ratings = [
+        records.feedback("acme", "q1", 1),
+        records.feedback("acme", "q2", -1, correction="60 days"),
+        records.feedback("acme", "q3", -1, correction="45 days"),
+        records.feedback("acme", "q4", 1),
+        records.feedback("acme", "q5", -1),
+        records.feedback("acme", "q3", 1),  # rated twice: the first rating stands
+        records.feedback("acme", "g1", -1),  # another tenant's answer
+        records.feedback("acme", "nowhere", 1),  # no such answer (yet)
+        records.feedback("acme", "q6", 1),  # an error answer is no served answer: never joined
+    ]
+    for rating in ratings:
+        state.on_feedback(rating)
+
+    (current, canary) = state.live("acme")
+    assert (current.version, current.role, canary.version, canary.role) == ("v0001", "current", "v0002", "canary")
+    assert current.figures.as_dict() == {"served": 3, "rated": 3, "positive": 1, "negative": 2, "corrections": 1}
+    assert canary.figures.as_dict() == {"served": 2, "rated": 2, "positive": 1, "negative": 1, "corrections": 1}
+    arms = state.arms("acme")
+    assert arms is not None
+    assert (arms[0].served, arms[0].rated, arms[1].served, arms[1].rated) == (2, 2, 2, 2)
+    assert state.quality.versions("globex")["v0009"].rated == 0  # acme cannot move globex's figures
+    joined = sum(live.figures.rated for live in state.live("acme"))
+    ignored = sum(n for (tenant, _), n in state.quality.ignored.items() if tenant == "acme")
+    assert joined + ignored + state.quality.unknown("acme") == len(ratings)  # every rating has one outcome
+
+    state.refresh()
+    gauge = f"{PREFIX}live_answers"
+    assert sample(state, gauge, tenant="acme", version="v0001", arm="incumbent") == 2
+    assert sample(state, gauge, tenant="acme", version="v0001", arm="none") == 1
+    assert sample(state, gauge, tenant="acme", version="v0002", arm="canary") == 2
+    ratings_gauge = f"{PREFIX}live_ratings"
+    assert sample(state, ratings_gauge, tenant="acme", version="v0001", arm="incumbent", rating="positive") == 1
+    assert sample(state, ratings_gauge, tenant="acme", version="v0001", arm="incumbent", rating="negative") == 1
+    assert sample(state, ratings_gauge, tenant="acme", version="v0001", arm="none", rating="negative") == 1
+    assert sample(state, ratings_gauge, tenant="acme", version="v0002", arm="canary", rating="negative") == 1
+    assert sample(state, f"{PREFIX}live_corrections", tenant="acme", version="v0002") == 1
+    assert sample(state, f"{PREFIX}live_negative_share", tenant="acme", version="v0001") == pytest.approx(2 / 3)
+    assert math.isnan(sample(state, f"{PREFIX}live_negative_share", tenant="globex", version="v0009") or 0.0)
+    ignored_gauge = f"{PREFIX}feedback_ignored"
+    assert sample(state, ignored_gauge, tenant="acme", reason="duplicate") == 1
+    assert sample(state, ignored_gauge, tenant="acme", reason="other_tenant") == 1
+    assert sample(state, ignored_gauge, tenant="acme", reason="unknown_query") == 0
+    assert sample(state, ignored_gauge, tenant="globex", reason="other_tenant") == 0
+    assert sample(state, f"{PREFIX}feedback_unknown", tenant="acme") == 2  # "nowhere" and the error answer's
+    assert sample(state, f"{PREFIX}canary_percent", tenant="acme", version="v0002") == 20
+
+
+def test_a_rating_read_before_its_answer_waits_for_it(records: Any) -> None:
+    state = make_state(Clock())
+    state.on_feedback(records.feedback("acme", "q1", -1))
+    state.refresh()
+    assert sample(state, f"{PREFIX}feedback_unknown", tenant="acme") == 1
+    state.on_answer(records.answer("acme", "q1"), Clock().now)  # the base model's
+    state.refresh()
+    assert sample(state, f"{PREFIX}feedback_unknown", tenant="acme") == 0
+    assert sample(state, f"{PREFIX}live_ratings", tenant="acme", version="base", arm="none", rating="negative") == 1
+    (base,) = state.live("acme")
+    assert (base.version, base.role, base.figures.rated) == ("base", "current", 1)
+
+
+def test_the_rollout_is_folded_and_a_rolled_back_version_is_never_shown_current(records: Any) -> None:
+    clock = Clock()
+    state = make_state(clock)
+    t = clock.now
+    acme = state.tenant("acme")
+    promotions = f"{PREFIX}promotion_to_first_answer_seconds_count"
+    state.on_adapter_update(records.adapter_update("acme", "v0001"), t - 100)  # from before canaries
+    state.on_answer(records.answer("acme", "a1", version="v0001"), t - 90)  # 10 s
+    state.on_adapter_update(records.adapter_update("acme", "v0002", state="canary", percent=20), t - 80)
+    state.on_answer(records.answer("acme", "a2", version="v0001", arm="incumbent"), t - 78)
+    state.on_answer(records.answer("acme", "a3", version="v0002", arm="canary"), t - 75)  # 5 s to the canary's
+    assert acme.current is not None and acme.current.version == "v0001"
+    assert acme.canary is not None and acme.canary.version == "v0002" and acme.canary.to_first_answer_s == 5.0
+    assert sample(state, promotions, tenant="acme") == 1  # a canary's first answer is no promotion's
+    state.refresh()
+    assert sample(state, f"{PREFIX}canary_percent", tenant="acme", version="v0002") == 20
+
+    state.on_adapter_update(records.adapter_update("acme", "v0002", state="rolled_back"), t - 60)
+    assert (acme.rollout.current, acme.rollout.canary) == ("v0001", None)
+    assert acme.current is not None and acme.current.version == "v0001" and acme.canary is None
+    assert sample(state, f"{PREFIX}current_adapter", tenant="acme", version="v0001") == 1
+    assert sample(state, f"{PREFIX}current_adapter", tenant="acme", version="v0002") is None
+    state.refresh()
+    assert sample(state, f"{PREFIX}canary_percent", tenant="acme", version="v0002") is None
+    page = status_page(state, "acme", with_curves=False) or ""
+    assert "id=current-adapter>v0001<" in page and "rolled back" in page and "<h3>Canary on trial" not in page
+    assert live_row(page, "v0002")[1] == "earlier"
+
+    # a canary promoted: its answers on the canary arm after the promotion (serve not caught up) are not the
+    # first answers as the current version
+    state.on_adapter_update(records.adapter_update("acme", "v0003", state="canary", percent=50), t - 50)
+    state.on_adapter_update(records.adapter_update("acme", "v0003", state="current"), t - 40)
+    state.on_answer(records.answer("acme", "a4", version="v0003", arm="canary"), t - 39)
+    state.on_answer(records.answer("acme", "a5", version="v0003"), t - 30)
+    assert acme.current is not None and acme.current.version == "v0003" and acme.current.to_first_answer_s == 10.0
+    assert [r.to_first_answer_s for r in acme.adapters if r.version == "v0003"] == [11.0, 10.0]
+    assert sample(state, promotions, tenant="acme") == 2
+
+    # the current version rolled back: it stays current until the version current again is announced
+    state.on_adapter_update(records.adapter_update("acme", "v0003", state="rolled_back"), t - 20)
+    assert acme.current is not None and acme.current.version == "v0003"
+    state.on_adapter_update(records.adapter_update("acme", "v0001", state="current"), t - 19)
+    assert acme.current is not None and acme.current.version == "v0001" and acme.current.first_answer_at is None
+    assert sample(state, f"{PREFIX}current_adapter", tenant="acme", version="v0001") == 1
+    assert sample(state, f"{PREFIX}current_adapter", tenant="acme", version="v0003") is None
+    assert [(r.version, r.state) for r in acme.adapters] == [
+        ("v0001", "current"),
+        ("v0002", "canary"),
+        ("v0002", "rolled_back"),
+        ("v0003", "canary"),
+        ("v0003", "current"),
+        ("v0003", "rolled_back"),
+        ("v0001", "current"),
+    ]
+    assert [live.version for live in state.live("acme")] == ["v0001", "v0003", "v0002"]
+
+
+def test_the_page_shows_live_quality_per_version_and_the_arms_side_by_side(records: Any) -> None:
+    clock = Clock()
+    state = make_state(clock)
+    t = clock.now
+    state.on_adapter_update(records.adapter_update("acme", "v0001"), t - 100)
+    state.on_adapter_update(records.adapter_update("acme", "v0002", state="canary", percent=25), t - 90)
+    for n in range(6):
+        state.on_answer(records.answer("acme", f"i{n}", version="v0001", arm="incumbent"), t - 50)
+        state.on_feedback(records.feedback("acme", f"i{n}", 1 if n < 5 else -1))
+    for n in range(2):
+        state.on_answer(records.answer("acme", f"c{n}", version="v0002", arm="canary"), t - 50)
+        state.on_feedback(records.feedback("acme", f"c{n}", -1, correction="no: 60 days"))
+    state.on_answer(records.answer("acme", "old", version="<i>v0000</i>"), t - 40)  # answers are anyone's text
+    state.on_feedback(records.feedback("acme", "c0", 1))
+    state.on_feedback(records.feedback("acme", "later", 1))
+    page = status_page(state, "acme", with_curves=False) or ""
+    assert "<h2>Live quality</h2>" in page
+    assert live_row(page, "v0001") == ["v0001", "<b>current</b>", "6", "6", "5", "1", "16.7%", "0"]
+    assert live_row(page, "v0002") == ["v0002", "<b>canary 25%</b>", "2", "2", "0", "2", "100.0%", "2"]
+    assert live_row(page, "&lt;i&gt;v0000&lt;/i&gt;")[1:] == ["earlier", "1", "0", "0", "0", "—", "0"]
+    assert "<i>v0000</i>" not in page
+    arms = dict(re.findall(r"id=(canary-[a-z-]+|incumbent-[a-z-]+)>([^<]*)<", page))
+    assert (arms["canary-served"], arms["incumbent-served"]) == ("2", "6")
+    assert (arms["canary-negative-share"], arms["incumbent-negative-share"]) == ("100.0%", "16.7%")
+    assert "canary arm (v0002)" in page and "incumbent arm (v0001)" in page
+    assert "id=ignored-duplicate>1<" in page and "id=ignored-other_tenant>0<" in page
+    assert "id=ratings-waiting>1<" in page
