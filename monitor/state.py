@@ -21,12 +21,13 @@ The figures:
   ``streamtune.rollout.fold`` as ``serve`` folds them, so a rolled-back version is never shown as current;
 - live quality: ``feedback.recorded`` events on ``domain-events`` joined to the answers they rate
   (``streamtune.quality.LiveQuality``: per tenant, version and canary arm; ratings of an unknown query, of
-  another tenant's answer, or rating a query twice are counted and ignored). It uses LiveQuality's own
-  bounds, the ones the canary's decision step (``training/canary.py``) uses, so that both show the same figures.
+  another tenant's answer, or rating a query twice are counted and ignored). It keeps LiveQuality's own
+  bounds, not ``monitor.max_pending``: they are the ones the canary's decision step (``training/canary.py``)
+  joins with, so that the page shows the figures the decision is taken on.
 - freshness (event → searchable): a ``document.upserted`` record's timestamp → the time Weaviate last wrote
   the document's first chunk, once that chunk carries the event's id (the app looks it up, rate-limited).
 
-Every map that waits for a partner is bounded by ``monitor.max_pending``: the oldest entries go first.
+Every other map that waits for a partner is bounded by ``monitor.max_pending``: the oldest entries go first.
 """
 
 from __future__ import annotations

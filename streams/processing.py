@@ -3,7 +3,7 @@
 A batch becomes: index writes (per document, the last event wins, which gives the same final state as
 applying every event in order, because an upsert replaces all chunks and a delete removes them),
 training examples, and dead letters. Every record ends in exactly one of: indexed, deleted,
-example, skipped (negative feedback), dead-lettered; ``BatchResult.counts`` reconciles them, also after
+example, dead-lettered; ``BatchResult.counts`` reconciles them, also after
 ``reject`` has moved the documents Weaviate refused to the dead letters (``IndexRejected``).
 
 No record can stop the job: an input the contract refuses is dead-lettered with its reason, and a bug of
@@ -11,9 +11,13 @@ ours on one record dead-letters that record as ``InternalError`` with the except
 
 Once the batch's index writes are done, ``add_context`` gives each example the context it is meant to be
 answered with, as the index holds it then (``TrainingExample.context``): for a ``qa.recorded`` event that
-names documents, those documents' chunks that best match the question; otherwise (and for positive
-feedback) the tenant's top-k chunks for the question, as ``serve`` would retrieve them. The lookup is handed
-in, so this stays free of Weaviate too.
+names documents, those documents' chunks that best match the question; otherwise (and for feedback) the
+tenant's top-k chunks for the question, as ``serve`` would retrieve them. The lookup is handed in, so this
+stays free of Weaviate too.
+
+Feedback becomes one example each (``TrainingExample.kind``): a positive rating a demonstration of the answer
+(or of its correction) labelled desirable; a negative rating with a correction a preference pair (chosen: the
+correction, rejected: the served answer); a negative rating without one a rating labelled undesirable.
 """
 
 from __future__ import annotations
@@ -154,12 +158,8 @@ def plan_batch(
                 )
                 result.counts["example"] += 1
             elif isinstance(event, FeedbackRecorded):
-                if event.data.rating == 1:
-                    answer = event.data.correction or event.data.answer
-                    result.examples.append(_example(event, clean(event.data.question), clean(answer), None))
-                    result.counts["example"] += 1
-                else:
-                    result.counts["skipped"] += 1
+                result.examples.append(_feedback_example(event, clean))
+                result.counts["example"] += 1
         except ContractError as exc:
             result.dead_letters.append(_dead_letter(record, exc.error_class, exc.reason, settings))
             result.counts["dead_letter"] += 1
@@ -278,6 +278,18 @@ def _example(
         created_at=event.occurred_at,
         context_doc_ids=context,
     )
+
+
+def _feedback_example(event: FeedbackRecorded, clean: Callable[[str], str]) -> TrainingExample:
+    data = event.data
+    question, served = clean(data.question), clean(data.answer)
+    correction = clean(data.correction) if data.correction else None
+    if data.rating == 1:
+        return _example(event, question, correction or served, None).model_copy(update={"label": True})
+    if correction:
+        example = _example(event, question, correction, None)
+        return example.model_copy(update={"kind": "preference", "rejected": served})
+    return _example(event, question, served, None).model_copy(update={"kind": "rating", "label": False})
 
 
 def _dead_letter(record: RawRecord, error_class: str, message: str, settings: StreamsSettings) -> DeadLetter:

@@ -179,6 +179,17 @@ class TrainingExample(_Message):
     rank order. Training renders it into the prompt exactly as ``serve`` renders its retrieval (``prompt.py``);
     stored here, not looked up again, so that replaying the topic trains on the same bytes. None: recorded
     before examples carried context (rendered like an empty retrieval)."""
+    kind: Literal["demonstration", "preference", "rating"] | None = None
+    """What the example teaches. ``demonstration`` (or None, every example before kinds existed): the last
+    assistant turn is an answer to learn (supervised fine-tuning). ``preference``: a rated-down answer with the
+    user's correction, the last assistant turn being the correction (chosen) and ``rejected`` the served answer.
+    ``rating``: an answer as it was served, rated by ``label``. Only demonstrations are trained on by SFT, held
+    out for the gate or replayed; the other two feed the preference step (``training.trainer.prefer``)."""
+    rejected: Annotated[str, Field(min_length=1, max_length=MAX_QA_CHARS)] | None = None
+    """For ``preference``: the answer that was served and rated down."""
+    label: bool | None = None
+    """Thumbs up (True) or down (False) from a rating: set on ``rating`` examples, and on the demonstrations that
+    positive feedback makes (so the preference step sees them as desirable too)."""
 
 
 class Query(_Message):

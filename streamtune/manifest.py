@@ -31,6 +31,7 @@ __all__ = [
     "Manifest",
     "Metrics",
     "ParentRef",
+    "PreferenceFigures",
     "PromptFormat",
     "Ranges",
     "SideScores",
@@ -118,6 +119,12 @@ class DataWindow(_Part):
     """Examples the trainer could not use (no user question and answer at the end): trained on nothing."""
     truncated_example_ids: list[str] = Field(default_factory=list)
     """Examples cut to ``training.max_length`` tokens (their context shortened, or the example cut)."""
+    preference_offsets: list[tuple[int, int]] = Field(default_factory=list)
+    """The rated-down answers (``rating`` and ``preference`` examples) the preference step trained on, in the
+    order trained: ``train replay`` reads exactly these. Empty: no preference step."""
+    preference_pending: list[tuple[int, int]] = Field(default_factory=list)
+    """Rated-down answers read but not trained on (fewer than ``training.min_preference_examples``): the next
+    refresh reads them again with its own."""
 
     def trained_up_to(self) -> dict[int, int]:
         """Per partition, the first offset this version did not see."""
@@ -168,10 +175,25 @@ class Verdict(_Part):
     feedback (``training.canary_percent``); None or 0: promoted directly (and every version made before)."""
 
 
+class PreferenceFigures(_Part):
+    """The preference step after SFT (trl's ``KTOTrainer``, the SFT'd adapter as its reference)."""
+
+    method: str
+    steps: int
+    desirable: int
+    """Rows labelled good: thumbs-up answers and corrections."""
+    undesirable: int
+    """Rows labelled bad: thumbs-down answers and the answers a correction replaced."""
+    seconds: float
+    losses: list[tuple[int, float]] = Field(default_factory=list)
+
+
 class Metrics(_Part):
     train: TrainFigures
     candidate: SideScores
     current: SideScores
+    preference: PreferenceFigures | None = None
+    """None: no preference step (too few rated-down answers, or before it existed)."""
 
 
 class Split(_Part):

@@ -336,6 +336,23 @@ class TrainingSettings(_Section):
         description="Validation losses in a row without improvement that stop training early; the adapter of the "
         "step with the lowest validation loss is kept.",
     )
+    # -- learning from feedback: trl's KTOTrainer after the SFT step (training/trainer.py, prefer) -------------
+    preference_steps: int = Field(
+        20,
+        ge=0,
+        description="Optimizer steps of the preference step (KTO on thumbs up/down and corrections) after SFT; 0: "
+        "no preference step. Manifests older than this setting replay with 0, as they were trained.",
+    )
+    min_preference_examples: int = Field(
+        8,
+        ge=1,
+        description="Rated-down answers (with or without a correction) a tenant needs before a refresh runs the "
+        "preference step; fewer wait, recorded in the manifest, for the next refresh.",
+    )
+    preference_learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate of the preference step.")
+    preference_beta: float = Field(
+        0.1, gt=0, description="KTO's beta: how far the adapter may move from its SFT'd self (the reference)."
+    )
     # -- the canary: a gate-passed candidate proves itself on live, rated answers (training/canary.py) --------
     canary_percent: int = Field(
         20,

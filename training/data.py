@@ -20,7 +20,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from streamtune.settings import Settings
 from streamtune.topics import DOMAIN_EVENTS, TRAINING_EXAMPLES, topic_name
 
 __all__ = [
+    "FEEDBACK_KINDS",
     "DocGaps",
     "Loaded",
     "MissingDocs",
@@ -47,6 +48,7 @@ __all__ = [
     "next_pool",
     "plan_split",
     "read_examples",
+    "read_feedback",
     "read_new",
     "read_recorded",
     "recorded_data",
@@ -55,6 +57,7 @@ __all__ = [
     "split_and_replay",
     "triage",
     "window",
+    "with_feedback",
 ]
 
 Position = tuple[int, int]
@@ -126,7 +129,13 @@ class Loaded:
     duplicates: int
     """Records whose example id came earlier in the same ranges (a producer's retry); the first one counts."""
     at: dict[str, Position] = field(default_factory=dict)
-    """Where each example was read from."""
+    """Where each example was read from (``feedback`` included)."""
+    feedback: list[TrainingExample] = field(default_factory=list)
+    """The rated-down answers (``kind`` rating or preference): never trained on by SFT, held out or replayed,
+    only by the preference step."""
+
+
+FEEDBACK_KINDS = ("rating", "preference")
 
 
 def read_examples(
@@ -144,6 +153,7 @@ def read_examples(
 def _decoded(tenant: str, records: Iterable[tuple[Position, bytes | None]]) -> Loaded:
     seen: dict[str, Position] = {}
     examples: list[TrainingExample] = []
+    feedback: list[TrainingExample] = []
     invalid = duplicates = 0
     for at, value in records:
         try:
@@ -157,8 +167,8 @@ def _decoded(tenant: str, records: Iterable[tuple[Position, bytes | None]]) -> L
             duplicates += 1
             continue
         seen[example.example_id] = at
-        examples.append(example)
-    return Loaded(examples, invalid, duplicates, seen)
+        (feedback if example.kind in FEEDBACK_KINDS else examples).append(example)
+    return Loaded(examples, invalid, duplicates, seen, feedback)
 
 
 def _read_at(settings: Settings, positions: Iterable[Position], timeout_s: float = 30.0) -> dict[Position, bytes]:
@@ -300,6 +310,10 @@ class NewExamples:
     """The earlier deferred examples read again with the window."""
     at: dict[str, Position] = field(default_factory=dict)
     """Where each of ``examples`` was read from."""
+    feedback: list[TrainingExample] = field(default_factory=list)
+    """The window's rated-down answers, for the preference step (``Loaded.feedback``)."""
+    feedback_at: list[Position] = field(default_factory=list)
+    """Where each of ``feedback`` was read from."""
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -332,6 +346,8 @@ def _without(loaded: Loaded, excluded: list[str], deferred: Collection[str], car
         [loaded.at[i] for i in deferred],
         carried,
         {e.example_id: loaded.at[e.example_id] for e in kept},
+        loaded.feedback,
+        [loaded.at[e.example_id] for e in loaded.feedback],
     )
 
 
@@ -347,6 +363,15 @@ def read_new(
     loaded = read_examples(settings, tenant, ranges, carried)
     excluded, deferred = triage(tenant, loaded.examples, missing_docs)
     return _without(loaded, excluded, deferred, list(carried))
+
+
+def read_feedback(settings: Settings, tenant: str, positions: Sequence[Position]) -> list[TrainingExample]:
+    """The rated-down answers at ``positions``, in that order (a manifest's ``preference_offsets`` or
+    ``preference_pending``)."""
+    if not positions:
+        return []
+    records = _read_at(settings, positions)
+    return _decoded(tenant, [(at, records[at]) for at in positions]).feedback
 
 
 def read_recorded(settings: Settings, tenant: str, data: DataWindow) -> NewExamples:
@@ -384,6 +409,12 @@ class TrainingData:
     """Earlier examples passed over for the replay sample: a document they rely on was deleted since."""
     pool: Pool | None = None
     """The next refresh's candidates (None: not known, e.g. when replaying)."""
+    feedback: list[TrainingExample] = field(default_factory=list)
+    """The rated-down answers the preference step trains on (empty: no preference step)."""
+    feedback_at: list[Position] = field(default_factory=list)
+    """Where each of ``feedback`` was read from."""
+    feedback_pending: list[Position] = field(default_factory=list)
+    """Rated-down answers read but too few to train on: the next refresh reads them again."""
 
     @property
     def examples(self) -> list[TrainingExample]:
@@ -397,7 +428,24 @@ class TrainingData:
         )
         if self.replay_excluded:
             line += f", {len(self.replay_excluded)} earlier left out of replay (deleted docs)"
+        if self.feedback:
+            line += f"; preference step on {len(self.feedback)} rated-down answers"
+        elif self.feedback_pending:
+            line += f"; {len(self.feedback_pending)} rated-down answers wait for more"
         return line
+
+
+def with_feedback(settings: Settings, tenant: str, data: TrainingData, current: Manifest | None) -> TrainingData:
+    """``data`` with the rated-down answers for the preference step: the window's, after those ``current``
+    left pending. Trained on once there are ``training.min_preference_examples`` of them (and the step is on);
+    fewer wait for the next refresh."""
+    conf = settings.training
+    earlier_at = list(current.data.preference_pending) if current else []
+    examples = read_feedback(settings, tenant, earlier_at) + data.new.feedback
+    at = earlier_at + data.new.feedback_at
+    if conf.preference_steps and len(examples) >= conf.min_preference_examples:
+        return replace(data, feedback=examples, feedback_at=at, feedback_pending=[])
+    return replace(data, feedback=[], feedback_at=[], feedback_pending=at)
 
 
 def split_and_replay(
@@ -605,7 +653,17 @@ def recorded_data(settings: Settings, tenant: str, manifest: Manifest) -> Traini
     records = _read_at(settings, data.replay_offsets)
     replay = _decoded(tenant, [(at, records[at]) for at in data.replay_offsets]).examples
     return TrainingData(
-        span, new, train, held_out, replay, [], data.replay_excludes_held_out, list(data.replay_offsets)
+        span,
+        new,
+        train,
+        held_out,
+        replay,
+        [],
+        data.replay_excludes_held_out,
+        list(data.replay_offsets),
+        feedback=read_feedback(settings, tenant, data.preference_offsets),
+        feedback_at=list(data.preference_offsets),
+        feedback_pending=list(data.preference_pending),
     )
 
 

@@ -87,6 +87,7 @@ def build_manifest(
             ),
             candidate=scores[0],
             current=scores[1],
+            preference=candidate.preference,
         ),
         gate=verdict,
         adapter=AdapterDigest(sha256=candidate.sha256),
@@ -120,6 +121,8 @@ def data_window(
         held_pool=data.pool.held if data.pool else None,
         dropped_example_ids=result.dropped if result else [],
         truncated_example_ids=result.truncated if result else [],
+        preference_offsets=data.feedback_at,
+        preference_pending=data.feedback_pending,
     )
 
 
@@ -142,7 +145,7 @@ def recorded_training(manifest: Manifest) -> TrainingSettings:
     return TrainingSettings.model_validate({**_BEFORE_RECORDED, **recorded})
 
 
-_BEFORE_RECORDED: dict[str, Any] = {"bf16_on_cpu": False, "validation_percent": 0}
+_BEFORE_RECORDED: dict[str, Any] = {"bf16_on_cpu": False, "validation_percent": 0, "preference_steps": 0}
 """Settings added after versions were published without them, at the value those versions were trained with
 (where today's default differs)."""
 

@@ -24,6 +24,7 @@ from training.data import (
     recorded_data,
     split_and_replay,
     window,
+    with_feedback,
 )
 from training.gate import decide, gather_evidence, score
 from training.manifest import build_manifest, recorded_training
@@ -107,6 +108,7 @@ def _refresh(
     data = split_and_replay(
         settings, tenant, new, span, missing_docs=missing_docs, current=current.manifest if current else None
     )
+    data = with_feedback(settings, tenant, data, current.manifest if current else None)
     say(f"  {tenant}: {data.describe()}")
     evidence = gather_evidence(
         data.held_out,
@@ -124,7 +126,9 @@ def _refresh(
     parent, baseline = (current.path, current.name) if current else (None, "base model")
     form = PromptFormat.of(settings.inference)
     with tempfile.TemporaryDirectory(prefix="streamtune-train-") as tmp:
-        candidate = train_candidate(settings, data.examples, parent, Path(tmp), say, prompt=form)
+        candidate = train_candidate(
+            settings, data.examples, parent, Path(tmp), say, prompt=form, feedback=data.feedback
+        )
         anchor = load_anchor(settings.training.anchor_file)
         held_out = evidence.examples
         ours = score(settings, candidate, candidate.adapter_dir, held_out, anchor, "candidate (new)", say)
@@ -170,7 +174,13 @@ def replay(settings: Settings, tenant: str, name: str, *, say: Callable[[str], N
     with tempfile.TemporaryDirectory(prefix="streamtune-replay-") as tmp:
         # the recorded format, not today's inference settings; None (older versions): their bare turns
         candidate = train_candidate(
-            recorded, data.examples, parent.path if parent else None, Path(tmp), say, prompt=manifest.prompt
+            recorded,
+            data.examples,
+            parent.path if parent else None,
+            Path(tmp),
+            say,
+            prompt=manifest.prompt,
+            feedback=data.feedback,
         )
         replayed = candidate.sha256
     release_freed_memory()

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamtune.contracts import TrainingExample
+from streamtune.contracts import ChatMessage, TrainingExample
+from streamtune.manifest import PreferenceFigures
 from streamtune.models import sha256_file
 from streamtune.prompt import PromptFormat, conversation
 from streamtune.settings import Settings, TrainingSettings
@@ -425,6 +426,8 @@ class Candidate:
     result: TrainResult
     prompt: PromptFormat | None = None
     """The format it was trained in; the gate scores both sides in it too."""
+    preference: PreferenceFigures | None = None
+    """The preference step after SFT, when there was one."""
 
     @property
     def sha256(self) -> str:
@@ -438,10 +441,12 @@ def train_candidate(
     work: Path,
     say: Callable[[str], None] = print,
     prompt: PromptFormat | None = None,
+    feedback: Sequence[TrainingExample] = (),
 ) -> Candidate:
     """Train on ``examples`` rendered in ``prompt`` (continuing from the ``parent`` adapter when given); the
     adapter goes to ``work/adapter``. Falls back to plain LoRA on the full-precision base where 4-bit does not
-    work, and says so."""
+    work, and says so. ``feedback`` (rated-down answers, ``rating`` and ``preference`` examples): when given,
+    the preference step (``prefer``) follows SFT, with the thumbs-up demonstrations among ``examples``."""
     from transformers import AutoTokenizer
 
     from streamtune.models import base_model_source, prepare_torch
@@ -463,11 +468,115 @@ def train_candidate(
         say=say,
         prompt=prompt,
     )
+    preference = None
+    if feedback:
+        liked = [e for e in examples if e.label is True]
+        rows = preference_rows([*liked, *feedback], prompt, tokenizer, settings.training.max_length)
+        model, preference = prefer(model, tokenizer, rows, settings.training, work_dir=work / "prefer", say=say)
     adapter_dir = work / "adapter"
     # Embeddings are never trained; "auto" would ask the hub about the base model a parent's config names.
-    model.save_pretrained(str(adapter_dir), save_embedding_layers=False)
+    # Only the trained adapter: the preference step's frozen "ref" copy is not part of the version.
+    model.save_pretrained(str(adapter_dir), save_embedding_layers=False, selected_adapters=["default"])
     quantization = "nf4+double-quant" if quantize else f"none ({why_not})"
-    return Candidate(adapter_dir, source, tokenizer, quantize, quantization, result, prompt)
+    return Candidate(adapter_dir, source, tokenizer, quantize, quantization, result, prompt, preference)
+
+
+def preference_rows(
+    examples: Sequence[TrainingExample], prompt: PromptFormat | None, tokenizer: Any, max_length: int
+) -> list[dict[str, Any]]:
+    """KTO's unpaired rows (prompt, completion, label), each prompt rendered as ``serve`` renders it (with the
+    example's stored context): a correction gives two rows, the correction desirable and the answer it replaced
+    undesirable; a rating gives its answer with its label; a demonstration labelled True, its answer."""
+    rows: list[dict[str, Any]] = []
+    for example in examples:
+        pairs: list[tuple[TrainingExample, bool]] = []
+        if example.kind == "preference" and example.rejected:
+            served = [*example.messages[:-1], ChatMessage(role="assistant", content=example.rejected)]
+            pairs = [(example, True), (example.model_copy(update={"messages": served}), False)]
+        elif example.label is not None:
+            pairs = [(example, example.label)]
+        for variant, label in pairs:
+            for row in conversation_rows([variant], prompt, tokenizer, max_length=max_length):
+                rows.append({**row, "label": label})
+    return rows
+
+
+def prefer(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    settings: TrainingSettings,
+    *,
+    work_dir: Path,
+    say: Callable[[str], None] = print,
+) -> tuple[Any, PreferenceFigures | None]:
+    """The preference step: trl's ``KTOTrainer`` on ``rows`` (``preference_rows``), continuing ``model`` (the
+    PEFT model SFT just trained). Why KTO and not DPO: most feedback is a thumbs up or down without a
+    correction, which DPO cannot use (it needs a chosen and a rejected answer to the same prompt); KTO takes
+    each rated answer alone, and a correction as one good and one bad answer.
+
+    The reference is the adapter as SFT left it, with no second copy of the model: given a ``PeftModel``, trl
+    copies the trainable adapter into a frozen ``ref`` adapter of the same model (``train_candidate`` saves
+    only the trained one). Skipped, and said, when the rows lack either label (KTO's KL estimate needs both)."""
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback, set_seed
+    from trl import KTOConfig, KTOTrainer
+
+    desirable = sum(1 for r in rows if r["label"])
+    undesirable = len(rows) - desirable
+    if not desirable or not undesirable or len(rows) < 2:
+        say(f"    preference step skipped: {desirable} desirable and {undesirable} undesirable rows (needs both)")
+        return model, None
+    deterministic = torch.cuda.is_available()
+    set_seed(settings.seed, deterministic=deterministic)
+    config = KTOConfig(
+        output_dir=str(work_dir),
+        max_steps=settings.preference_steps,
+        per_device_train_batch_size=max(2, min(settings.batch_size, len(rows))),  # KTO's KL term needs > 1
+        learning_rate=settings.preference_learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        beta=settings.preference_beta,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        full_determinism=deterministic,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        # trl's configs default to bf16 and gradient checkpointing: decided here as for SFT
+        bf16=torch.cuda.is_available() or bool(resolved_precision(settings).bf16_on_cpu),
+        gradient_checkpointing=False,
+        max_length=settings.max_length,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    begin = time.monotonic()
+    trainer = KTOTrainer(
+        model=model, args=config, train_dataset=Dataset.from_list(list(rows)), processing_class=tokenizer
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    history = trainer.state.log_history
+    losses = [(int(h["step"]), float(h["loss"])) for h in history if "loss" in h]
+    seconds = time.monotonic() - begin
+    say(
+        f"    preference step (KTO): {trainer.state.global_step} steps on {desirable} desirable + {undesirable} "
+        f"undesirable rows, loss {losses[-1][1] if losses else float('nan'):.3f}, {seconds:.0f}s"
+    )
+    trained: Any = trainer.model
+    if "ref" in getattr(trained, "peft_config", {}):
+        trained.delete_adapter("ref")
+    figures = PreferenceFigures(
+        method="kto",
+        steps=int(trainer.state.global_step),
+        desirable=desirable,
+        undesirable=undesirable,
+        seconds=round(seconds, 3),
+        losses=losses,
+    )
+    return trained, figures
 
 
 @dataclass(frozen=True)

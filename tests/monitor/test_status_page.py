@@ -1,5 +1,6 @@
 """`streamtune monitor` as a real process on the real local stack: /metrics moves with the records, the status
-page shows them in Debian's headless chromium, and the broker holds the same topics after it ran."""
+page shows them in Debian's headless chromium (live quality of a running canary included), and the broker holds
+the same topics after it ran."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 TENANT = "acme"
 VERSION = "v0001"
+CANARY = "v0002"
 REASON = "InvalidEvent: data.doc_id: <b>field required</b>"
 
 
@@ -83,15 +85,26 @@ def deployment(stack: Settings, tmp_path: Path, env_settings: Callable[[Mapping[
     delete_topics(settings.kafka, settings.topics)
 
 
-def produce_answers(settings: Settings, records: Any, first: int, count: int, *, version: str | None = None) -> None:
+def produce_answers(
+    settings: Settings, records: Any, first: int, count: int, *, version: str | None = None, arm: str | None = None
+) -> None:
+    """Queries ``q<first>``... and their answers; every fourth answer is an error, unless on the canary arm."""
     client = producer(settings.kafka)
+    prefix = "c" if arm == "canary" else "q"
     for n in range(first, first + count):
-        qid = f"q{n}"
+        qid = f"{prefix}{n}"
         client.produce(topic_name(QUERIES, settings.topics), key=qid, value=encode(records.query(TENANT, qid)))
         client.flush(15)
-        error = "retrieval_unavailable" if n % 4 == 3 else None
-        answer = records.answer(TENANT, qid, version=version, error=error)
+        error = "retrieval_unavailable" if n % 4 == 3 and arm != "canary" else None
+        answer = records.answer(TENANT, qid, version=version, error=error, arm=arm)
         client.produce(topic_name(ANSWERS, settings.topics), key=qid, value=encode(answer))
+    assert client.flush(15) == 0
+
+
+def produce_feedback(settings: Settings, events: list[Any]) -> None:
+    client = producer(settings.kafka)
+    for event in events:
+        client.produce(topic_name(DOMAIN_EVENTS, settings.topics), key=event.key, value=encode(event))
     assert client.flush(15) == 0
 
 
@@ -111,6 +124,8 @@ def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_no
         client = producer(settings.kafka)
         update = records.adapter_update(TENANT, VERSION)
         client.produce(topic_name(ADAPTER_UPDATES, settings.topics), key=TENANT, value=encode(update))
+        canary = records.adapter_update(TENANT, CANARY, state="canary", percent=25)
+        client.produce(topic_name(ADAPTER_UPDATES, settings.topics), key=TENANT, value=encode(canary))
         for n in range(3):
             source = topic_name(DOMAIN_EVENTS, settings.topics)
             value = b'{"tenant": "acme", "type": "document.upserted"}'
@@ -119,7 +134,7 @@ def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_no
                            headers=list(bad.headers().items()))  # fmt: skip
         client.produce(topic_name(ANSWERS, settings.topics), key=b"garbage", value=b"{not json")  # skipped, counted
         assert client.flush(15) == 0
-        produce_answers(settings, records, 0, 8, version=VERSION)
+        produce_answers(settings, records, 0, 8, version=VERSION, arm="incumbent")
 
         def metrics_show(answers: int) -> str | None:
             status, body, _ = get(f"{base}/metrics")
@@ -137,8 +152,41 @@ def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_no
         assert (series(text, f"{PREFIX}answer_latency_p99_seconds", tenant=TENANT) or -1) >= 0
 
         # the series move while records keep coming
-        produce_answers(settings, records, 8, 4, version=VERSION)
+        produce_answers(settings, records, 8, 4, version=VERSION, arm="incumbent")
         wait_for(lambda: metrics_show(12), 90, "the monitor's /metrics counting 12 answers")
+
+        # live quality: ratings on domain-events joined to the answers of each arm; the rest counted and ignored
+        produce_answers(settings, records, 0, 4, version=CANARY, arm="canary")
+        produce_feedback(settings, [
+            records.feedback(TENANT, "q0", 1), records.feedback(TENANT, "q1", -1, correction="60 days"),
+            records.feedback(TENANT, "q2", 1), records.feedback(TENANT, "c0", -1), records.feedback(TENANT, "c1", -1),
+            records.feedback(TENANT, "c0", 1),  # rated twice
+            records.feedback("globex", "q4", -1),  # another tenant's answer
+            records.feedback(TENANT, "q3", 1),  # an error answer: never joined, it waits
+            records.feedback(TENANT, "nowhere", 1),  # no such answer
+        ])  # fmt: skip
+
+        def live_quality_shows() -> str | None:
+            status, body, _ = get(f"{base}/metrics")
+            text = body.decode()
+            live = f"{PREFIX}live_ratings"
+            figures = (
+                series(text, f"{PREFIX}live_answers", tenant=TENANT, version=VERSION, arm="incumbent"),
+                series(text, f"{PREFIX}live_answers", tenant=TENANT, version=CANARY, arm="canary"),
+                series(text, live, tenant=TENANT, version=VERSION, arm="incumbent", rating="positive"),
+                series(text, live, tenant=TENANT, version=VERSION, arm="incumbent", rating="negative"),
+                series(text, live, tenant=TENANT, version=CANARY, arm="canary", rating="negative"),
+                series(text, f"{PREFIX}feedback_ignored", tenant=TENANT, reason="duplicate"),
+                series(text, f"{PREFIX}feedback_ignored", tenant="globex", reason="other_tenant"),
+                series(text, f"{PREFIX}feedback_unknown", tenant=TENANT),
+            )
+            return text if status == 200 and figures == (9, 4, 2, 1, 2, 1, 1, 2) else None
+
+        text = wait_for(live_quality_shows, 90, "the monitor's /metrics joining 5 ratings and ignoring 2")
+        assert series(text, f"{PREFIX}live_corrections", tenant=TENANT, version=VERSION) == 1
+        assert series(text, f"{PREFIX}live_negative_share", tenant=TENANT, version=CANARY) == 1.0
+        assert series(text, f"{PREFIX}canary_percent", tenant=TENANT, version=CANARY) == 25
+        assert series(text, f"{PREFIX}current_adapter", tenant=TENANT, version=CANARY) is None
 
         status, body, kind = get(f"{base}/status/{TENANT}/loss/{VERSION}.png")
         assert status == 200 and kind == "image/png" and body == png()
@@ -154,7 +202,15 @@ def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_no
         p50 = re.search(r'id="latency-p50">([^<]+)<', dom)
         p99 = re.search(r'id="latency-p99">([^<]+)<', dom)
         assert p50 and p99 and re.fullmatch(r"\d+ ms|\d+\.\d\d s", p50.group(1)) and p99.group(1) != "—"
-        assert "25.0%" in dom  # 3 error answers of 12
+        assert "18.8%" in dom  # 3 error answers of 16
+        row = re.search(rf'<tr id="live-{VERSION}">(.*?)</tr>', dom)
+        assert row and re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))[1:] == [
+            "<b>current</b>", "9", "3", "2", "1", "33.3%", "1",
+        ]  # fmt: skip
+        assert re.search(rf'<tr id="live-{CANARY}"><td>{CANARY}</td><td><b>canary 25%</b></td>', dom)
+        assert re.search(r'id="canary-served">4<', dom) and re.search(r'id="incumbent-served">9<', dom)
+        assert re.search(r'id="canary-negative-share">100.0%<', dom)
+        assert re.search(r'id="ignored-duplicate">1<', dom) and re.search(r'id="ratings-waiting">2<', dom)
 
         shot = tmp_path / "status.png"
         subprocess.run(
@@ -163,6 +219,13 @@ def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_no
             capture_output=True, timeout=120, check=True,
         )  # fmt: skip
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+        # nothing lives only in memory: a monitor started anew rebuilds the same live quality from the topics
+        monitor.stop()
+        assert "Traceback" not in monitor.output()
+        monitor = ServiceProcess(["monitor"], b"monitor: ready", tmp_path / "logs-2", env, python=sys.executable)
+        monitor.start(timeout_s=120)
+        wait_for(live_quality_shows, 90, "the restarted monitor joining the same 5 ratings and ignoring the same 2")
     finally:
         monitor.stop()
     assert ours() == before, "the monitor created or deleted topics"

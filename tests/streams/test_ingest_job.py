@@ -241,11 +241,15 @@ def test_documents_updates_deletes_examples_and_dead_letters(ingest: Ingest) -> 
     assert by_key["bad-1"].source_topic == topic_name(DOMAIN_EVENTS, ingest.settings.topics)
     assert by_key["bad-1"].source_partition >= 0 and by_key["bad-1"].source_offset >= 0
 
-    examples = eventually(lambda: len(ingest.examples()) >= 3 and ingest.examples(), what="training examples")
+    examples = eventually(lambda: len(ingest.examples()) >= 4 and ingest.examples(), what="training examples")
     by_id: dict[str, list[dict[str, Any]]] = {}
     for example in examples:
         by_id.setdefault(example["example_id"], []).append(example)
-    assert set(by_id) == {example_id("acme", "e-8"), example_id("acme", "e-9")}  # negative feedback: none
+    assert set(by_id) == {example_id("acme", e) for e in ("e-8", "e-9", "e-10")}
+    assert (by_id[example_id("acme", "e-10")][0]["kind"], by_id[example_id("acme", "e-10")][0]["label"]) == (
+        "rating",
+        False,
+    )  # negative feedback without a correction: a rating for the preference step, never a demonstration
     assert len(by_id[example_id("acme", "e-8")]) == 2  # the duplicated event: two records, one id
     assert by_id[example_id("acme", "e-9")][0]["messages"][1]["content"] == "Lisbon."  # the correction
 

@@ -61,12 +61,40 @@ def test_every_record_is_accounted_for(chunker: Chunker) -> None:
         event(6, "order.placed", {}),
     )
     result = plan_batch(batch, StreamsSettings(), chunker)
-    assert result.counts == {"indexed": 1, "example": 2, "skipped": 1, "deleted": 1, "dead_letter": 4}
+    assert result.counts == {"indexed": 1, "example": 3, "deleted": 1, "dead_letter": 4}
     assert sum(result.counts.values()) == len(batch)
     assert [w.event.data.doc_id for w in result.writes] == ["a"]
     assert result.deletes == [DocumentDelete("acme", "b")]
-    assert [e.messages[1].content for e in result.examples] == ["30 days.", "new"]
+    assert [e.messages[1].content for e in result.examples] == ["30 days.", "a", "new"]
+    assert [(e.kind, e.label) for e in result.examples] == [(None, None), ("rating", False), (None, True)]
     assert result.examples[0].example_id == example_id("acme", "e-2")
+
+
+def test_feedback_becomes_a_demonstration_a_preference_pair_or_a_rating(chunker: Chunker) -> None:
+    batch = records(
+        event(1, "feedback.recorded", {"query_id": "q1", "rating": 1, "question": "Q?", "answer": "good"}),
+        event(2, "feedback.recorded", {"query_id": "q2", "rating": -1, "question": "Q?", "answer": "bad"}),
+        event(
+            3,
+            "feedback.recorded",
+            {"query_id": "q3", "rating": -1, "question": "Mail a@b.org?", "answer": "wrong", "correction": "right"},
+        ),
+        event(
+            4,
+            "feedback.recorded",
+            {"query_id": "q4", "rating": -1, "question": "Q?", "answer": "a", "correction": "x" * 1_000_000},
+        ),
+    )
+    result = plan_batch(batch, StreamsSettings(), chunker)
+    assert result.counts == {"example": 3, "dead_letter": 1}  # a 1 MB correction: over the event size limit
+    assert result.dead_letters[0].error_class == "PayloadTooLarge"
+    shaped = [(e.kind, e.label, e.messages[-1].content, e.rejected) for e in result.examples]
+    assert shaped == [
+        (None, True, "good", None),
+        ("rating", False, "bad", None),
+        ("preference", None, "right", "wrong"),
+    ]
+    assert result.examples[2].messages[0].content == "Mail [EMAIL]?"  # scrubbed like every example
 
 
 def test_dead_letters_carry_the_contract_headers(chunker: Chunker) -> None:
@@ -205,6 +233,7 @@ def test_each_example_gets_the_context_of_the_documents_it_names_or_of_its_quest
         ("acme", "Used bikes?", ("refunds",)),
         ("acme", "where do orders ship from?", ()),
         ("acme", "refunds within?", ()),
+        ("acme", "x?", ()),
         ("acme", "Anything?", ("never-indexed",)),
         ("nobody", "Hours?", ()),
     ]
@@ -213,12 +242,13 @@ def test_each_example_gets_the_context_of_the_documents_it_names_or_of_its_quest
         "e-1": ["refunds#1", "refunds#0"],  # only the named document's chunks, the best match first
         "e-2": ["shipping#0", "refunds#0"],  # the top-k for the question
         "e-3": ["refunds#0", "refunds#1"],  # positive feedback: the top-k for its question
+        "e-4": ["refunds#0", "refunds#1"],  # negative feedback too: the context serve would have retrieved
         "e-5": [],  # a named document with no chunks: an empty context, rendered like an empty retrieval
         "e-6": [],
     }
     first = result.examples[0].context[0]  # type: ignore[index]
     assert (first.doc_id, first.title, first.text) == ("refunds", "Refunds", "store credit for used bikes")
-    assert result.counts == {"example": 5, "skipped": 1}  # outcomes unchanged: every record still counted once
+    assert result.counts == {"example": 6}  # outcomes unchanged: every record still counted once
     # what goes on the topic: the context stored in the example, decoded back the same
     assert TrainingExample.model_validate_json(result.examples[0].model_dump_json()) == result.examples[0]
 
