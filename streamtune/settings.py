@@ -368,21 +368,28 @@ class TrainingSettings(_Section):
         0.05,
         gt=0,
         lt=0.5,
-        description="Error rate allowed for promoting a canary that is worse: it is promoted once the posterior "
-        "probability that its negative-rating rate is below the incumbent's reaches 1 minus this.",
+        description="Error rate allowed for promoting a canary whose negative-rating rate is canary_effect times the "
+        "incumbent's or more (Wald's sequential probability ratio test; training/canary.py).",
     )
     canary_false_rollback: float = Field(
         0.05,
         gt=0,
         lt=0.5,
-        description="Error rate allowed for rolling back a canary that is better: it is rolled back once the "
-        "posterior probability that its negative-rating rate is above the incumbent's reaches 1 minus this.",
+        description="Error rate allowed for rolling back a canary whose negative-rating rate is the incumbent's "
+        "divided by canary_effect or less.",
+    )
+    canary_effect: float = Field(
+        1.5,
+        gt=1,
+        description="The change in negative-rating rate the canary's test tells apart: 'worse' is the incumbent's "
+        "rate times this, 'better' divided by it. The error rates hold at and beyond it; between the two, either "
+        "decision is acceptable.",
     )
     canary_max_hours: float = Field(
         24.0,
         gt=0,
-        description="Longest a canary waits for a decision; then it is promoted if it is not more likely worse than "
-        "the incumbent (it passed the offline gate), else rolled back.",
+        description="Longest a canary waits for a decision; then it is rolled back (not proven better), or promoted "
+        "on the offline gate's verdict when an arm has fewer than canary_min_rated ratings (nobody rates).",
     )
     degradation_margin: float = Field(
         0.15,

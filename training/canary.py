@@ -9,20 +9,25 @@ announcement on ``adapter-updates``:
 
 - **promote**: the canary becomes current;
 - **roll back**: the canary is marked ``rolled_back``; the incumbent keeps every query;
-- **wait**, until ``training.canary_max_hours``; then the canary is promoted unless it is more likely worse
-  than the incumbent (posterior probability above one half), since it already passed the offline gate.
+- **wait**, until ``training.canary_max_hours``; then a canary that each arm's ratings could not prove better
+  is rolled back (promoting a worse adapter costs every user; rolling back a better one costs a refresh's
+  delay), and one that too few users rated (under ``canary_min_rated`` on an arm) is promoted on the offline
+  gate's verdict, as without canaries.
 
-The test is Bayesian on each arm's negative-rating rate: a Beta(1, 1) prior, so the posterior is
-Beta(1 + negative, 1 + positive), and ``probability_better`` is the exact probability that the canary's rate
-is below the incumbent's (Evan Miller's closed form for two betas, in log space; no sampling, so a decision is
-reproducible). The canary is promoted once that probability reaches ``1 - canary_false_promotion``, rolled back
-once its complement reaches ``1 - canary_false_rollback``, and neither before each arm has
-``canary_min_rated`` rated answers. Why this test and not Wald's SPRT: the SPRT needs a point alternative
-(an effect size to detect) and, for two rates, a known incumbent rate; the beta-binomial needs neither, handles
-the unequal split of traffic (20 % against 80 %) as it is, and with a minimum per arm it decides as soon as the
-evidence is lopsided (one arm all negative, the other all positive: at the minimum, 10 per arm by default).
-Its frequentist error rates under continuous monitoring are not guaranteed by construction, so
-``bench/canary.py`` measures them over simulated rollouts with known true rates (BENCHMARKS.md).
+The test is Wald's sequential probability ratio test (SPRT) on where the negative ratings come from. Given
+the share ``r`` of rated answers that the canary gave, a negative rating comes from the canary with probability
+``r * rho / (r * rho + 1 - r)``, where ``rho`` is the canary's negative-rating rate divided by the incumbent's:
+the incumbent's own rate (a nuisance for a test of two rates) cancels out. The test weighs ``rho = 1 /
+canary_effect`` (better) against ``rho = canary_effect`` (worse): promote once the log-likelihood ratio reaches
+``log(1 / canary_false_promotion)``, roll back once it falls to ``log(canary_false_rollback)`` (Wald's bounds
+that keep each error rate at or below its setting, not only near it), and neither before each arm has
+``canary_min_rated`` rated answers. Why this test: its error rates are the settings, under a decision step
+run as often as one likes (Wald's bounds hold for continuous monitoring; a Bayesian posterior threshold
+checked after every rating does not keep them, as ``bench/canary.py`` showed before this test replaced it); it
+needs no prior and no known incumbent rate, handles the unequal split of traffic (20 % against 80 %) as it
+is, and is a few lines of arithmetic on four counts. One arm all negative and the other all positive is
+decided at the minimum (10 per arm by default). ``bench/canary.py`` measures the error rates and the rated
+answers to a decision over simulated rollouts with known true rates (BENCHMARKS.md).
 
 Degradation: a current version whose negative share over its last ``training.degradation_window`` rated
 answers exceeds its share before them by more than ``training.degradation_margin`` (with at least
@@ -53,51 +58,59 @@ from streamtune.topics import ANSWERS, DOMAIN_EVENTS, topic_name
 from training.publish import announce, ensure_announced
 from training.registry import AdapterRegistry, open_registry, tenants
 
-__all__ = ["Decision", "Judgement", "decide", "degradation", "judge", "probability_better", "read_quality"]
+__all__ = ["Decision", "Judgement", "decide", "degradation", "judge", "log_likelihood_ratio", "read_quality"]
 
 log = logging.getLogger(__name__)
 
 Action = Literal["promote", "rollback", "wait"]
 
 
-def probability_better(canary: Figures, incumbent: Figures) -> float:
-    """P(canary's negative-rating rate < incumbent's) under Beta(1 + negative, 1 + positive) posteriors."""
-    a_c, b_c = 1 + canary.negative, 1 + canary.positive
-    a_i, b_i = 1 + incumbent.negative, 1 + incumbent.positive
-    # P(Y > X) for X ~ Beta(a_c, b_c), Y ~ Beta(a_i, b_i), a_i an integer (Evan Miller, "Formulas for Bayesian
-    # A/B testing"): a sum of a_i terms, each in log space so that hundreds of ratings do not overflow.
-    log_b_c = _log_beta(a_c, b_c)
-    total = 0.0
-    for i in range(a_i):
-        total += math.exp(_log_beta(a_c + i, b_c + b_i) - math.log(b_i + i) - _log_beta(1 + i, b_i) - log_b_c)
-    return min(max(total, 0.0), 1.0)
+def log_likelihood_ratio(canary: Figures, incumbent: Figures, effect: float) -> float:
+    """The SPRT's log-likelihood ratio of "the canary is better" (its negative-rating rate is the incumbent's
+    divided by ``effect``) against "worse" (times ``effect``), from which arm each negative rating came; 0 while
+    an arm has no rated answer."""
+    rated = canary.rated + incumbent.rated
+    if not canary.rated or not incumbent.rated:
+        return 0.0
+    share = canary.rated / rated
 
+    def from_canary(rho: float) -> float:
+        return share * rho / (share * rho + 1 - share)
 
-def _log_beta(a: float, b: float) -> float:
-    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    better, worse = from_canary(1 / effect), from_canary(effect)
+    return canary.negative * math.log(better / worse) + incumbent.negative * math.log((1 - better) / (1 - worse))
 
 
 @dataclass(frozen=True)
 class Judgement:
     action: Action
     reason: str
-    p_better: float
+    llr: float
+    """The test's log-likelihood ratio when it was judged."""
 
 
 def judge(canary: Figures, incumbent: Figures, settings: TrainingSettings, age_hours: float) -> Judgement:
     """The decision rule on both arms' figures (pure; see the module docstring)."""
-    p_better = probability_better(canary, incumbent)
+    llr = log_likelihood_ratio(canary, incumbent, settings.canary_effect)
+    # Wald's bounds 1/alpha and beta rather than his approximations (1 - beta)/alpha and beta/(1 - alpha): with
+    # these, his inequalities keep each error rate at or below its setting, not only about there.
+    promote_at = math.log(1 / settings.canary_false_promotion)
+    rollback_at = math.log(settings.canary_false_rollback)
     enough = min(canary.rated, incumbent.rated) >= settings.canary_min_rated
-    odds = f"P(canary better) = {p_better:.3f} on {canary.rated} vs {incumbent.rated} rated answers"
-    if enough and p_better >= 1 - settings.canary_false_promotion:
-        return Judgement("promote", f"{odds} >= {1 - settings.canary_false_promotion:.3f}", p_better)
-    if enough and 1 - p_better >= 1 - settings.canary_false_rollback:
-        return Judgement("rollback", f"{odds}: P(worse) >= {1 - settings.canary_false_rollback:.3f}", p_better)
+    said = (
+        f"log-likelihood ratio {llr:+.2f} (promote at {promote_at:+.2f}, roll back at {rollback_at:+.2f}) on "
+        f"{canary.negative}/{canary.rated} negative for the canary vs {incumbent.negative}/{incumbent.rated}"
+    )
+    if enough and llr >= promote_at:
+        return Judgement("promote", said, llr)
+    if enough and llr <= rollback_at:
+        return Judgement("rollback", said, llr)
     if age_hours >= settings.canary_max_hours:
-        action: Action = "promote" if p_better >= 0.5 else "rollback"
-        return Judgement(action, f"undecided after {settings.canary_max_hours:g} h ({odds}); {action}", p_better)
-    need = "" if enough else f"; each arm needs {settings.canary_min_rated}"
-    return Judgement("wait", f"{odds}{need}", p_better)
+        if not enough:  # nobody rates: the offline gate's verdict is all there is, as with canary_percent = 0
+            return Judgement("promote", f"too few ratings after {settings.canary_max_hours:g} h ({said})", llr)
+        return Judgement("rollback", f"not proven better after {settings.canary_max_hours:g} h ({said})", llr)
+    need = "" if enough else f"; each arm needs {settings.canary_min_rated} rated answers"
+    return Judgement("wait", f"{said}{need}", llr)
 
 
 def degradation(ratings: list[int], settings: TrainingSettings) -> tuple[bool, str]:
@@ -186,7 +199,7 @@ def _decide_tenant(
         if verdict.action != "wait":
             record = _record(verdict.action, verdict.reason, now)
             record |= {"incumbent": incumbent, "canary_figures": ours.as_dict(), "incumbent_figures": theirs.as_dict()}
-            record["p_better"] = round(verdict.p_better, 6)
+            record["log_likelihood_ratio"] = round(verdict.llr, 6)
             if verdict.action == "promote":
                 announce(settings, registry.promote(canary.name, decision=record))
             else:

@@ -5,6 +5,7 @@ once, counting announcements."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +15,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from streamtune.contracts import AdapterUpdate, Answer
@@ -23,7 +23,7 @@ from streamtune.kafka import committed_end_offsets, create_topics, delete_topics
 from streamtune.quality import Figures
 from streamtune.settings import Settings, TrainingSettings
 from streamtune.topics import ADAPTER_UPDATES, ANSWERS, DOMAIN_EVENTS, topic_name
-from training.canary import decide, degradation, judge, probability_better
+from training.canary import decide, degradation, judge, log_likelihood_ratio
 from training.publish import announce
 from training.registry import AdapterRegistry, RegistryError
 
@@ -32,15 +32,17 @@ def _figures(positive: int, negative: int) -> Figures:
     return Figures(served=positive + negative, rated=positive + negative, positive=positive, negative=negative)
 
 
-@pytest.mark.parametrize(
-    ("canary", "incumbent"), [((3, 1), (2, 2)), ((10, 0), (0, 10)), ((40, 9), (80, 30)), ((0, 0), (0, 0))]
-)
-def test_probability_better_matches_sampling(canary: tuple[int, int], incumbent: tuple[int, int]) -> None:
-    rng = np.random.default_rng(7)
-    ours = rng.beta(1 + canary[1], 1 + canary[0], 400_000)
-    theirs = rng.beta(1 + incumbent[1], 1 + incumbent[0], 400_000)
-    exact = probability_better(_figures(*canary), _figures(*incumbent))
-    assert exact == pytest.approx(float(np.mean(ours < theirs)), abs=0.004)
+def test_the_log_likelihood_ratio_weighs_where_the_negative_ratings_come_from() -> None:
+    # equal shares of rated answers (r = 1/2) and effect 2: a negative comes from the canary with probability
+    # 1/3 if it is better (rate halved) and 2/3 if worse (doubled); each canary negative weighs log(1/2), each
+    # incumbent negative log(2)
+    expected = 2 * math.log(0.5) + 3 * math.log(2)
+    assert log_likelihood_ratio(_figures(8, 2), _figures(7, 3), 2.0) == pytest.approx(expected)
+    # a 20 % canary (r = 1/5), effect 1.5: from the canary 2/15 / (2/15 + 4/5) = 1/7 vs 3/10 / (3/10 + 4/5) = 3/11
+    expected = 1 * math.log((1 / 7) / (3 / 11)) + 4 * math.log((6 / 7) / (8 / 11))
+    assert log_likelihood_ratio(_figures(9, 1), _figures(36, 4), 1.5) == pytest.approx(expected)
+    assert log_likelihood_ratio(_figures(0, 0), _figures(5, 5), 1.5) == 0.0  # an arm without ratings: no evidence
+    assert log_likelihood_ratio(_figures(10, 0), _figures(10, 0), 1.5) == 0.0  # no negatives anywhere: none either
 
 
 def test_a_lopsided_canary_is_decided_at_the_minimum_and_a_close_one_waits() -> None:
@@ -50,10 +52,10 @@ def test_a_lopsided_canary_is_decided_at_the_minimum_and_a_close_one_waits() -> 
     assert judge(_figures(n, 0), _figures(0, n), conf, 0).action == "promote"
     assert judge(_figures(0, n), _figures(n, 0), conf, 0).action == "rollback"
     assert judge(_figures(n - 1, 0), _figures(0, 40), conf, 0).action == "wait"  # one arm below the minimum
-    assert judge(_figures(8, 2), _figures(16, 4), conf, 0).action == "wait"  # equal shares: no evidence
-    # after canary_max_hours: promoted unless more likely worse
-    assert judge(_figures(8, 2), _figures(16, 5), conf, conf.canary_max_hours).action == "promote"
-    assert judge(_figures(7, 3), _figures(16, 4), conf, conf.canary_max_hours).action == "rollback"
+    assert judge(_figures(8, 2), _figures(32, 8), conf, 0).action == "wait"  # equal shares: little evidence
+    # after canary_max_hours: not proven better, rolled back; too few ratings to judge, promoted on the gate
+    assert judge(_figures(8, 2), _figures(30, 10), conf, conf.canary_max_hours).action == "rollback"
+    assert judge(_figures(5, 0), _figures(0, 40), conf, conf.canary_max_hours).action == "promote"
     assert judge(_figures(0, 0), _figures(0, 0), conf, conf.canary_max_hours).action == "promote"  # nobody rated
 
 
