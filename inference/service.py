@@ -28,7 +28,7 @@ from streamtune.kafka import consumer, producer
 from streamtune.settings import Settings
 from streamtune.topics import ANSWERS, QUERIES, topic_name
 
-__all__ = ["ask", "serve"]
+__all__ = ["ask", "ask_many", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -316,25 +316,52 @@ def ask(
     timeout_s: float = 180.0,
 ) -> Answer:
     """Produce one query and wait for its answer on ``answers``."""
+    return ask_many(settings, [question], tenant, top_k=top_k, adapter=adapter, timeout_s=timeout_s)[0]
+
+
+def ask_many(
+    settings: Settings,
+    questions: list[str],
+    tenant: str,
+    *,
+    top_k: int | None = None,
+    adapter: str | None = None,
+    timeout_s: float = 180.0,
+) -> list[Answer]:
+    """Produce one query per question at once (so that ``serve`` batches them) and wait for every answer on
+    ``answers``; the answers in the questions' order (the first answer of each query)."""
     from confluent_kafka import TopicPartition
 
     answers = topic_name(ANSWERS, settings.topics)
     reader = consumer(settings.kafka, committed_only=False)
     partitions = reader.list_topics(answers, timeout=settings.kafka.request_timeout_s).topics[answers].partitions
     ends = [TopicPartition(answers, p, reader.get_watermark_offsets(TopicPartition(answers, p))[1]) for p in partitions]
-    reader.assign(ends)  # positioned before the query is sent: the answer cannot slip past
-    query = Query(query_id=f"q-{uuid.uuid4().hex[:12]}", tenant=tenant, question=question, top_k=top_k, adapter=adapter)
+    reader.assign(ends)  # positioned before the queries are sent: no answer can slip past
+    queries = [
+        Query(query_id=f"q-{uuid.uuid4().hex[:12]}", tenant=tenant, question=q, top_k=top_k, adapter=adapter)
+        for q in questions
+    ]
     sender = producer(settings.kafka)
-    sender.produce(topic_name(QUERIES, settings.topics), key=query.query_id.encode(), value=QUERIES.encode(query))
+    for query in queries:
+        sender.produce(topic_name(QUERIES, settings.topics), key=query.query_id.encode(), value=QUERIES.encode(query))
     sender.flush(settings.kafka.request_timeout_s)
+    waiting = {q.query_id for q in queries}
+    found: dict[str, Answer] = {}
     deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline:
+        while waiting and time.monotonic() < deadline:
             message = reader.poll(0.5)
-            if message is not None and message.error() is None and message.key() == query.query_id.encode():
-                return ANSWERS.decode(message.value())
+            if message is None or message.error() is not None:
+                continue
+            key = (message.key() or b"").decode("utf-8", "replace")
+            if key in waiting:
+                found[key] = ANSWERS.decode(message.value())
+                waiting.discard(key)
     finally:
         reader.close()
-    raise KafkaUnavailableError(
-        f"no answer to {query.query_id} within {timeout_s:.0f}s; is `streamtune serve` running?"
-    )
+    if waiting:
+        raise KafkaUnavailableError(
+            f"no answer to {len(waiting)} of {len(queries)} queries (e.g. {min(waiting)}) within {timeout_s:.0f}s; "
+            "is `streamtune serve` running?"
+        )
+    return [found[q.query_id] for q in queries]

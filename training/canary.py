@@ -173,16 +173,25 @@ def decide(
     now: datetime | None = None,
     say: Callable[[str], None] = print,
 ) -> list[Decision]:
-    """One decision step over every tenant with a registry (or ``only``): returns the decisions taken."""
+    """One decision step over every tenant with a registry (or ``only``) that has a canary or a current version:
+    returns the decisions taken. The topics are read only when there is such a tenant."""
+    judged = [t for t in ([only] if only else tenants(settings.adapters_dir)) if _has_rollout(settings, t)]
+    if not judged:
+        return []
     quality = read_quality(settings) if quality is None else quality
     decisions = []
-    for tenant in [only] if only else tenants(settings.adapters_dir):
+    for tenant in judged:
         registry = open_registry(settings, tenant)
         with registry.writing():
             ensure_announced(settings, registry)  # a decision a crash left unannounced goes out first
             for decision in _decide_tenant(settings, registry, quality, now or datetime.now(UTC), say):
                 decisions.append(decision)
     return decisions
+
+
+def _has_rollout(settings: Settings, tenant: str) -> bool:
+    registry = open_registry(settings, tenant)
+    return registry.canary() is not None or registry.current() is not None
 
 
 def _decide_tenant(

@@ -105,6 +105,13 @@ def pending_counts(
     return counts, ends
 
 
+def _on_trial(settings: Settings, tenant: str) -> bool:
+    try:
+        return open_registry(settings, tenant).canary() is not None
+    except (StreamtuneError, OSError, ValueError):
+        return False  # the refresh reads the same registry and fails with the reason, with backoff
+
+
 def _trained_up_to(settings: Settings, tenant: str) -> dict[int, int]:
     try:
         current = open_registry(settings, tenant).current()
@@ -140,7 +147,7 @@ def watch(
     waiting_since: dict[str, float] = {}
     pending: Counter[str] = Counter()
     refreshes = 0
-    next_decision = time.monotonic()
+    next_decision = time.monotonic() + settings.training.decide_every_s  # at start the repair runs instead
 
     def done() -> bool:
         return (max_refreshes is not None and refreshes >= max_refreshes) or (until is not None and until())
@@ -173,6 +180,8 @@ def watch(
                     continue
                 if not failures.ready(tenant, time.monotonic()):
                     continue  # its examples stay pending until its backoff has passed
+                if _on_trial(settings, tenant):
+                    continue  # a canary awaits its decision (every decide_every_s); its examples stay pending
                 log.info("watch: %s: %d new examples; refreshing", tenant, pending[tenant], extra={"tenant": tenant})
                 refreshes += 1
                 begin = time.monotonic()

@@ -1,8 +1,10 @@
 """`make demo`: the whole loop on a fictional bike shop, on one CPU machine.
 
 Stack up → ingest job → publish the sample domain (documents and vetted QA pairs) → wait until indexed
-→ train, gate and promote the first adapter → answer questions through ``queries`` / ``answers`` with
-citations and the adapter version → change a fact and show the answer change.
+→ train and gate the first adapter, which becomes the canary beside the base model → answer questions
+through ``queries`` / ``answers`` with citations and the adapter version → rate answers as a user who knows
+the truth would (events, and one over HTTP) until the decision step promotes or rolls back the canary →
+change a fact and show the answer change.
 """
 
 from __future__ import annotations
@@ -178,7 +180,12 @@ def main(settings: Settings) -> int:
         step(f"ask over HTTP: the OpenAI-compatible gateway on http://{settings.http.host}:{settings.http.port}/v1")
         gateway.start()
         _say(f"POST /v1/chat/completions with model={TENANT!r} (what an `openai` client sends)")
-        _show_http(HTTP_QUESTION, _ask_http(settings, HTTP_QUESTION))
+        reply = _ask_http(settings, HTTP_QUESTION)
+        _show_http(HTTP_QUESTION, reply)
+
+        if outcome.status == "canary" and outcome.version:
+            step(f"the canary on live feedback: {outcome.version} against the base model")
+            _canary_on_feedback(settings, outcome.version, qa, reply)
 
         step(f"change a fact: {CHANGED_DOC} now says the tune-up costs 699 NOK")
         changed_at = time.monotonic()
@@ -203,8 +210,76 @@ def main(settings: Settings) -> int:
 
     step(f"done in {step.elapsed() / 60:.1f} minutes. The stack keeps running: `make stack-down` stops it.")
     print("    Try: .venv/ml/bin/streamtune adapters list --tenant fjordline", flush=True)
+    print("         .venv/ml/bin/streamtune adapters decide --tenant fjordline", flush=True)
     print("         .venv/ml/bin/streamtune train replay v0001 --tenant fjordline   (same sha256 on CPU)", flush=True)
     return 0
+
+
+_ROUNDS = 4
+_ROUND = 40
+
+
+def _canary_on_feedback(settings: Settings, version: str, qa: list[dict[str, Any]], reply: dict[str, Any]) -> None:
+    """Rounds of the vetted questions through ``queries``, each answer rated against the vetted answer as a user
+    who knows it would (token F1 >= 0.5 up, else down with the vetted answer as the correction), published as
+    ``feedback.recorded``; the HTTP completion is rated over ``POST /v1/feedback``. The decision step runs
+    after each round until it decides."""
+    from inference.service import ask_many
+    from streamtune.harness import feedback_recorded
+    from training.canary import decide
+    from training.registry import open_registry
+    from training.trainer import token_f1
+
+    share = settings.training.canary_percent
+    _say(f"{version} answers {share}% of {TENANT}'s queries (a stable hash of query_id), the base model the rest")
+    _say(f"rated over HTTP: {_rate_http(settings, reply['id'])}")
+    out = producer(settings.kafka)
+    events = topic_name(DOMAIN_EVENTS, settings.topics)
+    truth = {pair["question"]: pair["answer"] for pair in qa}
+    for round_ in range(1, _ROUNDS + 1):
+        questions = [qa[i % len(qa)]["question"] for i in range(_ROUND)]
+        answers = ask_many(settings, questions, TENANT, timeout_s=600)
+        tally: dict[str, list[int]] = {}
+        for question, answer in zip(questions, answers, strict=True):
+            if answer.error is not None or not answer.answer:
+                continue
+            good = token_f1(answer.answer, truth[question]) >= 0.5
+            event = feedback_recorded(
+                f"demo-rating-{answer.query_id}",
+                question,
+                answer.answer,
+                rating=1 if good else -1,
+                correction=None if good else truth[question],
+                tenant=TENANT,
+                query_id=answer.query_id,
+            )
+            out.produce(events, key=event.key.encode(), value=encode(event))
+            tally.setdefault(answer.arm or "none", []).append(1 if good else -1)
+        out.flush(30)
+        for arm, ratings in sorted(tally.items()):
+            _say(f"round {round_}: {arm:<9} {len(ratings)} answers rated, {ratings.count(-1)} down")
+        decisions = decide(settings, TENANT, say=lambda _: None)  # the ratings were flushed: it reads them all
+        if decisions:
+            for d in decisions:
+                _say(f"decision: {d.action} {d.version}: {d.reason}")
+            break
+        _say("the decision step waits for more rated answers")
+    for version_ in open_registry(settings, TENANT).versions():
+        _say(f"{version_.name}: {version_.status}")
+
+
+def _rate_http(settings: Settings, completion_id: str) -> str:
+    import json
+    import urllib.request
+
+    body = {"id": completion_id, "rating": 1}
+    request = urllib.request.Request(
+        f"http://{settings.http.host}:{settings.http.port}/v1/feedback",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return str(json.loads(response.read()))
 
 
 def _show_monitor(settings: Settings) -> None:
