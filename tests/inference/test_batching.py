@@ -1,0 +1,95 @@
+"""Continuous batching (``inference.batching``) on the tiny model: rows that join a running batch, leave it
+when done, and use different adapters per row give the tokens each prompt gives alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from inference.batching import Batcher, Row
+
+PROMPTS = [
+    "What is the refund window?",
+    "Orders ship from Lisbon within two business days. Where do orders ship from?",
+    "Bees make",
+    "The capital of France is Paris. A week has seven days. What is the capital of France?",
+]
+
+
+def _alone(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, **kwargs: Any) -> list[int]:
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, **kwargs
+        )
+    tokens = out[0][ids["input_ids"].shape[1] :].tolist()
+    return [t for t in tokens if t != tokenizer.eos_token_id]
+
+
+def _run(batcher: Batcher, rows: list[Row], join_at: dict[int, list[Row]]) -> int:
+    """Add ``rows`` first, then each of ``join_at[step]`` before that step; returns the largest batch seen."""
+    largest = 0
+    batcher.add(rows)
+    step = 0
+    while len(batcher) or any(k >= step for k in join_at):
+        batcher.add(join_at.get(step, []))
+        largest = max(largest, len(batcher))
+        batcher.step()
+        step += 1
+    return largest
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model: Path) -> tuple[Any, Any]:
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_rows_joining_and_leaving_a_running_batch_decode_as_they_would_alone(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    batcher = Batcher(
+        lambda: model, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, mixed_adapters=lambda: False
+    )
+    budgets = [12, 5, 20, 9]
+    rows = [
+        Row(i, tokenizer(p, add_special_tokens=False)["input_ids"], "__base__", n)
+        for i, (p, n) in enumerate(zip(PROMPTS, budgets, strict=True))
+    ]
+    largest = _run(batcher, rows[:2], {3: [rows[2]], 7: [rows[3]]})
+    assert largest == 3  # rows joined mid-decoding and one left (its budget of 5 ended) before the last joined
+    for row, prompt, budget in zip(rows, PROMPTS, budgets, strict=True):
+        assert row.generated == _alone(model, tokenizer, prompt, budget), prompt
+        assert row.finish_reason in ("stop", "length")
+        assert row.finish_reason == "stop" or len(row.generated) == budget
+    assert len(batcher) == 0 and batcher._cache is None
+
+
+def test_rows_of_different_adapters_share_a_batch(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    model, tokenizer = tiny
+    base = AutoModelForCausalLM.from_pretrained(model.name_or_path).eval()
+    for name, seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(seed)
+        lora = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(model.name_or_path),
+            LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+        )
+        lora.save_pretrained(tmp_path / name)
+    peft = PeftModel.from_pretrained(base, str(tmp_path / "a"), adapter_name="a").eval()
+    peft.load_adapter(str(tmp_path / "b"), adapter_name="b")
+    batcher = Batcher(
+        lambda: peft, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, mixed_adapters=lambda: True
+    )
+    plan = [("a", PROMPTS[0]), ("__base__", PROMPTS[0]), ("b", PROMPTS[1]), ("a", PROMPTS[2])]
+    rows = [
+        Row(i, tokenizer(p, add_special_tokens=False)["input_ids"], adapter, 10) for i, (adapter, p) in enumerate(plan)
+    ]
+    _run(batcher, rows[:3], {2: [rows[3]]})
+    for row, (adapter, prompt) in zip(rows, plan, strict=True):
+        assert row.generated == _alone(peft, tokenizer, prompt, 10, adapter_names=[adapter]), (adapter, prompt)
+    assert rows[0].generated != rows[1].generated  # the adapter made a difference: same prompt, other tokens
