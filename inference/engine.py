@@ -19,7 +19,7 @@ from inference.adapters import AdapterBook, AdapterCache, Announced
 from inference.metrics import ServeMetrics
 from retrieval.client import RetrievalError, address, is_transient
 from retrieval.store import SearchHit
-from streamtune.contracts import Answer, AnswerError, Citation, Query
+from streamtune.contracts import Answer, AnswerError, Citation, Query, Usage
 from streamtune.errors import ConfigError, StreamtuneError, UnavailableError
 from streamtune.prompt import PromptFormat, render_prompt
 from streamtune.retry import Backoff, retrying
@@ -52,6 +52,9 @@ class _Item:
     prompt: str = ""
     text: str = ""
     failure: AnswerFailure | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
 
 
 class Answerer:
@@ -111,21 +114,33 @@ class Answerer:
         return self.answer_batch([query])[0]
 
     def answer_batch(self, queries: Sequence[Query], received: Sequence[float] | None = None) -> list[Answer]:
-        """One answer per query, in order; ``received`` (monotonic times) gives the queued stage."""
+        """One answer per query, in order, generated as one static batch (``generate``: every row runs until the
+        longest ends); ``received`` (monotonic times) gives the queued stage. ``serve`` batches continuously
+        instead (``inference.scheduler``); this is the in-process path and the benchmarks' yardstick."""
+        items = self.prepare(queries, received)
+        self._stage(items, "generate", self._generate)
+        self.metrics.batch_size.observe(len(items))
+        return self.finish(items)
+
+    def prepare(self, queries: Sequence[Query], received: Sequence[float] | None = None) -> list[_Item]:
+        """Everything before generation, for a batch of queries: adapter, embedding, retrieval, prompt (a
+        failure is recorded on its item)."""
         now = time.monotonic()
         items = [_Item(q, received[i] if received else now) for i, q in enumerate(queries)]
         for item in items:
             item.timings["queued"] = (now - item.received) * 1000
         self._stage(items, "adapter", self._resolve)
         self._stage(items, "embed", self._embed_and_retrieve)
-        self._stage(items, "generate", self._generate)
+        return items
+
+    def finish(self, items: Sequence[_Item]) -> list[Answer]:
+        """The items' answers (counted and timed in the metrics)."""
         answers = [self._answer(item) for item in items]
         for item, answer in zip(items, answers, strict=True):
             code = answer.error.code if answer.error else "ok"
             self.metrics.answers.labels(item.query.tenant, code).inc()
             for stage, ms in answer.timings_ms.items():
                 self.metrics.stage_seconds.labels(item.query.tenant, stage).observe(ms / 1000)
-        self.metrics.batch_size.observe(len(items))
         return answers
 
     def _stage(self, items: list[_Item], name: str, step: Any) -> None:
@@ -243,13 +258,20 @@ class Answerer:
         with torch.no_grad():
             output = self.cache.model.generate(**encoded, **kwargs)
         width = encoded["input_ids"].shape[1]
+        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         for row, item in enumerate(items):
-            item.text = self.tokenizer.decode(output[row][width:], skip_special_tokens=True).strip()
+            new = output[row][width:].tolist()
+            cut = next((i for i, token in enumerate(new) if token in ends), None)
+            item.text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+            item.prompt_tokens = int(encoded["attention_mask"][row].sum())
+            item.completion_tokens = len(new) if cut is None else cut
+            item.finish_reason = "length" if cut is None and len(new) >= inference.max_new_tokens else "stop"
 
     def _answer(self, item: _Item) -> Answer:
         query = item.query
         timings = {k: round(v, 1) for k, v in item.timings.items()}
-        timings["total"] = round(sum(v for k, v in item.timings.items() if k != "queued"), 1)
+        # the stages in sequence; the first token is a moment inside `generate`, not a stage of its own
+        timings["total"] = round(sum(v for k, v in item.timings.items() if k not in ("queued", "first_token")), 1)
         if item.failure is not None:
             return Answer(
                 query_id=query.query_id,
@@ -267,4 +289,6 @@ class Answerer:
             model=self.model_name,
             timings_ms=timings,
             arm=item.arm,
+            usage=Usage(prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens),
+            finish_reason=item.finish_reason,
         )

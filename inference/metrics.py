@@ -1,6 +1,6 @@
 """What `serve` measures, as Prometheus series (prometheus-client), served on ``inference.metrics_port``.
 
-Latency is per tenant and stage (queued, adapter, embed, retrieve, generate, total); answers are counted by
+Latency is per tenant and stage (queued, adapter, embed, retrieve, first_token, generate, total); answers are counted by
 tenant and code (``ok`` or the error code); the adapter cache counts loads, load time and evictions, and
 which version serves each tenant; refused announcements are counted by the check they failed.
 """
@@ -54,6 +54,14 @@ class ServeMetrics:
             ["check"],
             registry=r,
         )
+        self.deadline_exceeded = Counter(
+            "streamtune_deadline_exceeded",
+            "Queries answered deadline_exceeded: their deadline passed before generation started (none generated).",
+            ["tenant"],
+            registry=r,
+        )
+        self.running_rows = Gauge("streamtune_serve_running_rows", "Rows in the running generation batch.", registry=r)
+        self.deltas = Counter("streamtune_answer_deltas", "Pieces of streamed answers published.", registry=r)
         self.waiting = Gauge(
             "streamtune_dependency_waiting",
             "1 while serve waits out an outage of this dependency.",

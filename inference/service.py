@@ -1,9 +1,13 @@
 """`streamtune serve`: the consumer group on ``queries``; `streamtune ask`: one question through the topics.
 
-``serve`` takes up to ``inference.max_batch`` queries at a time (waiting at most ``inference.max_wait_ms``
-for a batch to fill), answers them in one generation batch, and commits their offsets only once every
-answer of the batch is delivered, so a killed ``serve`` loses no query (a restarted one may answer a query
-twice, which the contract makes harmless and ``streamtune_answered_twice`` counts).
+``serve`` batches continuously (``inference.scheduler``): up to ``inference.max_batch`` rows generate
+together, a query that arrives joins the running batch at the next decoding step (when idle, the first
+query is taken at once and the batch fills for at most ``inference.max_wait_ms``), and a finished row leaves
+and frees its slot. A streamed query's text goes out on ``answer-deltas`` as it is generated. An answer is
+delivered as soon as its row ends, and a partition's offsets are committed only up to its oldest query not yet
+answered, so a killed ``serve`` loses no query (a restarted one may answer a query twice, which the contract
+makes harmless and ``streamtune_answered_twice`` counts). SIGTERM stops taking queries, finishes the running
+rows and exits; queries not started stay uncommitted for the next owner.
 
 It outlives its dependencies: a broker outage or a rebalance is waited out (deliveries and commits are
 retried with bounded backoff, the state is logged once per ``kafka.status_interval_s``), a Weaviate outage
@@ -18,15 +22,15 @@ import logging
 import signal
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from streamtune import logs
-from streamtune.contracts import Answer, AnswerError, Query
+from streamtune.contracts import Answer, AnswerDelta, AnswerError, Query
 from streamtune.errors import ContractError, KafkaUnavailableError
 from streamtune.kafka import consumer, producer
 from streamtune.settings import Settings
-from streamtune.topics import ANSWERS, QUERIES, topic_name
+from streamtune.topics import ANSWER_DELTAS, ANSWERS, QUERIES, topic_name
 
 __all__ = ["ask", "ask_many", "serve"]
 
@@ -106,6 +110,63 @@ class _Deliveries:
         return first, reported
 
 
+class _Deltas:
+    """Publishes the pieces of streamed answers on ``answer-deltas``: best effort, never waited for (the answer
+    of record goes through ``_Deliveries``); a piece that cannot be queued is counted and dropped."""
+
+    def __init__(self, settings: Settings, metrics: Any) -> None:
+        self.topic = topic_name(ANSWER_DELTAS, settings.topics)
+        self.metrics = metrics
+        self.producer = producer(settings.kafka, idempotent=False, **{"linger.ms": 0})  # each piece at once
+
+    def publish(self, query: Query, seq: int, text: str) -> None:
+        delta = AnswerDelta(query_id=query.query_id, tenant=query.tenant, seq=seq, text=text)
+        try:
+            self.producer.produce(self.topic, key=query.query_id.encode(), value=ANSWER_DELTAS.encode(delta))
+            self.metrics.deltas.inc()
+        except BufferError:
+            log.debug("serve: a delta of %s dropped (the local queue is full)", query.query_id)
+        self.producer.poll(0)
+
+    def close(self) -> None:
+        self.producer.flush(1.0)
+
+
+class _Offsets:
+    """Which consumed query records still wait for their answer: a partition is committed only up to its
+    oldest record not yet answered, so a crash loses no query while answers finish out of order."""
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[str, int], set[int]] = {}
+        self.seen: dict[tuple[str, int], int] = {}
+        self.by_query: dict[str, deque[tuple[str, int, int]]] = {}
+        self.committed: dict[tuple[str, int], int] = {}
+
+    def taken(self, query_id: str, topic: str, partition: int, offset: int) -> None:
+        self.pending.setdefault((topic, partition), set()).add(offset)
+        self.seen[(topic, partition)] = max(self.seen.get((topic, partition), -1), offset)
+        self.by_query.setdefault(query_id, deque()).append((topic, partition, offset))
+
+    def answered(self, query_id: str) -> None:
+        positions = self.by_query.get(query_id)
+        if not positions:
+            return
+        topic, partition, offset = positions.popleft()
+        if not positions:
+            del self.by_query[query_id]
+        self.pending.get((topic, partition), set()).discard(offset)
+
+    def committable(self) -> dict[tuple[str, int], int]:
+        """Per partition, the offset to commit now, where it moved since the last commit."""
+        out = {}
+        for where, last in self.seen.items():
+            waiting = self.pending.get(where)
+            offset = min(waiting) if waiting else last + 1
+            if offset > self.committed.get(where, -1):
+                out[where] = offset
+        return out
+
+
 def serve(settings: Settings, *, stop_after: int | None = None) -> int:
     """Answer queries until SIGTERM / Ctrl-C (or ``stop_after`` answers, for tests and benchmarks)."""
     from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -113,6 +174,7 @@ def serve(settings: Settings, *, stop_after: int | None = None) -> int:
     from inference.adapters import UpdateReader
     from inference.engine import Answerer
     from inference.metrics import ServeMetrics
+    from inference.scheduler import Scheduler
 
     inference = settings.inference
     metrics = ServeMetrics()
@@ -136,6 +198,9 @@ def serve(settings: Settings, *, stop_after: int | None = None) -> int:
     queries_in = consumer(settings.kafka, inference.group_id, **extra)
     queries, answers = topic_name(QUERIES, settings.topics), topic_name(ANSWERS, settings.topics)
     deliveries = _Deliveries(settings, answers)
+    deltas = _Deltas(settings, metrics)
+    scheduler = Scheduler(answerer, on_delta=deltas.publish)
+    offsets = _Offsets()
     stopping = False
 
     def stop(*_: Any) -> None:
@@ -148,63 +213,104 @@ def serve(settings: Settings, *, stop_after: int | None = None) -> int:
     served = 0
     kafka_down_since: float | None = None
     reported = float("-inf")
-    log.info("serve: consuming %s as group %s, batches of up to %d", queries, inference.group_id, inference.max_batch)
+    log.info(
+        "serve: consuming %s as group %s, continuous batches of up to %d rows",
+        queries,
+        inference.group_id,
+        inference.max_batch,
+    )
     try:
-        while not stopping and (stop_after is None or served < stop_after):
+        while stop_after is None or served < stop_after:
+            if stopping and not scheduler.batcher.rows:
+                break  # the running rows are finished first; queries not started stay uncommitted
             _take_updates(answerer, updates.poll(), metrics)
-            # The first query is taken as soon as it arrives; the batch then fills for at most max_wait_ms
-            # (consume() blocks until it has all it asked for or its timeout passes).
-            first = queries_in.poll(0.5)
-            if first is None:
-                if kafka_errors:
-                    kafka_down_since, reported = _report_kafka(
-                        settings, kafka_errors, kafka_down_since, reported, metrics
-                    )
-                continue
-            messages = [first]
-            if first.error() is None and inference.max_batch > 1:
-                messages += queries_in.consume(inference.max_batch - 1, timeout=inference.max_wait_ms / 1000)
+            messages: list[Any] = []
+            free = scheduler.free if not stopping else 0
+            if free and scheduler.busy:
+                # rows are decoding: take what has arrived, never wait (the next step is due)
+                messages = queries_in.consume(free, timeout=0)
+            elif free:
+                # idle: the first query is taken as soon as it arrives; the batch then fills for at most
+                # max_wait_ms (consume() blocks until it has all it asked for or its timeout passes)
+                first = queries_in.poll(0.5)
+                if first is None:
+                    if kafka_errors:
+                        kafka_down_since, reported = _report_kafka(
+                            settings, kafka_errors, kafka_down_since, reported, metrics
+                        )
+                    continue
+                messages = [first]
+                if first.error() is None and free > 1:
+                    messages += queries_in.consume(free - 1, timeout=inference.max_wait_ms / 1000)
             errors = [m for m in messages if m.error() is not None]
             messages = [m for m in messages if m.error() is None]
-            if errors and not messages:
+            if errors and not messages and not scheduler.busy:
                 kafka_errors.extend(m.error() for m in errors)
                 kafka_down_since, reported = _report_kafka(settings, kafka_errors, kafka_down_since, reported, metrics)
                 continue
-            if not messages:
-                continue
-            if kafka_down_since is not None:
+            if messages and kafka_down_since is not None:
                 log.warning("serve: consuming again after %.0fs", time.monotonic() - kafka_down_since)
                 kafka_down_since, reported = None, float("-inf")
                 metrics.waiting.labels("kafka").set(0)
-            batch = _answer(answerer, messages, inference.max_query_bytes)
-            if not deliveries.deliver(batch, lambda: stopping):
+            ready = _admit(scheduler, messages, offsets, inference.max_query_bytes) if messages else []
+            if scheduler.batcher.rows:
+                ready += scheduler.step()
+            metrics.running_rows.set(len(scheduler.batcher))
+            if not ready:
+                continue
+            if not deliveries.deliver(ready, lambda: stopping):
                 break  # stopping with answers undelivered: their queries stay uncommitted
-            for answer in batch:
+            for answer in ready:
                 if answer.query_id in answered:
                     metrics.answered_twice.inc()
                 answered[answer.query_id] = None
                 answered.move_to_end(answer.query_id)
                 if len(answered) > _REMEMBERED_ANSWERS:
                     answered.popitem(last=False)
-            offsets: dict[tuple[str, int], int] = {}
-            for message in messages:
-                where = (message.topic() or queries, message.partition() or 0)
-                offsets[where] = max(offsets.get(where, 0), (message.offset() or 0) + 1)
-            _commit(
-                queries_in,
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                settings,
-                KafkaException,
-                KafkaError,
-            )
-            served += len(batch)
+                offsets.answered(answer.query_id)
+            moved = offsets.committable()
+            if moved:
+                _commit(
+                    queries_in,
+                    [TopicPartition(t, p, o) for (t, p), o in moved.items()],
+                    settings,
+                    KafkaException,
+                    KafkaError,
+                )
+                offsets.committed.update(moved)
+            served += len(ready)
     except KeyboardInterrupt:
         pass
     finally:
+        deltas.close()
         queries_in.close()
         updates.close()
         answerer.close()
     return 0
+
+
+def _admit(scheduler: Any, messages: list[Any], offsets: _Offsets, max_query_bytes: int) -> list[Answer]:
+    """Contract errors answered at once; valid queries prepared and started (``Scheduler.admit``). Every record
+    is remembered under the id it will be answered by, for the commit."""
+    answers: list[Answer] = []
+    valid: list[Query] = []
+    now = time.monotonic()
+    for message in messages:
+        raw = message.value()
+        where = (message.topic() or "", message.partition() or 0, message.offset() or 0)
+        try:
+            query = QUERIES.decode(raw, max_bytes=max_query_bytes)
+        except ContractError as exc:
+            query_id = _query_id_of(raw, message.key(), where[1], where[2])
+            answers.append(Answer(query_id=query_id, error=AnswerError(code="invalid_query", message=exc.reason)))
+            log.warning("serve: an invalid query answered with invalid_query: %s", exc.reason, extra=_where(message))
+            offsets.taken(query_id, *where)
+            continue
+        offsets.taken(query.query_id, *where)
+        valid.append(query)
+        with logs.context(tenant=query.tenant, query_id=query.query_id, source=logs.source(*where)):
+            log.debug("serve: admitted")
+    return answers + (scheduler.admit(valid, [now] * len(valid)) if valid else [])
 
 
 def _report_kafka(
@@ -241,35 +347,6 @@ def _take_updates(answerer: Any, updates: list[Any], metrics: Any) -> None:
         if rollout.current is not None and rollout.current != previous:
             metrics.serving(update.tenant, rollout.current, previous)
             log.info("serve: %s now uses adapter %s", update.tenant, rollout.current, extra={"tenant": update.tenant})
-
-
-def _answer(answerer: Any, messages: list[Any], max_query_bytes: int) -> list[Answer]:
-    """The batch's answers in message order: contract errors answered at once, the rest generated together."""
-    answers: list[Answer | None] = []
-    valid: list[tuple[int, Query]] = []
-    now = time.monotonic()
-    for message in messages:
-        raw = message.value()
-        try:
-            valid.append((len(answers), QUERIES.decode(raw, max_bytes=max_query_bytes)))
-            answers.append(None)
-        except ContractError as exc:
-            query_id = _query_id_of(raw, message.key(), message.partition() or 0, message.offset() or 0)
-            answers.append(Answer(query_id=query_id, error=AnswerError(code="invalid_query", message=exc.reason)))
-            log.warning("serve: an invalid query answered with invalid_query: %s", exc.reason, extra=_where(message))
-    if valid:
-        generated = answerer.answer_batch([q for _, q in valid], [now] * len(valid))
-        for (index, query), answer in zip(valid, generated, strict=True):
-            answers[index] = answer
-            outcome = answer.error.code if answer.error is not None else "ok"
-            where = messages[index]
-            with logs.context(
-                tenant=query.tenant,
-                query_id=query.query_id,
-                source=logs.source(where.topic(), where.partition(), where.offset()),
-            ):
-                log.debug("serve: answered (%s, adapter %s)", outcome, answer.adapter_version or "none")
-    return [a for a in answers if a is not None]
 
 
 def _where(message: Any) -> dict[str, str]:

@@ -19,6 +19,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AdapterUpdate",
     "Answer",
+    "AnswerDelta",
     "AnswerError",
     "ChatMessage",
     "Citation",
@@ -30,6 +31,7 @@ __all__ = [
     "QaRecorded",
     "Query",
     "TrainingExample",
+    "Usage",
     "decode",
     "decode_event",
     "encode",
@@ -198,6 +200,12 @@ class Query(_Message):
     question: NonEmpty
     top_k: int | None = Field(None, ge=1, le=100)
     adapter: str | None = None
+    deadline: datetime | None = None
+    """When the asker stops waiting (with a timezone; the gateway sets it from ``http.answer_timeout_s``): a
+    query whose deadline has passed before its generation starts is answered with ``deadline_exceeded``,
+    without generating."""
+    stream: bool = False
+    """Publish the answer's text on ``answer-deltas`` as it is generated (the final answer is unchanged)."""
 
 
 class Citation(BaseModel):
@@ -206,6 +214,14 @@ class Citation(BaseModel):
     doc_id: str
     chunk_id: str
     score: float
+
+
+class Usage(BaseModel):
+    """Tokens of the prompt as the model saw it (system message, context and question) and of the answer."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
 
 
 class AnswerError(BaseModel):
@@ -227,6 +243,21 @@ class Answer(_Message):
     arm: Literal["canary", "incumbent"] | None = None
     """Which arm of the tenant's running canary answered (``streamtune.rollout``); None: no canary was running,
     or the query pinned its version (a pin is no evidence about either arm)."""
+    usage: Usage | None = None
+    """Token counts (None: no generation, e.g. an error answer)."""
+    finish_reason: Literal["stop", "length"] | None = None
+    """``stop``: the model ended its answer; ``length``: cut at the token budget (None: no generation)."""
+
+
+class AnswerDelta(_Message):
+    """A piece of an answer's text as it is generated, on ``answer-deltas`` (a query with ``stream``). The
+    pieces of one query, in ``seq`` order, concatenate to its answer's text; the ``answers`` record stays the
+    answer of record (a delta lost in an outage is not re-sent)."""
+
+    query_id: str
+    tenant: str = "default"
+    seq: int = Field(ge=0)
+    text: str
 
 
 class AdapterUpdate(_Message):

@@ -11,13 +11,14 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-from streamtune.contracts import AdapterUpdate, Answer, Query, TrainingExample, decode, encode
+from streamtune.contracts import AdapterUpdate, Answer, AnswerDelta, Query, TrainingExample, decode, encode
 from streamtune.settings import TopicSettings
 
 __all__ = [
     "ADAPTER_UPDATES",
     "ALL_TOPICS",
     "ANSWERS",
+    "ANSWER_DELTAS",
     "DOMAIN_EVENTS",
     "DOMAIN_EVENTS_DLQ",
     "QUERIES",
@@ -67,9 +68,11 @@ DOMAIN_EVENTS_DLQ: TopicSpec[BaseModel] = TopicSpec(
 TRAINING_EXAMPLES = TopicSpec("training-examples", "example_id", TrainingExample, config=_KEEP_FOREVER)
 QUERIES = TopicSpec("queries", "query_id", Query)
 ANSWERS = TopicSpec("answers", "query_id", Answer)
+# Deltas matter only while someone streams them: ten minutes (the answer of record is on `answers`).
+ANSWER_DELTAS = TopicSpec("answer-deltas", "query_id", AnswerDelta, config={"retention.ms": "600000"})
 ADAPTER_UPDATES = TopicSpec("adapter-updates", "tenant", AdapterUpdate, scaled=False, config=_KEEP_FOREVER)
 
-ALL_TOPICS = (DOMAIN_EVENTS, DOMAIN_EVENTS_DLQ, TRAINING_EXAMPLES, QUERIES, ANSWERS, ADAPTER_UPDATES)
+ALL_TOPICS = (DOMAIN_EVENTS, DOMAIN_EVENTS_DLQ, TRAINING_EXAMPLES, QUERIES, ANSWERS, ANSWER_DELTAS, ADAPTER_UPDATES)
 
 
 def topic_name(spec: TopicSpec[M], settings: TopicSettings) -> str:

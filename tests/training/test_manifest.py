@@ -87,10 +87,10 @@ def test_a_manifest_written_before_the_type_existed_loads(tmp_path: Path) -> Non
     assert manifest.gate.promoted and manifest.gate.compared_with == "base model"
     assert manifest.adapter.sha256 == "9f2c51d0a7e3"
     assert manifest.base_model.sha256 == {"model.safetensors": "5af571cbf074"}
-    # trained before `bf16_on_cpu` and `validation_percent` existed, i.e. in fp32 on CPU and without a validation
-    # slice: replayed so, whatever today's defaults
+    # trained before `bf16_on_cpu`, `validation_percent` and `preference_steps` existed, i.e. in fp32 on CPU,
+    # without a validation slice or a preference step: replayed so, whatever today's defaults
     assert recorded_training(manifest) == TrainingSettings(
-        max_steps=24, learning_rate=3e-4, bf16_on_cpu=False, validation_percent=0
+        max_steps=24, learning_rate=3e-4, bf16_on_cpu=False, validation_percent=0, preference_steps=0
     )
     # before examples carried context: bare turns, a replay sample from every earlier example, no evidence record
     assert manifest.prompt is None and not manifest.data.replay_excludes_held_out

@@ -1,0 +1,156 @@
+"""`serve`'s continuous batching: queries join the running batch between decoding steps and leave it when done.
+
+``admit`` prepares arriving queries (adapter, embedding, retrieval, prompt: ``Answerer.prepare``) and starts
+those that fit into the running batch (``inference.max_batch`` rows, the adapters of all running rows within
+``inference.max_loaded_adapters``); the rest wait in arrival order for a free slot. ``step`` decodes one token
+of every running row (``inference.batching.Batcher``) and returns the answers of the rows that ended. A
+query whose ``deadline`` passed before its generation starts is answered ``deadline_exceeded`` at once,
+without generating, and counted.
+
+While a row generates, its text goes to ``on_delta`` as it grows, for a query that asked to ``stream``:
+decoded from all of the row's tokens so far (a character split across tokens is held back until whole), and
+without trailing whitespace, so that the pieces concatenate to exactly the answer's final text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from inference.adapters import AdapterCache, Announced
+from inference.batching import Batcher, Row, TokenEvent
+from inference.engine import Answerer, AnswerFailure
+from streamtune.contracts import Answer, Query
+
+__all__ = ["Scheduler"]
+
+Delta = Callable[[Query, int, str], None]
+"""(query, sequence number, text): a piece of a streamed answer."""
+
+
+@dataclass
+class _Running:
+    item: Any  # engine._Item
+    started: float
+    emitted: str = ""
+    seq: int = 0
+
+
+class Scheduler:
+    def __init__(self, answerer: Answerer, on_delta: Delta | None = None) -> None:
+        self.answerer = answerer
+        self.on_delta = on_delta or (lambda query, seq, text: None)
+        tokenizer = answerer.tokenizer
+        self.batcher = Batcher(
+            lambda: answerer.cache.model,
+            eos_ids=[tokenizer.eos_token_id],
+            pad_id=tokenizer.pad_token_id,
+            mixed_adapters=lambda: bool(answerer.cache.loaded),
+        )
+        self.waiting: deque[Any] = deque()
+        self.running: dict[int, _Running] = {}  # id(row) -> what it answers
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.batcher.rows or self.waiting)
+
+    @property
+    def free(self) -> int:
+        """Slots for more queries (the running batch's and the waiting line's)."""
+        return max(self.answerer.settings.inference.max_batch - len(self.batcher) - len(self.waiting), 0)
+
+    def admit(self, queries: Sequence[Query], received: Sequence[float]) -> list[Answer]:
+        """Prepare ``queries`` and start those that fit; returns the answers already known (errors)."""
+        items = self.answerer.prepare(queries, received)
+        done = []
+        for item in items:
+            if item.failure is None:
+                self.waiting.append(item)
+            else:
+                done.append(item)
+        return self.answerer.finish(done) + self._start()
+
+    def step(self) -> list[Answer]:
+        """One decoding step of the running batch; the answers of the rows that ended, then start waiting ones."""
+        finished = self._events(self.batcher.step())
+        return finished + self._start()
+
+    # -- internals --------------------------------------------------------------------------------
+    def _start(self) -> list[Answer]:
+        """Start waiting items while there are slots and room for their adapters; the expired are answered."""
+        inference = self.answerer.settings.inference
+        expired: list[Any] = []
+        starting: list[Any] = []
+        in_use = {AdapterCache.name(r.item.adapter): r.item.adapter for r in self.running.values()}
+        while self.waiting and len(self.batcher) + len(starting) < inference.max_batch:
+            item = self.waiting[0]
+            if _expired(item.query):
+                self.waiting.popleft()
+                item.failure = AnswerFailure(
+                    "deadline_exceeded", "the query's deadline passed before its generation started"
+                )
+                self.answerer.metrics.deadline_exceeded.labels(item.query.tenant).inc()
+                expired.append(item)
+                continue
+            name = AdapterCache.name(item.adapter)
+            if name not in in_use and len(in_use) >= inference.max_loaded_adapters:
+                break  # its adapter waits for a running one to finish (arrival order is kept)
+            in_use[name] = item.adapter
+            starting.append(self.waiting.popleft())
+        answers = self.answerer.finish(expired)
+        if not starting:
+            return answers
+        try:
+            self.answerer.cache.ensure([a for a in in_use.values() if isinstance(a, Announced)])
+        except ValueError as exc:  # a file changed after its announcement: those queries fail, the rest go on
+            for item in starting:
+                if item.adapter is not None:
+                    item.failure = AnswerFailure("unknown_adapter", str(exc))
+            answers += self.answerer.finish([i for i in starting if i.failure is not None])
+            starting = [i for i in starting if i.failure is None]
+        self.answerer.metrics.adapters_loaded.set(len(self.answerer.cache.loaded))
+        rows = []
+        now = time.perf_counter()
+        for item in starting:
+            ids = self.answerer._encode(item.prompt)
+            item.prompt_tokens = len(ids)
+            row = Row(item, ids, AdapterCache.name(item.adapter), inference.max_new_tokens)
+            self.running[id(row)] = _Running(item, now)
+            rows.append(row)
+        if rows:
+            self.answerer.metrics.batch_size.observe(len(self.batcher) + len(rows))
+        return answers + self._events(self.batcher.add(rows))
+
+    def _events(self, events: list[TokenEvent]) -> list[Answer]:
+        finished = []
+        for event in events:
+            running = self.running[id(event.row)]
+            item = running.item
+            if "first_token" not in item.timings:
+                item.timings["first_token"] = (time.perf_counter() - running.started) * 1000
+            if item.query.stream and event.token is not None:
+                text = self.answerer._decode(event.row.generated).lstrip()
+                if not text.endswith("\ufffd"):  # a character still split across tokens waits for the rest
+                    text = text.rstrip()
+                    if len(text) > len(running.emitted):
+                        self.on_delta(item.query, running.seq, text[len(running.emitted) :])
+                        running.seq += 1
+                        running.emitted = text
+            if event.row.finish_reason is not None:
+                del self.running[id(event.row)]
+                item.text = self.answerer._decode(event.row.generated).strip()
+                item.completion_tokens = len(event.row.generated)
+                item.finish_reason = event.row.finish_reason
+                item.timings["generate"] = (time.perf_counter() - running.started) * 1000
+                if item.query.stream and len(item.text) > len(running.emitted):
+                    self.on_delta(item.query, running.seq, item.text[len(running.emitted) :])
+                finished.append(item)
+        return self.answerer.finish(finished)
+
+
+def _expired(query: Query) -> bool:
+    return query.deadline is not None and datetime.now(UTC) >= query.deadline
