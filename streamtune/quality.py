@@ -9,7 +9,9 @@ The join is strict, so that no rating counts for the wrong version or tenant:
 
 - a rating is joined only to an answer of the *same tenant*; one naming another tenant's query is counted
   as ``other_tenant`` and ignored (a tenant cannot move another's figures);
-- only the first rating of a query counts; later ones are counted as ``duplicate`` and ignored;
+- one rating per query counts: the earliest (by ``occurred_at``, then ``event_id``), whatever order the
+  partitions of ``domain-events`` are read in (two ratings of one query may sit on two partitions when their
+  producer keyed them by different event ids); the others are counted as ``duplicate`` and ignored;
 - a rating whose answer has not been read (yet) waits for it, up to ``max_pending`` ratings (the oldest are
   dropped and counted as ``unknown_query``), since ``answers`` and ``domain-events`` are read side by side;
   ``unknown`` reports those still waiting;
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from streamtune.contracts import Answer, FeedbackRecorded
 
@@ -78,13 +81,19 @@ class LiveQuality:
     max_pending: int = 100_000
     figures: dict[tuple[str, str, str | None], Figures] = field(default_factory=dict)
     """(tenant, version, arm) → figures; arm None: answered outside a canary (or pinned)."""
-    ratings: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    """(tenant, version) → its ratings (1 / -1) in the order they were joined."""
+    _joined: dict[str, tuple[FeedbackRecorded, _Served]] = field(default_factory=dict)
     ignored: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(tenant of the rating, reason) → ratings ignored."""
     _answers: OrderedDict[str, _Served] = field(default_factory=OrderedDict)
-    _rated: set[str] = field(default_factory=set)
     _pending: OrderedDict[str, FeedbackRecorded] = field(default_factory=OrderedDict)
+
+    @property
+    def ratings(self) -> dict[tuple[str, str], list[int]]:
+        """(tenant, version) → its ratings (1 / -1) in the order they were given (``occurred_at``)."""
+        out: dict[tuple[str, str], list[int]] = {}
+        for event, served in sorted(self._joined.values(), key=lambda pair: _order(pair[0])):
+            out.setdefault((served.tenant, served.version), []).append(event.data.rating)
+        return out
 
     def on_answer(self, answer: Answer) -> None:
         if answer.error is not None or answer.query_id in self._answers:
@@ -100,8 +109,19 @@ class LiveQuality:
 
     def on_feedback(self, event: FeedbackRecorded) -> None:
         query_id = event.data.query_id
-        if query_id in self._rated or query_id in self._pending:
+        waiting = self._pending.get(query_id)
+        if waiting is not None:
             self.ignored[(event.tenant, "duplicate")] += 1
+            if _order(event) < _order(waiting):
+                self._pending[query_id] = event
+            return
+        joined = self._joined.get(query_id)
+        if joined is not None:
+            self.ignored[(event.tenant, "duplicate")] += 1
+            if _order(event) < _order(joined[0]) and event.tenant == joined[1].tenant:
+                self._count(joined[0], joined[1], -1)  # the earlier rating counts instead
+                self._count(event, joined[1], 1)
+                self._joined[query_id] = (event, joined[1])
             return
         served = self._answers.get(query_id)
         if served is None:
@@ -116,16 +136,18 @@ class LiveQuality:
         if event.tenant != served.tenant:
             self.ignored[(event.tenant, "other_tenant")] += 1
             return
-        self._rated.add(event.data.query_id)
+        self._joined[event.data.query_id] = (event, served)
+        self._count(event, served, 1)
+
+    def _count(self, event: FeedbackRecorded, served: _Served, sign: int) -> None:
         figures = self._figures(served)
-        figures.rated += 1
+        figures.rated += sign
         if event.data.rating > 0:
-            figures.positive += 1
+            figures.positive += sign
         else:
-            figures.negative += 1
+            figures.negative += sign
         if event.data.correction:
-            figures.corrections += 1
-        self.ratings.setdefault((served.tenant, served.version), []).append(event.data.rating)
+            figures.corrections += sign
 
     def _figures(self, served: _Served) -> Figures:
         return self.figures.setdefault((served.tenant, served.version, served.arm), Figures())
@@ -149,3 +171,7 @@ class LiveQuality:
     def arm(self, tenant: str, version: str | None, arm: str) -> Figures:
         """The figures of ``version``'s answers on ``arm`` of a canary (empty when there are none)."""
         return self.figures.get((tenant, version or BASE, arm), Figures())
+
+
+def _order(event: FeedbackRecorded) -> tuple[datetime, str]:
+    return event.occurred_at, event.event_id

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from streamtune.contracts import AdapterUpdate, Answer, AnswerError
 from streamtune.harness import feedback_recorded, sample_manifest
@@ -110,3 +111,21 @@ def test_a_rating_read_before_its_answer_waits_for_it() -> None:
     assert quality.unknown("acme") == 1 and quality.versions("acme") == {}
     quality.on_answer(_answer("q1", version="v0003", arm="canary"))
     assert quality.unknown("acme") == 0 and quality.arm("acme", "v0003", "canary").negative == 1
+
+
+def test_of_two_ratings_of_one_query_the_earliest_counts_whatever_the_read_order() -> None:
+    from datetime import UTC, datetime
+
+    def rating(event_id: str, value: int, minute: int) -> Any:
+        event = feedback_recorded(event_id, "q?", "a", rating=value, tenant="acme", query_id="q1")
+        return event.model_copy(update={"occurred_at": datetime(2026, 12, 6, 10, minute, tzinfo=UTC)})
+
+    first, second = rating("e-1", -1, 0), rating("e-2", 1, 5)
+    for order in ([first, second], [second, first]):
+        quality = LiveQuality()
+        quality.on_answer(_answer("q1"))
+        for event in order:
+            quality.on_feedback(event)
+        figures = quality.versions("acme")["v0001"]
+        assert (figures.rated, figures.negative, figures.positive) == (1, 1, 0), order
+        assert quality.ratings[("acme", "v0001")] == [-1] and quality.ignored[("acme", "duplicate")] == 1
