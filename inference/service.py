@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import signal
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 from streamtune import logs
@@ -391,9 +393,13 @@ def ask(
     top_k: int | None = None,
     adapter: str | None = None,
     timeout_s: float = 180.0,
+    on_delta: Callable[[str], None] | None = None,
 ) -> Answer:
-    """Produce one query and wait for its answer on ``answers``."""
-    return ask_many(settings, [question], tenant, top_k=top_k, adapter=adapter, timeout_s=timeout_s)[0]
+    """Produce one query and wait for its answer on ``answers``; ``on_delta`` (streaming) gets its text as it is
+    generated."""
+    return ask_many(settings, [question], tenant, top_k=top_k, adapter=adapter, timeout_s=timeout_s, on_delta=on_delta)[
+        0
+    ]
 
 
 def ask_many(
@@ -404,41 +410,50 @@ def ask_many(
     top_k: int | None = None,
     adapter: str | None = None,
     timeout_s: float = 180.0,
+    on_delta: Callable[[str], None] | None = None,
 ) -> list[Answer]:
-    """Produce one query per question at once (so that ``serve`` batches them) and wait for every answer on
-    ``answers``; the answers in the questions' order (the first answer of each query)."""
-    from confluent_kafka import TopicPartition
+    """Produce one query per question at once (so that ``serve`` batches them) and wait for every answer
+    (``inference.routing``); the answers in the questions' order."""
+    from inference.routing import BlockingWaiter, QueryRouter
 
-    answers = topic_name(ANSWERS, settings.topics)
-    reader = consumer(settings.kafka, committed_only=False)
-    partitions = reader.list_topics(answers, timeout=settings.kafka.request_timeout_s).topics[answers].partitions
-    ends = [TopicPartition(answers, p, reader.get_watermark_offsets(TopicPartition(answers, p))[1]) for p in partitions]
-    reader.assign(ends)  # positioned before the queries are sent: no answer can slip past
-    queries = [
-        Query(query_id=f"q-{uuid.uuid4().hex[:12]}", tenant=tenant, question=q, top_k=top_k, adapter=adapter)
-        for q in questions
-    ]
-    sender = producer(settings.kafka)
-    for query in queries:
-        sender.produce(topic_name(QUERIES, settings.topics), key=query.query_id.encode(), value=QUERIES.encode(query))
-    sender.flush(settings.kafka.request_timeout_s)
-    waiting = {q.query_id for q in queries}
-    found: dict[str, Answer] = {}
+    router = QueryRouter(settings, name="ask", message_timeout_s=timeout_s)
+    router.start()
     deadline = time.monotonic() + timeout_s
     try:
-        while waiting and time.monotonic() < deadline:
-            message = reader.poll(0.5)
-            if message is None or message.error() is not None:
-                continue
-            key = (message.key() or b"").decode("utf-8", "replace")
-            if key in waiting:
-                found[key] = ANSWERS.decode(message.value())
-                waiting.discard(key)
+        if not router.ready.wait(min(timeout_s, settings.kafka.request_timeout_s)):
+            raise KafkaUnavailableError(
+                f"cannot read the answers from Kafka at {settings.kafka.bootstrap_servers} ({router.status})"
+            )
+        queries = [
+            Query(
+                query_id=f"q-{uuid.uuid4().hex[:12]}",
+                tenant=tenant,
+                question=q,
+                top_k=top_k,
+                adapter=adapter,
+                stream=on_delta is not None,
+            )
+            for q in questions
+        ]
+        waiters = [BlockingWaiter() for _ in queries]
+        for query, waiter in zip(queries, waiters, strict=True):
+            router.send(query, waiter)
+        found = []
+        for query, waiter in zip(queries, waiters, strict=True):
+            while True:
+                try:
+                    event = waiter.events.get(timeout=max(deadline - time.monotonic(), 0.0))
+                except queue.Empty:
+                    raise KafkaUnavailableError(
+                        f"no answer to {query.query_id} within {timeout_s:.0f}s; is `streamtune serve` running?"
+                    ) from None
+                if isinstance(event, Exception):
+                    raise event
+                if isinstance(event, Answer):
+                    found.append(event)
+                    break
+                if on_delta is not None:
+                    on_delta(event.text)
+        return found
     finally:
-        reader.close()
-    if waiting:
-        raise KafkaUnavailableError(
-            f"no answer to {len(waiting)} of {len(queries)} queries (e.g. {min(waiting)}) within {timeout_s:.0f}s; "
-            "is `streamtune serve` running?"
-        )
-    return [found[q.query_id] for q in queries]
+        router.close()

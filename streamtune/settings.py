@@ -470,6 +470,12 @@ class HttpSettings(_Section):
     answer_timeout_s: float = Field(
         60.0, gt=0, description="How long a request waits for its answer before a 503 (serve down or overloaded)."
     )
+    max_in_flight: int = Field(
+        64,
+        ge=1,
+        description="Chat completions answered at once (a stream until its last chunk); beyond, 429 with Retry-After "
+        "instead of a queue without bound.",
+    )
     feedback_memory: int = Field(
         10_000,
         ge=1,

@@ -24,13 +24,13 @@ def register(commands: Any) -> None:
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
-    from inference.gateway import main
+    from inference.http import main
 
     return main(settings)
 
 
 def hash_key(settings: Settings, args: argparse.Namespace) -> int:
-    from inference.gateway import hash_key as digest
+    from inference.http.auth import hash_key as digest
 
     key = args.key if args.key is not None else sys.stdin.readline().rstrip("\r\n")
     if not key:

@@ -169,7 +169,7 @@ def _registry_names(registry: Any) -> set[str]:
 def existing_metrics() -> dict[str, set[str]]:
     """The names each source serves: our registries, instantiated; Flink's and Weaviate's from the list that
     tests/streams/test_metrics.py and tests/retrieval/test_weaviate_metrics.py check against live endpoints."""
-    from inference.gateway import GatewayMetrics
+    from inference.http.metrics import GatewayMetrics
     from inference.metrics import ServeMetrics
     from monitor.metrics import NAMES, MonitorMetrics
     from training.metrics import WatchMetrics
