@@ -440,6 +440,7 @@ def ask_many(
             router.send(query, waiter)
         found = []
         for query, waiter in zip(queries, waiters, strict=True):
+            streamed = ""
             while True:
                 try:
                     event = waiter.events.get(timeout=max(deadline - time.monotonic(), 0.0))
@@ -450,8 +451,11 @@ def ask_many(
                 if isinstance(event, Exception):
                     raise event
                 if isinstance(event, Answer):
+                    if on_delta is not None and event.answer.startswith(streamed) and event.answer != streamed:
+                        on_delta(event.answer[len(streamed) :])  # the answer overtook its last pieces
                     found.append(event)
                     break
+                streamed += event.text
                 if on_delta is not None:
                     on_delta(event.text)
         return found

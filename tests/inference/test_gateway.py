@@ -230,8 +230,7 @@ def _live(load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: 
         STREAMTUNE__HTTP__API_KEYS=json.dumps(
             {hash_key(KEY_ACME): ["acme"], hash_key(KEY_ALL): ["*"], hash_key(KEY_BETA): ["beta"]}
         ),
-        STREAMTUNE__HTTP__ANSWER_TIMEOUT_S=str(ANSWER_TIMEOUT_S),
-        **extra,
+        **{"STREAMTUNE__HTTP__ANSWER_TIMEOUT_S": str(ANSWER_TIMEOUT_S), **extra},
     )
     settings = load(env)
     create_topics(settings.kafka, settings.topics)
@@ -491,3 +490,71 @@ def _answered(live: Live, question: Any) -> bool:
     except openai.InternalServerError:
         return False
     return True
+
+
+def _gauge(live: Live, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{live.settings.http.metrics_port}/metrics", timeout=10) as reply:
+        lines = reply.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + " "))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_stream_comes_in_pieces_with_real_usage(live: Live) -> None:
+    chunks = list(_ask(live, stream=True, stream_options={"include_usage": True}))
+    contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens > 0 and usage.prompt_tokens > 0
+    # each piece relayed as serve generated it: more than one content chunk for an answer of several tokens
+    assert len(contents) >= 2 or usage.completion_tokens == 1, (contents, usage)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.fault
+def test_a_client_that_goes_away_mid_stream_leaks_nothing(live: Live) -> None:
+    body = {"model": "acme", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
+    headers = {"Authorization": f"Bearer {KEY_ACME}"}
+    with httpx.stream("POST", f"{live.base_url}/chat/completions", json=body, headers=headers, timeout=60) as reply:
+        assert reply.status_code == 200
+        first = next(reply.iter_lines())  # the role chunk, then the client hangs up
+        assert first.startswith("data: ")
+    wait_for(lambda: _gauge(live, "streamtune_http_open_completions") == 0, 30, "the open completions to drop to 0")
+    assert isinstance(_ask(live).choices[0].message.content, str)  # the next query is answered
+    assert live.gateway.running() and live.serve.running()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.fault
+def test_a_burst_beyond_max_in_flight_gets_429_and_none_hangs(
+    stack: Settings,
+    env_settings: Callable[[Mapping[str, str]], Settings],
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
+    """No serve at all: two requests wait out their timeout (503), the other eight get 429 at once."""
+    live = _live(
+        env_settings, tiny_model, tmp_path, STREAMTUNE__HTTP__MAX_IN_FLIGHT="2", STREAMTUNE__HTTP__ANSWER_TIMEOUT_S="4"
+    )
+    live.gateway.start()
+    try:
+        body = {"model": "acme", "messages": [{"role": "user", "content": QUESTION}]}
+
+        def post(_: int) -> tuple[int, str | None, float]:
+            begin = time.monotonic()
+            reply = live.post("/chat/completions", body)
+            return reply.status_code, reply.headers.get("retry-after"), time.monotonic() - begin
+
+        with ThreadPoolExecutor(10) as pool:
+            first = [pool.submit(post, 0) for _ in range(2)]
+            time.sleep(1.0)  # the two are open now
+            rest = list(pool.map(post, range(8)))
+            taken = [f.result() for f in first]
+        assert [status for status, _, _ in taken] == [503, 503]
+        assert all(elapsed < 4 + 5 for _, _, elapsed in taken + rest)  # nothing hangs
+        assert [(status, retry) for status, retry, _ in rest] == [(429, "1")] * 8
+        assert _gauge(live, "streamtune_http_open_completions") == 0
+        assert _gauge(live, "streamtune_http_rejected_total") == 8
+    finally:
+        _close(live)

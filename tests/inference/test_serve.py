@@ -18,7 +18,15 @@ from streamtune.contracts import AdapterUpdate, ChatMessage, Query, TrainingExam
 from streamtune.harness import ServiceProcess, ingest_job, isolated_env, query_server, wait_for
 from streamtune.kafka import consumer, create_topics, delete_topics, producer
 from streamtune.settings import Settings
-from streamtune.topics import ADAPTER_UPDATES, ANSWERS, DOMAIN_EVENTS, QUERIES, TRAINING_EXAMPLES, topic_name
+from streamtune.topics import (
+    ADAPTER_UPDATES,
+    ANSWER_DELTAS,
+    ANSWERS,
+    DOMAIN_EVENTS,
+    QUERIES,
+    TRAINING_EXAMPLES,
+    topic_name,
+)
 from training.publish import announce
 from training.refresh import refresh
 from training.registry import AdapterRegistry
@@ -32,21 +40,19 @@ class Deployment:
     def __init__(
         self, load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: Path, **extra: str
     ) -> None:
-        self.env = isolated_env(
-            tmp,
-            "inf",
-            STREAMTUNE__INFERENCE__MAX_NEW_TOKENS="8",
-            STREAMTUNE__INFERENCE__TORCH_THREADS="1",
-            STREAMTUNE__INFERENCE__CONTEXT_TOKENS="128",
-            STREAMTUNE__INFERENCE__MAX_QUESTION_TOKENS="64",
-            STREAMTUNE__MODELS__BASE_MODEL=str(tiny_model),
-            STREAMTUNE__TRAINING__MAX_STEPS="6",
-            STREAMTUNE__TRAINING__LEARNING_RATE="0.005",
-            STREAMTUNE__TRAINING__EVAL_MAX_NEW_TOKENS="4",
-            STREAMTUNE__TRAINING__TORCH_THREADS="1",
-            STREAMTUNE__TRAINING__MIN_EVAL_EXAMPLES="1",
-            **extra,
-        )
+        preset = {
+            "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": "8",
+            "STREAMTUNE__INFERENCE__TORCH_THREADS": "1",
+            "STREAMTUNE__INFERENCE__CONTEXT_TOKENS": "128",
+            "STREAMTUNE__INFERENCE__MAX_QUESTION_TOKENS": "64",
+            "STREAMTUNE__MODELS__BASE_MODEL": str(tiny_model),
+            "STREAMTUNE__TRAINING__MAX_STEPS": "6",
+            "STREAMTUNE__TRAINING__LEARNING_RATE": "0.005",
+            "STREAMTUNE__TRAINING__EVAL_MAX_NEW_TOKENS": "4",
+            "STREAMTUNE__TRAINING__TORCH_THREADS": "1",
+            "STREAMTUNE__TRAINING__MIN_EVAL_EXAMPLES": "1",
+        }
+        self.env = isolated_env(tmp, "inf", **{**preset, **extra})
         self.tmp = tmp
         self.settings = load(self.env)
         create_topics(self.settings.kafka, self.settings.topics)
@@ -499,3 +505,66 @@ def test_a_canary_answers_its_share_and_a_restarted_server_keeps_each_query_on_i
         assert {a["adapter_version"] for q, a in answers.items() if q not in on_canary} == {None}
         assert {a["arm"] for q, a in answers.items() if q not in on_canary} == {"incumbent"}
     assert {q: a["arm"] for q, a in before.items()} == {q: a["arm"] for q, a in after.items()}
+
+
+@pytest.mark.fault
+def test_a_query_past_its_deadline_is_answered_without_generating(deploy: Callable[..., Deployment]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from streamtune.harness import free_port
+
+    port = free_port()
+    deployment = deploy(STREAMTUNE__INFERENCE__METRICS_PORT=str(port))
+    server = deployment.server()
+    server.start()
+    try:
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        late = Query(query_id="late", tenant="acme", question="What is the refund window?", deadline=past)
+        deployment.send(QUERIES, "late", encode(late))
+        deployment.send(QUERIES, "on-time", query("on-time"))
+        deployment.producer.flush(15)
+        found = deployment.answers({"late", "on-time"})
+        assert found["late"][0]["error"]["code"] == "deadline_exceeded" and found["late"][0]["usage"] is None
+        assert "generate" not in found["late"][0]["timings_ms"]  # nothing was generated for it
+        assert found["on-time"][0]["error"] is None and found["on-time"][0]["usage"]["completion_tokens"] > 0
+        assert _metric(port, "streamtune_deadline_exceeded_total") == 1
+    finally:
+        server.stop()
+
+
+@pytest.mark.fault
+def test_two_replicas_one_killed_while_30_queries_stream_answers_all(deploy: Callable[..., Deployment]) -> None:
+    """Two serve processes in one group; one is SIGKILLed mid-stream: the other answers what it left, every
+    one of the 30 queries at least once, a repeat counted as harmless."""
+    deployment = deploy(STREAMTUNE__INFERENCE__MAX_NEW_TOKENS="24")
+    first, second = deployment.server(), query_server(deployment.tmp / "logs-2", deployment.env)
+    first.start()
+    second.start()
+    ids = [f"s-{i}" for i in range(30)]
+    for query_id in ids:
+        streamed = Query(query_id=query_id, tenant="acme", question="What is the refund window?", stream=True)
+        deployment.send(QUERIES, query_id, encode(streamed))
+    deployment.producer.flush(15)
+    try:
+        wait_for(lambda: len(deployment.answers(set(ids), timeout_s=1)) >= 3, 120, "the first answers")
+        first.kill()  # mid-stream, no chance to clean up
+        found = deployment.answers(set(ids), timeout_s=240)
+    finally:
+        second.stop()
+    assert set(ids) <= set(found), f"unanswered: {sorted(set(ids) - set(found))[:5]}"
+    assert all(found[q][0]["error"] is None for q in ids)
+    repeats = sum(len(found[q]) - 1 for q in ids)
+    assert repeats < len(ids)  # only what the killed one had not committed is answered again
+    deltas = _records(deployment, ANSWER_DELTAS)
+    assert {d["query_id"] for d in deltas} >= set(ids) - {q for q in ids if not found[q][0]["answer"]}
+
+
+def _records(deployment: Deployment, spec: Any) -> list[dict[str, Any]]:
+    from streamtune.kafka import committed_end_offsets, read_range
+
+    topic = topic_name(spec, deployment.settings.topics)
+    ends = committed_end_offsets(deployment.settings.kafka, topic)
+    return [
+        json.loads(m.value())
+        for m in read_range(deployment.settings.kafka, topic, {p: (0, e) for p, e in ends.items()})
+    ]
