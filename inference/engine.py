@@ -133,6 +133,11 @@ class Answerer:
         self._stage(items, "embed", self._embed_and_retrieve)
         return items
 
+    def refuse(self, queries: Sequence[Query], failure: AnswerFailure) -> list[Answer]:
+        """Error answers for ``queries``, nothing prepared or generated for them."""
+        now = time.monotonic()
+        return self.finish([_Item(q, now, failure=failure) for q in queries])
+
     def finish(self, items: Sequence[_Item]) -> list[Answer]:
         """The items' answers (counted and timed in the metrics)."""
         answers = [self._answer(item) for item in items]

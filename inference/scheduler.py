@@ -64,7 +64,15 @@ class Scheduler:
         return max(self.answerer.settings.inference.max_batch - len(self.batcher) - len(self.waiting), 0)
 
     def admit(self, queries: Sequence[Query], received: Sequence[float]) -> list[Answer]:
-        """Prepare ``queries`` and start those that fit; returns the answers already known (errors)."""
+        """Prepare ``queries`` and start those that fit; returns the answers already known (errors). With
+        ``inference.batching = "static"``, the whole batch is answered here (``Answerer.answer_batch``)."""
+        if self.answerer.settings.inference.batching == "static":
+            late = [q for q in queries if _expired(q)]
+            for query in late:
+                self.answerer.metrics.deadline_exceeded.labels(query.tenant).inc()
+            live = [q for q in queries if not _expired(q)]
+            refused = self.answerer.refuse(late, _DEADLINE_PASSED)
+            return refused + (self.answerer.answer_batch(live, [time.monotonic()] * len(live)) if live else [])
         items = self.answerer.prepare(queries, received)
         done = []
         for item in items:
@@ -90,11 +98,7 @@ class Scheduler:
             item = self.waiting[0]
             if _expired(item.query):
                 self.waiting.popleft()
-                item.failure = AnswerFailure(
-                    "deadline_exceeded", "the query's deadline passed before its generation started"
-                )
-                self.answerer.metrics.deadline_exceeded.labels(item.query.tenant).inc()
-                expired.append(item)
+                expired.append(_late(item, self.answerer))
                 continue
             name = AdapterCache.name(item.adapter)
             if name not in in_use and len(in_use) >= inference.max_loaded_adapters:
@@ -150,6 +154,15 @@ class Scheduler:
                     self.on_delta(item.query, running.seq, item.text[len(running.emitted) :])
                 finished.append(item)
         return self.answerer.finish(finished)
+
+
+_DEADLINE_PASSED = AnswerFailure("deadline_exceeded", "the query's deadline passed before its generation started")
+
+
+def _late(item: Any, answerer: Answerer) -> Any:
+    item.failure = _DEADLINE_PASSED
+    answerer.metrics.deadline_exceeded.labels(item.query.tenant).inc()
+    return item
 
 
 def _expired(query: Query) -> bool:

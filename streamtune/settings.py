@@ -425,7 +425,18 @@ class InferenceSettings(_Section):
         256, ge=8, description="Longer questions are answered with the error question_too_long."
     )
     torch_threads: int = Field(2, ge=1, description="torch threads of a `serve` process.")
-    max_batch: int = Field(8, ge=1, description="Queries answered together in one generation batch.")
+    max_batch: int = Field(
+        16,
+        ge=1,
+        description="Rows generating together: with continuous batching, the running batch's slots (a query joins at "
+        "the next step once one is free); with static batching, the batch size.",
+    )
+    batching: Literal["continuous", "static"] = Field(
+        "continuous",
+        description="continuous: queries join the running batch between decoding steps and leave it when done "
+        "(inference/scheduler.py); static: a batch is generated whole, as before continuous batching (kept as the "
+        "benchmarks' yardstick).",
+    )
     max_wait_ms: int = Field(50, ge=0, description="Longest wait for a batch to fill once a query has arrived.")
     max_loaded_adapters: int = Field(
         8, ge=1, description="Adapters kept loaded; the least recently used one is unloaded beyond this."
