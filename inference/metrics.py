@@ -32,7 +32,10 @@ class ServeMetrics:
             "streamtune_answered_twice", "Queries this process answered more than once (redelivery).", registry=r
         )
         self.batch_size = Histogram(
-            "streamtune_serve_batch_size", "Queries per generation batch.", buckets=(1, 2, 4, 8, 16, 32), registry=r
+            "streamtune_serve_batch_size",
+            "Rows per generation step (continuous batching) or per batch (static).",
+            buckets=(1, 2, 4, 8, 16, 32),
+            registry=r,
         )
         self.adapter_loads = Counter("streamtune_adapter_loads", "Adapters loaded, by tenant.", ["tenant"], registry=r)
         self.adapter_load_seconds = Histogram(

@@ -84,6 +84,8 @@ class Scheduler:
 
     def step(self) -> list[Answer]:
         """One decoding step of the running batch; the answers of the rows that ended, then start waiting ones."""
+        if self.batcher.rows:
+            self.answerer.metrics.batch_size.observe(len(self.batcher))
         finished = self._events(self.batcher.step())
         return finished + self._start()
 
@@ -125,8 +127,6 @@ class Scheduler:
             row = Row(item, ids, AdapterCache.name(item.adapter), inference.max_new_tokens)
             self.running[id(row)] = _Running(item, now)
             rows.append(row)
-        if rows:
-            self.answerer.metrics.batch_size.observe(len(self.batcher) + len(rows))
         return answers + self._events(self.batcher.add(rows))
 
     def _events(self, events: list[TokenEvent]) -> list[Answer]:
@@ -137,20 +137,22 @@ class Scheduler:
             if "first_token" not in item.timings:
                 item.timings["first_token"] = (time.perf_counter() - running.started) * 1000
             if item.query.stream and event.token is not None:
-                text = self.answerer._decode(event.row.generated).lstrip()
-                if not text.endswith("\ufffd"):  # a character still split across tokens waits for the rest
-                    text = text.rstrip()
-                    if len(text) > len(running.emitted):
-                        self.on_delta(item.query, running.seq, text[len(running.emitted) :])
-                        running.seq += 1
-                        running.emitted = text
+                text = _stable(self.answerer._decode(event.row.generated))
+                if len(text) > len(running.emitted) and text.startswith(running.emitted):
+                    self.on_delta(item.query, running.seq, text[len(running.emitted) :])
+                    running.seq += 1
+                    running.emitted = text
             if event.row.finish_reason is not None:
                 del self.running[id(event.row)]
                 item.text = self.answerer._decode(event.row.generated).strip()
                 item.completion_tokens = len(event.row.generated)
                 item.finish_reason = event.row.finish_reason
                 item.timings["generate"] = (time.perf_counter() - running.started) * 1000
-                if item.query.stream and len(item.text) > len(running.emitted):
+                if (
+                    item.query.stream
+                    and len(item.text) > len(running.emitted)
+                    and item.text.startswith(running.emitted)
+                ):
                     self.on_delta(item.query, running.seq, item.text[len(running.emitted) :])
                 finished.append(item)
         return self.answerer.finish(finished)
@@ -163,6 +165,17 @@ def _late(item: Any, answerer: Answerer) -> Any:
     item.failure = _DEADLINE_PASSED
     answerer.metrics.deadline_exceeded.labels(item.query.tenant).inc()
     return item
+
+
+def _stable(text: str) -> str:
+    """What of a row's text so far can be sent without being taken back: without leading or trailing whitespace
+    (the answer is stripped), and, while it ends in a character split across tokens (U+FFFD), only up to the
+    last whitespace (as transformers' TextStreamer holds back a word)."""
+    text = text.lstrip()
+    if text.endswith("\ufffd"):
+        cut = max(text.rfind(" "), text.rfind("\n"))
+        text = text[:cut] if cut > 0 else ""
+    return text.rstrip()
 
 
 def _expired(query: Query) -> bool:
