@@ -6,7 +6,15 @@ from streamtune.topics import ALL_TOPICS, DOMAIN_EVENTS, DOMAIN_EVENTS_DLQ, TRAI
 
 def test_contract_topic_names_are_declared_once() -> None:
     names = [spec.name for spec in ALL_TOPICS]
-    assert names == ["domain-events", "domain-events.dlq", "training-examples", "queries", "answers", "adapter-updates"]
+    assert names == [
+        "domain-events",
+        "domain-events.dlq",
+        "training-examples",
+        "queries",
+        "answers",
+        "answer-deltas",
+        "adapter-updates",
+    ]
     assert len(set(names)) == len(names)
 
 
