@@ -216,22 +216,21 @@ class Live:
 
 
 def _live(load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: Path, **extra: str) -> Live:
-    env = isolated_env(
-        tmp,
-        "gw",
-        STREAMTUNE__INFERENCE__MAX_NEW_TOKENS="8",
-        STREAMTUNE__INFERENCE__TORCH_THREADS="1",
-        STREAMTUNE__INFERENCE__CONTEXT_TOKENS="128",
-        STREAMTUNE__INFERENCE__MAX_QUESTION_TOKENS="64",
-        STREAMTUNE__MODELS__BASE_MODEL=str(tiny_model),
-        STREAMTUNE__EMBEDDING__TORCH_THREADS="1",
-        STREAMTUNE__HTTP__PORT=str(free_port()),
-        STREAMTUNE__HTTP__METRICS_PORT=str(free_port()),
-        STREAMTUNE__HTTP__API_KEYS=json.dumps(
+    preset = {
+        "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": "8",
+        "STREAMTUNE__INFERENCE__TORCH_THREADS": "1",
+        "STREAMTUNE__INFERENCE__CONTEXT_TOKENS": "128",
+        "STREAMTUNE__INFERENCE__MAX_QUESTION_TOKENS": "64",
+        "STREAMTUNE__MODELS__BASE_MODEL": str(tiny_model),
+        "STREAMTUNE__EMBEDDING__TORCH_THREADS": "1",
+        "STREAMTUNE__HTTP__PORT": str(free_port()),
+        "STREAMTUNE__HTTP__METRICS_PORT": str(free_port()),
+        "STREAMTUNE__HTTP__API_KEYS": json.dumps(
             {hash_key(KEY_ACME): ["acme"], hash_key(KEY_ALL): ["*"], hash_key(KEY_BETA): ["beta"]}
         ),
-        **{"STREAMTUNE__HTTP__ANSWER_TIMEOUT_S": str(ANSWER_TIMEOUT_S), **extra},
-    )
+        "STREAMTUNE__HTTP__ANSWER_TIMEOUT_S": str(ANSWER_TIMEOUT_S),
+    }
+    env = isolated_env(tmp, "gw", **{**preset, **extra})
     settings = load(env)
     create_topics(settings.kafka, settings.topics)
     return Live(
@@ -556,5 +555,61 @@ def test_a_burst_beyond_max_in_flight_gets_429_and_none_hangs(
         assert [(status, retry) for status, retry, _ in rest] == [(429, "1")] * 8
         assert _gauge(live, "streamtune_http_open_completions") == 0
         assert _gauge(live, "streamtune_http_rejected_total") == 8
+    finally:
+        _close(live)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.fault
+def test_a_broker_restart_during_streams_ends_each_stream_and_none_hangs(
+    private_kafka: Any,
+    env_settings: Callable[[Mapping[str, str]], Settings],
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
+    """Streams open while the broker stops for 20 s: each ends (complete, or an error chunk / a 503) within its
+    timeout plus a margin, never hangs; once the broker is back, a stream completes again."""
+    live = _live(
+        env_settings,
+        tiny_model,
+        tmp_path,
+        **private_kafka.env,
+        STREAMTUNE__HTTP__ANSWER_TIMEOUT_S="10",
+        STREAMTUNE__INFERENCE__MAX_NEW_TOKENS="64",
+    )
+    live.serve.start()
+    live.gateway.start()
+    body = {"model": "acme", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
+    headers = {"Authorization": f"Bearer {KEY_ACME}"}
+
+    def stream(_: int) -> tuple[int, list[str], float]:
+        begin = time.monotonic()
+        try:
+            with httpx.stream(
+                "POST", f"{live.base_url}/chat/completions", json=body, headers=headers, timeout=60
+            ) as reply:
+                return reply.status_code, list(reply.iter_lines()), time.monotonic() - begin
+        except httpx.HTTPError as exc:
+            return -1, [repr(exc)], time.monotonic() - begin
+
+    try:
+        assert stream(0)[0] == 200  # warm: serve answers
+        with ThreadPoolExecutor(6) as pool:
+            running = [pool.submit(stream, i) for i in range(6)]
+            private_kafka.stop()
+            time.sleep(20)
+            private_kafka.start()
+            ended = [f.result() for f in running]
+        for status, lines, elapsed in ended:
+            assert elapsed < 10 + 15, (status, elapsed)  # its timeout and a margin: nothing hung
+            assert status in (200, 503), (status, lines[-3:])
+            if status == 200:
+                events = [line for line in lines if line.startswith("data: ")]
+                assert events[-1] == "data: [DONE]"
+                finished = any('"finish_reason": "stop"' in e or '"finish_reason": "length"' in e for e in events)
+                assert finished or any('"error"' in e for e in events), events[-3:]  # completed, or said why not
+        wait_for(lambda: stream(1)[0] == 200, 120, "a complete stream after the broker is back")
+        assert live.gateway.running() and live.serve.running()
     finally:
         _close(live)
