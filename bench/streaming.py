@@ -31,7 +31,9 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -107,15 +109,16 @@ def main() -> None:
                 ("static", 8, "static"),
                 ("continuous", args.slots, "continuous"),
             ):
-                runs[name] = _backlog(
-                    settings,
-                    {**env, "STREAMTUNE__INFERENCE__BATCHING": mode},
-                    tmp,
-                    tenants,
-                    questions,
-                    args.backlog,
-                    batch,
-                )
+                with _fresh_topics(env, f"{label}-{name}") as (run_settings, run_env):
+                    runs[name] = _backlog(
+                        run_settings,
+                        {**run_env, "STREAMTUNE__INFERENCE__BATCHING": mode},
+                        tmp,
+                        tenants,
+                        questions,
+                        args.backlog,
+                        batch,
+                    )
             for name in ("static", "continuous"):
                 runs[name]["ratio"] = round(runs[name]["qps"] / runs["sequential"]["qps"], 2)
             print(
@@ -128,15 +131,35 @@ def main() -> None:
             )
             report["throughput"][label] = runs
 
-        report["ttft"] = _ttft(settings, env, tmp, questions[: args.ttft_queries])
+        with _fresh_topics(env, "ttft") as (run_settings, run_env):
+            report["ttft"] = _ttft(run_settings, run_env, tmp, questions[: args.ttft_queries])
         print(f"time to first token: {json.dumps(report['ttft'])}", flush=True)
-        report["burst"] = _burst(settings, env, tmp, questions, args.burst)
+        with _fresh_topics(env, "burst") as (run_settings, run_env):
+            report["burst"] = _burst(run_settings, run_env, tmp, questions, args.burst)
         print(f"burst: {json.dumps(report['burst'])}", flush=True)
         print(json.dumps(report))
     finally:
         ChunkStore(client, settings).drop()
         client.close()
         delete_topics(settings.kafka, settings.topics)
+
+
+@contextmanager
+def _fresh_topics(env: dict[str, str], run: str) -> Iterator[tuple[Any, dict[str, str]]]:
+    """Topics of one run's own, with the four tenants' adapters announced on them: a `serve` of a new consumer
+    group reads ``queries`` from its beginning, so a run on shared topics would answer every earlier run's
+    backlog first."""
+    run_env = {**env, "STREAMTUNE__TOPICS__PREFIX": f"{env['STREAMTUNE__TOPICS__PREFIX']}{run}."}
+    os.environ.update(run_env)
+    settings = load_settings()
+    create_topics(settings.kafka, settings.topics)
+    for tenant in TENANTS:
+        announce(settings, AdapterRegistry(settings.adapters_dir, tenant).get("v0001"))
+    try:
+        yield settings, run_env
+    finally:
+        delete_topics(settings.kafka, settings.topics)
+        os.environ.update(env)
 
 
 def _ttft(settings: Any, env: dict[str, str], tmp: Path, questions: list[str]) -> dict[str, Any]:
