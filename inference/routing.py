@@ -149,7 +149,7 @@ class QueryRouter:
         self._consumer.assign([TopicPartition(t, p, o) for (t, p), o in self._assigned.items()])
         self.status = "ok"
         self.ready.set()
-        log.info("%s: reading %s from their ends", self.name, " and ".join(self.topics))
+        log.debug("%s: reading %s from their ends", self.name, " and ".join(self.topics))
 
     def _probe(self) -> None:
         """Kafka's health for health checks; partitions added since start-up are read too."""
