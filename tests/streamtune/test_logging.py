@@ -247,8 +247,8 @@ class _Record:
         return self._offset
 
 
-class _Answerer:
-    def answer_batch(self, queries: list[Any], arrived: list[float]) -> list[Any]:
+class _Scheduler:
+    def admit(self, queries: list[Any], arrived: list[float]) -> list[Any]:
         from streamtune.contracts import Answer
 
         return [Answer(query_id=q.query_id, tenant=q.tenant, answer="ok", adapter_version="v0001") for q in queries]
@@ -256,14 +256,16 @@ class _Answerer:
 
 @pytest.mark.usefixtures("restore_logging")
 def test_serve_logs_each_query_with_its_tenant_id_and_source(capsys: pytest.CaptureFixture[str]) -> None:
-    from inference.service import _answer
+    from inference.service import _admit, _Offsets
     from streamtune.contracts import Query
     from streamtune.topics import QUERIES
 
     logs.configure(LoggingSettings(verbose=2), service=True)  # -vv: the per-query debug lines
     good = QUERIES.encode(Query(query_id="q-good", tenant="acme", question="Where do orders ship from?"))
-    answers = _answer(_Answerer(), [_Record(b'{"query_id": "q-bad"}', 7), _Record(good, 8)], 65_536)
+    offsets = _Offsets()
+    answers = _admit(_Scheduler(), [_Record(b'{"query_id": "q-bad"}', 7), _Record(good, 8)], offsets, 65_536)
     assert [a.query_id for a in answers] == ["q-bad", "q-good"]
     bad, answered = (line for line in _json_lines(capsys.readouterr().err) if line["component"] == "inference.service")
     assert (bad["level"], bad["query_id"], bad["source"]) == ("WARNING", "q-bad", "queries[1]@7")
     assert (answered["tenant"], answered["query_id"], answered["source"]) == ("acme", "q-good", "queries[1]@8")
+    assert offsets.committable() == {("queries", 1): 7}  # neither answer is delivered yet: nothing moves past them
