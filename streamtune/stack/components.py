@@ -40,6 +40,16 @@ def _require_tool(component: str, tool: str, fix: str) -> str:
     return path
 
 
+def _cluster_id() -> str:
+    """A random KRaft cluster id (a base64url uuid, as Kafka's own ``random-uuid``). One that starts with '-'
+    (one in 64) is drawn again: the storage tool's argument parser would take it for an option ("argument
+    --cluster-id/-t: expected one argument"), as Kafka's ``Uuid.randomUuid`` avoids too."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _run_logged(component: str, cmd: list[str], log: Path, timeout_s: float, fix: str, **kwargs: object) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
@@ -175,7 +185,7 @@ class Kafka(Component):
         (self.home / "log4j2.properties").write_text(_KAFKA_LOG4J)
         if (data / "meta.properties").is_file():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         _run_logged(
             self.name,
             [

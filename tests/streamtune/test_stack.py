@@ -143,3 +143,11 @@ def test_a_dead_broker_is_reported_and_restarted_with_its_data(side_stack: Setti
     assert values == [b"before the crash"]
     stack.down()
     assert port_free(int(servers.rsplit(":", 1)[1]))
+
+
+def test_a_kafka_cluster_id_never_starts_with_a_dash() -> None:
+    from streamtune.stack.components import _cluster_id
+
+    ids = [_cluster_id() for _ in range(3000)]  # about 47 would start with '-' without the redraw
+    assert not any(i.startswith("-") for i in ids) and len(set(ids)) == 3000
+    assert all(len(i) == 22 for i in ids)
