@@ -94,11 +94,6 @@ class QueryRouter:
         """Produce any record with this router's producer (the gateway's feedback events)."""
         self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
 
-    @property
-    def waiting(self) -> int:
-        with self._lock:
-            return len(self._waiting)
-
     # -- the thread
     def _run(self) -> None:
         backoff = self.settings.kafka.backoff()

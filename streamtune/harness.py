@@ -62,6 +62,7 @@ __all__ = [
     "query_server",
     "sample",
     "sample_manifest",
+    "tiny_serving",
     "wait_for",
 ]
 
@@ -170,6 +171,18 @@ def isolated_env(work: Path, name: str = "it", **overrides: str) -> dict[str, st
     }
     env.update(overrides)
     return env
+
+
+def tiny_serving(model: Path) -> dict[str, str]:
+    """``STREAMTUNE__`` variables that make `serve` quick on the tiny test model: short answers and prompts, one
+    thread. For tests where answer quality is not the subject."""
+    return {
+        "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": "8",
+        "STREAMTUNE__INFERENCE__TORCH_THREADS": "1",
+        "STREAMTUNE__INFERENCE__CONTEXT_TOKENS": "128",
+        "STREAMTUNE__INFERENCE__MAX_QUESTION_TOKENS": "64",
+        "STREAMTUNE__MODELS__BASE_MODEL": str(model),
+    }
 
 
 def free_port(pair: bool = False) -> int:

@@ -28,7 +28,7 @@ from inference.http.protocol import chunk, completion, final_chunks, parse_model
 from streamtune.cli import http as http_cli
 from streamtune.contracts import AdapterUpdate, Answer, AnswerError, Citation, FeedbackRecorded, decode_event, encode
 from streamtune.errors import ConfigError
-from streamtune.harness import ServiceProcess, free_port, isolated_env, query_server, wait_for
+from streamtune.harness import ServiceProcess, free_port, isolated_env, query_server, tiny_serving, wait_for
 from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
 from streamtune.manifest import Manifest
 from streamtune.settings import HttpSettings, Settings
@@ -217,11 +217,7 @@ class Live:
 
 def _live(load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: Path, **extra: str) -> Live:
     preset = {
-        "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": "8",
-        "STREAMTUNE__INFERENCE__TORCH_THREADS": "1",
-        "STREAMTUNE__INFERENCE__CONTEXT_TOKENS": "128",
-        "STREAMTUNE__INFERENCE__MAX_QUESTION_TOKENS": "64",
-        "STREAMTUNE__MODELS__BASE_MODEL": str(tiny_model),
+        **tiny_serving(tiny_model),
         "STREAMTUNE__EMBEDDING__TORCH_THREADS": "1",
         "STREAMTUNE__HTTP__PORT": str(free_port()),
         "STREAMTUNE__HTTP__METRICS_PORT": str(free_port()),

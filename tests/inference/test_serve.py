@@ -15,7 +15,7 @@ import pytest
 
 from inference.service import ask
 from streamtune.contracts import AdapterUpdate, ChatMessage, Query, TrainingExample, encode
-from streamtune.harness import ServiceProcess, ingest_job, isolated_env, query_server, wait_for
+from streamtune.harness import ServiceProcess, ingest_job, isolated_env, query_server, tiny_serving, wait_for
 from streamtune.kafka import consumer, create_topics, delete_topics, producer
 from streamtune.settings import Settings
 from streamtune.topics import (
@@ -41,11 +41,7 @@ class Deployment:
         self, load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: Path, **extra: str
     ) -> None:
         preset = {
-            "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": "8",
-            "STREAMTUNE__INFERENCE__TORCH_THREADS": "1",
-            "STREAMTUNE__INFERENCE__CONTEXT_TOKENS": "128",
-            "STREAMTUNE__INFERENCE__MAX_QUESTION_TOKENS": "64",
-            "STREAMTUNE__MODELS__BASE_MODEL": str(tiny_model),
+            **tiny_serving(tiny_model),
             "STREAMTUNE__TRAINING__MAX_STEPS": "6",
             "STREAMTUNE__TRAINING__LEARNING_RATE": "0.005",
             "STREAMTUNE__TRAINING__EVAL_MAX_NEW_TOKENS": "4",
