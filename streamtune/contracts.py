@@ -49,6 +49,7 @@ MAX_SOURCE_CHARS = 256
 MAX_QA_CHARS = 20_000
 MAX_METADATA_BYTES = 16_384
 MAX_CONTEXT_DOCS = 100
+MAX_STOP_SEQUENCES = 4
 Tenant = Annotated[str, Field(pattern=TENANT_PATTERN)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 QaText = Annotated[str, Field(min_length=1, max_length=MAX_QA_CHARS)]
@@ -166,6 +167,9 @@ class ContextPassage(BaseModel):
     chunk_id: NonEmpty
     title: str = ""
     text: str
+    similarity: float | None = None
+    """Cosine similarity of the chunk to the question (``retrieval.min_similarity`` filters on it when the
+    example is rendered). None: recorded before hits carried it (such a passage is always rendered)."""
 
 
 class TrainingExample(_Message):
@@ -206,6 +210,18 @@ class Query(_Message):
     without generating."""
     stream: bool = False
     """Publish the answer's text on ``answer-deltas`` as it is generated (the final answer is unchanged)."""
+    max_tokens: int | None = Field(None, ge=1)
+    """At most this many answer tokens (capped by ``inference.max_new_tokens``; ``finish_reason`` ``length``
+    when cut). None: ``inference.max_new_tokens``."""
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    """Up to four sequences that end the answer where one first appears; the sequence is not part of the text."""
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    """Sampling temperature; None or 0: greedy decoding (the same text every time)."""
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    """Nucleus sampling: sample among the most likely tokens whose probabilities add up to ``top_p``."""
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    """Seed of the row's own random generator when sampling: the same seed, prompt and adapter give the same
+    text, whatever else shares the batch."""
 
 
 class Citation(BaseModel):
@@ -214,6 +230,10 @@ class Citation(BaseModel):
     doc_id: str
     chunk_id: str
     score: float
+    """The hybrid rank score (Weaviate's fusion: relative to this query's result list)."""
+    similarity: float | None = None
+    """Cosine similarity of the chunk to the question: absolute, comparable across queries; only chunks at or
+    above ``retrieval.min_similarity`` are cited."""
 
 
 class Usage(BaseModel):
@@ -246,7 +266,12 @@ class Answer(_Message):
     usage: Usage | None = None
     """Token counts (None: no generation, e.g. an error answer)."""
     finish_reason: Literal["stop", "length"] | None = None
-    """``stop``: the model ended its answer; ``length``: cut at the token budget (None: no generation)."""
+    """``stop``: the model ended its answer or a stop sequence ended it; ``length``: cut at the token budget
+    (None: no generation)."""
+    grounded: bool | None = None
+    """True: the answer was given with retrieved context that passed ``retrieval.min_similarity`` (its
+    citations). False: nothing passed, so the answer abstains or was generated without context
+    (``inference.no_context``) and cites nothing. None: an error answer, or a producer from before."""
 
 
 class AnswerDelta(_Message):

@@ -131,7 +131,9 @@ def test_a_training_example_carries_its_context_and_older_ones_still_decode() ->
     example = decode(raw(newer), TrainingExample)
     assert example.context == [ContextPassage(**passage)]
     assert decode(encode(example), TrainingExample) == example  # stored, so replay reads the same bytes
-    assert json.loads(encode(example))["context"] == [passage]
+    assert json.loads(encode(example))["context"] == [{**passage, "similarity": None}]  # from before similarity
+    scored = decode(raw({**old, "context": [{**passage, "similarity": 0.61}]}), TrainingExample)
+    assert scored.context[0].similarity == 0.61  # type: ignore[index]
     assert decode(raw({**old, "context": []}), TrainingExample).context == []
     assert decode(raw({**old, "context": None}), TrainingExample).context is None
     untitled = decode(raw({**old, "context": [{"doc_id": "d", "chunk_id": "d#0", "text": "t"}]}), TrainingExample)
