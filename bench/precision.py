@@ -37,7 +37,7 @@ def main() -> None:
 
     base = load_settings()
     anchor = load_anchor(base.training.anchor_file)
-    form = PromptFormat.of(base.inference)
+    form = PromptFormat.of(base)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:

@@ -18,15 +18,50 @@ is masked out (``attention_mask``); each row's positions are its own (``position
 the rotary embedding, so padding never shifts a row's positions. When rows leave, the columns that only
 padding still fills are cut off. Greedy decoding in a batch gives the tokens that decoding each row alone
 gives (a test checks it on the tiny model), up to float rounding, as with any batched generation.
+
+Each row brings its own generation controls (the query's): a token budget, stop sequences, and its
+``Sampling``. Rows with different controls share every forward pass; only the choice of the next token is per
+row. A greedy row takes the argmax, exactly as before; a sampling row scales its logits by its temperature,
+keeps its nucleus (transformers' ``TemperatureLogitsWarper`` and ``TopPLogitsWarper``) and draws with a
+``torch.Generator`` of its own, seeded with its seed, so that its draws never depend on the other rows: the same
+seed, prompt and adapter give the same tokens in any batch (up to the float rounding above). A stop sequence is
+looked for in the row's decoded text after each token; the row ends at the token that completes one, and
+``Row.stop_at`` says where in the text it begins (the text up to there is the answer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Batcher", "Row", "TokenEvent"]
+if TYPE_CHECKING:
+    from streamtune.contracts import Query
+
+__all__ = ["Batcher", "Row", "Sampling", "TokenEvent", "find_stop"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a row picks its next token (the query's ``temperature``, ``top_p`` and ``seed``)."""
+
+    temperature: float | None = None
+    """None or 0: greedy (the most likely token; ``top_p`` and ``seed`` do not matter then)."""
+    top_p: float | None = None
+    """Sample only among the most likely tokens whose probabilities add up to ``top_p`` (None or 1: all)."""
+    seed: int | None = None
+    """Seed of the row's own generator (None: a random one)."""
+
+    @property
+    def greedy(self) -> bool:
+        return not self.temperature
+
+    @classmethod
+    def of(cls, query: Query) -> Sampling:
+        return cls(query.temperature, query.top_p, query.seed)
+
+
+_GREEDY = Sampling()
 
 
 @dataclass
@@ -39,10 +74,41 @@ class Row:
     adapter: str
     """The adapter's name on the PEFT model (``AdapterCache.name``), ``"__base__"`` for none."""
     max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    """Sequences that end the row where one first appears in its decoded text (``Batcher.decode`` decodes)."""
+    sampling: Sampling = _GREEDY
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
-    """``stop`` (end of sequence) or ``length`` (``max_new_tokens`` reached), once finished."""
+    """``stop`` (end of sequence or a stop sequence) or ``length`` (``max_new_tokens`` reached), once finished."""
+    stop_at: int | None = None
+    """Where the stop sequence that ended the row begins in the decoded text of ``generated`` (None: none did)."""
     _pending: int | None = None  # the last token generated, fed at the next step
+    _generator: Any = None  # the row's torch.Generator, made at its first sampled token
+
+    @classmethod
+    def of(cls, key: Any, prompt_ids: list[int], adapter: str, query: Query, max_new_tokens: int) -> Row:
+        """A row with ``query``'s controls; its budget is the query's ``max_tokens`` capped by ``max_new_tokens``."""
+        budget = min(query.max_tokens or max_new_tokens, max_new_tokens)
+        return cls(key, prompt_ids, adapter, budget, stop=tuple(query.stop or ()), sampling=Sampling.of(query))
+
+    def take(self, token: int, eos_ids: Container[int], decode: Callable[[list[int]], str] | None) -> bool:
+        """Record ``token`` as the row's next; True when it ends the row: an end-of-sequence token (not kept), a
+        completed stop sequence (``decode`` turns the tokens into text), or the budget reached. The one rule for
+        every path, the static one (``Answerer._generate_group``) included."""
+        if token in eos_ids:
+            self.finish_reason = "stop"
+            return True
+        self.generated.append(token)
+        self._pending = token
+        if self.stop and decode is not None:
+            self.stop_at = find_stop(decode(self.generated), self.stop)
+            if self.stop_at is not None:
+                self.finish_reason = "stop"
+                return True
+        if len(self.generated) >= self.max_new_tokens:
+            self.finish_reason = "length"
+            return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -57,6 +123,7 @@ class Batcher:
 
     ``model`` is read through ``get_model`` at each forward, since ``AdapterCache`` may wrap the base model in a
     PEFT model when the first adapter loads. ``mixed_adapters()`` says whether to pass ``adapter_names``.
+    ``decode`` (token ids to text) is needed for rows with stop sequences.
     """
 
     def __init__(
@@ -66,11 +133,13 @@ class Batcher:
         eos_ids: Sequence[int],
         pad_id: int,
         mixed_adapters: Callable[[], bool],
+        decode: Callable[[list[int]], str] | None = None,
     ) -> None:
         self.get_model = get_model
         self.eos_ids = set(eos_ids)
         self.pad_id = pad_id
         self.mixed_adapters = mixed_adapters
+        self.decode = decode
         self.rows: list[Row] = []
         self._cache: Any = None
         self._mask: Any = None  # [rows, length]: 1 for a real token, 0 for padding
@@ -86,6 +155,8 @@ class Batcher:
 
         if not rows:
             return []
+        if self.decode is None and any(r.stop for r in rows):
+            raise ValueError("rows with stop sequences need the Batcher's decode (token ids to text)")
         width = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -140,20 +211,14 @@ class Batcher:
         return out.logits
 
     def _advance(self, rows: list[Row], last_logits: Any) -> list[TokenEvent]:
-        tokens = last_logits.argmax(dim=-1).tolist()
+        tokens = last_logits.argmax(dim=-1).tolist()  # the greedy rows' choice, as it has always been
         events, finished = [], set()
-        for row, token in zip(rows, tokens, strict=True):
-            if token in self.eos_ids:
-                row.finish_reason = "stop"
-                events.append(TokenEvent(row, None))
+        for index, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            if not row.sampling.greedy:
+                token = _sample(row, last_logits[index])
+            if row.take(int(token), self.eos_ids, self.decode):
                 finished.add(id(row))
-                continue
-            row.generated.append(int(token))
-            row._pending = int(token)
-            events.append(TokenEvent(row, int(token)))
-            if len(row.generated) >= row.max_new_tokens:
-                row.finish_reason = "length"
-                finished.add(id(row))
+            events.append(TokenEvent(row, None if token in self.eos_ids else int(token)))
         if finished:
             self._remove(finished)
         return events
@@ -194,6 +259,33 @@ class Batcher:
         for layer in self._cache.layers:
             layer.keys = layer.keys[index][:, :, lead:]
             layer.values = layer.values[index][:, :, lead:]
+
+
+def find_stop(text: str, stop: Sequence[str]) -> int | None:
+    """Where the first of the ``stop`` sequences to appear in ``text`` begins (None: none appears)."""
+    found = [at for at in (text.find(s) for s in stop) if at >= 0]
+    return min(found) if found else None
+
+
+def _sample(row: Row, logits: Any) -> int:
+    """``row``'s next token drawn from its ``logits`` ([vocab]) with its temperature, nucleus and own generator."""
+    import torch
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    sampling = row.sampling
+    if row._generator is None:
+        row._generator = torch.Generator(device=logits.device)
+        if sampling.seed is None:
+            row._generator.seed()
+        else:
+            row._generator.manual_seed(sampling.seed % 2**64)  # the contract's seeds are signed 64-bit
+    scores = logits.float().unsqueeze(0)
+    scores = TemperatureLogitsWarper(float(sampling.temperature or 1.0))(None, scores)
+    if sampling.top_p is not None and sampling.top_p < 1.0:
+        scores = TopPLogitsWarper(float(sampling.top_p))(None, scores)
+    # The row's own generator: no other row shifts its random stream. And multinomial draws a fixed count of
+    # random values per call, whatever the probabilities: a float rounding difference never shifts later draws.
+    return int(torch.multinomial(scores.softmax(dim=-1), 1, generator=row._generator).item())
 
 
 def _left_pad(tensor: Any, count: int, dim: int = 1) -> Any:

@@ -2,14 +2,22 @@
 numbered context cut to a token budget, and generate in one batch even across tenants and adapters (PEFT's
 mixed-adapter batches; the base model for tenants without one).
 
+Only hits whose cosine similarity to the question reaches ``retrieval.min_similarity`` are put in the prompt
+and cited (``PromptFormat.admits``, the filter training and the gate render with too). An answer with such
+hits is ``grounded``; a question with none is answered per ``inference.no_context``: ``abstain`` replies
+``inference.abstain_reply`` without generating, ``answer`` generates without context; either answer says
+``grounded: false`` and cites nothing, and is counted (``streamtune_ungrounded_answers_total``).
+
 A query that cannot be answered gets an answer with an error code instead: ``invalid_query`` (service),
-``unknown_adapter``, ``question_too_long``, ``retrieval_unavailable`` (Weaviate still failing after
-``inference.retrieval_budget_s``), ``internal_error``. One bad query never fails the others of its batch.
+``unknown_tenant`` (a tenant with neither documents nor adapters), ``unknown_adapter``, ``question_too_long``,
+``retrieval_unavailable`` (Weaviate still failing after ``inference.retrieval_budget_s``), ``internal_error``.
+One bad query never fails the others of its batch.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,11 +25,12 @@ from typing import Any
 
 from inference.adapters import AdapterBook, AdapterCache, Announced
 from inference.metrics import ServeMetrics
+from inference.question_drift import QuestionDrift
 from retrieval.client import RetrievalError, address, is_transient
 from retrieval.store import SearchHit
 from streamtune.contracts import Answer, AnswerError, Citation, Query, Usage
 from streamtune.errors import ConfigError, StreamtuneError, UnavailableError
-from streamtune.prompt import PromptFormat, render_prompt
+from streamtune.prompt import Passage, PromptFormat, render_prompt
 from streamtune.retry import Backoff, retrying
 from streamtune.settings import Settings
 
@@ -49,6 +58,10 @@ class _Item:
     adapter: Announced | None = None
     arm: str | None = None
     hits: list[SearchHit] = field(default_factory=list)
+    """The hits that count (at or above ``retrieval.min_similarity``): the prompt's context and the citations."""
+    grounded: bool | None = None
+    abstained: bool = False
+    """No hit counted and ``inference.no_context`` is ``abstain``: answered with the reply, nothing generated."""
     prompt: str = ""
     text: str = ""
     failure: AnswerFailure | None = None
@@ -76,6 +89,7 @@ class Answerer:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model_name = settings.models.base_model
+        self.form = PromptFormat.of(settings)
         self.book = AdapterBook(
             settings.adapters_dir,
             settings.models.base_model,
@@ -83,6 +97,8 @@ class Answerer:
         )
         self.cache = AdapterCache(model, settings.inference.max_loaded_adapters, on_load=self.metrics.adapter_loaded)
         self.cache.on_evict = lambda tenant: self.metrics.adapter_evictions.labels(tenant).inc()
+        self._embedding = threading.Lock()  # the drift references are embedded in a thread of their own
+        self.drift = QuestionDrift(settings, self.metrics.registry, self._embed_texts)
         self._check_context_window(model)
 
     def _check_context_window(self, model: Any) -> None:
@@ -180,22 +196,51 @@ class Answerer:
             if len(self._encode(query.question)) > limit:
                 item.failure = AnswerFailure("question_too_long", f"the question is over {limit} tokens")
 
+    def _embed_texts(self, texts: Sequence[str]) -> list[list[float]]:
+        with self._embedding:
+            return self.retriever.embed(texts)
+
     def _embed_and_retrieve(self, items: list[_Item]) -> None:
         begin = time.perf_counter()
-        vectors = self.retriever.embed([item.query.question for item in items])
+        vectors = self._embed_texts([item.query.question for item in items])
         embedded = (time.perf_counter() - begin) * 1000
+        for item, vector in zip(items, vectors, strict=True):
+            self.drift.observe(item.query.tenant, vector)  # the vector made for retrieval: drift costs no embedding
         inference = self.settings.inference
         deadline = time.monotonic() + inference.retrieval_budget_s
         for item, vector in zip(items, vectors, strict=True):
             item.timings["embed"] = embedded
             mark = time.perf_counter()
             try:
-                item.hits = self._retrieve(item.query, vector, deadline)
+                hits = self._retrieve(item.query, vector, deadline)
+                if not hits and item.adapter is None and not self.retriever.store.has_tenant(item.query.tenant):
+                    item.failure = AnswerFailure(
+                        "unknown_tenant", f"tenant {item.query.tenant} has neither documents nor adapters"
+                    )
             except UnavailableError as exc:
                 item.failure = AnswerFailure("retrieval_unavailable", str(exc))
                 deadline = time.monotonic()  # the rest of the batch fails fast: Weaviate is down
+                hits = []
+            except RetrievalError as exc:  # a tenant lookup failing: the next query retries within the budget
+                item.failure = AnswerFailure("retrieval_unavailable", str(exc))
+                hits = []
             item.timings["retrieve"] = (time.perf_counter() - mark) * 1000
-            item.prompt = self._prompt(item)
+            if item.failure is None:
+                self._ground(item, hits)
+
+    def _ground(self, item: _Item, hits: list[SearchHit]) -> None:
+        """Keep the hits that count; then the prompt, or the abstention when none does."""
+        item.hits = [h for h in hits if self.form.admits(h.similarity)]
+        item.grounded = bool(item.hits)
+        inference = self.settings.inference
+        if not item.grounded:
+            self.metrics.ungrounded.labels(item.query.tenant, inference.no_context).inc()
+            if inference.no_context == "abstain":
+                item.abstained = True
+                item.text = inference.abstain_reply.replace("{tenant}", item.query.tenant)
+                item.finish_reason = "stop"
+                return
+        item.prompt = self._prompt(item)
 
     def _retrieve(self, query: Query, vector: list[float], deadline: float) -> list[SearchHit]:
         weaviate = self.settings.weaviate
@@ -220,14 +265,14 @@ class Answerer:
 
     def _prompt(self, item: _Item) -> str:
         # The one renderer that training and the gate use too: an adapter answers in the format it learnt.
-        form = PromptFormat.of(self.settings.inference)
-        return render_prompt(self.tokenizer, form, item.query.question, [(h.title, h.text) for h in item.hits])
+        passages = [Passage(h.title, h.text, h.similarity) for h in item.hits]
+        return render_prompt(self.tokenizer, self.form, item.query.question, passages)
 
     def _generate(self, items: list[_Item]) -> None:
-        """Generate every prompt, in groups of at most ``max_loaded_adapters`` distinct adapters."""
+        """Generate every prompt (not the abstentions), in groups of at most ``max_loaded_adapters`` adapters."""
         capacity = self.settings.inference.max_loaded_adapters
         groups: list[list[_Item]] = []
-        for item in sorted(items, key=lambda i: AdapterCache.name(i.adapter)):
+        for item in sorted((i for i in items if not i.abstained), key=lambda i: AdapterCache.name(i.adapter)):
             names = {AdapterCache.name(i.adapter) for i in groups[-1]} if groups else set()
             if not groups or len(names | {AdapterCache.name(item.adapter)}) > capacity:
                 groups.append([])
@@ -236,7 +281,18 @@ class Answerer:
             self._generate_group(group)
 
     def _generate_group(self, items: list[_Item]) -> None:
+        """Generate one group's answers, each with its query's controls (``max_tokens``, ``stop``, sampling).
+
+        The greedy rows go through one ``generate``, as always (the benchmarks' yardstick): it runs to the
+        largest budget of the group, and each row's tokens then pass through ``Row.take``, the rule ``serve``'s
+        batcher applies token by token (its own budget, its first stop sequence): for greedy decoding that is
+        what generating the row alone with its controls gives. The sampling rows go through a ``Batcher`` of
+        their own (``_sample_rows``), because ``generate`` draws a whole batch from one random stream: a seed
+        could not make a row's text independent of the rest of its batch. A row cut short (its budget, or
+        ``generate``'s time bound) finishes with ``length``."""
         import torch
+
+        from inference.batching import Row
 
         adapters = {AdapterCache.name(i.adapter): i.adapter for i in items if i.adapter is not None}
         try:
@@ -250,27 +306,62 @@ class Answerer:
                 return
         self.metrics.adapters_loaded.set(len(self.cache.loaded))
         inference = self.settings.inference
-        encoded = self.tokenizer([i.prompt for i in items], return_tensors="pt", padding=True, add_special_tokens=False)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": inference.max_new_tokens,
-            "do_sample": False,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            # a batch must finish well inside the consumer's max.poll.interval, or the group drops this process
-            "max_time": inference.max_poll_interval_s / 2,
-        }
-        if self.cache.loaded:
-            kwargs["adapter_names"] = [AdapterCache.name(i.adapter) for i in items]
-        with torch.no_grad():
-            output = self.cache.model.generate(**encoded, **kwargs)
-        width = encoded["input_ids"].shape[1]
-        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        for row, item in enumerate(items):
-            new = output[row][width:].tolist()
-            cut = next((i for i, token in enumerate(new) if token in ends), None)
-            item.text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
-            item.prompt_tokens = int(encoded["attention_mask"][row].sum())
-            item.completion_tokens = len(new) if cut is None else cut
-            item.finish_reason = "length" if cut is None and len(new) >= inference.max_new_tokens else "stop"
+        # a batch must finish well inside the consumer's max.poll.interval, or the group drops this process
+        deadline = time.monotonic() + inference.max_poll_interval_s / 2
+        rows = [Row.of(i, [], AdapterCache.name(i.adapter), i.query, inference.max_new_tokens) for i in items]
+        greedy = [row for row in rows if row.sampling.greedy]
+        if greedy:
+            encoded = self.tokenizer(
+                [row.key.prompt for row in greedy], return_tensors="pt", padding=True, add_special_tokens=False
+            )
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": max(row.max_new_tokens for row in greedy),
+                "do_sample": False,
+                "pad_token_id": self.tokenizer.pad_token_id,
+                "max_time": inference.max_poll_interval_s / 2,
+            }
+            if self.cache.loaded:
+                kwargs["adapter_names"] = [row.adapter for row in greedy]
+            with torch.no_grad():
+                output = self.cache.model.generate(**encoded, **kwargs)
+            width = encoded["input_ids"].shape[1]
+            ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+            for index, row in enumerate(greedy):
+                row.prompt_ids = encoded["input_ids"][index][-int(encoded["attention_mask"][index].sum()) :].tolist()
+                for token in output[index][width:].tolist():
+                    if row.take(int(token), ends, self._decode):
+                        break
+                else:
+                    row.finish_reason = "length"  # generate stopped first: its time bound
+        self._sample_rows([row for row in rows if not row.sampling.greedy], deadline)
+        for row in rows:
+            item = row.key
+            item.text = self._decode(row.generated)[: row.stop_at].strip()
+            item.prompt_tokens = len(row.prompt_ids)
+            item.completion_tokens = len(row.generated)
+            item.finish_reason = row.finish_reason
+
+    def _sample_rows(self, rows: list[Any], deadline: float) -> None:
+        """Generate sampling ``Row``s in a ``Batcher`` (one prefill, shared steps; each row draws from its own
+        generator, as in ``serve``) until ``deadline`` (monotonic), the group's time bound."""
+        from inference.batching import Batcher
+
+        if not rows:
+            return
+        batcher = Batcher(
+            lambda: self.cache.model,
+            eos_ids=[self.tokenizer.eos_token_id],
+            pad_id=self.tokenizer.pad_token_id,
+            mixed_adapters=lambda: bool(self.cache.loaded),
+            decode=self._decode,
+        )
+        for row in rows:
+            row.prompt_ids = self._encode(row.key.prompt)
+        batcher.add(rows)
+        while len(batcher) and time.monotonic() < deadline:
+            batcher.step()
+        for row in batcher.drop(lambda _: False):
+            row.finish_reason = "length"  # out of time
 
     def _answer(self, item: _Item) -> Answer:
         query = item.query
@@ -289,11 +380,15 @@ class Answerer:
             query_id=query.query_id,
             tenant=query.tenant,
             answer=item.text,
-            citations=[Citation(doc_id=h.doc_id, chunk_id=h.chunk_id, score=round(h.score, 4)) for h in item.hits],
+            citations=[
+                Citation(doc_id=h.doc_id, chunk_id=h.chunk_id, score=round(h.score, 4), similarity=h.similarity)
+                for h in item.hits
+            ],
             adapter_version=item.adapter.version if item.adapter else None,
             model=self.model_name,
             timings_ms=timings,
             arm=item.arm,
             usage=Usage(prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens),
             finish_reason=item.finish_reason,
+            grounded=item.grounded,
         )

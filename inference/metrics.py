@@ -63,6 +63,13 @@ class ServeMetrics:
             ["tenant"],
             registry=r,
         )
+        self.ungrounded = Counter(
+            "streamtune_ungrounded_answers",
+            "Answers to questions with no hit at or above retrieval.min_similarity (grounded: false), by what "
+            "inference.no_context did: abstain (no generation) or answer (generated without context).",
+            ["tenant", "policy"],
+            registry=r,
+        )
         self.running_rows = Gauge("streamtune_serve_running_rows", "Rows in the running generation batch.", registry=r)
         self.deltas = Counter("streamtune_answer_deltas", "Pieces of streamed answers published.", registry=r)
         self.waiting = Gauge(

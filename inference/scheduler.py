@@ -7,9 +7,15 @@ of every running row (``inference.batching.Batcher``) and returns the answers of
 query whose ``deadline`` passed before its generation starts is answered ``deadline_exceeded`` at once,
 without generating, and counted.
 
+Each row generates with its query's controls (``Row.of``): ``max_tokens`` capped by ``inference.max_new_tokens``,
+``stop`` sequences (the answer ends where one first appears, without it) and its ``Sampling`` (``temperature``,
+``top_p``, ``seed``); rows with different controls share the batch.
+
 While a row generates, its text goes to ``on_delta`` as it grows, for a query that asked to ``stream``:
 decoded from all of the row's tokens so far (a character split across tokens is held back until whole), and
-without trailing whitespace, so that the pieces concatenate to exactly the answer's final text.
+without trailing whitespace, so that the pieces concatenate to exactly the answer's final text. A tail of the
+text that a stop sequence could begin with is held back too: no piece ever holds text that turns out to be
+(part of) a stop sequence.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class Scheduler:
             eos_ids=[tokenizer.eos_token_id],
             pad_id=tokenizer.pad_token_id,
             mixed_adapters=lambda: bool(answerer.cache.loaded),
+            decode=answerer._decode,
         )
         self.waiting: deque[Any] = deque()
         self.running: dict[int, _Running] = {}  # id(row) -> what it answers
@@ -76,7 +83,7 @@ class Scheduler:
         items = self.answerer.prepare(queries, received)
         done = []
         for item in items:
-            if item.failure is None:
+            if item.failure is None and not item.abstained:
                 self.waiting.append(item)
             else:
                 done.append(item)
@@ -124,7 +131,7 @@ class Scheduler:
         for item in starting:
             ids = self.answerer._encode(item.prompt)
             item.prompt_tokens = len(ids)
-            row = Row(item, ids, AdapterCache.name(item.adapter), inference.max_new_tokens)
+            row = Row.of(item, ids, AdapterCache.name(item.adapter), item.query, inference.max_new_tokens)
             self.running[id(row)] = _Running(item, now)
             rows.append(row)
         return answers + self._events(self.batcher.add(rows))
@@ -132,21 +139,23 @@ class Scheduler:
     def _events(self, events: list[TokenEvent]) -> list[Answer]:
         finished = []
         for event in events:
-            running = self.running[id(event.row)]
+            row = event.row
+            running = self.running[id(row)]
             item = running.item
             if "first_token" not in item.timings:
                 item.timings["first_token"] = (time.perf_counter() - running.started) * 1000
-            if item.query.stream and event.token is not None:
-                text = _stable(self.answerer._decode(event.row.generated))
-                if len(text) > len(running.emitted) and text.startswith(running.emitted):
-                    self.on_delta(item.query, running.seq, text[len(running.emitted) :])
-                    running.seq += 1
-                    running.emitted = text
-            if event.row.finish_reason is not None:
-                del self.running[id(event.row)]
-                item.text = self.answerer._decode(event.row.generated).strip()
-                item.completion_tokens = len(event.row.generated)
-                item.finish_reason = event.row.finish_reason
+            if row.finish_reason is None:
+                if item.query.stream and event.token is not None:
+                    text = _stable(_held(self.answerer._decode(row.generated), row.stop))
+                    if len(text) > len(running.emitted) and text.startswith(running.emitted):
+                        self.on_delta(item.query, running.seq, text[len(running.emitted) :])
+                        running.seq += 1
+                        running.emitted = text
+            else:
+                del self.running[id(row)]
+                item.text = self.answerer._decode(row.generated)[: row.stop_at].strip()
+                item.completion_tokens = len(row.generated)
+                item.finish_reason = row.finish_reason
                 item.timings["generate"] = (time.perf_counter() - running.started) * 1000
                 if (
                     item.query.stream
@@ -165,6 +174,15 @@ def _late(item: Any, answerer: Answerer) -> Any:
     item.failure = _DEADLINE_PASSED
     answerer.metrics.deadline_exceeded.labels(item.query.tenant).inc()
     return item
+
+
+def _held(text: str, stop: Sequence[str]) -> str:
+    """``text`` without its longest tail that a stop sequence begins with: the next tokens may complete it."""
+    longest = max(map(len, stop), default=0)
+    for start in range(max(len(text) - longest, 0), len(text)):
+        if any(s.startswith(text[start:]) for s in stop):
+            return text[:start]
+    return text
 
 
 def _stable(text: str) -> str:

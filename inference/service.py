@@ -346,6 +346,8 @@ def _take_updates(answerer: Any, updates: list[Any], metrics: Any) -> None:
             )
         elif update.state == "rolled_back":
             log.info("serve: %s: %s rolled back", update.tenant, update.version, extra={"tenant": update.tenant})
+        if rollout.current is not None and rollout.current == update.version:
+            answerer.drift.reference_from(update.tenant, update.manifest)  # what it was trained on
         if rollout.current is not None and rollout.current != previous:
             metrics.serving(update.tenant, rollout.current, previous)
             log.info("serve: %s now uses adapter %s", update.tenant, rollout.current, extra={"tenant": update.tenant})

@@ -18,7 +18,7 @@ from retrieval.client import RetrievalError, is_transient
 from streamtune.errors import ConfigError
 from streamtune.settings import Settings
 
-__all__ = ["ChunkStore", "DocumentChunks", "SearchHit", "chunk_uuid"]
+__all__ = ["ChunkStore", "DocumentChunks", "SearchHit", "chunk_uuid", "cosine"]
 
 _NAMESPACE = uuid.UUID("5b0e4f38-2f55-4b8f-9c39-8f1f3f6a2b7e")
 
@@ -49,6 +49,29 @@ class SearchHit:
     title: str
     text: str
     score: float
+    """Weaviate's hybrid fusion score: a rank within this result list, not comparable across queries."""
+    similarity: float | None = None
+    """Cosine similarity of the chunk's vector to the query's: absolute, so a threshold can say whether anything
+    relevant was found (``retrieval.min_similarity``). None where no query vector was given."""
+
+
+def cosine(a: Sequence[float], b: Sequence[float] | None) -> float | None:
+    """Cosine similarity of two vectors, rounded to 4 places (None: no vector, or a zero one)."""
+    if b is None or len(a) != len(b):
+        return None
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    norm = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return round(float(x @ y) / norm, 4) if norm > 0 else None
+
+
+def _vector_of(found: Any) -> Sequence[float] | None:
+    """The object's vector as the client returns it: one unnamed vector, or ``{"default": [...]}``."""
+    vector = found.vector
+    if isinstance(vector, dict):
+        vector = vector.get("default") or next(iter(vector.values()), None)
+    return vector or None
 
 
 class ChunkStore:
@@ -267,6 +290,8 @@ class ChunkStore:
         if collection is None:
             return []
         try:
+            # the chunks' vectors come back too (k x dimension floats): the similarity is computed here, since
+            # a hybrid query's metadata has only the fused score (its vector distance is not returned)
             result = collection.query.hybrid(
                 query=text,
                 vector=list(map(float, vector)),
@@ -274,6 +299,7 @@ class ChunkStore:
                 limit=k,
                 filters=filters,
                 return_metadata=MetadataQuery(score=True),
+                include_vector=True,
             )
         except Exception as exc:
             raise RetrievalError(f"Weaviate search in {self.name} (tenant {tenant}) failed: {exc}") from exc
@@ -284,9 +310,14 @@ class ChunkStore:
                 title=o.properties.get("title") or "",
                 text=o.properties["text"],
                 score=float(o.metadata.score or 0.0),
+                similarity=cosine(vector, _vector_of(o)),
             )
             for o in result.objects
         ]
+
+    def has_tenant(self, tenant: str) -> bool:
+        """Whether anything was ever indexed for ``tenant`` (a Weaviate tenant exists for it)."""
+        return self._known_tenant(tenant) is not None
 
     def missing(self, tenant: str, doc_ids: set[str]) -> set[str]:
         """Those of ``doc_ids`` that have no chunk in the tenant's index."""

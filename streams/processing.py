@@ -190,8 +190,13 @@ def add_context(result: BatchResult, lookup: ContextLookup) -> None:
 
 
 def passages(hits: Sequence[SearchHit]) -> list[ContextPassage]:
-    """Search hits as they are stored with an example (without the score: a rank is what the prompt uses)."""
-    return [ContextPassage(doc_id=h.doc_id, chunk_id=h.chunk_id, title=h.title, text=h.text) for h in hits]
+    """Search hits as they are stored with an example: in rank order, with their cosine similarity (which
+    ``retrieval.min_similarity`` filters on when the example is rendered, as serve filters its hits), without the
+    fused score (a rank within one result list)."""
+    return [
+        ContextPassage(doc_id=h.doc_id, chunk_id=h.chunk_id, title=h.title, text=h.text, similarity=h.similarity)
+        for h in hits
+    ]
 
 
 def _question(example: TrainingExample) -> str:

@@ -7,10 +7,12 @@ which are the only place a default lives.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -248,6 +250,14 @@ class StreamsSettings(_Section):
 class RetrievalSettings(_Section):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Hybrid search weight: 0 = BM25 only, 1 = vector only.")
     top_k: int = Field(4, ge=1, le=100, description="Chunks returned when a query does not say.")
+    min_similarity: float = Field(
+        0.275,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine similarity of a chunk to the question below which it is not relevant: such hits are "
+        "neither put in the prompt nor cited, and a question with none above it is answered per "
+        "inference.no_context (-1: every hit counts). Chosen from bench/grounding.py (BENCHMARKS.md).",
+    )
 
 
 class ModelSettings(_Section):
@@ -463,6 +473,22 @@ class InferenceSettings(_Section):
         "if it does not contain the answer, say you do not know.",
         description="System message before the numbered context.",
     )
+    prompt_layout: Literal["spotlight", "system"] = Field(
+        "spotlight",
+        description="Where retrieved passages go: spotlight, in the user turn as numbered, delimited blocks that the "
+        "system message declares untrusted reference material; system, in the system message (the format of "
+        "adapters trained before spotlighting, which their manifests record).",
+    )
+    no_context: Literal["abstain", "answer"] = Field(
+        "abstain",
+        description="A question with no hit at or above retrieval.min_similarity: abstain replies abstain_reply "
+        "without generating; answer generates without context. Either way the answer says grounded: false.",
+    )
+    abstain_reply: str = Field(
+        "I can't find that in {tenant}'s documents.",
+        min_length=1,
+        description="The reply when abstaining ({tenant} is replaced by the tenant's name).",
+    )
 
 
 class HttpSettings(_Section):
@@ -555,6 +581,81 @@ class MonitorSettings(_Section):
         description="The monitor environment's python (.venv/monitor/bin/python), with which `streamtune demo` "
         "starts the monitor beside the other services; unset: the demo runs without it.",
     )
+    # Signals and their thresholds (the status page's "Alerts" block, monitor/signals.py). The defaults are the
+    # thresholds of docker/prometheus/alerts.yml, so that the page and Prometheus agree (a test compares them).
+    knowledge_gap_window: int = Field(
+        200,
+        ge=1,
+        description="Knowledge gaps: the share of ungrounded answers (grounded false) among the tenant's last this "
+        "many answers that say whether they were grounded (a count, not a time window, so that sparse traffic "
+        "still gives a figure; answers without grounded, errors and older producers, are not counted).",
+    )
+    knowledge_gap_threshold: float = Field(
+        0.2, ge=0, le=1, description="Knowledge gaps: over threshold when the share is above this (alerts.yml)."
+    )
+    knowledge_gap_questions: int = Field(
+        500, ge=1, description="Knowledge gaps: the last ungrounded questions kept per tenant for grouping."
+    )
+    knowledge_gap_similarity: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Knowledge gaps: two questions share a group when the Jaccard similarity of their word sets "
+        "(lower case, no punctuation, no stopwords) is at least this (lexical: the monitor has no embedding model).",
+    )
+    knowledge_gap_groups: int = Field(10, ge=1, description="Knowledge gaps: groups of questions shown per tenant.")
+    negative_share_threshold: float = Field(
+        0.3, ge=0, le=1, description="Negative feedback: over when a version's negative share is above this."
+    )
+    negative_min_ratings: int = Field(
+        20, ge=1, description="Negative feedback: only versions with at least this many joined ratings count."
+    )
+    negative_active_s: float = Field(
+        3600.0, gt=0, description="Negative feedback: only versions that answered within this long count."
+    )
+    adapter_max_age_s: float = Field(
+        86400.0, gt=0, description="Stale adapter: over when the current adapter was announced longer ago than this…"
+    )
+    stale_min_pending: int = Field(
+        20,
+        ge=1,
+        description="…while at least this many training examples wait (beyond the ranges it was trained on).",
+    )
+    freshness_p99_slo_s: float = Field(
+        30.0, gt=0, description="Freshness: over when event → searchable p99 over the window is above this."
+    )
+    dlq_rate_slo: float = Field(
+        0.05, ge=0, description="Dead letters: over when dead letters per second over the window are above this."
+    )
+    error_ratio_slo: float = Field(
+        0.05, ge=0, le=1, description="Error answers: over when their share of the window's answers is above this."
+    )
+    drift_significance: float = Field(
+        0.01, gt=0, lt=1, description="Question drift: over when serve's drift test p-value is below this."
+    )
+    serve_metrics_urls: tuple[str, ...] = Field(
+        ("http://127.0.0.1:9310/metrics",),
+        description="`serve` /metrics endpoints the question-drift figures are read from (inference.metrics_port; "
+        "one per replica); empty: no drift on the status page.",
+    )
+    serve_metrics_interval_s: float = Field(
+        15.0, gt=0, description="How often serve's /metrics endpoints are read for drift."
+    )
+    serve_metrics_timeout_s: float = Field(5.0, gt=0, description="Timeout of one read of a serve /metrics endpoint.")
+    signals_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the signals are evaluated against their thresholds (the since-when of a signal "
+        "without a record time of its own is as precise as this).",
+    )
+
+    @field_validator("serve_metrics_urls")
+    @classmethod
+    def _http_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"expected http:// or https:// URLs, got {url!r}")
+        return value
 
 
 class FlinkSettings(_Section):
@@ -646,6 +747,54 @@ class LoggingSettings(_Section):
     )
 
 
+@dataclass(frozen=True)
+class DriftConfig:
+    """How the drift test runs. Defaults from ``bench/drift.py`` (BENCHMARKS.md, "Question drift"): with them a
+    change of subject fired at the first or second test after it, in-distribution windows fired at 0.0034
+    against a significance of 0.01, and a test costs about a fifth of embedding one question (BLAS on one
+    thread); testing every 10 questions fired 5 questions sooner at 2.5 times the cost."""
+
+    window: int = field(default=100, metadata={"help": "Latest questions per tenant compared with the reference."})
+    every: int = field(default=25, metadata={"help": "Test after this many new questions of a tenant."})
+    min_window: int = field(default=30, metadata={"help": "Fewest questions in the window for a test to run."})
+    min_reference: int = field(
+        default=20,
+        metadata={"help": "Fewest reference questions for a test to run (the bundled demo trains on 23)."},
+    )
+    max_reference: int = field(
+        default=200,
+        metadata={"help": "Larger references are subsampled to this many (the test's cost grows with the square)."},
+    )
+    permutations: int = field(default=200, metadata={"help": "Permutations behind each p-value."})
+    significance: float = field(default=0.01, metadata={"help": "A p-value below this is drift."})
+    seed: int = field(default=0, metadata={"help": "Seed of the permutations and of subsampling the reference."})
+
+    def __post_init__(self) -> None:
+        for name in ("every", "permutations"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"drift.{name}", getattr(self, name), "use 1 or more")
+        if self.min_window < 2:
+            raise ConfigError("drift.min_window", self.min_window, "use 2 or more (the unbiased MMD needs two)")
+        if self.window < self.min_window:
+            raise ConfigError("drift.window", self.window, f"use at least drift.min_window ({self.min_window})")
+        if self.min_reference < 2:
+            raise ConfigError("drift.min_reference", self.min_reference, "use 2 or more (the unbiased MMD needs two)")
+        if self.max_reference < self.min_reference:
+            raise ConfigError(
+                "drift.max_reference", self.max_reference, f"use at least drift.min_reference ({self.min_reference})"
+            )
+        if not 0 < self.significance < 1:
+            raise ConfigError("drift.significance", self.significance, "use a value between 0 and 1")
+        if 1 / (1 + self.permutations) >= self.significance:
+            raise ConfigError(
+                "drift.permutations",
+                self.permutations,
+                f"use more than {math.ceil(1 / self.significance) - 1}: the smallest p-value, "
+                f"1/(1+permutations), must be below drift.significance ({self.significance}) or nothing ever fires",
+            )
+
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid")
     cache_dir: Path = Field(
@@ -662,6 +811,10 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig,
+        description="Question drift per tenant, computed by `serve` (streamtune/drift.py; each field's help there).",
+    )
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
     stack: StackSettings = Field(default_factory=StackSettings)

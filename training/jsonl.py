@@ -317,7 +317,7 @@ def token_counter(settings: Settings) -> TokenCount:
     from streamtune.models import base_model_source
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_source(settings))
-    form = PromptFormat.of(settings.inference)
+    form = PromptFormat.of(settings)
     encode_text, _ = token_codec(tokenizer)
 
     def count(question: str, answer: str) -> int:

@@ -124,7 +124,7 @@ def _refresh(
         say(f"  {tenant}: the gate scores {len(data.held_out)} new + {added} earlier held-out examples")
 
     parent, baseline = (current.path, current.name) if current else (None, "base model")
-    form = PromptFormat.of(settings.inference)
+    form = PromptFormat.of(settings)
     with tempfile.TemporaryDirectory(prefix="streamtune-train-") as tmp:
         candidate = train_candidate(
             settings, data.examples, parent, Path(tmp), say, prompt=form, feedback=data.feedback

@@ -27,7 +27,7 @@ from typing import Any
 from streamtune.contracts import ChatMessage, TrainingExample
 from streamtune.manifest import PreferenceFigures
 from streamtune.models import sha256_file
-from streamtune.prompt import PromptFormat, conversation
+from streamtune.prompt import Passage, PromptFormat, conversation
 from streamtune.settings import Settings, TrainingSettings
 from training.data import split
 
@@ -170,7 +170,7 @@ def _rendered(
         if not asked or asked[-1]["role"] != "user":
             rendered.append((example.example_id, None, False))
             continue
-        passages = [(p.title, p.text) for p in example.context or []]
+        passages = [Passage(p.title, p.text, p.similarity) for p in example.context or []]
         question, answer, history = asked[-1]["content"], turns[-1]["content"], asked[:-1]
         before, after = conversation(
             tokenizer, prompt, question, passages, answer, history=history, max_length=max_length

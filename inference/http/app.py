@@ -256,6 +256,7 @@ def create_app(
         body: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest)
         tenant, version = parse_model(body.model)
         authorize(access, tenant)
+        await _exists(tenant)
         limit = settings.http.max_in_flight
         if gw.open_completions >= limit:
             metrics.rejected.inc()
@@ -276,6 +277,7 @@ def create_app(
             # serve does not start generating what nobody will wait for any more
             deadline=datetime.now(UTC) + timedelta(seconds=settings.http.answer_timeout_s),
             stream=body.stream,
+            **body.controls(),  # max_tokens, stop, temperature, top_p, seed (checked by the request model)
         )
         size = len(QUERIES.encode(query))
         if size > settings.inference.max_query_bytes:
@@ -430,7 +432,23 @@ def create_app(
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str, request: Request) -> dict[str, Any]:
         access = keys.access(request.headers.get("authorization"))
-        return gw.catalog.entry(model, access)
+        entry = gw.catalog.entry(model, access)
+        await _exists(parse_model(model)[0])
+        return entry
+
+    async def _exists(tenant: str) -> None:
+        """404 ``model_not_found`` for a tenant with neither documents nor adapters, when no API keys are configured
+        (with keys, the keys name the tenants). While Weaviate cannot say, the query goes on: serve decides
+        (``unknown_tenant``)."""
+        if settings.http.api_keys or gw.catalog.knows(tenant):
+            return
+        if await asyncio.to_thread(gw.retrieval.knows, tenant) is False:
+            raise ApiError(
+                404,
+                f"The model {tenant!r} does not exist: tenant {tenant} has neither documents nor adapters",
+                code="model_not_found",
+                param="model",
+            )
 
     @app.post("/v1/retrieve")
     async def retrieve(request: Request) -> dict[str, Any]:

@@ -50,6 +50,11 @@ class ModelCatalog:
                 self._versions.setdefault(update.tenant, {})[update.version] = update
                 self._rollouts[update.tenant] = fold(self._rollouts.get(update.tenant, Rollout()), update)
 
+    def knows(self, tenant: str) -> bool:
+        """Whether an adapter was ever announced for ``tenant``."""
+        with self._lock:
+            return tenant in self._versions
+
     def entries(self, access: Access) -> list[dict[str, Any]]:
         """``/v1/models``: each tenant the key may use (announced ones for an all-tenants key), then its versions."""
         with self._lock:

@@ -44,6 +44,7 @@ class ApiError(Exception):
 
 
 ANSWER_ERRORS: dict[str, tuple[int, ErrorType, str | None]] = {
+    "unknown_tenant": (404, "invalid_request_error", "model"),
     "unknown_adapter": (404, "invalid_request_error", "model"),
     "question_too_long": (400, "invalid_request_error", "messages"),
     "invalid_query": (400, "invalid_request_error", None),
@@ -57,5 +58,7 @@ A code not listed is treated like ``internal_error``, as the contract asks."""
 
 def answer_error(error: AnswerError) -> ApiError:
     status, kind, param = ANSWER_ERRORS.get(error.code, ANSWER_ERRORS["internal_error"])
+    # OpenAI's code for a model that does not exist, which is what a tenant without documents or adapters is
+    code = "model_not_found" if error.code == "unknown_tenant" else error.code
     # A deterministic refusal is not worth a retry; Weaviate may be back by the next attempt.
-    return ApiError(status, error.message, kind=kind, code=error.code, param=param, retry=status == 503)
+    return ApiError(status, error.message, kind=kind, code=code, param=param, retry=status == 503)

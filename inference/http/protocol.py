@@ -1,6 +1,13 @@
 """OpenAI's chat completion protocol as the gateway speaks it: the request bodies (validated, with the field at
 fault named in a 400), ``model`` as ``<tenant>`` or ``<tenant>/<version>``, and the responses built from an
-``Answer`` (pure)."""
+``Answer`` (pure).
+
+The generation controls a chat request may carry go into its ``Query`` (``ChatCompletionRequest.controls``):
+``max_tokens`` or its newer name ``max_completion_tokens`` (at least 1, at most 2**31 - 1; serve caps it at
+``inference.max_new_tokens``; if both are sent they must be equal), ``stop`` (a string or up to 4, none
+empty), ``temperature`` (0 to 2; absent or 0: greedy), ``top_p`` (over 0, at most 1) and ``seed`` (an integer
+of 64 bits). They are checked strictly, as OpenAI does: a string or a float where an integer belongs is a 400
+naming the field, never coerced."""
 
 from __future__ import annotations
 
@@ -10,10 +17,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator
 
 from inference.http.errors import ApiError
-from streamtune.contracts import MAX_ID_CHARS, MAX_QA_CHARS, TENANT_PATTERN, Answer
+from streamtune.contracts import MAX_ID_CHARS, MAX_QA_CHARS, MAX_STOP_SEQUENCES, TENANT_PATTERN, Answer
 
 __all__ = [
     "ChatCompletionRequest",
@@ -31,11 +38,14 @@ __all__ = [
 # A chat body carries the whole conversation although only its last user message is asked; this bounds what
 # one request can make the gateway read (the question itself is bounded by inference.max_query_bytes).
 _MAX_BODY_BYTES = 4 * 1024 * 1024
+# A token budget beyond any model's context is a client's mistake, not a wish to be capped: the bound is a signed
+# 32-bit integer, as OpenAI-compatible servers take it. Anything up to it is capped by inference.max_new_tokens.
+_MAX_TOKENS = 2**31 - 1
 
 
 class _Body(BaseModel):
-    # Unknown fields are ignored, as OpenAI's clients send many (temperature, max_tokens, ...): serve decides
-    # how answers are generated (greedy, inference.max_new_tokens).
+    # Unknown fields are ignored, as OpenAI's clients send many (frequency_penalty, logprobs, user, ...) that
+    # serve does not apply.
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
@@ -60,6 +70,56 @@ class ChatCompletionRequest(_Body):
     stream_options: _StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="One answer per question.")
     top_k: int | None = Field(None, ge=1, le=100, description="streamtune extension: chunks to retrieve.")
+    max_tokens: StrictInt | None = Field(
+        None, ge=1, le=_MAX_TOKENS, description="At most this many answer tokens (capped by the server's limit)."
+    )
+    max_completion_tokens: StrictInt | None = Field(
+        None, ge=1, le=_MAX_TOKENS, description="OpenAI's newer name for max_tokens."
+    )
+    stop: str | list[str] | None = Field(
+        None, description=f"Up to {MAX_STOP_SEQUENCES} sequences that end the answer (not part of it)."
+    )
+    temperature: StrictFloat | None = Field(None, ge=0.0, le=2.0, description="0 or absent: greedy decoding.")
+    top_p: StrictFloat | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling (with a temperature).")
+    seed: StrictInt | None = Field(
+        None, ge=-(2**63), le=2**63 - 1, description="The same seed, question and model give the same answer."
+    )
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_sequences(cls, value: Any) -> Any:
+        # Checked here, not by the union's own errors, so that a 400 names `stop` (not `stop.list[str][1]`).
+        sequences = [value] if isinstance(value, str) else value
+        if isinstance(sequences, list):
+            if len(sequences) > MAX_STOP_SEQUENCES:
+                raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences, not {len(sequences)}")
+            if any(s == "" for s in sequences):
+                raise ValueError("a stop sequence may not be empty")
+            if not all(isinstance(s, str) for s in sequences):
+                raise ValueError("stop is a string or a list of strings")
+        elif value is not None:
+            raise ValueError("stop is a string or a list of strings")
+        return value
+
+    def controls(self) -> dict[str, Any]:
+        """The generation controls as ``Query`` fields; a 400 when ``max_tokens`` and ``max_completion_tokens``
+        disagree (one budget was meant, and which one is unclear)."""
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise ApiError(
+                400,
+                f"max_tokens ({self.max_tokens}) and max_completion_tokens ({self.max_completion_tokens}) differ; "
+                "send one of them (max_completion_tokens is the newer name)",
+                code="invalid_value",
+                param="max_completion_tokens",
+            )
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        return {
+            "max_tokens": self.max_completion_tokens or self.max_tokens,
+            "stop": stop or None,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
 
     def question(self) -> str:
         for index in range(len(self.messages) - 1, -1, -1):
@@ -148,6 +208,7 @@ def _extras(answer: Answer) -> dict[str, Any]:
         "adapter_version": answer.adapter_version,
         "base_model": answer.model,
         "timings_ms": answer.timings_ms,
+        "grounded": answer.grounded,
     }
 
 

@@ -53,6 +53,16 @@ class Retrieval:
             raise ApiError(503, str(exc), kind="server_error", code="retrieval_unavailable") from exc
         return [dataclasses.asdict(hit) for hit in hits]
 
+    def knows(self, tenant: str) -> bool | None:
+        """Whether anything was ever indexed for ``tenant``; None while Weaviate cannot say."""
+        retriever = self._retriever
+        if retriever is None:
+            return None
+        try:
+            return bool(retriever.store.has_tenant(tenant))
+        except Exception:  # unreachable or failing: serve decides instead (unknown_tenant)
+            return None
+
     def _run(self) -> None:
         from retrieval import RetrievalError, Retriever, connect
 

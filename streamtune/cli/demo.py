@@ -38,6 +38,7 @@ QUESTIONS = (
     "How long do I have to return an unused item?",
     "Where do orders ship from?",
     "How much does a basic tune-up cost?",
+    "Who won the football world cup in 2022?",  # off-topic: no document is relevant, so serve abstains
 )
 CHANGED_DOC = "repairs"
 CHANGED_TEXT = (
@@ -321,8 +322,8 @@ def _ask_http(settings: Settings, question: str) -> dict[str, Any]:
 def _show_http(question: str, reply: dict[str, Any]) -> None:
     print(f"\n    Q: {question}", flush=True)
     print(f"    A: {reply['choices'][0]['message']['content']}", flush=True)
-    cited = ", ".join(f"{c['doc_id']} ({c['score']:.2f})" for c in reply.get("citations", []))
-    print(f"       cites: {cited}; model {reply['model']}", flush=True)
+    cited = ", ".join(f"{c['doc_id']} (similarity {c['similarity']:.2f})" for c in reply.get("citations", []))
+    print(f"       cites: {cited or 'nothing'}; grounded: {reply.get('grounded')}; model {reply['model']}", flush=True)
 
 
 def _show(question: str, answer: Any) -> None:
@@ -331,8 +332,8 @@ def _show(question: str, answer: Any) -> None:
         print(f"    error {answer.error.code}: {answer.error.message}", flush=True)
         return
     print(f"    A: {answer.answer}", flush=True)
-    cited = ", ".join(f"{c.doc_id} ({c.score:.2f})" for c in answer.citations)
-    print(f"       cites: {cited}", flush=True)
+    cited = ", ".join(f"{c.doc_id} (similarity {c.similarity or 0:.2f})" for c in answer.citations)
+    print(f"       cites: {cited or 'nothing'}; grounded: {answer.grounded}", flush=True)
     print(
         f"       adapter {answer.adapter_version or 'none (base model)'}; "
         f"{answer.timings_ms.get('total', 0) / 1000:.1f}s in serve",

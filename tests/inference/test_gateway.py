@@ -9,6 +9,7 @@ import io
 import json
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,13 +27,23 @@ from inference.http.catalog import ModelCatalog
 from inference.http.errors import ANSWER_ERRORS, ApiError, answer_error
 from inference.http.protocol import chunk, completion, final_chunks, parse_model
 from streamtune.cli import http as http_cli
-from streamtune.contracts import AdapterUpdate, Answer, AnswerError, Citation, FeedbackRecorded, decode_event, encode
+from streamtune.contracts import (
+    AdapterUpdate,
+    Answer,
+    AnswerError,
+    Citation,
+    FeedbackRecorded,
+    Query,
+    decode,
+    decode_event,
+    encode,
+)
 from streamtune.errors import ConfigError
 from streamtune.harness import ServiceProcess, free_port, isolated_env, query_server, tiny_serving, wait_for
-from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
+from streamtune.kafka import committed_end_offsets, consumer, create_topics, delete_topics, producer, read_range
 from streamtune.manifest import Manifest
 from streamtune.settings import HttpSettings, Settings
-from streamtune.topics import ADAPTER_UPDATES, DOMAIN_EVENTS, topic_name
+from streamtune.topics import ADAPTER_UPDATES, ANSWERS, DOMAIN_EVENTS, QUERIES, topic_name
 
 KEY_ACME = "key-acme"
 KEY_ALL = "key-all"
@@ -609,3 +620,120 @@ def test_a_broker_restart_during_streams_ends_each_stream_and_none_hangs(
         assert live.gateway.running() and live.serve.running()
     finally:
         _close(live)
+
+
+# -- grounded answers, abstentions and unknown tenants (issue 30) ---------------------------------------------
+OFF_TOPIC = "Who won the football world cup in 2022?"
+
+
+@pytest.fixture(scope="module")
+def open_live(
+    stack: Settings,
+    env_settings: Callable[[Mapping[str, str]], Settings],
+    tiny_model: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Live]:
+    """A gateway with no API keys (loopback only) and serve abstaining where nothing is relevant: acme has a
+    refunds document and a shipping one; no other tenant has anything."""
+    from retrieval import Retriever
+    from retrieval.store import DocumentChunks
+
+    live = _live(
+        env_settings,
+        tiny_model,
+        tmp_path_factory.mktemp("grounding"),
+        STREAMTUNE__HTTP__API_KEYS="{}",
+        STREAMTUNE__INFERENCE__NO_CONTEXT="abstain",
+        STREAMTUNE__INFERENCE__METRICS_PORT=str(free_port()),
+    )
+    try:
+        with ThreadPoolExecutor(2) as starting:
+            started = [starting.submit(live.serve.start), starting.submit(live.gateway.start)]
+            with Retriever(live.settings) as retriever:
+                texts = {
+                    "refunds": "Refunds are accepted within 30 days of delivery.",
+                    "shipping": "Orders ship from our Lisbon warehouse by courier.",
+                }
+                vectors = retriever.embed(list(texts.values()))
+                retriever.store.ensure_collection(len(vectors[0]))
+                retriever.store.upsert(
+                    [
+                        DocumentChunks("acme", doc, doc.title(), [text], [vector], f"e-{doc}", "2026-11-21T10:00:00Z")
+                        for (doc, text), vector in zip(texts.items(), vectors, strict=True)
+                    ]
+                )
+            for future in started:
+                future.result()
+        health = live.base_url.removesuffix("/v1") + "/healthz"
+        wait_for(lambda: httpx.get(health, timeout=10).json().get("weaviate") == "ok", 60, "the gateway's Weaviate")
+        yield live
+    finally:
+        _close(live)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_an_off_topic_question_abstains_and_an_in_domain_one_cites_only_what_is_relevant(open_live: Live) -> None:
+    client = open_live.client("any-key")  # no keys configured: loopback access, every tenant
+    threshold = open_live.settings.retrieval.min_similarity
+
+    off = client.chat.completions.create(model="acme", messages=[{"role": "user", "content": OFF_TOPIC}])
+    extra = off.model_extra or {}
+    assert (extra["grounded"], extra["citations"]) == (False, [])
+    assert off.choices[0].message.content == "I can't find that in acme's documents."
+    assert off.usage is not None and off.usage.completion_tokens == 0  # nothing generated
+
+    on = client.chat.completions.create(
+        model="acme", messages=[{"role": "user", "content": "How many days do I have to get a refund?"}]
+    )
+    extra = on.model_extra or {}
+    assert extra["grounded"] is True
+    cited = {c["doc_id"]: c["similarity"] for c in extra["citations"]}
+    assert "refunds" in cited and all(s >= threshold for s in cited.values())
+    assert "shipping" not in cited  # retrieved (top_k 4 of 2 documents) but below the threshold
+
+    # streamed, the abstention still says so in its closing chunk
+    chunks = list(
+        client.chat.completions.create(model="acme", messages=[{"role": "user", "content": OFF_TOPIC}], stream=True)
+    )
+    closing = chunks[-1].model_extra or {}
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert (closing["grounded"], closing["citations"], text) == (False, [], "I can't find that in acme's documents.")
+
+    metrics = httpx.get(f"http://127.0.0.1:{open_live.settings.inference.metrics_port}/metrics", timeout=10).text
+    assert 'streamtune_ungrounded_answers_total{tenant="acme",policy="abstain"} 2.0' in metrics
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_tenant_with_neither_documents_nor_adapters_is_a_model_that_does_not_exist(open_live: Live) -> None:
+    client = open_live.client("any-key")
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-tenant", messages=[{"role": "user", "content": "Tune-up?"}])
+    assert missing.value.code == "model_not_found" and missing.value.param == "model"
+    with pytest.raises(openai.NotFoundError) as listed:
+        client.models.retrieve("no-such-tenant")
+    assert listed.value.code == "model_not_found"
+    assert client.models.retrieve("acme").id == "acme"  # documents make a tenant
+
+    # on the query topic, where no gateway stands in front: an error answer
+    settings = open_live.settings
+    out = producer(settings.kafka)
+    asked = Query(query_id="q-nobody", tenant="no-such-tenant", question="A basic tune-up, how much?")
+    out.produce(topic_name(QUERIES, settings.topics), key=b"q-nobody", value=encode(asked))
+    out.flush(15)
+    reader = consumer(settings.kafka, uuid.uuid4().hex)
+    reader.subscribe([topic_name(ANSWERS, settings.topics)])
+    found = []
+
+    def answered() -> bool:
+        message = reader.poll(0.5)
+        if message is not None and message.error() is None:
+            answer = decode(message.value() or b"", Answer)
+            found.extend([answer] if answer.query_id == "q-nobody" else [])
+        return bool(found)
+
+    wait_for(answered, 120, "the unknown tenant's answer")
+    reader.close()
+    assert len(found) == 1 and found[0].error is not None
+    assert (found[0].error.code, found[0].answer, found[0].citations) == ("unknown_tenant", "", [])

@@ -15,7 +15,15 @@ import pytest
 
 from inference.service import ask
 from streamtune.contracts import AdapterUpdate, ChatMessage, Query, TrainingExample, encode
-from streamtune.harness import ServiceProcess, ingest_job, isolated_env, query_server, tiny_serving, wait_for
+from streamtune.harness import (
+    ServiceProcess,
+    ingest_job,
+    isolated_env,
+    query_server,
+    seed_tenants,
+    tiny_serving,
+    wait_for,
+)
 from streamtune.kafka import consumer, create_topics, delete_topics, producer
 from streamtune.settings import Settings
 from streamtune.topics import (
@@ -52,6 +60,7 @@ class Deployment:
         self.tmp = tmp
         self.settings = load(self.env)
         create_topics(self.settings.kafka, self.settings.topics)
+        seed_tenants(self.settings, ["acme", "t1", "t2", "t3", "t4"])
         self.producer = producer(self.settings.kafka)
 
     def server(self) -> ServiceProcess:

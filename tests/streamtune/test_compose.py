@@ -308,3 +308,50 @@ def test_flink_processes_enable_the_reporter_as_the_local_stack_does(compose: di
         for key, value in prometheus_reporter(port).items():
             assert f"-D {key}={value}" in command, (name, key)
         assert "FLINK_PROPERTIES" not in compose["services"][name]["environment"]  # no script of ours reads it
+
+
+# -- Alerts (docker/prometheus/alerts.yml; promtool tests them in tests/monitor/test_alert_rules.py) ---------------
+# Series the rules watch that no registry serves yet: the alerts on them stay quiet until one does.
+_NOT_YET_SERVED = {
+    "streamtune_question_drift_p_value",  # serve, {tenant}
+}
+
+
+def test_prometheus_loads_the_rules_and_alertmanager_is_a_service(compose: dict, defaults: Settings) -> None:  # type: ignore[type-arg]
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["prometheus"]["volumes"])
+    config_dir = Path(mounts["./docker/prometheus/prometheus.yml"]).parent
+    for rule_file in config["rule_files"]:
+        assert mounts[f"./docker/prometheus/{rule_file}"] == str(config_dir / rule_file), rule_file
+        assert (PROMETHEUS / rule_file).is_file()
+    alertmanager = compose["services"]["alertmanager"]
+    (manager,) = config["alerting"]["alertmanagers"]
+    for target in manager["static_configs"][0]["targets"]:
+        host, _, port = target.rpartition(":")
+        assert host == "alertmanager"
+        assert any(p.endswith(f":{port}") for p in alertmanager["ports"]), target
+        assert f":{port}/-/ready" in " ".join(alertmanager["healthcheck"]["test"])
+    am_mounts = dict(v.split(":")[:2] for v in alertmanager["volumes"])
+    assert am_mounts["./docker/alertmanager/alertmanager.yml"] == "/etc/alertmanager/alertmanager.yml"
+    # its host port is nothing else's, the local stack's KRaft controller port included
+    assert defaults.stack.kafka_controller_port not in _host_ports(alertmanager)
+
+
+def test_no_two_services_share_a_host_port(compose: dict) -> None:  # type: ignore[type-arg]
+    seen: dict[int, str] = {}
+    for name, service in compose["services"].items():
+        for port in _host_ports(service):
+            assert port not in seen, f"{name} and {seen[port]} both bind host port {port}"
+            seen[port] = name
+
+
+def test_every_alert_rule_names_only_metrics_that_exist(existing_metrics: dict[str, set[str]]) -> None:
+    known = set().union(*existing_metrics.values()) | {"up"}  # up: Prometheus's own, per scrape target
+    (group,) = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+    unknown = {
+        f"{rule['alert']}: {name}"
+        for rule in group["rules"]
+        for name in promql_metric_names(rule["expr"])
+        if name not in known | _NOT_YET_SERVED
+    }
+    assert not unknown, f"alert rules watch series nothing serves: {sorted(unknown)}"

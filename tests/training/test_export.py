@@ -116,7 +116,7 @@ def published(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pub
         },
     )
     examples = [_example(i) for i in range(6)]
-    form = PromptFormat.of(settings.inference)
+    form = PromptFormat.of(settings)
     candidate = train_candidate(settings, examples[:5], None, root / "work", say=lambda _: None, prompt=form)
     window = Window({0: (4, 10), 1: (2, 2)}, {0: (0, 4), 1: (0, 2)})
     data = TrainingData(window, NewExamples(examples, [], 0, 0), examples[:5], examples[5:], [])

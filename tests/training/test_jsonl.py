@@ -163,7 +163,7 @@ def test_too_long_is_measured_as_the_trainer_renders_it(tiny_model: Path) -> Non
     settings = load_settings(config_files=[], models={"base_model": str(tiny_model)})
     count = token_counter(settings)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    form = PromptFormat.of(settings.inference)
+    form = PromptFormat.of(settings)
     short, long = ("Refund window?", "30 days."), ("Refund window? " * 20, "Thirty days from delivery. " * 20)
 
     def trainer_tokens(question: str, answer: str) -> int:

@@ -313,7 +313,7 @@ def test_examples_the_trainer_drops_or_truncates_are_named(
     rows, dropped, truncated = fates([short, unanswered, long_answer], None, tokenizer, 64)
     assert (len(rows), dropped, truncated) == (2, ["acme-ex-1"], ["acme-ex-2"])
 
-    form = PromptFormat.of(settings.inference)
+    form = PromptFormat.of(settings)
     rows, dropped, truncated = fates([short, long_context], form, tokenizer, 256)
     assert (len(rows), dropped, truncated) == (2, [], ["acme-ex-3"])  # its context was shortened to fit
     assert fates([short, long_context], form, tokenizer, 4096)[1:] == ([], [])

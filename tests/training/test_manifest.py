@@ -149,7 +149,7 @@ def test_build_manifest_records_the_refresh_and_reads_back_in_the_old_shape(tmp_
     examples = [_example(i) for i in range(6)]
     window = Window({0: (4, 10), 1: (2, 2)}, {0: (0, 4), 1: (0, 2)})
     data = TrainingData(window, NewExamples(examples, ["ex-9"], 1, 0), examples[:5], examples[5:], [])
-    form = PromptFormat.of(settings.inference)
+    form = PromptFormat.of(settings)
     candidate = Candidate(
         adapter, str(base), None, False, "none (disabled by setting)", TrainResult(3, 120, 1.23456, [(1, 2.0)]), form
     )

@@ -36,7 +36,7 @@ def rated(tenant: str, i: int, kind: str, *, label: bool | None = None) -> Train
 
 def test_corrections_ratings_and_thumbs_up_become_labelled_rows(tiny_model: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    form = PromptFormat.of(InferenceSettings(context_tokens=64))
+    form = PromptFormat.of(Settings(inference=InferenceSettings(context_tokens=64)))
     examples = [
         rated("acme", 0, "preference"),
         rated("acme", 1, "rating", label=False),

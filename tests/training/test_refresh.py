@@ -221,7 +221,7 @@ def test_examples_with_context_are_gated_on_enough_evidence_recorded_and_replaye
     assert first.data.new_examples == 24 and first.data.held_out == 5
     assert first.data.evaluation == EvalEvidence(minimum=3, new_held_out=5, earlier_held_out=0)
     assert first.metrics.candidate.held_out.examples == 5
-    assert first.prompt == PromptFormat.of(settings.inference)  # trained and gated as serve prompts
+    assert first.prompt == PromptFormat.of(settings)  # trained and gated as serve prompts
     assert first.data.replay_excludes_held_out and first.gate.quality_tolerance == settings.training.quality_tolerance
 
     publish(settings, "acme", 24, 6, context=POLICY)  # one held out (28): topped up with the newest earlier two

@@ -1,0 +1,182 @@
+"""Question drift in `serve`: each tenant's questions, as serve embeds them anyway, against a reference sample.
+
+The test itself is ``streamtune.drift`` (MMD with a permutation p-value, per tenant). This module feeds it:
+
+- **The questions.** Every question serve embeds for retrieval is observed with that same vector, so drift
+  costs no embedding; a test every ``drift.every`` questions costs a few milliseconds (``bench/drift.py``).
+- **The reference.** When a tenant's current adapter changes, the questions of the examples that version was
+  trained on (its manifest's ``data.ranges`` of ``training-examples``, demonstrations of that tenant) are read
+  and embedded in a background thread, and become the reference; until then, and for a tenant on the base
+  model or with too few such questions, the tenant's first full window is (the tracker's own fallback).
+  Announcements replayed at start-up ask for many references; only each tenant's latest is loaded.
+- **The figures,** on serve's ``/metrics``: ``streamtune_question_drift_statistic``, ``..._p_value`` and
+  ``..._window`` per tenant (NaN statistic and p-value while no test can run, so no alert fires), and
+  ``streamtune_question_drift_untested{tenant,reason}`` (1 for the reason no test ran, e.g. "no reference
+  yet"), so the reason is visible where the figures are.
+
+A failure to read or embed a reference is logged and leaves the tenant on its first-window reference: drift is
+a signal beside answering and never stops it. After a restart the windows start empty and the references are
+loaded again from the announcements, so readings resume after ``drift.min_window`` questions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from streamtune.contracts import TrainingExample, decode
+from streamtune.drift import DriftReading, DriftTracker
+from streamtune.errors import ContractError
+from streamtune.manifest import Manifest
+from streamtune.settings import Settings
+
+__all__ = ["QuestionDrift"]
+
+log = logging.getLogger(__name__)
+
+Embed = Callable[[Sequence[str]], list[list[float]]]
+
+
+class QuestionDrift:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None, embed: Embed) -> None:
+        self.settings = settings
+        self.tracker = DriftTracker(settings.drift)
+        self._embed = embed
+        self._wanted: dict[str, Manifest] = {}  # tenant → the manifest whose questions should be its reference
+        self._lock = threading.Lock()
+        self._ready: queue.Queue[tuple[str, list[list[float]], str]] = queue.Queue()
+        self._signal = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reasons: dict[str, str] = {}
+        self.statistic = Gauge(
+            "streamtune_question_drift_statistic",
+            "MMD² between the tenant's latest questions and its reference (NaN: no test could run).",
+            ["tenant"],
+            registry=registry,
+        )
+        self.p_value = Gauge(
+            "streamtune_question_drift_p_value",
+            "Permutation p-value of the latest drift test (below drift.significance: drift; NaN: no test ran).",
+            ["tenant"],
+            registry=registry,
+        )
+        self.window = Gauge(
+            "streamtune_question_drift_window",
+            "Questions in the tenant's window at its latest drift test.",
+            ["tenant"],
+            registry=registry,
+        )
+        self.untested = Gauge(
+            "streamtune_question_drift_untested",
+            "1 for the reason the tenant's drift could not be tested (no reference yet, too few questions, ...).",
+            ["tenant", "reason"],
+            registry=registry,
+        )
+
+    # -- the serving loop's side --------------------------------------------------------------------
+    def observe(self, tenant: str, vector: Sequence[float] | None) -> DriftReading | None:
+        """Take one question's embedding (serve's thread); the new reading when a test ran."""
+        self._take_references()
+        try:
+            reading = self.tracker.observe(tenant, vector)
+        except Exception:  # a bug here must never cost an answer
+            log.exception("serve: drift: observing a question of %s failed", tenant)
+            return None
+        if reading is not None:
+            self._publish(reading)
+        return reading
+
+    def reference_from(self, tenant: str, manifest: Manifest) -> None:
+        """Ask for ``manifest``'s training questions as the tenant's reference (loaded in the background)."""
+        with self._lock:
+            self._wanted[tenant] = manifest
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._load_references, name="serve-drift", daemon=True)
+            self._thread.start()
+        self._signal.set()
+
+    def _take_references(self) -> None:
+        while True:
+            try:
+                tenant, vectors, source = self._ready.get_nowait()
+            except queue.Empty:
+                return
+            self.tracker.set_reference(tenant, vectors, source)
+            self._publish(self.tracker.reading(tenant))
+
+    def _publish(self, reading: DriftReading) -> None:
+        tenant = reading.tenant
+        nan = math.nan
+        self.statistic.labels(tenant).set(reading.statistic if reading.statistic is not None else nan)
+        self.p_value.labels(tenant).set(reading.p_value if reading.p_value is not None else nan)
+        self.window.labels(tenant).set(reading.window)
+        reason = (reading.reason or "").split(" (")[0]  # without its counts: one series per kind of reason
+        previous = self._reasons.get(tenant)
+        if previous is not None and previous != reason:
+            self.untested.remove(tenant, previous)  # a tested tenant has no such series left
+        if reason:
+            self.untested.labels(tenant, reason).set(1)
+            self._reasons[tenant] = reason
+        else:
+            self._reasons.pop(tenant, None)
+        if reading.drifted:
+            log.warning(
+                "serve: questions of %s drifted from its %s reference (MMD² %.4f, p %.4f, window %d)",
+                tenant,
+                reading.reference_source,
+                reading.statistic,
+                reading.p_value,
+                reading.window,
+                extra={"tenant": tenant},
+            )
+
+    # -- the background thread --------------------------------------------------------------------
+    def _load_references(self) -> None:
+        while True:
+            self._signal.wait()
+            self._signal.clear()
+            while True:
+                with self._lock:
+                    if not self._wanted:
+                        break
+                    tenant, manifest = self._wanted.popitem()
+                try:
+                    questions = self._questions(tenant, manifest)
+                    vectors = self._embed(questions) if questions else []
+                except Exception as exc:  # Kafka or the embedder failing: the first window stays the reference
+                    log.warning(
+                        "serve: drift: could not read the questions %s %s was trained on (%s); its first window "
+                        "of questions is its reference meanwhile",
+                        tenant,
+                        manifest.version,
+                        exc,
+                        extra={"tenant": tenant},
+                    )
+                    continue
+                self._ready.put((tenant, vectors, f"{manifest.version} training questions"))
+
+    def _questions(self, tenant: str, manifest: Manifest) -> list[str]:
+        """The questions of the tenant's demonstrations in the version's new examples (at most
+        ``drift.max_reference`` x 4 read, the tracker subsamples)."""
+        from streamtune.kafka import read_range
+
+        questions: list[str] = []
+        limit = self.settings.drift.max_reference * 4
+        for message in read_range(self.settings.kafka, manifest.data.topic, manifest.data.ranges):
+            try:
+                example = decode(message.value() or b"", TrainingExample)
+            except ContractError:
+                continue
+            if example.tenant != tenant or example.kind not in (None, "demonstration"):
+                continue
+            asked = [m.content for m in example.messages if m.role == "user"]
+            if asked:
+                questions.append(asked[-1])
+            if len(questions) >= limit:
+                break
+        return questions

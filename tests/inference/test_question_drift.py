@@ -1,0 +1,93 @@
+"""Question drift in serve: the figures on /metrics, the reason while no test can run, and the reference read
+from the topic offsets of the current adapter's manifest (the test itself: tests/streamtune/test_drift.py)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from inference.question_drift import QuestionDrift
+from streamtune.contracts import ChatMessage, TrainingExample, encode
+from streamtune.harness import sample_manifest, wait_for
+from streamtune.kafka import create_topics, delete_topics, producer
+from streamtune.settings import DriftConfig, Settings, load_settings
+from streamtune.topics import TRAINING_EXAMPLES, topic_name
+
+SMALL = DriftConfig(window=40, every=10, min_window=20, min_reference=20, permutations=200, significance=0.01)
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def _gaussian(rng: np.random.Generator, rows: int, shift: float = 0.0) -> list[list[float]]:
+    return (rng.standard_normal((rows, 8)) + shift).tolist()  # type: ignore[no-any-return]
+
+
+def test_figures_per_tenant_and_the_reason_while_none_can_be_tested() -> None:
+    registry = CollectorRegistry()
+    drift = QuestionDrift(Settings(drift=SMALL), registry, embed=lambda texts: [])
+    rng = np.random.default_rng(3)
+    for vector in _gaussian(rng, 40):  # the first full window becomes acme's reference
+        drift.observe("acme", vector)
+    assert _value(registry, "streamtune_question_drift_untested", tenant="acme", reason="no reference yet") is None
+    readings = [drift.observe("acme", v) for v in _gaussian(rng, 40, shift=1.5)]  # another subject
+    assert any(r is not None and r.drifted for r in readings)
+    untested = next(m for m in registry.collect() if m.name == "streamtune_question_drift_untested").samples
+    assert [s.labels for s in untested if s.labels["tenant"] == "acme"] == []  # tested: no reason left
+    p_value = _value(registry, "streamtune_question_drift_p_value", tenant="acme")
+    assert p_value is not None and p_value < 0.01
+    assert (_value(registry, "streamtune_question_drift_statistic", tenant="acme") or 0) > 0
+    assert _value(registry, "streamtune_question_drift_window", tenant="acme") == 40
+
+    for vector in _gaussian(rng, 10):  # beta: too few questions for anything
+        drift.observe("beta", vector)
+    drift.observe("beta", None)  # an empty question: skipped, no exception
+    assert math.isnan(_value(registry, "streamtune_question_drift_p_value", tenant="beta") or 0.0)
+    assert _value(registry, "streamtune_question_drift_untested", tenant="beta", reason="no reference yet") == 1
+
+
+def _example(tenant: str, i: int, question: str) -> TrainingExample:
+    return TrainingExample(
+        example_id=f"{tenant}-{i}",
+        tenant=tenant,
+        source_event_id=f"e-{tenant}-{i}",
+        messages=[ChatMessage(role="user", content=question), ChatMessage(role="assistant", content="Yes.")],
+    )
+
+
+@pytest.mark.integration
+def test_the_reference_is_what_the_current_adapter_was_trained_on(stack: Settings) -> None:
+    settings = load_settings(config_files=[], topics={"prefix": f"drift-{uuid.uuid4().hex[:8]}."}, drift=SMALL)
+    create_topics(settings.kafka, settings.topics)
+    topic = topic_name(TRAINING_EXAMPLES, settings.topics)
+    try:
+        out = producer(settings.kafka)
+        for i in range(24):
+            out.produce(topic, partition=0, key=b"acme", value=encode(_example("acme", i, f"acme question {i}?")))
+            out.produce(topic, partition=0, key=b"beta", value=encode(_example("beta", i, f"beta question {i}?")))
+        assert out.flush(15) == 0
+        embedded: list[str] = []
+
+        def embed(texts: Sequence[str]) -> list[list[float]]:
+            embedded.extend(texts)
+            return [[float(len(t)), float(i), 1.0] for i, t in enumerate(texts)]
+
+        drift = QuestionDrift(settings, CollectorRegistry(), embed)
+        manifest = sample_manifest("acme", "v0001", data={"topic": topic, "ranges": {0: (0, 48)}})
+        drift.reference_from("acme", manifest)
+
+        def loaded() -> bool:
+            drift.observe("acme", [1.0, 2.0, 3.0])  # references are taken on serve's thread, between questions
+            return drift.tracker.reading("acme").reference_source == "v0001 training questions"
+
+        wait_for(loaded, 60, "acme's reference")
+        assert drift.tracker.reading("acme").reference == 24  # acme's questions only, every one
+        assert sorted(embedded) == sorted(f"acme question {i}?" for i in range(24))
+    finally:
+        delete_topics(settings.kafka, settings.topics)
