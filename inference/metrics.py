@@ -59,7 +59,13 @@ class ServeMetrics:
         )
         self.deadline_exceeded = Counter(
             "streamtune_deadline_exceeded",
-            "Queries answered deadline_exceeded: their deadline passed before generation started (none generated).",
+            "Queries answered deadline_exceeded: their deadline passed before or during generation.",
+            ["tenant"],
+            registry=r,
+        )
+        self.generation_cut = Counter(
+            "streamtune_generation_cut",
+            "Rows stopped mid-generation because their query's deadline passed (also in deadline_exceeded).",
             ["tenant"],
             registry=r,
         )

@@ -5,7 +5,8 @@ those that fit into the running batch (``inference.max_batch`` rows, the adapter
 ``inference.max_loaded_adapters``); the rest wait in arrival order for a free slot. ``step`` decodes one token
 of every running row (``inference.batching.Batcher``) and returns the answers of the rows that ended. A
 query whose ``deadline`` passed before its generation starts is answered ``deadline_exceeded`` at once,
-without generating, and counted.
+without generating, and counted; a row whose deadline passes while it generates is stopped at the next step
+and answered the same (``streamtune_generation_cut_total``).
 
 Each row generates with its query's controls (``Row.of``): ``max_tokens`` capped by ``inference.max_new_tokens``,
 ``stop`` sequences (the answer ends where one first appears, without it) and its ``Sampling`` (``temperature``,
@@ -90,13 +91,31 @@ class Scheduler:
         return self.answerer.finish(done) + self._start()
 
     def step(self) -> list[Answer]:
-        """One decoding step of the running batch; the answers of the rows that ended, then start waiting ones."""
+        """One decoding step of the running batch; the answers of the rows that ended, then start waiting ones.
+        Rows whose deadline passed while they generated stop first: nobody waits for them any more."""
+        cut = self._cut_expired()
         if self.batcher.rows:
             self.answerer.metrics.batch_size.observe(len(self.batcher))
         finished = self._events(self.batcher.step())
-        return finished + self._start()
+        return cut + finished + self._start()
 
     # -- internals --------------------------------------------------------------------------------
+    def _cut_expired(self) -> list[Answer]:
+        """Take the rows whose query's deadline has passed out of the batch, answered ``deadline_exceeded`` (its
+        asker has gone: the gateway answered it 503 at its timeout), so that no more tokens are spent on them."""
+        gone = self.batcher.drop(lambda row: not _expired(row.key.query))
+        items = []
+        for row in gone:
+            item = self.running.pop(id(row)).item
+            item.failure = AnswerFailure(
+                "deadline_exceeded",
+                f"the query's deadline passed during its generation; stopped after {len(row.generated)} tokens",
+            )
+            self.answerer.metrics.deadline_exceeded.labels(item.query.tenant).inc()
+            self.answerer.metrics.generation_cut.labels(item.query.tenant).inc()
+            items.append(item)
+        return self.answerer.finish(items)
+
     def _start(self) -> list[Answer]:
         """Start waiting items while there are slots and room for their adapters; the expired are answered."""
         inference = self.answerer.settings.inference

@@ -1,7 +1,9 @@
 """`streamtune monitor`: a faust-streaming application that reads ``queries``, ``answers``,
-``adapter-updates``, ``domain-events`` (documents for freshness, ratings for live quality) and
-``domain-events.dlq`` and serves ``/metrics`` and a status page per tenant. It writes nothing, so a stall of
-its own can never touch data:
+``adapter-updates``, ``domain-events`` (documents for freshness, ratings for live quality),
+``domain-events.dlq`` and ``training-examples`` (examples waiting for a refresh) and serves ``/metrics`` and a
+status page per tenant, with the signals over their thresholds (``monitor/signals.py``); question drift is read
+from `serve`'s own /metrics (``monitor.serve_metrics_urls``). It writes nothing, so a stall of its own can
+never touch data:
 
 - no faust tables (they would create and write changelog topics): the state is ``monitor.state`` in memory,
   rebuilt from the topics at every start;
@@ -25,7 +27,9 @@ import logging
 import ssl
 import tempfile
 import time
+import urllib.request
 import uuid
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor.metrics import MonitorMetrics
 from monitor.page import index_page, loss_curve_file, status_page, stored_versions
+from monitor.signals import DriftSource, parse_drift
 from monitor.state import MonitorState, PendingDocument
 from streamtune.contracts import DocumentDeleted, DocumentUpserted, FeedbackRecorded, decode_event
 from streamtune.dlq import DeadLetter
@@ -48,11 +53,12 @@ from streamtune.topics import (
     DOMAIN_EVENTS,
     DOMAIN_EVENTS_DLQ,
     QUERIES,
+    TRAINING_EXAMPLES,
     TopicSpec,
     topic_name,
 )
 
-__all__ = ["READY", "Monitor", "broker_options", "main"]
+__all__ = ["READY", "Monitor", "broker_options", "main", "read_drift"]
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +153,16 @@ class Monitor:
             (ADAPTER_UPDATES, lambda e, at: state.on_adapter_update(ADAPTER_UPDATES.decode(e.message.value), at)),
             (DOMAIN_EVENTS_DLQ, self._on_dead_letter),
             (DOMAIN_EVENTS, self._on_domain_event),  # ratings always, documents for freshness
+            (TRAINING_EXAMPLES, self._on_training_example),
         ]
         for spec, handle in handlers:
             app.agent(self._topic(spec), name=f"read-{spec.name}")(self._reader(spec, handle))
         if self.settings.monitor.freshness:
             app.timer(1.0)(self._look_up_freshness)
+        if self.settings.monitor.serve_metrics_urls:
+            app.timer(self.settings.monitor.serve_metrics_interval_s)(self._read_drift)
+        # evaluated between page views too, so that a since-when not told by the records is this precise
+        app.timer(self.settings.monitor.signals_interval_s)(self._evaluate_signals)
         app.task(self._announce_ready)
         self._pages()
 
@@ -195,6 +206,23 @@ class Monitor:
             self.state.on_document(parsed, at, message.partition, message.offset)
         elif freshness and isinstance(parsed, DocumentDeleted):
             self.state.on_document_deleted(parsed.tenant, parsed.data.doc_id)
+
+    def _on_training_example(self, event: Any, at: float) -> None:
+        message = event.message
+        example = TRAINING_EXAMPLES.decode(message.value)
+        self.state.on_training_example(example, at, message.partition, message.offset)
+
+    async def _evaluate_signals(self) -> None:
+        self.state.alerts()
+
+    # -- question drift, from serve ------------------------------------------------------------------
+    async def _read_drift(self) -> None:
+        conf = self.settings.monitor
+        for url in conf.serve_metrics_urls:
+            source = await asyncio.to_thread(read_drift, url, conf.serve_metrics_timeout_s)
+            if source.error is not None and self.state.drift.get(url, source).error is None:
+                log.warning("drift: %s unreachable (%s); shown as such on the status pages", url, source.error)
+            self.state.on_drift(source)
 
     async def _announce_ready(self) -> None:
         while not self.app.consumer.assignment():
@@ -287,6 +315,17 @@ class Monitor:
         return 0
 
 
+def read_drift(url: str, timeout_s: float) -> DriftSource:
+    """One read of a serve /metrics endpoint: its drift figures, or why there are none. Never raises: an
+    unreachable serve is shown as such on the page, not alerted on (Prometheus's ``up`` covers serve)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # http(s) only: the setting is checked
+            text = response.read().decode("utf-8")
+        return DriftSource(url, time.time(), parse_drift(text))
+    except (OSError, ValueError, HTTPException) as exc:  # URLError, HTTPError, timeouts: OSErrors; bad text: ValueError
+        return DriftSource(url, time.time(), error=f"{type(exc).__name__}: {exc}")
+
+
 def _check(settings: Settings) -> None:
     conf = settings.monitor
     if conf.port == settings.http.port or conf.port in (
@@ -299,7 +338,9 @@ def _check(settings: Settings) -> None:
 
 def _check_topics(settings: Settings) -> None:
     """The topics must exist: the monitor creates none, and faust would wait for them without a word."""
-    specs: list[TopicSpec[Any]] = [QUERIES, ANSWERS, ADAPTER_UPDATES, DOMAIN_EVENTS, DOMAIN_EVENTS_DLQ]
+    specs: list[TopicSpec[Any]] = [
+        QUERIES, ANSWERS, ADAPTER_UPDATES, DOMAIN_EVENTS, DOMAIN_EVENTS_DLQ, TRAINING_EXAMPLES,
+    ]  # fmt: skip
     try:
         existing = admin_client(settings.kafka).list_topics(timeout=settings.kafka.request_timeout_s).topics
     except KafkaException as exc:

@@ -1,5 +1,8 @@
 """Every series `streamtune monitor` publishes on ``/metrics``, declared once, on a registry of its own.
 
+Every name starts with ``PREFIX`` but ``streamtune_knowledge_gap_ratio``, which the alert rules name so (it is a
+figure of the service, not of the monitor: the monitor just happens to be what can compute it).
+
 ``NAMES`` lists the series as Prometheus shows them (a counter ``x`` appears as ``x_total``, a histogram
 ``x`` as ``x_bucket``/``x_sum``/``x_count``); dashboards and their tests import it instead of spelling names.
 Importing this module creates nothing: ``MonitorMetrics(registry)`` makes the series on the given registry.
@@ -9,9 +12,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["LATENCY_BUCKETS", "NAMES", "PREFIX", "MonitorMetrics"]
+__all__ = ["KNOWLEDGE_GAP_RATIO", "LATENCY_BUCKETS", "NAMES", "PREFIX", "MonitorMetrics"]
 
 PREFIX = "streamtune_monitor_"
+KNOWLEDGE_GAP_RATIO = "streamtune_knowledge_gap_ratio"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, float("inf"))
 FRESHNESS_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, float("inf"))
 PROMOTION_BUCKETS = (1, 5, 10, 30, 60, 300, 900, 3600, float("inf"))
@@ -43,6 +47,8 @@ NAMES = (
     f"{PREFIX}feedback_ignored",
     f"{PREFIX}feedback_unknown",
     f"{PREFIX}canary_percent",
+    f"{PREFIX}adapter_age_seconds",
+    KNOWLEDGE_GAP_RATIO,
 )
 """The metric families (histograms by their base name)."""
 
@@ -124,6 +130,17 @@ class MonitorMetrics:
         self.canary_percent = Gauge(
             f"{p}canary_percent", "Share of the tenant's queries its running canary answers (absent: no canary).",
             ["tenant", "version"], registry=r,
+        )  # fmt: skip
+        self.adapter_age = Gauge(
+            f"{p}adapter_age_seconds",
+            "Seconds since the announcement of the tenant's current adapter (NaN: the base model serves it).",
+            ["tenant"], registry=r,
+        )  # fmt: skip
+        self.knowledge_gap_ratio = Gauge(
+            KNOWLEDGE_GAP_RATIO,
+            "Share of ungrounded answers (no document passed retrieval.min_similarity) among the tenant's last "
+            "monitor.knowledge_gap_window answers that say (NaN: none yet).",
+            ["tenant"], registry=r,
         )  # fmt: skip
 
 

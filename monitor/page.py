@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from monitor.signals import Alert, Reading
 from monitor.state import AdapterRecord, LiveVersion, MonitorState, manifest_figures
 from streamtune.contracts import TENANT_PATTERN
 from streamtune.errors import ContractError
@@ -36,6 +37,7 @@ table { border-collapse: collapse; margin: .5em 0; }
 td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } .num { text-align: right; font-variant-numeric: tabular-nums; }
 .ok { color: #176117; } .bad { color: #a01919; } .muted { color: #777; }
+tr.alert td:first-child { color: #a01919; font-weight: bold; }
 img.loss { max-width: 320px; display: block; } td.figures { white-space: nowrap; }
 """
 
@@ -52,6 +54,21 @@ def _seconds(value: float | None) -> str:
     if value is None or math.isnan(value):
         return "—"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _span(seconds: float) -> str:
+    """A duration for people: 45 s, 12 min, 3 h 05 min, 2 d 4 h."""
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -112,6 +129,7 @@ def stored_versions(adapters_dir: Path, tenant: str, limit: int = 20) -> list[Ma
 
 def index_page(state: MonitorState) -> str:
     rows = []
+    alerts = state.alerts()
     for name in sorted(state.tenants):
         tenant = state.tenants[name]
         current = tenant.current
@@ -119,11 +137,12 @@ def index_page(state: MonitorState) -> str:
             f'<tr><td><a href="/status/{quote(name, safe="")}">{_e(name)}</a></td>'
             f"<td>{_e(current.version) if current else '—'}</td><td class=num>{tenant.queries}</td>"
             f"<td class=num>{tenant.answers}</td><td class=num>{tenant.errors}</td>"
-            f"<td class=num>{tenant.dead_letters}</td></tr>"
+            f"<td class=num>{tenant.dead_letters}</td>"
+            f"<td>{_e(', '.join(sorted({a.reading.alert for a in alerts.get(name, [])})) or 'none')}</td></tr>"
         )
     table = (
         "<table><tr><th>tenant</th><th>current adapter</th><th>queries</th><th>answers</th><th>errors</th>"
-        "<th>dead letters</th></tr>" + "".join(rows) + "</table>"
+        "<th>dead letters</th><th>alerts</th></tr>" + "".join(rows) + "</table>"
         if rows
         else "<p class=muted>No records read yet.</p>"
     )
@@ -200,6 +219,80 @@ def _live_quality(state: MonitorState, tenant: str) -> str:
     return table
 
 
+_ALERT_LABELS = {
+    "QuestionDrift": "question drift (serve's test p-value)",
+    "KnowledgeGaps": "knowledge gaps (ungrounded answers)",
+    "NegativeFeedback": "negative feedback",
+    "StaleAdapter": "stale adapter (age)",
+    "FreshnessSLO": "event → searchable p99",
+    "DeadLetterRate": "dead letters",
+    "ErrorAnswers": "error answers",
+}
+
+
+def _value(reading: Reading, value: float) -> str:
+    if reading.unit == "share":
+        return f"{value:.1%}"
+    if reading.unit == "seconds":
+        return _seconds(value) if value < 120 else _span(value)
+    if reading.unit == "per_second":
+        return f"{value:.4f} /s"
+    return f"{value:.2g}"
+
+
+def _alerts(state: MonitorState, alerts: Sequence[Alert]) -> str:
+    """Each signal over its threshold: its value, threshold and since when; "none" when none is. The rule of
+    alerts.yml it mirrors is named: Prometheus fires it once it has been over for the rule's ``for:``."""
+    now = state.clock()
+    rows = []
+    for alert in sorted(alerts, key=lambda a: (a.since, a.reading.alert, a.reading.subject)):
+        r = alert.reading
+        what = _ALERT_LABELS.get(r.alert, r.alert) + (f" of {_version_name(r.subject)}" if r.subject else "")
+        key = r.alert + (f"-{r.subject}" if r.subject else "")
+        relation = "&lt;" if r.unit == "p_value" else "&gt;"
+        rows.append(
+            f'<tr class=alert id="alert-{_e(key)}"><td>{_e(what)}</td><td><code>{_e(r.alert)}</code></td>'
+            f"<td class=num>{_e(_value(r, r.value))}{' ' + _e(r.detail) if r.detail else ''}</td>"
+            f"<td class=num>{relation} {_e(_value(r, r.threshold))}</td>"
+            f"<td>{_when(alert.since)} (for {_span(now - alert.since)})</td></tr>"
+        )
+    block = (
+        "<table><tr><th>signal</th><th>rule</th><th>value</th><th>threshold</th><th>over since</th></tr>"
+        + "".join(rows) + "</table>"
+        if rows
+        else "<p id=alerts-none>none</p>"
+    )  # fmt: skip
+    unreachable = state.drift_unreachable()
+    if unreachable:
+        urls = ", ".join(f"{_e(source.url)} ({_e(source.error)})" for source in unreachable)
+        block += f"<p class=muted id=drift-unreachable>drift: serve metrics unreachable: {urls}</p>"
+    return f"<div id=alerts>{block}</div>"
+
+
+def _knowledge_gaps(state: MonitorState, tenant: str) -> str:
+    data = state.tenants[tenant]
+    ratio = data.knowledge_gap_ratio
+    shown = "—" if ratio is None else f"{ratio:.1%}"
+    head = (
+        f"<p>Answered without a document that passed the retrieval threshold: <b id=knowledge-gap-ratio>{shown}</b>"
+        f" of the last {len(data.grounded)} answers that say (at most {state.settings.knowledge_gap_window}; "
+        "error answers and answers of older producers do not say).</p>"
+    )
+    groups = state.gap_groups(tenant)
+    if not groups:
+        return head + "<p class=muted id=gap-groups-none>No ungrounded question read.</p>"
+    rows = "".join(
+        f"<tr class=gap-group><td class=num>{group.count}</td><td>{_e(group.representative)}</td>"
+        f"<td>{'<br>'.join(_e(example) for example in group.examples)}</td></tr>"
+        for group in groups
+    )
+    return (
+        head + f"<p class=muted>The last {len(data.gap_questions)} ungrounded questions, grouped by shared words: "
+        "what to write a document about.</p><table id=gap-groups><tr><th>asked</th><th>question</th>"
+        f"<th>also asked as</th></tr>{rows}</table>"
+    )
+
+
 def _adapter_row(tenant: str, record: AdapterRecord, role: str, with_curves: bool) -> str:
     verdict = "promoted" if record.promoted else "rejected"
     figures = "<br>".join(
@@ -260,6 +353,10 @@ def status_page(state: MonitorState, tenant: str, *, with_curves: bool, stored: 
 <tr><td>dead letters</td><td class=num id=dlq-rate>{_number(figures["dlq_per_s"], 4)} /s</td></tr>
 <tr><td>promotion → first answer</td><td class=num id=promotion>
 {_seconds(figures["promotion_to_first_answer_s"])}</td></tr>
+<tr><td>current adapter's age</td><td class=num id=adapter-age>
+{"—" if figures["adapter_age_s"] is None else _span(figures["adapter_age_s"])}</td></tr>
+<tr><td>training examples waiting for it</td><td class=num id=pending-examples>
+{figures["pending_examples"]:.0f}</td></tr>
 </table>
 <p class=muted>Since start: {data.queries} queries, {data.answers} answers, {data.errors} errors,
 {data.dead_letters} dead letters.</p>"""
@@ -294,7 +391,11 @@ def status_page(state: MonitorState, tenant: str, *, with_curves: bool, stored: 
     body = f"""<p><a href="/">all tenants</a></p>
 <h1>Tenant <span id=tenant>{_e(tenant)}</span></h1>
 <p>Current adapter: <b id=current-adapter>{_e(current.version) if current else "none (base model)"}</b></p>
+<h2>Alerts</h2>
+{_alerts(state, state.alerts().get(tenant, []))}
 <h2>Service levels</h2>{summary}
+<h2>Knowledge gaps</h2>
+{_knowledge_gaps(state, tenant)}
 <h2>Live quality</h2>
 <p class=muted>Users' ratings joined to the answers they rate, since the beginning of the topics.</p>
 {_live_quality(state, tenant)}

@@ -26,6 +26,16 @@ The figures:
   joins with, so that the page shows the figures the decision is taken on.
 - freshness (event → searchable): a ``document.upserted`` record's timestamp → the time Weaviate last wrote
   the document's first chunk, once that chunk carries the event's id (the app looks it up, rate-limited).
+- knowledge gaps: the share of ungrounded answers (``grounded`` false: no document passed serve's
+  ``retrieval.min_similarity``; the threshold is applied once, by serve) among the tenant's last
+  ``monitor.knowledge_gap_window`` answers that say (a count window: sparse traffic still gives a figure;
+  error answers and older producers, ``grounded`` None, are not counted), and the last
+  ``monitor.knowledge_gap_questions`` ungrounded questions, joined from ``queries`` by ``query_id``;
+- adapter age and pending examples: seconds since the announcement of the tenant's current adapter, and the
+  ``training-examples`` records beyond the offsets it was trained on (its manifest's ``trained_up_to``): the
+  trainer's own definition of pending (``training/watch.py``), whichever of the two topics is read first;
+- the signals against their thresholds, and since when (``monitor/signals.py``), with question drift as
+  ``serve`` publishes it (``on_drift``: the app reads serve's /metrics).
 
 Every other map that waits for a partner is bounded by ``monitor.max_pending``: the oldest entries go first.
 """
@@ -44,7 +54,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.metrics import MonitorMetrics
-from streamtune.contracts import TENANT_PATTERN, AdapterUpdate, Answer, DocumentUpserted, FeedbackRecorded, Query
+from monitor.signals import Alert, DriftSource, GapGroup, Reading, SinceWhen, group_questions
+from streamtune.contracts import (
+    TENANT_PATTERN,
+    AdapterUpdate,
+    Answer,
+    DocumentUpserted,
+    FeedbackRecorded,
+    Query,
+    TrainingExample,
+)
 from streamtune.dlq import DeadLetter
 from streamtune.manifest import Manifest
 from streamtune.quality import BASE, IGNORED_REASONS, Figures, LiveQuality
@@ -66,6 +85,9 @@ __all__ = [
 ]
 
 UNKNOWN_TENANT = "(unknown)"
+_QUESTION_CHARS = 500
+"""Of a question waiting for its answer, or kept as a knowledge gap, the first this many characters are kept
+(a question may be 64 KiB; the page shows questions, it does not need them whole)."""
 """Dead letters whose tenant cannot be told (not JSON, no valid tenant); no real tenant can be named so."""
 _TENANT = re.compile(TENANT_PATTERN)
 
@@ -114,6 +136,8 @@ class AdapterRecord:
     state: str = "current"
     """``current``, ``canary`` or ``rolled_back`` (an announcement from before canaries: ``current``)."""
     canary_percent: int = 0
+    trained_up_to: dict[int, int] = field(default_factory=dict)
+    """Per partition of ``training-examples``, the first offset the version was not trained on."""
     first_answer_at: float | None = None
     """The first answer in the announced role: outside the canary arm for ``current``, on it for ``canary``."""
 
@@ -143,6 +167,9 @@ class PendingDocument:
 class TenantState:
     window_s: float
     letters_kept: int
+    gap_window: int = 200
+    gap_questions_kept: int = 500
+    examples_kept: int = 10_000
     queries: int = 0
     answers: int = 0
     errors: int = 0
@@ -154,6 +181,14 @@ class TenantState:
     adapters: list[AdapterRecord] = field(default_factory=list)
     rollout: Rollout = field(default_factory=Rollout)
     letters: deque[LetterRecord] = field(init=False)
+    grounded: deque[bool] = field(init=False)
+    """The last answers that say whether they were grounded (``gap_window`` of them)."""
+    gap_questions: deque[str] = field(init=False)
+    """The last ungrounded questions, oldest first."""
+    gap_over_since: float | None = None
+    """The time of the answer that took the knowledge-gap share over its threshold (None: not over)."""
+    examples: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    """Per partition of ``training-examples``, the (offset, timestamp) of the tenant's last examples."""
 
     def __post_init__(self) -> None:
         self.latency = Window(self.window_s)
@@ -161,6 +196,23 @@ class TenantState:
         self.outcomes = Window(self.window_s)
         self.letter_times = Window(self.window_s)
         self.letters = deque(maxlen=self.letters_kept)
+        self.grounded = deque(maxlen=self.gap_window)
+        self.gap_questions = deque(maxlen=self.gap_questions_kept)
+
+    @property
+    def knowledge_gap_ratio(self) -> float | None:
+        """Ungrounded answers / answers that say, over the count window (None: none says yet)."""
+        return sum(not g for g in self.grounded) / len(self.grounded) if self.grounded else None
+
+    def pending_examples(self) -> list[float]:
+        """The timestamps of the examples beyond what the current adapter was trained on (all, without one)."""
+        current = self.current
+        floor = current.trained_up_to if current else {}
+        pending: list[float] = []
+        for partition, seen in self.examples.items():
+            start = bisect.bisect_left(seen, (floor.get(partition, 0), -math.inf))
+            pending += [at for _, at in seen[start:]]
+        return pending
 
     @property
     def current(self) -> AdapterRecord | None:
@@ -244,16 +296,26 @@ class MonitorState:
         self.clock = clock
         self.tenants: dict[str, TenantState] = {}
         limit = settings.max_pending
-        self._queries = _Bounded(limit)  # query_id -> query timestamp, waiting for the answer
-        self._answers = _Bounded(limit)  # query_id -> answer timestamp, read before its query
+        self._queries = _Bounded(limit)  # (tenant, query_id) -> (query timestamp, question), waiting for the answer
+        self._answers = _Bounded(limit)  # (tenant, query_id) -> (answer timestamp, ungrounded), read before its query
+        self._last_served: dict[tuple[str, str], float] = {}  # (tenant, version or BASE) -> its last answer's time
         # (tenant, version, role) -> sorted timestamps of its answers in that role (current or canary)
         self._served: dict[tuple[str, str, str], list[float]] = {}
         self.pending_documents = _Bounded(limit)  # (tenant, doc_id) -> PendingDocument
         self.quality = LiveQuality()
+        self.drift: dict[str, DriftSource] = {}  # serve /metrics URL -> what it said last
+        self.since = SinceWhen()
 
     def tenant(self, name: str) -> TenantState:
         if name not in self.tenants:
-            self.tenants[name] = TenantState(self.settings.window_s, self.settings.dead_letters_shown)
+            conf = self.settings
+            self.tenants[name] = TenantState(
+                conf.window_s,
+                conf.dead_letters_shown,
+                gap_window=conf.knowledge_gap_window,
+                gap_questions_kept=conf.knowledge_gap_questions,
+                examples_kept=conf.max_pending,
+            )
         return self.tenants[name]
 
     # -- records --------------------------------------------------------------------------------
@@ -263,9 +325,12 @@ class MonitorState:
         self.metrics.queries.labels(query.tenant).inc()
         answered = self._answers.pop((query.tenant, query.query_id), None)
         if answered is not None:
-            self._latency(query.tenant, answered, answered - at)
+            answered_at, ungrounded = answered
+            self._latency(query.tenant, answered_at, answered_at - at)
+            if ungrounded:
+                state.gap_questions.append(query.question[:_QUESTION_CHARS])
         else:
-            self._queries.put((query.tenant, query.query_id), at)
+            self._queries.put((query.tenant, query.query_id), (at, query.question[:_QUESTION_CHARS]))
 
     def on_answer(self, answer: Answer, at: float) -> None:
         tenant = answer.tenant
@@ -276,14 +341,49 @@ class MonitorState:
         if answer.error is not None:
             state.errors += 1
             self.metrics.errors.labels(tenant, answer.error.code).inc()
+        ungrounded = answer.grounded is False
+        if answer.grounded is not None:
+            self._grounded(state, answer.grounded, at)
         asked = self._queries.pop((tenant, answer.query_id), None)
         if asked is not None:
-            self._latency(tenant, at, at - asked)
+            asked_at, question = asked
+            self._latency(tenant, at, at - asked_at)
+            if ungrounded:
+                state.gap_questions.append(question)
         else:
-            self._answers.put((tenant, answer.query_id), at)
+            self._answers.put((tenant, answer.query_id), (at, ungrounded))
+        if answer.error is None:
+            key = (tenant, answer.adapter_version or BASE)
+            self._last_served[key] = max(self._last_served.get(key, at), at)
         if answer.adapter_version and answer.error is None:
             self._served_with(state, tenant, answer.adapter_version, _role(answer), at)
         self.quality.on_answer(answer)
+
+    def _grounded(self, state: TenantState, grounded: bool, at: float) -> None:
+        state.grounded.append(grounded)
+        ratio = state.knowledge_gap_ratio
+        if ratio is not None and ratio > self.settings.knowledge_gap_threshold:
+            if state.gap_over_since is None:
+                state.gap_over_since = at
+        else:
+            state.gap_over_since = None
+
+    def on_training_example(self, example: TrainingExample, at: float, partition: int, offset: int) -> None:
+        """A record of ``training-examples``: pending until an adapter trained beyond its offset is current."""
+        state = self.tenant(example.tenant)
+        seen = state.examples.setdefault(partition, [])
+        if seen and offset <= seen[-1][0]:  # a partition is read in order: this is a re-delivery (a rebalance)
+            index = bisect.bisect_left(seen, (offset, -math.inf))
+            if index == len(seen) or seen[index][0] != offset:
+                seen.insert(index, (offset, at))
+        else:
+            seen.append((offset, at))
+        if len(seen) > state.examples_kept:
+            del seen[: len(seen) - state.examples_kept]
+
+    def on_drift(self, source: DriftSource) -> None:
+        """What a serve /metrics endpoint said (or why it said nothing), read by the app."""
+        self.drift[source.url] = source
 
     def on_feedback(self, event: FeedbackRecorded) -> None:
         """A rating on ``domain-events``: joined to the answer it rates (``streamtune.quality``)."""
@@ -305,6 +405,7 @@ class MonitorState:
             figures=manifest_figures(manifest),
             state=update.state or "current",
             canary_percent=(update.canary_percent or 0) if update.state == "canary" else 0,
+            trained_up_to=manifest.data.trained_up_to(),
         )
         if record.state != "rolled_back":  # the end of a trial (or a withdrawal) waits for no answer
             served = self._served.get((update.tenant, update.version, record.state), [])
@@ -421,6 +522,7 @@ class MonitorState:
         outcomes = state.outcomes.values(now)
         letters = state.letter_times.values(now)
         current = state.current
+        pending = state.pending_examples()
         return {
             "latency_p50_s": percentile(latency, 0.5),
             "latency_p99_s": percentile(latency, 0.99),
@@ -432,7 +534,90 @@ class MonitorState:
             "answers_in_window": float(len(outcomes)),
             "dlq_per_s": len(letters) / self.settings.window_s,
             "promotion_to_first_answer_s": current.to_first_answer_s if current else None,
+            "knowledge_gap_ratio": state.knowledge_gap_ratio,
+            "knowledge_gap_n": float(len(state.grounded)),
+            "adapter_age_s": now - current.announced_at if current else None,
+            "pending_examples": float(len(pending)),
         }
+
+    def gap_groups(self, tenant: str) -> list[GapGroup]:
+        """The tenant's ungrounded questions grouped by likeness, largest group first."""
+        conf = self.settings
+        questions = list(self.tenant(tenant).gap_questions)
+        return group_questions(questions, conf.knowledge_gap_similarity, conf.knowledge_gap_groups)
+
+    def readings(self, tenant: str) -> list[Reading]:
+        """Every signal of ``tenant`` now, against its threshold (``monitor/signals.py``); a signal without a
+        figure (an empty window, no adapter, no drift test) gives no reading."""
+        conf, state, now = self.settings, self.tenant(tenant), self.clock()
+        figures = self.figures(tenant)
+        out: list[Reading] = []
+
+        def windowed(alert: str, name: str, threshold: float, unit: Any) -> None:
+            value = figures[name]
+            if value is not None:
+                out.append(Reading(tenant, alert, value, threshold, value > threshold, unit))
+
+        gap = figures["knowledge_gap_ratio"]
+        if gap is not None:
+            over = gap > conf.knowledge_gap_threshold
+            detail = f"of the last {len(state.grounded)} answers that say"
+            onset = state.gap_over_since if over else None
+            out.append(
+                Reading(
+                    tenant,
+                    "KnowledgeGaps",
+                    gap,
+                    conf.knowledge_gap_threshold,
+                    over,
+                    "share",
+                    onset=onset,
+                    detail=detail,
+                )
+            )
+        for live in self.live(tenant):
+            share, rated = live.figures.negative_share, live.figures.rated
+            if share is None or rated < conf.negative_min_ratings:
+                continue
+            active = self._last_served.get((tenant, live.version), -math.inf) >= now - conf.negative_active_s
+            over = share > conf.negative_share_threshold and active
+            detail = f"of {rated} ratings" + ("" if active else ", not answering lately")
+            threshold = conf.negative_share_threshold
+            out.append(
+                Reading(tenant, "NegativeFeedback", share, threshold, over, "share", live.version, detail=detail)
+            )
+        age = figures["adapter_age_s"]
+        if age is not None and state.current is not None:
+            pending = sorted(state.pending_examples())
+            over = age > conf.adapter_max_age_s and len(pending) >= conf.stale_min_pending
+            onset = None
+            if over:  # the later of: the adapter became too old, enough examples were waiting
+                onset = max(state.current.announced_at + conf.adapter_max_age_s, pending[conf.stale_min_pending - 1])
+            detail = f"old, {len(pending)} examples waiting (at least {conf.stale_min_pending})"
+            version = state.current.version
+            out.append(
+                Reading(tenant, "StaleAdapter", age, conf.adapter_max_age_s, over, "seconds", version, onset, detail)
+            )
+        windowed("FreshnessSLO", "freshness_p99_s", conf.freshness_p99_slo_s, "seconds")
+        windowed("DeadLetterRate", "dlq_per_s", conf.dlq_rate_slo, "per_second")
+        windowed("ErrorAnswers", "error_ratio", conf.error_ratio_slo, "share")
+        drift = [(source.url, source.figures[tenant]) for source in self.drift.values() if tenant in source.figures]
+        if drift:
+            url, worst = min(drift, key=lambda pair: pair[1].p_value)  # every replica tests its own share
+            detail = f"from {url}" + (f", window {worst.window:.0f}" if worst.window is not None else "")
+            over = worst.p_value < conf.drift_significance
+            significance = conf.drift_significance
+            out.append(Reading(tenant, "QuestionDrift", worst.p_value, significance, over, "p_value", detail=detail))
+        return out
+
+    def alerts(self) -> dict[str, list[Alert]]:
+        """Per tenant, the signals over their threshold now and since when (an evaluation: it moves since-when)."""
+        readings = [reading for tenant in list(self.tenants) for reading in self.readings(tenant)]
+        return self.since.evaluate(readings, self.clock())
+
+    def drift_unreachable(self) -> list[DriftSource]:
+        """The serve /metrics endpoints whose last read failed."""
+        return [source for source in self.drift.values() if source.error is not None]
 
     def refresh(self) -> None:
         """Set every tenant's windowed gauges (before ``/metrics`` is served)."""
@@ -446,6 +631,8 @@ class MonitorState:
                 (m.freshness_p99, "freshness_p99_s"),
                 (m.error_ratio, "error_ratio"),
                 (m.dlq_rate, "dlq_per_s"),
+                (m.knowledge_gap_ratio, "knowledge_gap_ratio"),
+                (m.adapter_age, "adapter_age_s"),
             ):
                 value = figures[name]
                 gauge.labels(tenant).set(math.nan if value is None else value)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -50,9 +50,6 @@ from streamtune.manifest import (
     Verdict,
 )
 
-if TYPE_CHECKING:
-    from streamtune.settings import Settings
-
 __all__ = [
     "ServiceProcess",
     "document_deleted",
@@ -65,7 +62,6 @@ __all__ = [
     "query_server",
     "sample",
     "sample_manifest",
-    "seed_tenants",
     "tiny_serving",
     "wait_for",
 ]
@@ -181,7 +177,7 @@ def tiny_serving(model: Path) -> dict[str, str]:
     """``STREAMTUNE__`` variables that make `serve` quick on the tiny test model: short answers and prompts, one
     thread, and a generated answer even where no document is relevant (``inference.no_context = answer``). For
     tests where answer quality and grounding are not the subject (tenants still need a document or an adapter:
-    ``seed_tenants``)."""
+    ``tests/inference/conftest.py`` seeds them)."""
     return {
         "STREAMTUNE__INFERENCE__NO_CONTEXT": "answer",
         "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": "8",
@@ -190,29 +186,6 @@ def tiny_serving(model: Path) -> dict[str, str]:
         "STREAMTUNE__INFERENCE__MAX_QUESTION_TOKENS": "64",
         "STREAMTUNE__MODELS__BASE_MODEL": str(model),
     }
-
-
-SEED_TEXT = "Refunds are accepted within thirty days of purchase with the receipt."
-
-
-def seed_tenants(settings: Settings, tenants: Sequence[str], text: str = SEED_TEXT) -> None:
-    """Index one document (``seed``) for each of ``tenants`` in the settings' collection, so that serve knows them
-    (a tenant with neither documents nor adapters is answered ``unknown_tenant``)."""
-    from retrieval import connect
-    from retrieval.store import ChunkStore, DocumentChunks
-    from streamtune.models import load_embedder
-
-    embedder = load_embedder(settings)
-    vector = [float(x) for x in embedder.encode([text], normalize_embeddings=True)[0]]
-    with connect(settings.weaviate) as client:
-        store = ChunkStore(client, settings)
-        store.ensure_collection(len(vector))
-        store.upsert(
-            [
-                DocumentChunks(tenant, "seed", "Refund policy", [text], [vector], "seed", _now().isoformat())
-                for tenant in tenants
-            ]
-        )
 
 
 def free_port(pair: bool = False) -> int:

@@ -47,6 +47,7 @@ __all__ = [
     "trimmed_context",
 ]
 
+
 class Passage(NamedTuple):
     """One retrieved chunk, in rank order."""
 

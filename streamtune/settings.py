@@ -794,7 +794,6 @@ class DriftConfig:
             )
 
 
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid")
     cache_dir: Path = Field(

@@ -133,6 +133,7 @@ def test_answers_become_what_the_openai_client_parses() -> None:
     assert chunks[-1].usage is not None and not chunks[-1].choices
     statuses = {code: answer_error(AnswerError(code=code, message="m")).status for code in ANSWER_ERRORS}
     assert statuses == {
+        "unknown_tenant": 404,
         "unknown_adapter": 404,
         "question_too_long": 400,
         "invalid_query": 400,
@@ -141,6 +142,7 @@ def test_answers_become_what_the_openai_client_parses() -> None:
         "internal_error": 500,
     }
     assert answer_error(AnswerError(code="new_in_v2", message="m")).status == 500  # unknown: like internal_error
+    assert answer_error(AnswerError(code="unknown_tenant", message="m")).code == "model_not_found"  # OpenAI's code
 
 
 def _manifest(tenant: str, version: str, parent: str | None = None) -> Manifest:
@@ -450,7 +452,8 @@ def test_retrieve_returns_the_tenants_chunks(live: Live) -> None:
     assert response.status_code == 200, response.text
     hits = response.json()["hits"]
     assert hits[0]["doc_id"] == "refunds" and hits[0]["chunk_id"] == "refunds#0"
-    assert "30 days" in hits[0]["text"] and set(hits[0]) == {"doc_id", "chunk_id", "title", "text", "score"}
+    assert "30 days" in hits[0]["text"]
+    assert set(hits[0]) == {"doc_id", "chunk_id", "title", "text", "score", "similarity"}
     assert live.post("/retrieve", {"query": "refund window"}, key=KEY_ALL).status_code == 400  # which tenant?
     assert live.post("/retrieve", {"query": "refund window", "tenant": "acme"}, key=KEY_ALL).json()["hits"]
     assert live.post("/retrieve", {"query": "refund window", "tenant": "beta"}).status_code == 403

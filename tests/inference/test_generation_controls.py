@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,30 @@ def test_a_streamed_answer_never_shows_its_stop_sequence(
     assert "".join(pieces["beside"]) == cut["beside"].answer
     assert answer.usage is not None and whole.usage is not None
     assert answer.usage.completion_tokens < whole.usage.completion_tokens
+
+
+def test_a_row_whose_deadline_passes_while_it_generates_stops_and_frees_its_slot(
+    tiny: tuple[Any, Any], tiny_model: Path, tmp_path: Path
+) -> None:
+    answerer = _answerer(tiny, tiny_model, tmp_path, "continuous")
+    later = datetime.now(UTC) + timedelta(hours=1)
+    queries = [Query(query_id=q, question=PROMPTS[3], deadline=later) for q in ("abandoned", "awaited")]
+    scheduler = Scheduler(answerer)
+    answers = scheduler.admit(queries, [time.monotonic()] * 2)
+    answers += scheduler.step()
+    assert not answers and len(scheduler.batcher) == 2  # both generating
+    (abandoned,) = [r.item for r in scheduler.running.values() if r.item.query.query_id == "abandoned"]
+    abandoned.query = abandoned.query.model_copy(update={"deadline": datetime.now(UTC) - timedelta(seconds=1)})
+    answers = scheduler.step()
+    assert [(a.query_id, a.error.code if a.error else None) for a in answers][:1] == [
+        ("abandoned", "deadline_exceeded")
+    ]
+    assert len(scheduler.batcher) <= 1  # its slot is free at once; no more tokens spent on it
+    while scheduler.busy:
+        answers += scheduler.step()
+    assert [a.query_id for a in answers] == ["abandoned", "awaited"] and answers[1].error is None
+    assert answerer.metrics.generation_cut.labels("default")._value.get() == 1
+    assert answerer.metrics.deadline_exceeded.labels("default")._value.get() == 1
 
 
 def test_the_static_path_honours_the_same_controls(tiny: tuple[Any, Any], tiny_model: Path, tmp_path: Path) -> None:

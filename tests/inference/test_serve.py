@@ -7,7 +7,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from streamtune.harness import (
     ingest_job,
     isolated_env,
     query_server,
-    seed_tenants,
     tiny_serving,
     wait_for,
 )
@@ -46,7 +45,12 @@ class Deployment:
     """Uuid-named topics, collection, group and registry, with settings passed to child processes by env."""
 
     def __init__(
-        self, load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: Path, **extra: str
+        self,
+        load: Callable[[Mapping[str, str]], Settings],
+        tiny_model: Path,
+        tmp: Path,
+        seed: Callable[[Settings, Sequence[str]], None],
+        **extra: str,
     ) -> None:
         preset = {
             **tiny_serving(tiny_model),
@@ -60,7 +64,7 @@ class Deployment:
         self.tmp = tmp
         self.settings = load(self.env)
         create_topics(self.settings.kafka, self.settings.topics)
-        seed_tenants(self.settings, ["acme", "t1", "t2", "t3", "t4"])
+        seed(self.settings, ["acme", "t1", "t2", "t3", "t4"])
         self.producer = producer(self.settings.kafka)
 
     def server(self) -> ServiceProcess:
@@ -103,21 +107,29 @@ class Deployment:
 
 @pytest.fixture
 def deployment(
-    stack: Settings, env_settings: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp_path: Path
+    stack: Settings,
+    env_settings: Callable[[Mapping[str, str]], Settings],
+    tiny_model: Path,
+    tmp_path: Path,
+    seed_tenants: Callable[[Settings, Sequence[str]], None],
 ) -> Iterator[Deployment]:
-    d = Deployment(env_settings, tiny_model, tmp_path)
+    d = Deployment(env_settings, tiny_model, tmp_path, seed_tenants)
     yield d
     d.close()
 
 
 @pytest.fixture
 def deploy(
-    stack: Settings, env_settings: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp_path: Path
+    stack: Settings,
+    env_settings: Callable[[Mapping[str, str]], Settings],
+    tiny_model: Path,
+    tmp_path: Path,
+    seed_tenants: Callable[[Settings, Sequence[str]], None],
 ) -> Iterator[Callable[..., Deployment]]:
     made: list[Deployment] = []
 
     def make(**extra: str) -> Deployment:
-        made.append(Deployment(env_settings, tiny_model, tmp_path / f"d{len(made)}", **extra))
+        made.append(Deployment(env_settings, tiny_model, tmp_path / f"d{len(made)}", seed_tenants, **extra))
         return made[-1]
 
     yield make

@@ -6,7 +6,15 @@ from typing import Literal
 
 import pytest
 
-from streamtune.contracts import AdapterUpdate, Answer, AnswerError, FeedbackRecorded, Query
+from streamtune.contracts import (
+    AdapterUpdate,
+    Answer,
+    AnswerError,
+    ChatMessage,
+    FeedbackRecorded,
+    Query,
+    TrainingExample,
+)
 from streamtune.harness import feedback_recorded, sample_manifest
 
 
@@ -33,8 +41,8 @@ def adapter_update(
     )
 
 
-def query(tenant: str, query_id: str) -> Query:
-    return Query(query_id=query_id, tenant=tenant, question="What is the refund window?")
+def query(tenant: str, query_id: str, question: str = "What is the refund window?") -> Query:
+    return Query(query_id=query_id, tenant=tenant, question=question)
 
 
 def answer(
@@ -44,6 +52,7 @@ def answer(
     version: str | None = None,
     error: str | None = None,
     arm: Literal["canary", "incumbent"] | None = None,
+    grounded: bool | None = None,
 ) -> Answer:
     return Answer(
         query_id=query_id,
@@ -53,6 +62,7 @@ def answer(
         error=AnswerError(code=error, message="made up") if error else None,
         timings_ms={"total": 12.0},
         arm=arm,
+        grounded=grounded,
     )
 
 
@@ -71,6 +81,12 @@ def feedback(tenant: str, query_id: str, rating: int = 1, correction: str | None
     )
 
 
+def example(tenant: str, n: int) -> TrainingExample:
+    """A demonstration on ``training-examples``, as the ingest job makes one from a ``qa.recorded`` event."""
+    messages = [ChatMessage(role="user", content=f"Question {n}?"), ChatMessage(role="assistant", content=f"{n}.")]
+    return TrainingExample(example_id=f"ex-{n}", tenant=tenant, messages=messages, source_event_id=f"evt-{n}")
+
+
 class Records:
     """The builders above, as one fixture (test modules do not import each other under importlib mode)."""
 
@@ -78,6 +94,7 @@ class Records:
     query = staticmethod(query)
     answer = staticmethod(answer)
     feedback = staticmethod(feedback)
+    example = staticmethod(example)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """`streamtune monitor` as a real process on the real local stack: /metrics moves with the records, the status
-page shows them in Debian's headless chromium (live quality of a running canary included), and the broker holds
-the same topics after it ran."""
+page shows them in Debian's headless chromium (live quality of a running canary included, and the signals over
+their thresholds), and the broker holds the same topics after it ran."""
 
 from __future__ import annotations
 
@@ -75,7 +75,11 @@ def series(text: str, name: str, **labels: str) -> float | None:
 def deployment(stack: Settings, tmp_path: Path, env_settings: Callable[[Mapping[str, str]], Settings]) -> Iterator[Any]:
     """An isolated deployment's topics (created by the test, not the monitor) and an adapter store."""
     group = f"mon-{uuid.uuid4().hex[:10]}"
-    env = isolated_env(tmp_path, "mon", STREAMTUNE__MONITOR__PORT=str(free_port()), STREAMTUNE__MONITOR__GROUP_ID=group)
+    nobody = f'["http://127.0.0.1:{free_port()}/metrics"]'  # a serve that is not running: drift unreachable
+    env = isolated_env(
+        tmp_path, "mon", STREAMTUNE__MONITOR__PORT=str(free_port()), STREAMTUNE__MONITOR__GROUP_ID=group,
+        STREAMTUNE__MONITOR__SERVE_METRICS_URLS=nobody, STREAMTUNE__MONITOR__SERVE_METRICS_INTERVAL_S="1",
+    )  # fmt: skip
     settings = env_settings(env)
     create_topics(settings.kafka, settings.topics)
     curve = settings.adapters_dir / TENANT / VERSION / "loss.png"
@@ -99,6 +103,24 @@ def produce_answers(
         answer = records.answer(TENANT, qid, version=version, error=error, arm=arm)
         client.produce(topic_name(ANSWERS, settings.topics), key=qid, value=encode(answer))
     assert client.flush(15) == 0
+
+
+def produce_gaps(settings: Settings, records: Any, tenant: str, questions: list[str], grounded: bool) -> None:
+    """Queries with these questions, answered with (grounded) or without (not) a relevant document."""
+    client = producer(settings.kafka)
+    for n, question in enumerate(questions):
+        qid = f"{tenant}-{n}"
+        client.produce(
+            topic_name(QUERIES, settings.topics), key=qid, value=encode(records.query(tenant, qid, question))
+        )
+        answer = records.answer(tenant, qid, grounded=grounded)
+        client.produce(topic_name(ANSWERS, settings.topics), key=qid, value=encode(answer))
+    assert client.flush(15) == 0
+
+
+def alert_rows(page: str) -> dict[str, str]:
+    """The status page's "Alerts" block: rule (and subject) → the row's text."""
+    return dict(re.findall(r'<tr class="?alert"? id="alert-([^"]+)">(.*?)</tr>', page))
 
 
 def produce_feedback(settings: Settings, events: list[Any]) -> None:
@@ -183,6 +205,19 @@ def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_no
             return text if status == 200 and figures == (9, 4, 2, 1, 2, 1, 1, 2) else None
 
         text = wait_for(live_quality_shows, 90, "the monitor's /metrics joining 5 ratings and ignoring 2")
+        # knowledge gaps: initech's questions find no document; globex's do (its only other record: a rating)
+        gaps = ["Do you ship to Mars?", "do you ship to mars", "Can I pay in bitcoin?"]
+        produce_gaps(settings, records, "initech", gaps, grounded=False)
+        produce_gaps(settings, records, "globex", ["What is the refund window?"], grounded=True)
+
+        def gaps_show() -> str | None:
+            _, body, _ = get(f"{base}/metrics")
+            text = body.decode()
+            done = series(text, "streamtune_knowledge_gap_ratio", tenant="initech") == 1.0
+            return text if done and series(text, "streamtune_knowledge_gap_ratio", tenant="globex") == 0.0 else None
+
+        text = wait_for(gaps_show, 90, "the monitor's /metrics counting initech's 3 ungrounded answers")
+        assert 0 <= (series(text, f"{PREFIX}adapter_age_seconds", tenant=TENANT) or -1) < 300
         assert series(text, f"{PREFIX}live_corrections", tenant=TENANT, version=VERSION) == 1
         assert series(text, f"{PREFIX}live_negative_share", tenant=TENANT, version=CANARY) == 1.0
         assert series(text, f"{PREFIX}canary_percent", tenant=TENANT, version=CANARY) == 25
@@ -211,6 +246,29 @@ def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_no
         assert re.search(r'id="canary-served">4<', dom) and re.search(r'id="incumbent-served">9<', dom)
         assert re.search(r'id="canary-negative-share">100.0%<', dom)
         assert re.search(r'id="ignored-duplicate">1<', dom) and re.search(r'id="ratings-waiting">2<', dom)
+        # the alerts block: 3 error answers of 16 are over the 5 % SLO; serve's drift is unreachable, not an alert
+        assert list(alert_rows(dom)) == ["ErrorAnswers"], dom[dom.find("<h2>Alerts") :][:2000]
+        assert "18.8%" in alert_rows(dom)["ErrorAnswers"] and "&gt; 5.0%" in alert_rows(dom)["ErrorAnswers"]
+        assert "drift: serve metrics unreachable" in dom
+        calm = subprocess.run(
+            [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", f"{base}/status/globex"],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout  # fmt: skip
+        assert re.search(r'<p id="alerts-none">none</p>', calm) and not alert_rows(calm), calm[:3000]
+
+        def gap_page() -> str | None:
+            status, body, _ = get(f"{base}/status/initech")
+            page = body.decode()
+            return page if status == 200 and "KnowledgeGaps" in alert_rows(page) else None
+
+        gap_row = alert_rows(wait_for(gap_page, 30, "initech's page showing its knowledge gaps"))["KnowledgeGaps"]
+        assert "100.0% of the last 3 answers that say" in gap_row and "&gt; 20.0%" in gap_row
+        page = gap_page() or ""
+        # grouped: which wording represents the group depends on the order the partitions were read in
+        grouped = re.search(r"<tr class=gap-group><td class=num>2</td><td>([^<]*)</td><td>([^<]*)</td></tr>", page)
+        assert grouped and set(grouped.groups()) == {"Do you ship to Mars?", "do you ship to mars"}, page
+        since = re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", gap_row)
+        assert since, gap_row
 
         shot = tmp_path / "status.png"
         subprocess.run(
@@ -226,6 +284,9 @@ def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_no
         monitor = ServiceProcess(["monitor"], b"monitor: ready", tmp_path / "logs-2", env, python=sys.executable)
         monitor.start(timeout_s=120)
         wait_for(live_quality_shows, 90, "the restarted monitor joining the same 5 ratings and ignoring the same 2")
+        # the since-when of a signal the records date is the same after the replay
+        again = alert_rows(wait_for(gap_page, 30, "the restarted monitor showing initech's knowledge gaps"))
+        assert since.group(0) in again["KnowledgeGaps"], again
     finally:
         monitor.stop()
     assert ours() == before, "the monitor created or deleted topics"
