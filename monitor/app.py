@@ -27,9 +27,7 @@ import logging
 import ssl
 import tempfile
 import time
-import urllib.request
 import uuid
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +38,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor.metrics import MonitorMetrics
 from monitor.page import index_page, loss_curve_file, status_page, stored_versions
-from monitor.signals import DriftSource, parse_drift
 from monitor.state import MonitorState, PendingDocument
 from streamtune.contracts import DocumentDeleted, DocumentUpserted, FeedbackRecorded, decode_event
 from streamtune.dlq import DeadLetter
 from streamtune.errors import ConfigError, ContractError, KafkaUnavailableError
+from streamtune.exposition import read_drift
 from streamtune.kafka import admin_client, client_config
 from streamtune.settings import Settings
 from streamtune.topics import (
@@ -313,17 +311,6 @@ class Monitor:
             if self._weaviate is not None:
                 self._weaviate.close()
         return 0
-
-
-def read_drift(url: str, timeout_s: float) -> DriftSource:
-    """One read of a serve /metrics endpoint: its drift figures, or why there are none. Never raises: an
-    unreachable serve is shown as such on the page, not alerted on (Prometheus's ``up`` covers serve)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # http(s) only: the setting is checked
-            text = response.read().decode("utf-8")
-        return DriftSource(url, time.time(), parse_drift(text))
-    except (OSError, ValueError, HTTPException) as exc:  # URLError, HTTPError, timeouts: OSErrors; bad text: ValueError
-        return DriftSource(url, time.time(), error=f"{type(exc).__name__}: {exc}")
 
 
 def _check(settings: Settings) -> None:

@@ -23,26 +23,20 @@ remembers since when each one is over, and the drift figures are parsed from tex
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from prometheus_client.parser import text_string_to_metric_families
-
 __all__ = [
     "ALERTS",
     "Alert",
-    "DriftFigures",
-    "DriftSource",
     "GapGroup",
     "Reading",
     "SinceWhen",
     "group_questions",
     "jaccard",
     "normalise",
-    "parse_drift",
 ]
 
 ALERTS = (
@@ -161,42 +155,3 @@ def group_questions(questions: Sequence[str], similarity: float, limit: int, exa
     return groups[:limit]
 
 
-# -- question drift, from serve's /metrics ------------------------------------------------------------------
-_DRIFT = "streamtune_question_drift_"
-
-
-@dataclass(frozen=True)
-class DriftFigures:
-    p_value: float
-    statistic: float | None = None
-    window: float | None = None
-
-
-@dataclass(frozen=True)
-class DriftSource:
-    """What one serve /metrics endpoint said at ``read_at``: per tenant its drift test, or why it said nothing."""
-
-    url: str
-    read_at: float
-    figures: dict[str, DriftFigures] = field(default_factory=dict)
-    error: str | None = None
-    """Set when the endpoint could not be read or parsed (then ``figures`` is empty)."""
-
-
-def parse_drift(text: str) -> dict[str, DriftFigures]:
-    """Per tenant, the drift figures in a Prometheus text exposition (tenants without a p-value, or a NaN one,
-    i.e. no test yet, are left out). Raises ValueError on text that is not an exposition."""
-    values: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(text):
-        if not family.name.startswith(_DRIFT):
-            continue
-        what = family.name.removeprefix(_DRIFT)
-        for sample in family.samples:
-            tenant = sample.labels.get("tenant")
-            if tenant is not None and sample.name == family.name and not math.isnan(sample.value):
-                values.setdefault(tenant, {})[what] = float(sample.value)
-    return {
-        tenant: DriftFigures(found["p_value"], found.get("statistic"), found.get("window"))
-        for tenant, found in values.items()
-        if "p_value" in found
-    }

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.metrics import MonitorMetrics
-from monitor.signals import Alert, DriftSource, GapGroup, Reading, SinceWhen, group_questions
+from monitor.signals import Alert, GapGroup, Reading, SinceWhen, group_questions
 from streamtune.contracts import (
     TENANT_PATTERN,
     AdapterUpdate,
@@ -65,6 +65,7 @@ from streamtune.contracts import (
     TrainingExample,
 )
 from streamtune.dlq import DeadLetter
+from streamtune.exposition import DriftSource
 from streamtune.manifest import Manifest
 from streamtune.quality import BASE, IGNORED_REASONS, Figures, LiveQuality
 from streamtune.rollout import Rollout, fold

@@ -768,6 +768,14 @@ class DriftConfig:
     permutations: int = field(default=200, metadata={"help": "Permutations behind each p-value."})
     significance: float = field(default=0.01, metadata={"help": "A p-value below this is drift."})
     seed: int = field(default=0, metadata={"help": "Seed of the permutations and of subsampling the reference."})
+    trigger_refresh: bool = field(
+        default=False,
+        metadata={
+            "help": "`train watch` refreshes a tenant whose questions drifted (serve's p-value below significance, "
+            "read from monitor.serve_metrics_urls) as soon as it has any pending example, without waiting for "
+            "training.watch_min_examples or watch_minutes."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("every", "permutations"):

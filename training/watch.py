@@ -6,6 +6,9 @@ tenant beyond each adapter's recorded range, which the registry already knows ex
 are derived from the manifests and the topic's end offsets on each tick instead of being kept in a
 changelog-backed table that could drift from them; and it keeps one Kafka client library in the project.
 
+With ``drift.trigger_refresh``, a tenant whose questions drifted away from what its adapter was trained on
+(serve's drift test, read from its /metrics) is refreshed as soon as it has any pending example.
+
 A service that outlives failures. A tenant whose refresh fails (its data, Weaviate or Kafka down, out of
 memory) is logged with the cause and not tried again before a doubling delay (``training.retry_initial_s``,
 up to ``training.retry_max_s``); the other tenants go on. A Kafka outage while the topic is read is
@@ -171,13 +174,21 @@ def watch(
             for tenant, count in pending.items():
                 metrics.pending.labels(tenant).set(count)
             now = time.monotonic()
+            drifted = drifted_tenants(settings) if settings.drift.trigger_refresh and pending else {}
             for tenant in sorted(pending):
                 if stop.is_set() or done():
                     break
                 waiting_since.setdefault(tenant, now)
                 due = now - waiting_since[tenant] >= settings.training.watch_minutes * 60
-                if not (pending[tenant] >= settings.training.watch_min_examples or due):
+                if not (pending[tenant] >= settings.training.watch_min_examples or due or tenant in drifted):
                     continue
+                if tenant in drifted and pending[tenant] < settings.training.watch_min_examples and not due:
+                    log.info(
+                        "watch: %s: its questions drifted (p %.4f < drift.significance); refreshing early",
+                        tenant,
+                        drifted[tenant],
+                        extra={"tenant": tenant},
+                    )
                 if not failures.ready(tenant, time.monotonic()):
                     continue  # its examples stay pending until its backoff has passed
                 if _on_trial(settings, tenant):
@@ -213,6 +224,22 @@ def watch(
         signal.signal(signal.SIGTERM, previous)
     log.info("watch: stopped after %d refreshes", refreshes)
     return 0
+
+
+def drifted_tenants(settings: Settings) -> dict[str, float]:
+    """The tenants whose question drift p-value, as serve reports it on ``monitor.serve_metrics_urls``, is below
+    ``drift.significance`` (the smallest p-value over the replicas). An unreachable serve says nothing."""
+    from streamtune.exposition import read_drift
+
+    found: dict[str, float] = {}
+    for url in settings.monitor.serve_metrics_urls:
+        source = read_drift(url, settings.monitor.serve_metrics_timeout_s)
+        if source.error is not None:
+            log.debug("watch: no drift figures from %s: %s", url, source.error)
+        for tenant, figures in source.figures.items():
+            if figures.p_value < settings.drift.significance:
+                found[tenant] = min(figures.p_value, found.get(tenant, 1.0))
+    return found
 
 
 def _reconcile(settings: Settings, unreconciled: set[str], failures: _Failures, stop: threading.Event) -> None:

@@ -636,8 +636,8 @@ def open_live(
     tiny_model: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Live]:
-    """A gateway with no API keys (loopback only) and serve abstaining where nothing is relevant: acme has a
-    refunds document and a shipping one; no other tenant has anything."""
+    """A gateway with no API keys (loopback only) and serve abstaining where nothing is relevant: acme and globex
+    have a refunds document and a shipping one; no other tenant has anything."""
     from retrieval import Retriever
     from retrieval.store import DocumentChunks
 
@@ -648,6 +648,10 @@ def open_live(
         STREAMTUNE__HTTP__API_KEYS="{}",
         STREAMTUNE__INFERENCE__NO_CONTEXT="abstain",
         STREAMTUNE__INFERENCE__METRICS_PORT=str(free_port()),
+        # question drift on small windows, so that a change of subject shows within a few dozen questions
+        STREAMTUNE__DRIFT__WINDOW="40",
+        STREAMTUNE__DRIFT__EVERY="10",
+        STREAMTUNE__DRIFT__MIN_WINDOW="20",
     )
     try:
         with ThreadPoolExecutor(2) as starting:
@@ -661,8 +665,9 @@ def open_live(
                 retriever.store.ensure_collection(len(vectors[0]))
                 retriever.store.upsert(
                     [
-                        DocumentChunks("acme", doc, doc.title(), [text], [vector], f"e-{doc}", "2026-11-21T10:00:00Z")
+                        DocumentChunks(tenant, doc, doc.title(), [text], [vector], f"e-{doc}", "2026-11-21T10:00:00Z")
                         for (doc, text), vector in zip(texts.items(), vectors, strict=True)
+                        for tenant in ("acme", "globex")
                     ]
                 )
             for future in started:
@@ -740,3 +745,41 @@ def test_a_tenant_with_neither_documents_nor_adapters_is_a_model_that_does_not_e
     reader.close()
     assert len(found) == 1 and found[0].error is not None
     assert (found[0].error.code, found[0].answer, found[0].citations) == ("unknown_tenant", "", [])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_tenant_that_changes_subject_shows_question_drift_on_serves_metrics(open_live: Live) -> None:
+    from inference.service import ask_many
+
+    usual = [
+        f"{opening} {subject}?"
+        for subject in ("a refund", "my money back", "returning an order", "shipping to Lisbon", "delivery by courier")
+        for opening in ("How do I get", "Can I ask for", "What about", "Tell me about")
+    ]  # 20 ways of asking about refunds and shipping
+    other = [
+        f"{opening} {subject}?"
+        for subject in ("baking sourdough bread", "a risotto", "roasting a chicken", "pancakes", "a curry")
+        for opening in ("How do I make", "What is the recipe for", "How long does it take to cook", "Tips for")
+    ]  # 20 cooking questions
+    settings = open_live.settings
+    port = settings.inference.metrics_port
+
+    def p_value() -> float | None:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        line = next(
+            (x for x in text.splitlines() if x.startswith('streamtune_question_drift_p_value{tenant="globex"}')), ""
+        )
+        return float(line.split()[-1]) if line else None
+
+    answers = ask_many(settings, usual + usual, "globex", timeout_s=300)  # the first full window: the reference
+    assert all(a.error is None for a in answers)
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert 'streamtune_question_drift_untested{tenant="globex",reason="no reference yet"}' not in metrics
+    answers = ask_many(settings, usual, "globex", timeout_s=300)  # more of the usual: no drift
+    usual_p = p_value()
+    assert usual_p is not None and usual_p >= settings.drift.significance, usual_p
+    answers = ask_many(settings, other + other, "globex", timeout_s=300)  # a new subject (abstained: no documents)
+    assert all(a.grounded is False for a in answers)
+    drifted_p = p_value()
+    assert drifted_p is not None and drifted_p < settings.drift.significance, drifted_p

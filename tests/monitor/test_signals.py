@@ -17,9 +17,10 @@ import yaml
 
 from monitor.metrics import KNOWLEDGE_GAP_RATIO, PREFIX, MonitorMetrics
 from monitor.page import index_page, status_page
-from monitor.signals import ALERTS, DriftSource, Reading, SinceWhen, group_questions, jaccard, normalise, parse_drift
+from monitor.signals import ALERTS, Reading, SinceWhen, group_questions, jaccard, normalise
 from monitor.state import MonitorState
 from streamtune.dlq import DeadLetter
+from streamtune.exposition import DriftSource, parse_drift
 from streamtune.settings import MonitorSettings
 
 RULES = Path(__file__).resolve().parents[2] / "docker" / "prometheus" / "alerts.yml"
@@ -261,7 +262,7 @@ def serve_metrics() -> Iterator[str]:
 def test_drift_is_read_from_serves_metrics_and_an_unreachable_serve_is_shown_not_raised(
     serve_metrics: str, records: Any
 ) -> None:
-    from monitor.app import read_drift  # faust: the monitor's environment
+    from streamtune.exposition import read_drift
 
     figures = parse_drift(SERVE_TEXT)
     assert set(figures) == {"acme", "globex"}  # NaN: no test yet

@@ -179,3 +179,57 @@ def test_sigterm_during_a_kafka_outage_stops_watch_without_waiting_for_the_backo
         timer.cancel()
     assert time.monotonic() - started < 30  # the 60 s wait was cut short
     assert signal.getsignal(signal.SIGTERM) == before  # the service's handler is gone with the service
+
+
+EXPOSITION = """# HELP streamtune_question_drift_p_value p
+# TYPE streamtune_question_drift_p_value gauge
+streamtune_question_drift_p_value{tenant="acme"} 0.004975
+streamtune_question_drift_p_value{tenant="globex"} 0.41
+streamtune_question_drift_p_value{tenant="initech"} NaN
+"""
+
+
+@pytest.fixture
+def serve_metrics() -> Any:
+    """A stand-in for serve's /metrics (a real HTTP server on loopback serving drift figures)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = EXPOSITION.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    server.shutdown()
+
+
+def test_a_drifted_tenant_is_refreshed_early_only_when_drift_may_trigger(
+    settings: Settings, serve_metrics: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="training.watch")
+    unreachable = "http://127.0.0.1:9/metrics"  # says nothing, never fails the tick
+    monitor = settings.monitor.model_copy(update={"serve_metrics_urls": (unreachable, serve_metrics)})
+    assert watch_module.drifted_tenants(settings.model_copy(update={"monitor": monitor})) == {"acme": 0.004975}
+
+    def run(trigger: bool) -> dict[str, list[float]]:
+        drift = settings.drift.__class__(**{**vars(settings.drift), "trigger_refresh": trigger})
+        configured = settings.model_copy(update={"monitor": monitor, "drift": drift})
+        # one pending example each: below training.watch_min_examples (5), long before watch_minutes (60)
+        monkeypatch.setattr(watch_module, "pending_counts", topic_reads((Counter(acme=1, globex=1), {0: 2})))
+        refreshes = Refreshes(acme=promoted, globex=promoted)
+        monkeypatch.setattr(watch_module, "refresh", refreshes)
+        ticks = itertools.count()
+        assert watch_module.watch(configured, poll_s=0.01, until=lambda: next(ticks) >= 3) == 0
+        return refreshes.calls
+
+    assert {t: len(c) for t, c in run(trigger=False).items()} == {"acme": 0, "globex": 0}  # off by default
+    assert {t: len(c) for t, c in run(trigger=True).items()} == {"acme": 1, "globex": 0}
+    assert any(m.startswith("watch: acme: its questions drifted (p 0.0050") for m in caplog.messages)
