@@ -24,7 +24,7 @@ ML_TESTS := $(wildcard tests/streamtune tests/training tests/inference)
 FLINK_TESTS := $(wildcard tests/streams tests/retrieval)
 MONITOR_TESTS := $(wildcard tests/monitor)
 
-.PHONY: help env env-flink env-ml env-monitor browser promtool bench-peers bench-peers-env lock stack-up stack-down stack-status test test-unit lint demo clean
+.PHONY: help env env-flink env-ml env-monitor browser promtool compose bench-peers bench-peers-env lock stack-up stack-down stack-status test test-unit lint demo clean
 
 help:
 	@echo "make demo   the end-to-end demonstration (installs and starts everything it needs)"
@@ -69,6 +69,26 @@ promtool:
 		if [ -d /run/systemd/system ]; then systemctl disable --now prometheus prometheus-alertmanager || true; fi; \
 	else echo "promtool or amtool is missing: install Debian's prometheus and prometheus-alertmanager (the alert rules' tests need them)"; fi; }
 
+# Docker Compose, built from the Go module proxy (cached like Weaviate's build): `make test` validates
+# docker-compose.yml with it (tests/streamtune/test_compose.py). There is no Docker engine here, so the file is
+# read, never run. `go install` refuses the module's exclude directives, hence a build inside a copy of it.
+COMPOSE_MODULE := github.com/docker/compose/v5
+COMPOSE_VERSION := v5.6.0
+COMPOSE := $(CACHE)/compose/$(COMPOSE_VERSION)/bin/docker-compose
+
+compose: $(COMPOSE)
+
+$(COMPOSE):
+	@command -v go >/dev/null || { echo "go is missing: install Go 1.24 or newer (https://go.dev/doc/install)"; exit 1; }
+	export GOMODCACHE=$(CACHE)/go/mod GOCACHE=$(CACHE)/go/build CGO_ENABLED=0; \
+	src=$$(go mod download -json $(COMPOSE_MODULE)@$(COMPOSE_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	test -d "$$src" || { echo "go mod download $(COMPOSE_MODULE)@$(COMPOSE_VERSION) gave no module directory"; exit 1; }; \
+	work=$$(mktemp -d); trap 'chmod -R u+w "$$work"; rm -rf "$$work"' EXIT; \
+	cp -R "$$src/." "$$work"; chmod -R u+w "$$work"; mkdir -p $(dir $(COMPOSE)); \
+	cd "$$work" && GOFLAGS="$${GOFLAGS:-} -mod=mod" go build -trimpath -o $(COMPOSE).part \
+		-ldflags "-s -w -X $(COMPOSE_MODULE)/internal.Version=$(COMPOSE_VERSION)" ./cmd; \
+	mv $(COMPOSE).part $(COMPOSE)
+
 # Re-resolve the lock files after changing dependencies in pyproject.toml.
 lock: $(UV)
 	$(UV) pip compile -q pyproject.toml --extra flink --extra dev --python-version 3.11 -o requirements/flink.lock
@@ -89,13 +109,13 @@ lint: env
 	$(ML)/ruff check .
 	$(ML)/mypy streamtune streams retrieval training inference monitor
 
-test-unit: env
+test-unit: env compose
 	$(ML)/pytest -m "not integration" $(ML_TESTS)
 	$(FLINK)/pytest -m "not integration" $(FLINK_TESTS)
 	$(MONITOR)/pytest -m "not integration" $(MONITOR_TESTS)
 
 # The stack is stopped whatever the tests' outcome; the exit code is the tests'.
-test: lint stack-up
+test: lint compose stack-up
 	@status=0; \
 	STREAMTUNE__FLINK__PYTHON_EXECUTABLE=$(CURDIR)/$(FLINK)/python $(ML)/pytest $(ML_TESTS) || status=$$?; \
 	$(FLINK)/pytest $(FLINK_TESTS) || status=$$?; \

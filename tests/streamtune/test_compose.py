@@ -1,15 +1,20 @@
-"""docker-compose.yml cannot run here (no Docker engine); check that it parses and matches the defaults."""
+"""docker-compose.yml cannot run here (no Docker engine); check that it parses and matches the defaults, and that
+Docker Compose itself (built by `make compose`, pinned in the Makefile) accepts it and resolves it as promised."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from streamtune.cli.main import build_parser
 from streamtune.settings import Settings, load_settings
 from streamtune.stack.components import Weaviate
 from streamtune.stack.flink_cluster import prometheus_reporter
@@ -122,6 +127,132 @@ def test_every_long_running_service_restarts_and_has_a_health_check(compose: dic
 def test_health_checks_use_the_configured_metrics_ports(compose: dict, defaults: Settings) -> None:  # type: ignore[type-arg]
     serve_check = " ".join(compose["services"]["inference"]["healthcheck"]["test"])
     assert f":{defaults.inference.metrics_port}/metrics" in serve_check
+
+
+# -- Docker Compose itself (`make compose`; no engine here, so the file is resolved, never run) ----------------------
+@pytest.fixture(scope="module")
+def docker_compose(settings: Settings) -> list[str]:
+    """The pinned Docker Compose, run on docker-compose.yml alone: no COMPOSE_* or interpolated variable of the
+    caller's shell, so what is checked is what a user gets with the defaults."""
+    version = re.search(r"^COMPOSE_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert version, "the Makefile pins no COMPOSE_VERSION"
+    binary = settings.cache_dir / "compose" / version[1] / "bin" / "docker-compose"
+    assert os.access(binary, os.X_OK), f"{binary} is missing: run `make compose` (`make test` builds it too)"
+    reported = subprocess.run([binary, "version", "--short"], capture_output=True, text=True, check=True).stdout
+    assert reported.strip() == version[1].lstrip("v"), f"{binary} reports {reported.strip()}, not {version[1]}"
+    return [str(binary), "--project-directory", str(ROOT), "--file", str(ROOT / "docker-compose.yml")]
+
+
+def _run_compose(command: list[str], *args: str) -> str:
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
+    done = subprocess.run([*command, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, f"docker compose {' '.join(args)}: {done.stderr}"
+    # warnings (an unset variable, an obsolete key) are findings too
+    assert not done.stderr.strip(), f"docker compose {' '.join(args)} warns: {done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def resolved(docker_compose: list[str]) -> dict[str, Any]:
+    """`docker compose --profile gateway config --format json`: every service, as Compose resolves it."""
+    output = _run_compose(docker_compose, "--profile", "gateway", "config", "--format", "json")
+    config: dict[str, Any] = json.loads(output)
+    return config
+
+
+@pytest.mark.parametrize("profiles", [(), ("--profile", "gateway")], ids=["default", "gateway"])
+def test_docker_compose_accepts_the_file(docker_compose: list[str], profiles: tuple[str, ...]) -> None:
+    _run_compose(docker_compose, *profiles, "config", "-q")
+
+
+def test_the_gateway_runs_only_with_its_profile(docker_compose: list[str]) -> None:
+    default = set(_run_compose(docker_compose, "config", "--services").split())
+    with_gateway = set(_run_compose(docker_compose, "--profile", "gateway", "config", "--services").split())
+    assert "gateway" not in default
+    assert with_gateway == default | {"gateway"}
+
+
+def _long_running_commands() -> set[tuple[str, ...]]:
+    """The CLI's services, as its parser declares them (``set_defaults(service=True)``, see cli/main.py)."""
+    found: set[tuple[str, ...]] = set()
+    for name, group in _subcommands(build_parser()).items():
+        if group.get_default("service"):
+            found.add((name,))
+        found |= {(name, action) for action, sub in _subcommands(group).items() if sub.get_default("service")}
+    return found
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    # argparse has no public way to walk a parser's subcommands
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
+# In compose the ingest job is submitted to the Flink cluster and stays attached (`flink run --python
+# streams/job.py`): what `streams run` does in a local MiniCluster.
+_SAME_PROGRAM = {("streams", "run"): "streams/job.py"}
+# What each long-running command reads or writes, and where it says so.
+_NEEDS = {
+    ("serve",): {"kafka", "weaviate"},  # queries → retrieval → answers
+    ("http",): {"kafka", "weaviate"},  # queries/answers; search (inference/http/search.py)
+    ("train", "watch"): {"kafka", "weaviate"},  # examples; the index check (cli/train.py index_check)
+    ("monitor",): {"kafka", "weaviate"},  # service topics; freshness lookups (monitor/app.py)
+    ("streams", "run"): {"kafka", "weaviate"},  # domain-events → chunks
+}
+
+
+def _runs(service: dict[str, Any]) -> tuple[str, ...] | None:
+    """The long-running CLI command a resolved service runs, if any."""
+    command = service.get("command") or []
+    if command[:1] == ["streamtune"]:
+        args = build_parser().parse_args(command[1:])
+        if args.command == "train" and args.watch:
+            return ("train", "watch")  # the documented alias, `train --watch`
+        return tuple(part for part in (args.command, getattr(args, "action", None)) if part)
+    return next((cli for cli, program in _SAME_PROGRAM.items() if program in " ".join(command)), None)
+
+
+def test_every_long_running_command_has_a_service(resolved: dict[str, Any]) -> None:
+    commands = _long_running_commands()
+    assert commands == set(_NEEDS), "a new long-running command: say what it needs in _NEEDS, give it a service"
+    served = {_runs(service) for service in resolved["services"].values()}
+    assert not commands - served, f"long-running commands with no compose service: {sorted(commands - served)}"
+
+
+def _waits_healthy(services: dict[str, Any], name: str, target: str) -> bool:
+    """Whether `name` starts only after `target` is healthy: directly, or after a one-shot job or service that
+    itself waited for it (topics waits on Kafka's health check, then exits 0)."""
+    for dependency, how in services[name].get("depends_on", {}).items():
+        if dependency == target and how["condition"] == "service_healthy":
+            return True
+        if how["condition"] in ("service_healthy", "service_completed_successfully") and _waits_healthy(
+            services, dependency, target
+        ):
+            return True
+    return False
+
+
+def test_every_service_waits_for_the_health_of_what_it_needs(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    for needed in ("kafka", "weaviate"):
+        assert services[needed]["healthcheck"]["test"], needed
+    missing = [
+        f"{name} needs {needed}"
+        for name, service in services.items()
+        if (cli := _runs(service)) in _NEEDS
+        for needed in sorted(_NEEDS[cli])
+        if not _waits_healthy(services, name, needed)
+    ]
+    assert not missing, f"services that can start before what they need is healthy: {missing}"
+    assert _waits_healthy(services, "topics", "kafka")
+
+
+def test_published_ports_bind_loopback(resolved: dict[str, Any]) -> None:
+    # Every host port is 127.0.0.1 with the defaults; opening one wider would be a setting the file documents
+    # (a `${VAR:-127.0.0.1}` host address), and its default must still resolve to loopback.
+    published = [(name, port) for name, service in resolved["services"].items() for port in service.get("ports", [])]
+    assert published
+    wide = [f"{name}: {port['published']}" for name, port in published if port.get("host_ip") != "127.0.0.1"]
+    assert not wide, f"published on every interface: {wide}"
 
 
 # -- Prometheus and Grafana ------------------------------------------------------------------------------------
