@@ -314,7 +314,7 @@ def test_examples_the_trainer_drops_or_truncates_are_named(
     assert (len(rows), dropped, truncated) == (2, ["acme-ex-1"], ["acme-ex-2"])
 
     form = PromptFormat.of(settings)
-    rows, dropped, truncated = fates([short, long_context], form, tokenizer, 256)
+    rows, dropped, truncated = fates([short, long_context], form, tokenizer, 400)  # the spotlight note takes room
     assert (len(rows), dropped, truncated) == (2, [], ["acme-ex-3"])  # its context was shortened to fit
     assert fates([short, long_context], form, tokenizer, 4096)[1:] == ([], [])
 
