@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -31,15 +32,29 @@ def _layer(module: str) -> str:
     return module.split(".")[0]
 
 
-def _imports(path: Path) -> set[str]:
+def _names(nodes: Iterable[ast.AST]) -> set[str]:
+    """Every module (and ``module.name``) that these nodes import, absolute imports only."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in nodes:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {name for name in found if name.split(".")[0] in PACKAGES}
+    return found
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), str(path))
+
+
+def _imports_all(path: Path) -> set[str]:
+    """What ``path`` imports anywhere, lazy imports included."""
+    return _names(ast.walk(_tree(path)))
+
+
+def _imports(path: Path) -> set[str]:
+    return {name for name in _imports_all(path) if name.split(".")[0] in PACKAGES}
 
 
 def _modules() -> list[tuple[str, Path]]:
@@ -71,11 +86,28 @@ def test_streams_never_import_the_local_stack_installer() -> None:
             assert not any(n.startswith("streamtune.stack") for n in _imports(path)), module
 
 
+# Only these may import PyFlink; every other module of streams/ (the batch work in streams.indexer among them)
+# runs and is tested without it (the subprocess test below imports streams.indexer where PyFlink is not
+# installed). streams.job imports it only inside its functions (checked here).
+PYFLINK_MODULES = {"streams.operator", "streams.flink", "streams.job"}
+
+
+def test_only_the_flink_modules_of_streams_import_pyflink() -> None:
+    modules = dict(m for m in _modules() if m[0].startswith("streams."))
+    assert {"streams.indexer", "streams.operator", "streams.job"} <= set(modules)
+    importers = {m for m, path in modules.items() if "pyflink" in {n.split(".")[0] for n in _imports_all(path)}}
+    assert importers <= PYFLINK_MODULES, sorted(importers - PYFLINK_MODULES)
+    assert "streams.operator" in importers  # the rule sees the module that does import it
+    # the job imports without PyFlink (its operator module only once it builds the graph): the CLI imports it
+    eager = _names(_tree(modules["streams.job"]).body)
+    assert not [n for n in eager if n.split(".")[0] == "pyflink" or n.startswith("streams.operator")], eager
+
+
 def test_ingest_and_retrieval_import_without_ml_libraries() -> None:
     code = (
         "import sys, streamtune.cli, streamtune.settings, streamtune.contracts, streamtune.topics, "
         "streamtune.kafka, streamtune.stack, streamtune.models, streamtune.dlq, streamtune.manifest, "
-        "streams.job, streams.processing, retrieval, retrieval.store, retrieval.retriever\n"
+        "streams.job, streams.indexer, streams.processing, retrieval, retrieval.store, retrieval.retriever\n"
         "heavy = ('torch', 'transformers', 'peft', 'trl', 'sentence_transformers')\n"
         "print(','.join(sorted(m for m in heavy if m in sys.modules)))"
     )
