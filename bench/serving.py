@@ -109,6 +109,8 @@ def main() -> None:
         "STREAMTUNE__WEAVIATE__COLLECTION": f"Bench{tag}",
         "STREAMTUNE__INFERENCE__GROUP_ID": f"bench-{tag}",
         "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": str(args.max_new_tokens),
+        # every question generates (none abstains), so the workload is what it was before grounding
+        "STREAMTUNE__INFERENCE__NO_CONTEXT": "answer",
         "STREAMTUNE__INFERENCE__METRICS_PORT": "0",
         "STREAMTUNE__TRAINING__ADAPTERS_DIR": str(tmp / "adapters"),
     }

@@ -8,6 +8,11 @@ pickle) whose sha256 is the manifest's. Anything else is refused, logged and cou
 ``adapter-updates`` can make a tenant serve another tenant's adapter or load code. The weights are hashed
 again right before they are loaded, so a file changed after its announcement is refused too.
 
+On an object store (``training.adapters_dir = "s3://..."``) the URI must be exactly ``<store URL>/<tenant>/
+<version>``; the version is copied into ``<cache_dir>/adapters-cache/<tenant>/<version>`` (safetensors only,
+sha256 checked) and loaded from there (``streamtune.adapter_store``). A store that stays unreachable refuses
+the announcement (``unavailable``); what is loaded keeps serving.
+
 ``AdapterCache`` keeps at most ``inference.max_loaded_adapters`` adapters on the PEFT model, least
 recently used out (``delete_adapter``); ``UpdateReader`` follows the topic between batches.
 """
@@ -24,8 +29,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from streamtune.adapter_store import AdapterStore
 from streamtune.contracts import AdapterUpdate
-from streamtune.errors import ContractError
+from streamtune.errors import ContractError, UnavailableError
 from streamtune.kafka import consumer
 from streamtune.models import sha256_file
 from streamtune.rollout import Rollout, canary_arm, fold
@@ -48,13 +54,24 @@ class Announced:
     sha256: str
 
 
-def verify(update: AdapterUpdate, store: Path, base_model: str) -> Announced:
-    """The announcement as a loadable adapter, or ValueError saying which check it failed."""
+def verify(update: AdapterUpdate, store: Path | AdapterStore, base_model: str) -> Announced:
+    """The announcement as a loadable adapter, or ValueError saying which check it failed (``UnavailableError``
+    when an object store stayed unreachable)."""
     if update.base_model != base_model:
         raise ValueError(f"base model {update.base_model!r} is not the served {base_model!r}")
     manifest = update.manifest
     if (manifest.tenant, manifest.version) != (update.tenant, update.version):
         raise ValueError(f"its manifest is for {manifest.tenant} {manifest.version}")
+    if isinstance(store, AdapterStore):
+        if not store.local:
+            expected_uri = store.uri(update.tenant, update.version)
+            if update.uri != expected_uri:
+                raise ValueError(
+                    f"URI {update.uri!r} is not {expected_uri} (the store's place for this tenant and version)"
+                )
+            path = store.fetch(update.tenant, update.version, manifest.adapter.sha256)
+            return Announced(update.tenant, update.version, path, manifest.adapter.sha256)
+        store = Path(store.location)
     parsed = urlparse(update.uri)
     if parsed.scheme not in ("file", "") or parsed.netloc not in ("", "localhost"):
         raise ValueError(f"URI {update.uri!r} is not a local file URI")
@@ -80,7 +97,7 @@ class AdapterBook:
     """Every verified announcement, and each tenant's rollout (``streamtune.rollout``: its current version and a
     canary on trial); refusals are kept for the log and the metrics."""
 
-    store: Path
+    store: Path | AdapterStore
     base_model: str
     rollouts: dict[str, Rollout] = field(default_factory=dict)
     versions: dict[tuple[str, str], Announced] = field(default_factory=dict)
@@ -100,6 +117,12 @@ class AdapterBook:
             return True
         try:
             announced = verify(update, self.store, self.base_model)
+        except UnavailableError as exc:  # the store, not the announcement: the loaded adapters keep serving
+            reason = f"{update.tenant} {update.version}: unavailable: the adapter store: {exc}"
+            self.refused.append(reason)
+            log.error("serve: could not fetch %s; the tenant keeps what it had", reason)
+            self.on_refusal("unavailable")
+            return False
         except ValueError as exc:
             reason = f"{update.tenant} {update.version}: {exc}"
             self.refused.append(reason)
@@ -197,7 +220,12 @@ class UpdateReader:
 
         topic = topic_name(ADAPTER_UPDATES, settings.topics)
         self.consumer = consumer(settings.kafka)
-        partitions = self.consumer.list_topics(topic, timeout=settings.kafka.request_timeout_s).topics[topic].partitions
+        try:
+            metadata = self.consumer.list_topics(topic, timeout=settings.kafka.request_timeout_s)
+            partitions = metadata.topics[topic].partitions
+        except BaseException:  # Kafka unreachable: callers retry, and a consumer left open per attempt would leak
+            self.close()
+            raise
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
 
     def poll(self, timeout_s: float = 0.0) -> list[AdapterUpdate]:

@@ -28,6 +28,7 @@ from inference.metrics import ServeMetrics
 from inference.question_drift import QuestionDrift
 from retrieval.client import RetrievalError, address, is_transient
 from retrieval.store import SearchHit
+from streamtune.adapter_store import open_store
 from streamtune.contracts import Answer, AnswerError, Citation, Query, Usage
 from streamtune.errors import ConfigError, StreamtuneError, UnavailableError
 from streamtune.prompt import Passage, PromptFormat, render_prompt
@@ -81,7 +82,9 @@ class Answerer:
         prepare_torch(settings.inference.torch_threads, settings.memory)
         self.settings = settings
         self.metrics = metrics or ServeMetrics()
-        self.retriever = Retriever(settings, client=connect_when_ready(settings.weaviate, give_up=False))
+        waiting = self.metrics.waiting.labels("weaviate")
+        client = connect_when_ready(settings.weaviate, give_up=False, on_wait=lambda now: waiting.set(int(now)))
+        self.retriever = Retriever(settings, client=client)
         self._own_client = self.retriever.client
         self.tokenizer, model = load_base_model(settings, dtype=torch.float32)
         model.eval()
@@ -91,7 +94,7 @@ class Answerer:
         self.model_name = settings.models.base_model
         self.form = PromptFormat.of(settings)
         self.book = AdapterBook(
-            settings.adapters_dir,
+            open_store(settings),
             settings.models.base_model,
             on_refusal=lambda check: self.metrics.refused.labels(check).inc(),
         )

@@ -47,9 +47,19 @@ class Waiter(Protocol):
 
 
 class QueryRouter:
-    def __init__(self, settings: Settings, *, name: str = "router", message_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str = "router",
+        message_timeout_s: float | None = None,
+        report_waits: bool = True,
+    ) -> None:
+        """``report_waits`` False: a wait for Kafka is logged at debug only (a one-shot command reports it in the
+        one line it exits with)."""
         self.settings = settings
         self.name = name
+        self._wait_level = logging.WARNING if report_waits else logging.DEBUG
         self.queries = topic_name(QUERIES, settings.topics)
         self.topics = (topic_name(ANSWERS, settings.topics), topic_name(ANSWER_DELTAS, settings.topics))
         timeout_ms = max(int((message_timeout_s or settings.kafka.request_timeout_s) * 1000), 1000)
@@ -106,7 +116,13 @@ class QueryRouter:
                     self.status = _kafka_status(exc)
                     attempt += 1
                     if time.monotonic() - reported >= self.settings.kafka.status_interval_s:
-                        log.warning("%s: cannot read %s yet (%s); retrying", self.name, " and ".join(self.topics), exc)
+                        log.log(
+                            self._wait_level,
+                            "%s: cannot read %s yet (%s); retrying",
+                            self.name,
+                            " and ".join(self.topics),
+                            exc,
+                        )
                         reported = time.monotonic()
                     self._stop.wait(backoff.delay(attempt))
                     continue

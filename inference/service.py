@@ -182,8 +182,8 @@ def serve(settings: Settings, *, stop_after: int | None = None) -> int:
     metrics = ServeMetrics()
     if inference.metrics_port:
         metrics.serve(inference.metrics_port, inference.metrics_host)
-    answerer = Answerer(settings, metrics)
-    updates = UpdateReader(settings)
+    answerer = Answerer(settings, metrics)  # waits for Weaviate, the gauge saying so
+    updates = _wait_for_kafka(settings, metrics, lambda: UpdateReader(settings))
     _take_updates(answerer, updates.poll(1.0), metrics)
     log.info(
         "serve: adapters %s; refused %s",
@@ -315,6 +315,25 @@ def _admit(scheduler: Any, messages: list[Any], offsets: _Offsets, max_query_byt
     return answers + (scheduler.admit(valid, [now] * len(valid)) if valid else [])
 
 
+def _wait_for_kafka(settings: Settings, metrics: Any, make: Callable[[], Any]) -> Any:
+    """``make()``, a first Kafka read, with a broker down at start-up waited out as one that goes down later is:
+    bounded backoff for as long as it lasts, one line per ``kafka.status_interval_s``, the gauge saying so."""
+    from confluent_kafka import KafkaException
+
+    from streamtune.retry import retrying
+
+    waiting = metrics.waiting.labels("kafka")
+    return retrying(
+        make,
+        transient=lambda exc: isinstance(exc, KafkaException | KeyError),
+        backoff=settings.kafka.backoff(),
+        what=f"serve: Kafka at {settings.kafka.bootstrap_servers}",
+        fix="Start Kafka (`streamtune stack up`) or fix the [kafka] settings.",
+        log=log,
+        on_wait=lambda now: waiting.set(int(now)),
+    )
+
+
 def _report_kafka(
     settings: Settings, errors: list[Any], down_since: float | None, reported: float, metrics: Any
 ) -> tuple[float, float]:
@@ -418,7 +437,7 @@ def ask_many(
     (``inference.routing``); the answers in the questions' order."""
     from inference.routing import BlockingWaiter, QueryRouter
 
-    router = QueryRouter(settings, name="ask", message_timeout_s=timeout_s)
+    router = QueryRouter(settings, name="ask", message_timeout_s=timeout_s, report_waits=False)
     router.start()
     deadline = time.monotonic() + timeout_s
     try:

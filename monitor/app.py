@@ -44,6 +44,7 @@ from streamtune.dlq import DeadLetter
 from streamtune.errors import ConfigError, ContractError, KafkaUnavailableError
 from streamtune.exposition import read_drift
 from streamtune.kafka import admin_client, client_config
+from streamtune.retry import retrying
 from streamtune.settings import Settings
 from streamtune.topics import (
     ADAPTER_UPDATES,
@@ -115,7 +116,10 @@ class Monitor:
         self.group = f"{conf.group_id}-{uuid.uuid4().hex[:8]}"
         self.metrics = MonitorMetrics()
         self.state = MonitorState(conf, self.metrics)
-        self.adapters_dir = settings.adapters_dir.resolve()
+        # An object store (s3://) is not read from here (this environment has no s3fs): the page shows the
+        # versions `serve` copied to this machine, if any.
+        remote = "://" in settings.adapter_store
+        self.adapters_dir = (settings.cache_dir / "adapters-cache" if remote else settings.adapters_dir).resolve()
         self._weaviate: Any = None
         self._weaviate_failed_at = 0.0
         self.app = faust.App(
@@ -345,7 +349,15 @@ def _check_topics(settings: Settings) -> None:
 def main(settings: Settings) -> int:
     """Run the monitor until stopped (SIGTERM / Ctrl-C)."""
     _check(settings)
-    _check_topics(settings)
+    # A broker down at start-up is waited out as one that goes down later (faust reconnects by itself then)
+    retrying(
+        lambda: _check_topics(settings),
+        transient=lambda exc: isinstance(exc, KafkaUnavailableError),
+        backoff=settings.kafka.backoff(),
+        what=f"monitor: Kafka at {settings.kafka.bootstrap_servers}",
+        fix="Start Kafka (`streamtune stack up`) or fix the [kafka] settings.",
+        log=log,
+    )
     # The CLI gives our packages' loggers their level; this package is new to its list, so it follows theirs.
     logging.getLogger("monitor").setLevel(logging.getLogger("streamtune").getEffectiveLevel())
     with tempfile.TemporaryDirectory(prefix="streamtune-monitor-") as datadir:

@@ -7,6 +7,7 @@ waiting out, from a refusal of this particular request, which is not.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from streamtune.errors import UnavailableError
@@ -49,6 +50,8 @@ _TRANSIENT_WORDS = (
 
 class RetrievalError(UnavailableError):
     """Weaviate could not be reached or refused an operation."""
+
+    component = "weaviate"
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -143,8 +146,11 @@ def _without_secrets(exc: BaseException, settings: WeaviateSettings) -> str:
     return text
 
 
-def connect_when_ready(settings: WeaviateSettings, *, give_up: bool = True) -> Any:
-    """``connect``, waiting out an outage with the Weaviate backoff (services start before their dependencies)."""
+def connect_when_ready(
+    settings: WeaviateSettings, *, give_up: bool = True, on_wait: Callable[[bool], None] | None = None
+) -> Any:
+    """``connect``, waiting out an outage with the Weaviate backoff (services start before their dependencies);
+    ``on_wait`` hears when the wait begins and ends (``streamtune.retry``)."""
     return retrying(
         lambda: connect(settings),
         transient=lambda exc: isinstance(exc, RetrievalError),
@@ -152,4 +158,5 @@ def connect_when_ready(settings: WeaviateSettings, *, give_up: bool = True) -> A
         what=f"Weaviate at {address(settings)}",
         fix="Start Weaviate (`streamtune stack up`) or fix the [weaviate] settings.",
         log=log,
+        on_wait=on_wait,
     )

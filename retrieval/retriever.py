@@ -22,9 +22,15 @@ class Retriever:
         from streamtune.models import load_embedder
 
         self.settings = settings
-        self.embedder = embedder if embedder is not None else load_embedder(settings)
         self._own_client = client is None
+        # connected before the embedding model loads (seconds): an unreachable Weaviate is reported at once
         self.client = client if client is not None else connect(settings.weaviate)
+        try:
+            self.embedder = embedder if embedder is not None else load_embedder(settings)
+        except BaseException:
+            if self._own_client:
+                self.client.close()
+            raise
         self.store = ChunkStore(self.client, settings)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:

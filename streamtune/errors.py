@@ -67,11 +67,18 @@ class StackError(StreamtuneError):
 
 
 class UnavailableError(StreamtuneError):
-    """A dependency (Kafka, Weaviate) could not be reached or refused an operation; a retry may succeed."""
+    """A dependency (Kafka, Weaviate) could not be reached or refused an operation; a retry may succeed.
+
+    ``component`` (``kafka``, ``weaviate`` or None) lets the CLI name the dependency's address and the fix in the
+    one line a one-shot command prints."""
+
+    component: str | None = None
 
 
 class KafkaUnavailableError(UnavailableError):
     """The Kafka cluster could not be reached or refused an operation."""
+
+    component = "kafka"
 
 
 class RetryExhausted(UnavailableError):

@@ -264,6 +264,10 @@ def read_range(
         return
     reader = consumer(kafka)
     try:
+        try:  # a broker that is down is reported within kafka.request_timeout_s, not after timeout_s of no progress
+            reader.list_topics(topic, timeout=kafka.request_timeout_s)
+        except KafkaException as exc:
+            raise KafkaUnavailableError(f"cannot read {topic} from {kafka.bootstrap_servers}: {exc}") from exc
         reader.assign([TopicPartition(topic, p, start) for p, (start, _) in wanted.items()])
         deadline = time.monotonic() + timeout_s
         while wanted:

@@ -178,7 +178,9 @@ def configure(settings: LoggingSettings, *, service: bool) -> None:
     root.setLevel(logging.INFO if verbose else logging.ERROR)
     for name in OURS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else settings.level)
-    logging.getLogger(KAFKA_LOGGER).setLevel(logging.NOTSET)  # the root's level decides, as for other libraries
+    # the root's level decides, as for other libraries; a one-shot command reports an unreachable broker in the
+    # one line it exits with, so librdkafka's own connection errors (one per attempt) wait for -v there
+    logging.getLogger(KAFKA_LOGGER).setLevel(logging.NOTSET if service or verbose else logging.CRITICAL)
     # Python warnings become log lines (JSON in services). Unless -v, deprecations and warnings raised in other
     # packages' code (torch kernels, resource warnings) are dropped. Decided where a warning is shown rather than
     # with warnings filters: libraries reset those (apache_beam's annotations module does simplefilter("always")).

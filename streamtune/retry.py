@@ -5,6 +5,8 @@ An operation is retried only while its failure is *transient* (the caller's clas
 refused, time-outs, 5xx, read-only storage); any other failure is raised at once so that the caller can
 dead-letter the one record that caused it. After ``give_up_s`` without success it raises ``RetryExhausted``
 naming the dependency and the fix; ``give_up_s=None`` waits forever (a service that must outlive outages).
+``on_wait`` hears ``True`` at the first transient failure and ``False`` once the operation succeeds after
+failures: a service's health endpoint or gauge says it is waiting, and on what.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def retrying(
     log: logging.Logger,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    on_wait: Callable[[bool], None] | None = None,
 ) -> T:
     """``operation()``, retried while it fails transiently; see the module docstring."""
     first_failure: float | None = None
@@ -56,7 +59,10 @@ def retrying(
             if not transient(exc):
                 raise
             now = clock()
-            first_failure = now if first_failure is None else first_failure
+            if first_failure is None:
+                first_failure = now
+                if on_wait is not None:
+                    on_wait(True)
             waited = now - first_failure
             if backoff.give_up_s is not None and waited >= backoff.give_up_s:
                 raise RetryExhausted(
@@ -79,6 +85,8 @@ def retrying(
             continue
         if first_failure is not None:
             log.warning("%s is back after %.1fs and %d retries", what, clock() - first_failure, attempt)
+            if on_wait is not None:
+                on_wait(False)
         return result
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "ModelSettings",
     "MonitorSettings",
     "RetrievalSettings",
+    "S3Settings",
     "Settings",
     "StackSettings",
     "StreamsSettings",
@@ -269,7 +270,11 @@ class ModelSettings(_Section):
 
 
 class TrainingSettings(_Section):
-    adapters_dir: Path | None = Field(None, description="Adapter registry; default <cache_dir>/adapters.")
+    adapters_dir: Path | str | None = Field(
+        None,
+        description="Adapter registry: a local folder or an fsspec URL (s3://bucket/prefix, with the [s3] "
+        "settings); default <cache_dir>/adapters.",
+    )
     max_steps: int = Field(60, ge=1, description="Optimizer steps per refresh.")
     learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
     batch_size: int = Field(4, ge=1, description="Examples per device step.")
@@ -421,6 +426,22 @@ class TrainingSettings(_Section):
     def refresh_backoff(self) -> Backoff:
         """`train watch`'s policy for a tenant whose refresh failed: retried later, never given up on."""
         return Backoff(self.retry_initial_s, self.retry_max_s, None)
+
+    @field_validator("adapters_dir")
+    @classmethod
+    def _store_location(cls, value: Path | str | None) -> Path | str | None:
+        """A local folder stays a ``Path`` (``file://`` URLs too); another URL must name a place after its
+        scheme (``s3://bucket`` at least)."""
+        if not isinstance(value, str):
+            return value
+        scheme, sep, rest = value.partition("://")
+        if not sep:
+            return Path(value)
+        if scheme == "file":
+            return Path(rest)
+        if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) or not rest.strip("/"):
+            raise ValueError(f"expected a local path or a URL such as s3://bucket/prefix, got {value!r}")
+        return value
 
 
 class InferenceSettings(_Section):
@@ -704,6 +725,87 @@ class FlinkSettings(_Section):
     )
 
 
+_LOCAL_S3_KEY_ID, _LOCAL_S3_SECRET = "streamtune", "streamtune-local-only"
+"""The local stack's SeaweedFS credentials: not a secret (they are in the source), only ever served on 127.0.0.1."""
+
+
+class S3Settings(_Section):
+    """An S3-compatible object store, for ``training.adapters_dir = "s3://..."``. The defaults are the local
+    stack's SeaweedFS (``streamtune stack up`` starts it on 127.0.0.1 and creates ``bucket``); a remote store
+    needs only ``endpoint_url`` (None: AWS's own) and its credentials."""
+
+    endpoint_url: str | None = Field(
+        "http://127.0.0.1:8333",
+        description="S3 API endpoint; the local stack's SeaweedFS by default (None or \"\": AWS's endpoints).",
+    )
+    access_key_id: str | None = Field(
+        None, description="Access key id; unset: the local stack's (like every name with `key`, masked when shown)."
+    )
+    secret_access_key: SecretStr | None = Field(
+        None,
+        description="Secret access key (never printed); unset: the local stack's fixed one, good on 127.0.0.1 only.",
+    )
+    region: str = Field("us-east-1", description="Region name sent with each signed request.")
+    bucket: str = Field("streamtune-adapters", description="The bucket `stack up` creates in the local SeaweedFS.")
+    give_up_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long a store request that fails on a connection, time-out or 5xx is retried (backoff "
+        "doubling from 0.2 s to 5 s) before the operation fails (a publish then lists and announces nothing).",
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout of one store request.")
+    read_timeout_s: float = Field(30.0, gt=0, description="Read timeout of one store request.")
+    seaweedfs_version: str = Field(
+        "v0.0.0-20261109003541-7506e5f91cd6",
+        description="SeaweedFS (Apache-2.0) module version built from the Go module proxy for the local stack.",
+    )
+    master_port: int = Field(
+        9333, gt=0, lt=55536, description="Local SeaweedFS master port (its gRPC port is this + 10000)."
+    )
+    volume_port: int = Field(
+        9340, gt=0, lt=55536, description="Local SeaweedFS volume server port (its gRPC port is this + 10000)."
+    )
+    filer_port: int = Field(
+        8888, gt=0, lt=55536, description="Local SeaweedFS filer port (its gRPC port is this + 10000)."
+    )
+
+    @property
+    def port(self) -> int | None:
+        """The port of ``endpoint_url`` when it is on this machine (what the local stack serves S3 on)."""
+        from urllib.parse import urlparse
+
+        parsed = urlparse(self.endpoint_url or "")
+        if parsed.hostname not in ("127.0.0.1", "localhost"):
+            return None
+        return parsed.port or (443 if parsed.scheme == "https" else 80)
+
+    def key_id(self) -> str:
+        """The access key id: ``access_key_id``, or the local stack's when it is unset."""
+        return self.access_key_id or _LOCAL_S3_KEY_ID
+
+    def secret(self) -> str:
+        """The secret access key: ``secret_access_key``, or the local stack's when it is unset."""
+        if self.secret_access_key is not None:
+            return self.secret_access_key.get_secret_value()
+        return _LOCAL_S3_SECRET
+
+    def storage_options(self) -> dict[str, Any]:
+        """s3fs's keyword arguments for these settings."""
+        endpoint = {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
+        return {
+            "key": self.key_id(),
+            "secret": self.secret(),
+            "client_kwargs": {"region_name": self.region, **endpoint},
+            "config_kwargs": {
+                "connect_timeout": self.connect_timeout_s,
+                "read_timeout": self.read_timeout_s,
+                # one attempt each: streamtune.adapter_store retries with the project's one backoff policy
+                "retries": {"max_attempts": 1, "mode": "standard"},
+            },
+            "use_listings_cache": False,  # other writers change the store; a listing is read anew each time
+        }
+
+
 class StackSettings(_Section):
     home: Path | None = Field(None, description="Data and logs of the local stack; default <cache_dir>/stack.")
     kafka_version: str = Field("4.2.1", description="Apache Kafka version (Maven Central jars).")
@@ -825,6 +927,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("cache_dir")
@@ -868,8 +971,24 @@ class Settings(BaseSettings):
         return (self.flink.log_dir or self.cache_dir / "flink" / "logs").expanduser()
 
     @property
+    def adapter_store(self) -> str:
+        """``training.adapters_dir`` as the store's location: an fsspec URL as given (no trailing ``/``), or
+        an absolute local path (``streamtune.adapter_store`` opens either)."""
+        configured = self.training.adapters_dir
+        if isinstance(configured, str) and "://" in configured:
+            return configured.rstrip("/")
+        return str(self.adapters_dir.resolve())
+
+    @property
     def adapters_dir(self) -> Path:
-        return (self.training.adapters_dir or self.cache_dir / "adapters").expanduser()
+        """The local adapter store; a ``ConfigError`` when ``training.adapters_dir`` is a URL (callers that take
+        either use ``adapter_store``)."""
+        configured = self.training.adapters_dir
+        if isinstance(configured, str) and "://" in configured:
+            raise ConfigError(
+                "training.adapters_dir", configured, "this reads a local folder only; use a local path here"
+            )
+        return Path(configured or self.cache_dir / "adapters").expanduser()
 
     @property
     def stack_home(self) -> Path:

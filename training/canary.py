@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from streamtune.adapter_store import open_store
 from streamtune.contracts import FeedbackRecorded, decode_event
 from streamtune.errors import ContractError
 from streamtune.kafka import committed_end_offsets, read_range
@@ -175,7 +176,7 @@ def decide(
 ) -> list[Decision]:
     """One decision step over every tenant with a registry (or ``only``) that has a canary or a current version:
     returns the decisions taken. The topics are read only when there is such a tenant."""
-    judged = [t for t in ([only] if only else tenants(settings.adapters_dir)) if _has_rollout(settings, t)]
+    judged = [t for t in ([only] if only else tenants(open_store(settings))) if _has_rollout(settings, t)]
     if not judged:
         return []
     quality = read_quality(settings) if quality is None else quality

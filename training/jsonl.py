@@ -370,7 +370,13 @@ def publish(settings: Settings, events: Sequence[QaRecorded]) -> int:
     for event in events:
         client.produce(topic, key=event.key.encode(), value=encode(event), on_delivery=delivered)
         client.poll(0)
-    left = client.flush(max(settings.kafka.request_timeout_s, 1.0) * 4)
+    # Waits while the acknowledgements come, and at most kafka.request_timeout_s without one (a broker that is
+    # down is reported in that time, a large import on a slow broker is not cut short).
+    waiting = len(events)
+    left = client.flush(settings.kafka.request_timeout_s)
+    while 0 < left < waiting:  # acknowledged some in the last interval: keep waiting
+        waiting = left
+        left = client.flush(settings.kafka.request_timeout_s)
     if left or failed:
         raise KafkaUnavailableError(
             f"{topic} on {settings.kafka.bootstrap_servers}: {left + len(failed)} of {len(events)} events not "

@@ -96,19 +96,20 @@ def export_version(version: Version, destination: str) -> list[str]:
 
     where = f"{version.tenant} {version.name}"
     expected = version.manifest.adapter.sha256
-    weights = (version.path / ADAPTER_WEIGHTS).read_bytes()
+    weights = version.read(ADAPTER_WEIGHTS) or b""
     if _sha256(weights) != expected:
         raise ExportError(
-            f"{where}: {version.path / ADAPTER_WEIGHTS} has sha256 {_sha256(weights)[:16]}..., its manifest says "
+            f"{where}: {version.uri}/{ADAPTER_WEIGHTS} has sha256 {_sha256(weights)[:16]}..., its manifest says "
             f"{expected[:16]}...: the version was changed after it was published; export another version"
         )
-    config = json.loads((version.path / ADAPTER_CONFIG).read_text())
+    config = json.loads(version.read(ADAPTER_CONFIG) or b"{}")
+    loss_curve = version.read(_LOSS_CURVE)
     files = {
         ADAPTER_WEIGHTS: weights,
         ADAPTER_CONFIG: adapter_config(config, version.manifest).encode(),
         MODEL_CARD: model_card(version.manifest).encode(),
-        **({_LOSS_CURVE: (version.path / _LOSS_CURVE).read_bytes()} if (version.path / _LOSS_CURVE).is_file() else {}),
-        "manifest.json": (version.path / "manifest.json").read_bytes(),  # last: an export with it is whole
+        **({_LOSS_CURVE: loss_curve} if loss_curve is not None else {}),
+        "manifest.json": version.read("manifest.json") or b"",  # last: an export with it is whole
     }
     try:
         fs, root = fsspec.core.url_to_fs(destination)
@@ -138,7 +139,7 @@ def announce(settings: Settings, version: Version, state: str = "current") -> No
     update = AdapterUpdate(
         tenant=version.tenant,
         version=version.name,
-        uri=version.path.resolve().as_uri(),
+        uri=version.uri,
         base_model=settings.models.base_model,
         manifest=version.manifest,
         state=state,

@@ -123,7 +123,7 @@ def _refresh(
         added = evidence.record.earlier_held_out
         say(f"  {tenant}: the gate scores {len(data.held_out)} new + {added} earlier held-out examples")
 
-    parent, baseline = (current.path, current.name) if current else (None, "base model")
+    parent, baseline = (current.local_dir(), current.name) if current else (None, "base model")
     form = PromptFormat.of(settings)
     with tempfile.TemporaryDirectory(prefix="streamtune-train-") as tmp:
         candidate = train_candidate(
@@ -176,7 +176,7 @@ def replay(settings: Settings, tenant: str, name: str, *, say: Callable[[str], N
         candidate = train_candidate(
             recorded,
             data.examples,
-            parent.path if parent else None,
+            parent.local_dir() if parent else None,
             Path(tmp),
             say,
             prompt=manifest.prompt,

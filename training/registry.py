@@ -24,6 +24,19 @@ current version was announced is checked against the topic itself (``training.pu
 
 A version's manifest is read through ``streamtune.manifest.Manifest``: one that does not match it raises
 ``ContractError`` naming the file and the field.
+
+**On an object store** (``training.adapters_dir = "s3://..."``, ``streamtune.adapter_store``) the layout is the
+same, but there is no rename and no lock file, so: a version's files are written in place, and its
+``manifest.json`` last, as a conditional create (``If-None-Match: *``): the manifest is the version's commit
+record, and a second writer of the same version name is refused (``WriteConflict``). ``registry.json`` is one
+object, replaced whole with ``If-Match`` on the ETag it was read with, so a reader sees the state before or
+after a change, and a writer that raced another is refused instead of losing its change. A version is listed
+only through the index, so files of an unfinished publish (the store went away mid-way, the writer died) are
+never listed or announced; the next opening for writing removes a version folder that has no manifest and
+adopts one that has a manifest but no index entry, as on a local disk. The single-writer lock is not replaced
+by a lock object: which trainer writes a tenant is decided by Kafka partition assignment, and the conditional
+writes make a second writer fail loudly rather than corrupt anything. Failing requests are retried with bounded
+backoff (``s3.give_up_s``); past it the operation raises and lists nothing new.
 """
 
 from __future__ import annotations
@@ -34,13 +47,16 @@ import os
 import re
 import shutil
 import socket
+import tempfile
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from streamtune.adapter_store import AdapterStore, WriteConflict, open_store
 from streamtune.errors import ContractError, StreamtuneError
 from streamtune.manifest import Manifest
 from streamtune.settings import Settings
@@ -77,6 +93,7 @@ the point it wants); nothing else sets it. The points, in the order a refresh pa
 - ``locked``: the tenant's lock is held and the repair has run (nothing half-done yet);
 - ``partial``: a ``.partial-*`` directory holds the adapter's weights but not yet its manifest
   (``training.publish.write_version``);
+- ``uploading`` (object stores only): one more of the version's files is uploaded, its manifest is not yet;
 - ``renamed``: the version directory is in place, ``registry.json`` does not list it yet;
 - ``index-temp``: ``registry.json.<pid>`` is written and fsynced, not yet renamed over ``registry.json``
   (at every index write);
@@ -104,6 +121,34 @@ class Version:
     decision: dict[str, Any] | None = None
     """The last rollout decision about this version (``training/canary.py``): what was decided, why, when and
     on which figures; None when none was taken."""
+    uri: str = ""
+    """Where announcements say it is (``AdapterStore.uri``); the ``file://`` URI of ``path`` by default."""
+    store: AdapterStore | None = field(default=None, repr=False, compare=False)
+    """The store it was read from; on an object store ``path`` is only where ``local_dir`` copies it."""
+
+    def __post_init__(self) -> None:
+        if not self.uri:
+            object.__setattr__(self, "uri", self.path.resolve().as_uri())
+
+    @property
+    def remote(self) -> bool:
+        return self.store is not None and not self.store.local
+
+    def local_dir(self) -> Path:
+        """A local folder with this version's files: ``path`` itself, or (object store) a verified copy."""
+        if self.store is None or self.store.local:
+            return self.path
+        return self.store.fetch(self.tenant, self.name, self.manifest.adapter.sha256)
+
+    def read(self, name: str) -> bytes | None:
+        """One of the version's files, None when it has none of that name."""
+        if not self.remote:
+            file = self.path / name
+            return file.read_bytes() if file.is_file() else None
+        assert self.store is not None
+        if not self.store.exists(self.tenant, self.name, name):
+            return None
+        return self.store.read(self.tenant, self.name, name)
 
 
 def _fsync_tree(path: Path) -> None:
@@ -133,9 +178,23 @@ def _number(name: str) -> int:
     return int(name[1:])
 
 
+_ETAG = "__etag__"
+"""Key of the ETag an object store's index was read with (kept beside it in memory, never written)."""
+
+
+_writing_remote = threading.local()
+"""(store location, tenant) pairs this thread is writing on an object store: a nested opening skips the repair,
+which would otherwise take the outer writer's unfinished files for a crash's."""
+
+
 class AdapterRegistry:
-    def __init__(self, root: Path, tenant: str, *, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+    def __init__(self, root: Path | AdapterStore, tenant: str, *, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self.tenant = tenant
+        self.store = root if isinstance(root, AdapterStore) and not root.local else None
+        """The object store, when the registry is on one (None: a local folder)."""
+        if isinstance(root, AdapterStore):
+            # on an object store, where local_dir() copies versions
+            root = Path(root.location) if root.local else root.cache_dir / "adapters-cache"
         self.root = root / tenant
         self.index_file = self.root / "registry.json"
         self.lock_file = self.root / ".lock"
@@ -143,11 +202,20 @@ class AdapterRegistry:
         self.repaired: list[str] = []
         """What the last opening for writing repaired (also logged), one line each."""
 
+    @property
+    def location(self) -> str:
+        """Where the tenant's registry is, for messages: a folder, or the object store's URL."""
+        return f"{self.store.location}/{self.tenant}" if self.store is not None else str(self.root)
+
     # -- the writer's lock and the repair -------------------------------------------------------
     @contextmanager
     def writing(self) -> Iterator[AdapterRegistry]:
         """Hold the tenant's lock for the block; on first entry (it is reentrant within a thread) repair what
         a crash left. See the module docstring."""
+        if self.store is not None:
+            with self._writing_remote():
+                yield self
+            return
         from filelock import FileLock
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -163,6 +231,47 @@ class AdapterRegistry:
             yield self
         finally:
             lock.release()
+
+    @contextmanager
+    def _writing_remote(self) -> Iterator[None]:
+        """On an object store: no lock (one writer per tenant by Kafka assignment; conditional writes refuse a
+        second one); the repair runs at the outermost opening in this thread."""
+        assert self.store is not None
+        mine = (self.store.location, self.tenant)
+        held: set[tuple[str, str]] = _writing_remote.__dict__.setdefault("held", set())
+        outermost = mine not in held
+        held.add(mine)
+        try:
+            if outermost:
+                self.repaired = self._repair_remote()
+            _crash_point("locked")
+            yield
+        finally:
+            if outermost:
+                held.discard(mine)
+
+    def _repair_remote(self) -> list[str]:
+        assert self.store is not None
+        repaired = []
+        index = self._index()
+        adopted = False
+        names = [n for n in self.store.names(self.tenant) if _VERSION_NAME.fullmatch(n)]
+        for name in sorted(names, key=_number):
+            if name in index["versions"]:
+                continue
+            if not self.store.exists(self.tenant, name, "manifest.json"):
+                self.store.remove(self.tenant, name)
+                repaired.append(f"removed the half-written {name} (no manifest: its publish never finished)")
+                continue
+            note = self._adopt(index, name)
+            if note:
+                repaired.append(note)
+                adopted = True
+        if adopted:
+            self._write_index(index)
+        for line in repaired:
+            log.warning("tenant %s: repaired: %s", self.tenant, line)
+        return repaired
 
     def _acquire(self, lock: Any) -> None:
         from filelock import Timeout
@@ -214,7 +323,7 @@ class AdapterRegistry:
         for path in sorted(on_disk, key=lambda p: _number(p.name)):
             if path.name in index["versions"]:
                 continue
-            note = self._adopt(index, path)
+            note = self._adopt(index, path.name)
             if note:
                 repaired.append(note)
                 adopted = True
@@ -226,10 +335,11 @@ class AdapterRegistry:
             log.warning("tenant %s: repaired: %s", self.tenant, line)
         return repaired
 
-    def _adopt(self, index: dict[str, Any], path: Path) -> str | None:
+    def _adopt(self, index: dict[str, Any], name: str) -> str | None:
         """Enter a version directory the index lacks (renamed into place, then a crash before the index write)."""
+        path = self.root / name
         try:
-            manifest = Manifest.load(path)
+            manifest = self._manifest(name)
         except ContractError as exc:
             # Never renamed into place without a manifest that read back: someone changed it since.
             log.error("tenant %s: %s is not in registry.json and cannot be adopted: %s", self.tenant, path.name, exc)
@@ -257,6 +367,15 @@ class AdapterRegistry:
 
     # -- index ----------------------------------------------------------------------------------
     def _index(self) -> dict[str, Any]:
+        if self.store is not None:
+            found = self.store.read_with_etag(self.tenant, self.index_file.name)
+            if found is None:
+                return {"current": None, "canary": None, "versions": {}, "history": [], _ETAG: None}
+            data, etag = found
+            index = dict(json.loads(data))
+            index.setdefault("canary", None)
+            index[_ETAG] = etag  # what _write_index replaces: the index this change was made on
+            return index
         if not self.index_file.is_file():
             return {"current": None, "canary": None, "versions": {}, "history": []}
         index = dict(json.loads(self.index_file.read_text()))
@@ -264,6 +383,22 @@ class AdapterRegistry:
         return index
 
     def _write_index(self, index: dict[str, Any]) -> None:
+        if self.store is not None:
+            etag = index.pop(_ETAG, None)
+            try:
+                self.store.replace(
+                    self.tenant,
+                    self.index_file.name,
+                    data=json.dumps(index, indent=2, sort_keys=True).encode(),
+                    etag=etag,
+                )
+            except WriteConflict as exc:
+                raise RegistryError(
+                    f"tenant {self.tenant}: another writer changed {self.store.location}/{self.tenant}/"
+                    f"{self.index_file.name} since it was read; this change was not made. One trainer writes a "
+                    "tenant at a time: stop the other one, then try again"
+                ) from exc
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         partial = self.index_file.with_suffix(f".json.{os.getpid()}")
         partial.write_text(json.dumps(index, indent=2, sort_keys=True))
@@ -281,12 +416,33 @@ class AdapterRegistry:
     def get(self, name: str) -> Version:
         index = self._index()
         path = self.root / name
-        if name not in index["versions"] or not (path / "manifest.json").is_file():
+        if name not in index["versions"] or not self._has_manifest(name):
             known = ", ".join(sorted(index["versions"])) or "none"
             raise RegistryError(f"tenant {self.tenant}: no adapter version {name!r} (known: {known})")
         entry = index["versions"][name]
         since = datetime.fromisoformat(entry["created_at"]) if entry.get("created_at") else None
-        return Version(self.tenant, name, path, entry["status"], Manifest.load(path), since, entry.get("decision"))
+        manifest = self._manifest(name)
+        if self.store is None:
+            return Version(self.tenant, name, path, entry["status"], manifest, since, entry.get("decision"))
+        uri = self.store.uri(self.tenant, name)
+        return Version(
+            self.tenant, name, path, entry["status"], manifest, since, entry.get("decision"), uri, self.store
+        )
+
+    def _has_manifest(self, name: str) -> bool:
+        if self.store is None:
+            return (self.root / name / "manifest.json").is_file()
+        return self.store.exists(self.tenant, name, "manifest.json")
+
+    def _manifest(self, name: str) -> Manifest:
+        if self.store is None:
+            return Manifest.load(self.root / name)
+        where = f"{self.store.uri(self.tenant, name)}/manifest.json"
+        try:
+            data = json.loads(self.store.read(self.tenant, name, "manifest.json"))
+        except (OSError, ValueError) as exc:
+            raise ContractError(f"{where}: not a readable manifest: {exc}", error_class="InvalidManifest") from exc
+        return Manifest.from_json(data, where=where)
 
     def current(self) -> Version | None:
         name = self._index()["current"]
@@ -305,15 +461,22 @@ class AdapterRegistry:
     def next_name(self) -> str:
         """After every version the index lists *and* every version directory on disk, so that a directory the
         repair could not adopt never has its name given again."""
-        on_disk = [p.name for p in self.root.iterdir()] if self.root.is_dir() else []
+        if self.store is not None:
+            on_disk = self.store.names(self.tenant)
+        else:
+            on_disk = [p.name for p in self.root.iterdir()] if self.root.is_dir() else []
         names = [n for n in [*self._index()["versions"], *on_disk] if _VERSION_NAME.fullmatch(n)]
         return f"v{max(map(_number, names), default=0) + 1:04d}"
 
     # -- writing --------------------------------------------------------------------------------
     def publish(self, name: str, write: Callable[[Path], None], status: str) -> Version:
         """Write a version atomically: ``write`` fills a temporary directory (``manifest.json`` included, which
-        must read back as a ``Manifest``), which is fsynced and renamed; then the index lists it."""
+        must read back as a ``Manifest``), which is fsynced and renamed; then the index lists it. On an object
+        store the files are uploaded in place and ``manifest.json`` is created last (the module docstring)."""
         with self.writing():
+            if self.store is not None:
+                self._upload(name, write)
+                return self._list_published(name, status)
             target = self.root / name
             if target.exists():
                 raise RegistryError(f"tenant {self.tenant}: version {name} exists and published versions are immutable")
@@ -330,16 +493,48 @@ class AdapterRegistry:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise
             _crash_point("renamed")
-            index = self._index()
-            index["versions"][name] = {"status": status, "created_at": datetime.now(UTC).isoformat()}
-            if status == "promoted":
-                index["current"] = name
-                index["history"].append(name)
-            elif status == "canary":
-                self._start_canary(index, name)
-            self._write_index(index)
-            _crash_point("index-written")
-            return self.get(name)
+            return self._list_published(name, status)
+
+    def _list_published(self, name: str, status: str) -> Version:
+        index = self._index()
+        index["versions"][name] = {"status": status, "created_at": datetime.now(UTC).isoformat()}
+        if status == "promoted":
+            index["current"] = name
+            index["history"].append(name)
+        elif status == "canary":
+            self._start_canary(index, name)
+        self._write_index(index)
+        _crash_point("index-written")
+        return self.get(name)
+
+    def _upload(self, name: str, write: Callable[[Path], None]) -> None:
+        """A version onto the object store: files in place, then the manifest as the commit record."""
+        assert self.store is not None
+        store = self.store
+        if name in self._index()["versions"] or store.exists(self.tenant, name, "manifest.json"):
+            raise RegistryError(f"tenant {self.tenant}: version {name} exists and published versions are immutable")
+        with tempfile.TemporaryDirectory(prefix=f"streamtune-{name}-") as tmp:
+            folder = Path(tmp)
+            write(folder)
+            Manifest.load(folder)  # a version is never published without a manifest that reads back
+            files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
+            try:
+                for file in files:
+                    store.write(self.tenant, name, file.name, data=file.read_bytes())
+                    _crash_point("uploading")
+                store.create(self.tenant, name, "manifest.json", data=(folder / "manifest.json").read_bytes())
+            except WriteConflict as exc:  # its files may be the other writer's now: leave them to it
+                raise RegistryError(
+                    f"tenant {self.tenant}: another writer published {name} at the same time; one trainer writes "
+                    "a tenant at a time"
+                ) from exc
+            except BaseException:
+                # Best effort, once: with the store down this fails too, and the next writer's repair removes the
+                # folder (no manifest: never listed, never announced).
+                with suppress(Exception):
+                    store.fs.rm(store.key(self.tenant, name), recursive=True)
+                raise
+        _crash_point("renamed")
 
     def _start_canary(self, index: dict[str, Any], name: str) -> None:
         """``name`` becomes the canary; one still running (the refresh waits for a decision, so only a crash's
@@ -410,16 +605,24 @@ def status_of(manifest: Manifest) -> str:
 
 
 def open_registry(settings: Settings, tenant: str) -> AdapterRegistry:
-    """``tenant``'s registry under ``settings.adapters_dir``, as every writer opens it."""
-    return AdapterRegistry(settings.adapters_dir, tenant, lock_timeout_s=settings.training.lock_timeout_s)
+    """``tenant``'s registry in ``training.adapters_dir`` (a folder or an object store), as every writer opens it."""
+    return AdapterRegistry(open_store(settings), tenant, lock_timeout_s=settings.training.lock_timeout_s)
 
 
-def tenants(root: Path) -> list[str]:
+def tenants(root: Path | AdapterStore) -> list[str]:
     """The tenants that have a registry under ``root`` (an index, a version or a crash's leftovers)."""
+    if isinstance(root, AdapterStore):
+        if not root.local:
+            return [t for t in root.names() if any(map(_registry_name, root.names(t)))]
+        root = Path(root.location)
     if not root.is_dir():
         return []
     return sorted(d.name for d in root.iterdir() if d.is_dir() and any(map(_registry_file, d.iterdir())))
 
 
 def _registry_file(path: Path) -> bool:
-    return path.name == "registry.json" or path.name.startswith(".partial-") or bool(_VERSION_NAME.fullmatch(path.name))
+    return _registry_name(path.name)
+
+
+def _registry_name(name: str) -> bool:
+    return name == "registry.json" or name.startswith(".partial-") or bool(_VERSION_NAME.fullmatch(name))

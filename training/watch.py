@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from streamtune import logs
+from streamtune.adapter_store import open_store
 from streamtune.errors import ContractError, KafkaUnavailableError, StreamtuneError
 from streamtune.kafka import committed_end_offsets, read_range
 from streamtune.retry import Backoff, retrying
@@ -145,7 +146,7 @@ def watch(
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     failures = _Failures(settings.training.refresh_backoff())
-    unreconciled = set(tenants(settings.adapters_dir))
+    unreconciled = set(tenants(open_store(settings)))
     seen: dict[int, int] = {}
     waiting_since: dict[str, float] = {}
     pending: Counter[str] = Counter()

@@ -118,6 +118,8 @@ class Gateway:
                 f"{self.answers.status})",
                 kind="server_error",
                 code="kafka_unavailable",
+                retry=True,  # the gateway waits for the broker with backoff: try again then, never hang meanwhile
+                headers={"Retry-After": str(math.ceil(self.settings.kafka.retry_max_s))},
             )
         waiter = _AsyncWaiter(asyncio.get_running_loop())
         try:

@@ -74,7 +74,7 @@ def list_versions(settings: Settings, args: argparse.Namespace) -> int:
         if v.decision:
             print(f"      {_decision_line(v.decision)}")
     if not versions:
-        print(f"no adapters for tenant {args.tenant!r} under {registry.root}")
+        print(f"no adapters for tenant {args.tenant!r} under {registry.location}")
     return 0
 
 
@@ -100,7 +100,7 @@ def show(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(version.manifest.to_json())
     else:
-        print(f"{version.status} at {version.path}")
+        print(f"{version.status} at {version.uri if version.remote else version.path}")
         if version.decision:
             print(f"  decision     {_decision_line(version.decision)}")
         print(version.manifest.summary())

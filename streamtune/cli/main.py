@@ -1,7 +1,8 @@
 """``streamtune``: settings are loaded once here, logging is configured once here, and errors become exit codes.
 
 Exit codes: 0 success; 1 a domain error (or a result that says no, such as a replay that differs);
-2 a usage error (argparse); 69 a dependency is unavailable (Kafka, Weaviate; ``EX_UNAVAILABLE``);
+2 a usage error (argparse); 69 a dependency is unavailable (Kafka, Weaviate; ``EX_UNAVAILABLE``: one line naming
+it, its address and the fix, also for a client error that escaped unwrapped; ``-v`` shows that one's traceback);
 78 a setting that cannot work (``EX_CONFIG``); 130 interrupted.
 """
 
@@ -80,6 +81,7 @@ def _configure_logging(settings: Settings, args: argparse.Namespace) -> Settings
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = _configure_logging(load_settings(args.config), args)
         code: int = args.func(settings, args)
@@ -88,13 +90,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"streamtune: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except UnavailableError as exc:
-        print(f"streamtune: unavailable: {exc}", file=sys.stderr)
+        print(f"streamtune: unavailable: {_unavailable(exc, exc.component, settings)}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except StreamtuneError as exc:
         print(f"streamtune: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:
+        # A client error that escaped unwrapped (a bug where it enters: it should be wrapped there) still ends a
+        # command in the one line an outage gets; -v shows its traceback.
+        component = _client_of(exc)
+        if component is None or args.verbose:
+            raise
+        print(f"streamtune: unavailable: {_unavailable(exc, component, settings)}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
+
+
+_CLIENTS = {"cimpl": "kafka", "confluent_kafka": "kafka", "weaviate": "weaviate", "grpc": "weaviate"}
+
+
+def _client_of(exc: BaseException) -> str | None:
+    """``kafka`` or ``weaviate`` for an exception raised by that dependency's client library, else None."""
+    return _CLIENTS.get(type(exc).__module__.split(".")[0])
+
+
+def _unavailable(exc: BaseException, component: str | None, settings: Settings | None) -> str:
+    """One line: the message, and for Kafka or Weaviate its address and the fix."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if settings is None or component not in ("kafka", "weaviate"):
+        return message
+    if component == "kafka":
+        name, address, setting = "Kafka", settings.kafka.bootstrap_servers, "kafka.bootstrap_servers"
+    else:
+        w = settings.weaviate
+        name, address, setting = "Weaviate", f"{w.host}:{w.http_port} (gRPC {w.grpc_port})", "the [weaviate] ports"
+    fix = "" if "stack up" in message else f" Start it with `make stack-up` or point {setting} at a running one."
+    return f"{name} at {address} is unreachable ({message.rstrip('.')}).{fix}"
 
 
 def run() -> None:

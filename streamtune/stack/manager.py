@@ -97,9 +97,11 @@ class Stack:
                     continue
                 if component.healthy():
                     self.say(f"{component.name}: already running at {component.address()}")
+                    component.after_start()
                     continue
                 self._start(component)
                 started.append(component)
+                component.after_start()
         except BaseException:
             for component in reversed(started):
                 self._stop(component)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import time
@@ -31,6 +32,19 @@ def _free_port_pair() -> int:
             return port
 
 
+def free_s3_ports() -> dict[str, object]:
+    """``[s3]`` settings for a private SeaweedFS: four free ports whose gRPC twins (port + 10000) are free too."""
+    ports: list[int] = []
+    # below the ephemeral range (32768 and up here), where a client socket of a restart cannot take them
+    for port in range(random.randrange(12000, 20000), 22700):
+        if port_free(port) and port_free(port + 10000):
+            ports.append(port)
+            if len(ports) == 4:
+                break
+    master, volume, filer, s3 = ports
+    return {"endpoint_url": f"http://127.0.0.1:{s3}", "master_port": master, "volume_port": volume, "filer_port": filer}
+
+
 def test_missing_java_names_the_component_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
     settings = load_settings(config_files=[], cache_dir=tmp_path / "cache")
@@ -55,7 +69,20 @@ def test_status_of_a_fresh_home_reports_stopped_or_missing(tmp_path: Path) -> No
         weaviate={"http_port": _free_port()},
     )
     states = {s.name: s.state for s in Stack(settings, say=lambda _: None).status()}
-    assert states == {"kafka": "not installed", "weaviate": "not installed", "flink-connector": "not installed"}
+    assert states == {
+        "kafka": "not installed",
+        "weaviate": "not installed",
+        "s3": "not installed",
+        "flink-connector": "not installed",
+    }
+
+
+def test_a_remote_s3_endpoint_is_not_started_locally() -> None:
+    from streamtune.stack.components import S3
+
+    settings = load_settings(config_files=[], s3={"endpoint_url": "https://s3.example.com"})
+    with pytest.raises(StackError, match="endpoint_url"):
+        S3(settings)
 
 
 @pytest.mark.integration
@@ -84,6 +111,7 @@ def side_stack(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
             "weaviate_metrics_port": _free_port(),
             "startup_timeout_s": 90,
         },
+        s3=free_s3_ports(),
     )
     yield settings
     Stack(settings, say=lambda _: None).down()
@@ -133,7 +161,7 @@ def test_a_dead_broker_is_reported_and_restarted_with_its_data(side_stack: Setti
     assert next(s for s in stack.status() if s.name == "kafka").state == "healthy"
     consumer = Consumer({"bootstrap.servers": servers, "group.id": "after-restart", "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
-    values = []
+    values: list[bytes | None] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not values:
         message = consumer.poll(1.0)

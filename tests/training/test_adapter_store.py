@@ -1,0 +1,92 @@
+"""The adapter store without a server: what ``training.adapters_dir`` accepts, where announcements may point,
+which failures are retried, and the registry's object-store path on fsspec's in-memory filesystem (no
+conditional writes there; tests/training/test_s3_store.py runs the same against SeaweedFS)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+import pytest
+
+from streamtune.adapter_store import _transient, open_store
+from streamtune.errors import ConfigError
+from streamtune.harness import sample_manifest
+from streamtune.settings import load_settings
+from training.registry import AdapterRegistry, status_of, tenants
+
+
+def test_a_path_stays_a_local_store_and_a_url_names_an_object_store(tmp_path: Path) -> None:
+    local = load_settings(config_files=[], training={"adapters_dir": str(tmp_path / "a")})
+    assert local.training.adapters_dir == tmp_path / "a" and local.adapter_store == str(tmp_path / "a")
+    assert load_settings(config_files=[], training={"adapters_dir": f"file://{tmp_path}/b"}).adapters_dir == (
+        tmp_path / "b"
+    )
+    remote = load_settings(config_files=[], training={"adapters_dir": "s3://streamtune-adapters/"})
+    assert remote.adapter_store == "s3://streamtune-adapters"
+    with pytest.raises(ConfigError, match="local folder only"):
+        _ = remote.adapters_dir
+    with pytest.raises(ConfigError, match="s3://bucket/prefix"):
+        load_settings(config_files=[], training={"adapters_dir": "s3://"})
+
+
+def test_the_s3_settings_default_to_the_local_stack_and_show_no_secret() -> None:
+    settings = load_settings(config_files=[])
+    options = settings.s3.storage_options()
+    assert options["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:8333" and settings.s3.port == 8333
+    assert options["key"] == "streamtune" and options["secret"]
+    shown = load_settings(config_files=[], s3={"secret_access_key": "s3-secret-5"}).dump_toml()
+    assert "s3-secret-5" not in shown
+    assert load_settings(config_files=[], s3={"endpoint_url": "https://s3.example.com"}).s3.port is None
+
+
+def test_an_announcement_may_name_only_the_version_s_place_in_the_store(tmp_path: Path) -> None:
+    remote = open_store(load_settings(config_files=[], training={"adapters_dir": "s3://bucket/prefix/"}))
+    assert remote.uri("acme", "v0001") == "s3://bucket/prefix/acme/v0001"
+    local = open_store(load_settings(config_files=[], training={"adapters_dir": str(tmp_path)}))
+    assert local.uri("acme", "v0001") == (tmp_path / "acme" / "v0001").resolve().as_uri()
+    with pytest.raises(ValueError, match="inside"):
+        remote.fetch("..", "..", "0" * 64)
+
+
+def test_only_connection_failures_time_outs_and_5xx_are_retried() -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    def answered(status: int, code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+    assert _transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert _transient(TimeoutError())
+    wrapped = OSError(5, "InternalError")
+    wrapped.__cause__ = answered(500, "InternalError")
+    assert _transient(wrapped)
+    assert not _transient(FileNotFoundError("no such key"))
+    denied = PermissionError("AccessDenied")
+    denied.__cause__ = answered(403, "AccessDenied")
+    assert not _transient(denied)
+    assert not _transient(answered(412, "PreconditionFailed"))
+
+
+def test_the_registry_on_an_fsspec_url_lists_only_committed_versions(tmp_path: Path) -> None:
+    url = f"memory://streamtune-{uuid.uuid4().hex[:8]}/adapters"
+    store = open_store(load_settings(config_files=[], cache_dir=tmp_path, training={"adapters_dir": url}))
+    registry = AdapterRegistry(store, "acme")
+    for name in ("v0001", "v0002"):
+        weights = f"weights of {name}".encode()
+        manifest = sample_manifest("acme", name, adapter={"sha256": hashlib.sha256(weights).hexdigest()})
+
+        def write(target: Path, weights: bytes = weights, manifest_json: str = manifest.to_json()) -> None:
+            (target / "adapter_model.safetensors").write_bytes(weights)
+            (target / "manifest.json").write_text(manifest_json)
+
+        registry.publish(name, write, status_of(manifest))
+    store.write("acme", "v0003", "adapter_model.safetensors", data=b"an unfinished publish")
+    assert [v.name for v in registry.versions()] == ["v0001", "v0002"]
+    current = registry.current()
+    assert current is not None and current.uri == f"{url}/acme/v0002"
+    assert (current.local_dir() / "adapter_model.safetensors").read_bytes() == b"weights of v0002"
+    assert tenants(store) == ["acme"]
+    with registry.writing():
+        assert registry.repaired == ["removed the half-written v0003 (no manifest: its publish never finished)"]
+    assert registry.next_name() == "v0003"
