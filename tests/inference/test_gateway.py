@@ -251,6 +251,31 @@ def _live(load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: 
     )
 
 
+def _start_with_documents(live: Live, texts: Mapping[str, str], tenants: Sequence[str]) -> None:
+    """Start serve and the gateway while ``texts`` (doc id -> text, one chunk each) are indexed for each of
+    ``tenants`` (the services load their models meanwhile); return once the gateway has reached Weaviate (it
+    connects in the background: completions never wait for it)."""
+    from retrieval import Retriever
+    from retrieval.store import DocumentChunks
+
+    with ThreadPoolExecutor(2) as starting:
+        started = [starting.submit(live.serve.start), starting.submit(live.gateway.start)]
+        with Retriever(live.settings) as retriever:
+            vectors = retriever.embed(list(texts.values()))
+            retriever.store.ensure_collection(len(vectors[0]))
+            retriever.store.upsert(
+                [
+                    DocumentChunks(tenant, doc, doc.title(), [text], [vector], f"e-{doc}", "2026-11-21T10:00:00Z")
+                    for (doc, text), vector in zip(texts.items(), vectors, strict=True)
+                    for tenant in tenants
+                ]
+            )
+        for future in started:
+            future.result()
+    health = live.base_url.removesuffix("/v1") + "/healthz"
+    wait_for(lambda: httpx.get(health, timeout=10).json().get("weaviate") == "ok", 60, "the gateway's Weaviate")
+
+
 def _close(live: Live) -> None:
     from retrieval import connect
     from retrieval.store import ChunkStore
@@ -271,8 +296,6 @@ def live(
 ) -> Iterator[Live]:
     """serve and the gateway on a deployment of their own: acme has one indexed document, and acme and beta
     announced adapter versions (which serve refuses: no weights; acme is answered by the base model)."""
-    from retrieval import Retriever
-    from retrieval.store import DocumentChunks
 
     live = _live(env_settings, tiny_model, tmp_path_factory.mktemp("gateway"))
     try:
@@ -286,19 +309,7 @@ def live(
         ):
             out.produce(topic_name(ADAPTER_UPDATES, settings.topics), key=update.tenant.encode(), value=encode(update))
         out.flush(15)
-        with ThreadPoolExecutor(2) as starting:  # the services load their models while the document is indexed
-            started = [starting.submit(live.serve.start), starting.submit(live.gateway.start)]
-            with Retriever(settings) as retriever:
-                text = "Refunds are accepted within 30 days of delivery."
-                vectors = retriever.embed([text])
-                retriever.store.ensure_collection(len(vectors[0]))
-                chunk = DocumentChunks("acme", "refunds", "Refunds", [text], vectors, "e-1", "2026-11-21T10:00:00Z")
-                retriever.store.upsert([chunk])
-            for future in started:
-                future.result()
-        # The gateway connects to Weaviate in the background (completions never wait for it): wait until it has.
-        health = live.base_url.removesuffix("/v1") + "/healthz"
-        wait_for(lambda: httpx.get(health, timeout=10).json().get("weaviate") == "ok", 60, "the gateway's Weaviate")
+        _start_with_documents(live, {"refunds": "Refunds are accepted within 30 days of delivery."}, ["acme"])
         yield live
     finally:
         _close(live)
@@ -640,8 +651,6 @@ def open_live(
 ) -> Iterator[Live]:
     """A gateway with no API keys (loopback only) and serve abstaining where nothing is relevant: acme and globex
     have a refunds document and a shipping one; no other tenant has anything."""
-    from retrieval import Retriever
-    from retrieval.store import DocumentChunks
 
     live = _live(
         env_settings,
@@ -656,26 +665,11 @@ def open_live(
         STREAMTUNE__DRIFT__MIN_WINDOW="20",
     )
     try:
-        with ThreadPoolExecutor(2) as starting:
-            started = [starting.submit(live.serve.start), starting.submit(live.gateway.start)]
-            with Retriever(live.settings) as retriever:
-                texts = {
-                    "refunds": "Refunds are accepted within 30 days of delivery.",
-                    "shipping": "Orders ship from our Lisbon warehouse by courier.",
-                }
-                vectors = retriever.embed(list(texts.values()))
-                retriever.store.ensure_collection(len(vectors[0]))
-                retriever.store.upsert(
-                    [
-                        DocumentChunks(tenant, doc, doc.title(), [text], [vector], f"e-{doc}", "2026-11-21T10:00:00Z")
-                        for (doc, text), vector in zip(texts.items(), vectors, strict=True)
-                        for tenant in ("acme", "globex")
-                    ]
-                )
-            for future in started:
-                future.result()
-        health = live.base_url.removesuffix("/v1") + "/healthz"
-        wait_for(lambda: httpx.get(health, timeout=10).json().get("weaviate") == "ok", 60, "the gateway's Weaviate")
+        texts = {
+            "refunds": "Refunds are accepted within 30 days of delivery.",
+            "shipping": "Orders ship from our Lisbon warehouse by courier.",
+        }
+        _start_with_documents(live, texts, ["acme", "globex"])
         yield live
     finally:
         _close(live)
