@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from typing import Any
@@ -19,6 +20,16 @@ def pipeline() -> Iterator[Pipeline]:
     made = Pipeline(2, "test-batch")
     yield made
     made.close()
+
+
+def _finished(pipeline: Pipeline, partition: str, count: int) -> list[Any]:
+    """The partition's finished results, waiting (at most WAIT_S) until ``count`` have come out."""
+    results: list[Any] = []
+    deadline = time.monotonic() + WAIT_S
+    while len(results) < count and time.monotonic() < deadline:
+        results += pipeline.finished(partition)
+        time.sleep(0.01)
+    return results
 
 
 def gated(gate: threading.Event, result: Any) -> Any:
@@ -40,7 +51,7 @@ def test_results_come_out_in_the_order_their_batches_started(pipeline: Pipeline)
     done = threading.Event()
     pipeline.start("p1", lambda after: done.set())  # room again once both ended
     assert done.wait(WAIT_S)
-    assert list(pipeline.finished("p0")) == ["batch 1", "batch 2"]
+    assert _finished(pipeline, "p0", 2) == ["batch 1", "batch 2"]  # the room may be batch 2's: wait for batch 1
     assert pipeline.in_flight("p0") == 0
 
 
@@ -81,7 +92,8 @@ def test_start_waits_while_limit_batches_run(pipeline: Pipeline) -> None:
     gate.set()
     assert third_started.wait(WAIT_S)
     caller.join(WAIT_S)
-    assert [list(pipeline.finished(p)) for p in ("p0", "p1")] == [[1], [2]]
+    # the third starts once one of the two has finished: the other may still be finishing, so wait for it
+    assert [_finished(pipeline, p, 1) for p in ("p0", "p1")] == [[1], [2]]
 
 
 def test_a_failed_batch_raises_in_the_caller(pipeline: Pipeline) -> None:
