@@ -16,12 +16,14 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from inference.http.auth import KeyRing, authorize, check_exposure
 from inference.http.catalog import ModelCatalog
@@ -182,6 +184,25 @@ class Gateway:
             )
 
 
+class _Relay(StreamingResponse):
+    """A streamed completion whose slot is released however the stream ends. When the client goes away,
+    Starlette cancels the task iterating the stream and leaves the generator unclosed (its ``finally`` runs
+    only when it is garbage-collected), so the response closes it itself, shielded from that cancellation."""
+
+    def __init__(self, content: AsyncGenerator[bytes, None], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._content = content
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self._content.aclose()
+
+
 class _AsyncWaiter:
     """Hands the router thread's events to the request's event loop."""
 
@@ -311,8 +332,9 @@ def create_app(
             release()
             return _whole(first, body, query)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(
+        return _Relay(
             _stream(first, events, body.model, query, include_usage, release),
+            release,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -340,7 +362,7 @@ def create_app(
         query: Query,
         include_usage: bool,
         release: Callable[[], None],
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Relay each piece as a chunk the moment it arrives, then the finish (citations, usage) and [DONE]; an
         error after the first chunk ends the stream with an error chunk. A client that goes away ends it too
         (Starlette stops iterating): the query is forgotten and its slot released."""
@@ -372,9 +394,9 @@ def create_app(
         except ApiError as exc:
             yield sse(exc.body())
         finally:
-            with contextlib.suppress(Exception):
+            release()  # before any await: a cancelled task is cancelled again at its next one
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await events.aclose()
-            release()
         yield sse("[DONE]")
 
     @app.post("/v1/feedback")
