@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from inference.batching import Batcher, Row
+from inference.batching import PADDING_SLACK, Batcher, Row, prefill_groups
 
 PROMPTS = [
     "What is the refund window?",
@@ -93,3 +93,21 @@ def test_rows_of_different_adapters_share_a_batch(tiny: tuple[Any, Any], tmp_pat
     for row, (adapter, prompt) in zip(rows, plan, strict=True):
         assert row.generated == _alone(peft, tokenizer, prompt, 10, adapter_names=[adapter]), (adapter, prompt)
     assert rows[0].generated != rows[1].generated  # the adapter made a difference: same prompt, other tokens
+
+
+def test_prompts_of_very_different_lengths_are_prefilled_in_groups_and_decode_as_alone(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    batcher = Batcher(
+        lambda: model, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, mixed_adapters=lambda: False
+    )
+    prompts = [PROMPTS[2], PROMPTS[3] * 4, PROMPTS[0], PROMPTS[3] * 4 + PROMPTS[1]]
+    rows = [Row(i, tokenizer(p, add_special_tokens=False)["input_ids"], "__base__", 8) for i, p in enumerate(prompts)]
+    groups = prefill_groups(rows)
+    assert sorted(id(r) for g in groups for r in g) == sorted(map(id, rows))  # each row once
+    assert {r.key for r in groups[0]} == {1, 3}  # the two long prompts first, no short one padded to their length
+    for group in groups:
+        real = sum(len(r.prompt_ids) for r in group)
+        assert len(group) * max(len(r.prompt_ids) for r in group) <= (1 + PADDING_SLACK) * real
+    _run(batcher, rows, {})
+    for row, prompt in zip(rows, prompts, strict=True):
+        assert row.generated == _alone(model, tokenizer, prompt, 8), prompt
