@@ -35,7 +35,7 @@ from streamtune.harness import free_port, isolated_env, wait_for
 from streamtune.kafka import client_config, create_topics, delete_topics
 from streamtune.settings import Settings, load_settings
 from streamtune.stack import Stack
-from streamtune.stack.flink_cluster import cancel_job, job_status, submit_job
+from streamtune.stack.flink_jobs import cancel_job, job_status, submit_job
 from streamtune.topics import DOMAIN_EVENTS, topic_name
 
 

@@ -3,9 +3,9 @@
 A running batch decodes one token per row per ``step``. A row that ends (its end-of-sequence token, a stop
 sequence or its token budget) leaves at once and frees its slot; rows that arrive meanwhile are ``add``-ed
 between two steps: they are prefilled together (one forward over the prompts of each group of similar length,
-``prefill_groups``), their first token comes out of that prefill, and their KV cache joins the running one, so they decode in the very next step beside rows
-that started earlier. Rows of different tenants use different LoRA adapters in the same forward (PEFT's
-``adapter_names``, ``"__base__"`` for the base model).
+``prefill_groups``), their first token comes out of that prefill, and their KV cache joins the running one, so
+they decode in the very next step beside rows that started earlier. Rows of different tenants use different
+LoRA adapters in the same forward (PEFT's ``adapter_names``, ``"__base__"`` for the base model).
 
 Why not the library's: transformers' ``ContinuousBatchingManager`` schedules at the iteration level with a
 paged cache, but takes no adapter per request, and serving many tenants' adapters in one batch is what

@@ -27,7 +27,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def submit(settings: Settings, args: argparse.Namespace) -> int:
-    from streamtune.stack.flink_cluster import submit_job
+    from streamtune.stack.flink_jobs import submit_job
 
     parallelism = args.parallelism or settings.flink.parallelism
     job_id = submit_job(settings, parallelism=parallelism)

@@ -8,9 +8,9 @@ from the settings under the stack home (edits are overwritten), which binds ever
 set to 127.0.0.1; the exception, the ports a taskmanager opens for its Python workers while a job runs, is
 named by `stack status` (``FlinkTaskManager.exposed``).
 
-``submit_job`` sends the ingest job (``streams/job.py``) to the cluster with `flink run -d`; ``job_status``
-and ``cancel_job`` use the jobmanager's REST API. The cluster runs only from the Flink environment: its
-Python workers must find PyFlink and the job's packages there.
+The jobmanager's REST API (``jobmanager_request``) and the `flink` CLI's configuration (``client_env``) are
+what ``flink_jobs``, the job client, builds on. The cluster runs only from the Flink environment: its Python
+workers must find PyFlink and the job's packages there.
 """
 
 from __future__ import annotations
@@ -20,35 +20,29 @@ import json
 import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from streamtune.errors import StackError
 from streamtune.settings import Settings
-from streamtune.stack.components import Component, _require_tool, port_free
+from streamtune.stack.base import Component, port_free, require_tool
 
 __all__ = [
+    "FROM_FLINK_ENV",
     "FlinkJobManager",
     "FlinkTaskManager",
-    "JobStatus",
-    "cancel_job",
+    "client_env",
     "flink_cluster",
     "flink_home",
-    "job_status",
+    "jobmanager_request",
     "prometheus_reporter",
-    "submit_job",
 ]
 
-_JOB_ID = re.compile(rb"Job has been submitted with JobID ([0-9a-f]{32})")
-_FROM_FLINK_ENV = "run it from the Flink environment: .venv/flink/bin/streamtune (`make env` creates it)"
-_TERMINAL = {"CANCELED", "FAILED", "FINISHED"}
+FROM_FLINK_ENV = "run it from the Flink environment: .venv/flink/bin/streamtune (`make env` creates it)"
+"""The fix of every error that a Python without PyFlink (or without this repository's packages) meets."""
 
 
 def flink_home() -> Path | None:
@@ -95,9 +89,9 @@ class _FlinkProcess(Component):
         self.conf_dir = self.home / "conf"
 
     def check_tools(self) -> None:
-        _require_tool(self.name, "java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)")
+        require_tool(self.name, "java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)")
         if self.flink_home is None:
-            raise StackError(self.name, f"PyFlink is not installed in {sys.executable}", _FROM_FLINK_ENV)
+            raise StackError(self.name, f"PyFlink is not installed in {sys.executable}", FROM_FLINK_ENV)
 
     def installed(self) -> bool:
         return self.flink_home is not None and (self.flink_home / "bin" / self.script).is_file()
@@ -105,7 +99,7 @@ class _FlinkProcess(Component):
     def install(self) -> None:
         # Nothing to download: the distribution comes with the apache-flink package of the Flink environment.
         raise StackError(
-            self.name, f"no Flink distribution (pyflink/bin/{self.script}) in {sys.executable}", _FROM_FLINK_ENV
+            self.name, f"no Flink distribution (pyflink/bin/{self.script}) in {sys.executable}", FROM_FLINK_ENV
         )
 
     def _config(self) -> dict[str, Any]:
@@ -240,127 +234,15 @@ class FlinkTaskManager(_FlinkProcess):
         return False
 
 
-@dataclass(frozen=True)
-class JobStatus:
-    job_id: str
-    name: str
-    state: str
-    """CREATED | RUNNING | RESTARTING | FAILING | CANCELLING | CANCELED | FAILED | FINISHED | ..."""
-    failures: int
-    """Failures the job restarted from (or died of): the jobmanager's exception history, newest 16 kept."""
-    parallelism: int
-    """The largest parallelism of the job's vertices."""
-    vertex_states: dict[str, int]
-    """How many of the job's vertices are in each state (RUNNING, SCHEDULED, DEPLOYING, ...)."""
-
-    @property
-    def running(self) -> bool:
-        """The job runs and every vertex has its tasks deployed and running."""
-        total = sum(self.vertex_states.values())
-        return self.state == "RUNNING" and total > 0 and self.vertex_states.get("RUNNING", 0) == total
-
-
-def submit_job(
-    settings: Settings,
-    *,
-    parallelism: int,
-    env: Mapping[str, str] | None = None,
-    script: Path | None = None,
-) -> str:
-    """Submit the ingest job (or another PyFlink ``script``) to the cluster with `flink run -d`; its job id.
-
-    The job loads its own settings from the environment (``STREAMTUNE__...``): pass the deployment's
-    variables in ``env``. ``parallelism`` is passed both as ``-p`` and as ``flink.parallelism``, which the
-    job sets on its environment (and which would otherwise override ``-p``). The CLI's output goes to
-    ``<stack home>/logs/flink-submit.log``.
-    """
-    home = flink_home()
-    if home is None:
-        raise StackError("flink-submit", f"PyFlink is not installed in {sys.executable}", _FROM_FLINK_ENV)
-    jar = settings.connector_jar
-    if not jar.is_file():
-        raise StackError("flink-submit", f"no Kafka connector jar at {jar}", "run `streamtune stack up` to download it")
-    job_file = script or _ingest_job_file()
+def client_env(settings: Settings, home: Path) -> dict[str, str]:
+    """Write the `flink` CLI's configuration under ``<stack home>/flink-client`` and return the environment the
+    CLI of the distribution at ``home`` runs in. Its configuration is the jobmanager's, less its reporter: the
+    jobmanager holds that port."""
     client = settings.stack_home / "flink-client"
-    # The client's configuration is the jobmanager's, less its reporter: the jobmanager holds that port.
     config = {k: v for k, v in FlinkJobManager(settings)._config().items() if not k.startswith("metrics.reporter.")}
     _write_conf(client / "conf", home, config | {"io.tmp.dirs": str(client / "tmp")})
     (client / "tmp").mkdir(parents=True, exist_ok=True)
-    rest = f"127.0.0.1:{settings.flink.rest_port}"
-    cmd = [str(home / "bin" / "flink"), "run", "-m", rest, "-d", "-p", str(parallelism)]
-    cmd += ["--python", str(job_file), "--jarfile", str(jar)]
-    child_env = {
-        **os.environ,
-        **(env or {}),
-        **_flink_env(settings, home, client / "conf", client / "log"),
-        "STREAMTUNE__FLINK__PARALLELISM": str(parallelism),
-    }
-    log = settings.stack_home / "logs" / "flink-submit.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    timeout_s = settings.stack.startup_timeout_s
-    with log.open("ab") as out:
-        start = out.tell()
-        out.write(f"$ {shlex.join(cmd)}\n".encode())
-        out.flush()
-        process = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env, start_new_session=True
-        )
-        try:
-            code = process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the CLI and its Python driver; a submitted job keeps running
-            process.wait()
-            raise StackError(
-                "flink-submit",
-                f"`flink run -d` did not return within {timeout_s:.0f}s (log: {log})",
-                f"the job file must return once submitted in detached mode ({job_file}); "
-                "raise STREAMTUNE__STACK__STARTUP_TIMEOUT_S on a slow machine",
-            ) from None
-    output = log.read_bytes()[start:]
-    found = _JOB_ID.search(output)
-    if code != 0 or found is None:
-        # The job file's own error comes before the CLI's Java stack trace, which only says that it failed.
-        text = output.decode(errors="replace").split("org.apache.flink.client.program.ProgramAbortException")[0]
-        tail = text.strip().splitlines()[-12:]
-        raise StackError(
-            "flink-submit",
-            f"`flink run` exited with code {code} without a job id (log: {log}):\n  " + "\n  ".join(tail),
-            f"is the cluster up (`streamtune stack status` with flink.cluster on, REST {rest})?",
-        )
-    return found.group(1).decode()
-
-
-def job_status(settings: Settings, job_id: str) -> JobStatus:
-    """The job's state, failures and vertex states, from the jobmanager's REST API."""
-    details = _get(settings, f"/jobs/{job_id}", strict=True)
-    # The exception history rather than the numRestarts metric, which the REST API serves from a cache
-    # refreshed every 10 s (metrics.fetcher.update-interval) and so lags a restart.
-    history = _get(settings, f"/jobs/{job_id}/exceptions", strict=True).get("exceptionHistory", {})
-    return JobStatus(
-        job_id=job_id,
-        name=str(details["name"]),
-        state=str(details["state"]),
-        failures=len(history.get("entries", [])),
-        parallelism=max((int(v["parallelism"]) for v in details.get("vertices", [])), default=0),
-        vertex_states={state: n for state, n in details.get("status-counts", {}).items() if n},
-    )
-
-
-def cancel_job(settings: Settings, job_id: str, *, wait: bool = True) -> JobStatus:
-    """Cancel the job (its retained checkpoint stays for a later start); with ``wait``, until it has stopped."""
-    _request(settings, "PATCH", f"/jobs/{job_id}?mode=cancel")
-    deadline = time.monotonic() + settings.stack.startup_timeout_s
-    while True:
-        status = job_status(settings, job_id)
-        if not wait or status.state in _TERMINAL:
-            return status
-        if time.monotonic() > deadline:
-            raise StackError(
-                "flink-jobmanager",
-                f"job {job_id} still {status.state} {settings.stack.startup_timeout_s:.0f}s after cancel",
-                "see the taskmanagers' logs (`streamtune stack logs flink-taskmanager-1`)",
-            )
-        time.sleep(0.5)
+    return _flink_env(settings, home, client / "conf", client / "log")
 
 
 def _metrics_note(port: int) -> str:
@@ -437,14 +319,8 @@ def _wildcard_listeners(marker: str) -> list[int]:
     return sorted(ports)
 
 
-def _ingest_job_file() -> Path:
-    spec = importlib.util.find_spec("streams.job")
-    if spec is None or spec.origin is None:
-        raise StackError("flink-submit", "the streams package is not installed", _FROM_FLINK_ENV)
-    return Path(spec.origin)
-
-
-def _request(settings: Settings, method: str, path: str) -> Any:
+def jobmanager_request(settings: Settings, method: str, path: str) -> Any:
+    """A request to the jobmanager's REST API and its JSON answer; a ``StackError`` when it does not answer."""
     url = f"http://127.0.0.1:{settings.flink.rest_port}{path}"
     request = urllib.request.Request(url, method=method)
     try:
@@ -457,11 +333,9 @@ def _request(settings: Settings, method: str, path: str) -> Any:
     return json.loads(body) if body else None
 
 
-def _get(settings: Settings, path: str, *, strict: bool = False) -> Any:
-    """A REST GET; ``None`` when the jobmanager does not answer, unless ``strict``."""
+def _get(settings: Settings, path: str) -> Any:
+    """A REST GET for a health check; ``None`` when the jobmanager does not answer."""
     try:
-        return _request(settings, "GET", path)
+        return jobmanager_request(settings, "GET", path)
     except StackError:
-        if strict:
-            raise
         return None

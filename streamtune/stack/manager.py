@@ -1,4 +1,5 @@
-"""Start, stop and report the local stack. Only processes this stack started are ever stopped."""
+"""The local stack: which components it has, in start order, and how they are started, stopped and reported.
+Only processes this stack started are ever stopped."""
 
 from __future__ import annotations
 
@@ -14,9 +15,23 @@ from pathlib import Path
 
 from streamtune.errors import StackError
 from streamtune.settings import Settings
-from streamtune.stack.components import Component, components, port_free
+from streamtune.stack.base import Component, port_free
+from streamtune.stack.connector import FlinkConnector
+from streamtune.stack.flink_cluster import flink_cluster
+from streamtune.stack.kafka import Kafka
+from streamtune.stack.s3 import S3
+from streamtune.stack.weaviate import Weaviate
 
-__all__ = ["ComponentStatus", "Stack"]
+__all__ = ["ComponentStatus", "Stack", "components"]
+
+
+def components(settings: Settings) -> list[Component]:
+    """Every component of the stack in start order (`down` stops them in reverse); the Flink cluster's only
+    with ``flink.cluster`` on."""
+    listed: list[Component] = [Kafka(settings), Weaviate(settings), S3(settings), FlinkConnector(settings)]
+    if settings.flink.cluster:
+        listed += flink_cluster(settings)
+    return listed
 
 
 @dataclass(frozen=True)

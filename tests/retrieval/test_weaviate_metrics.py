@@ -17,7 +17,7 @@ import yaml
 
 from retrieval import connect
 from streamtune.harness import wait_for
-from streamtune.stack.components import Weaviate
+from streamtune.stack.weaviate import Weaviate
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,9 @@ from streamtune.harness import document_upserted, isolated_env, qa_recorded, wai
 from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
 from streamtune.settings import Settings, load_settings
 from streamtune.stack import Stack
-from streamtune.stack.components import components
-from streamtune.stack.flink_cluster import FlinkJobManager, cancel_job, job_status, submit_job
+from streamtune.stack.flink_cluster import FlinkJobManager
+from streamtune.stack.flink_jobs import cancel_job, job_status, submit_job
+from streamtune.stack.manager import components
 from streamtune.topics import DOMAIN_EVENTS, TRAINING_EXAMPLES, topic_name
 
 TENANT = "cluster"

@@ -29,8 +29,8 @@ from streamtune.harness import (
 )
 from streamtune.kafka import create_topics, delete_topics, producer
 from streamtune.settings import Settings, load_settings
-from streamtune.stack.components import components
 from streamtune.stack.flink_cluster import FlinkJobManager, FlinkTaskManager
+from streamtune.stack.manager import components
 from streamtune.topics import DOMAIN_EVENTS, topic_name
 
 EXTERNAL_METRICS = Path(__file__).resolve().parents[2] / "docker" / "prometheus" / "external-metrics.yml"

@@ -16,8 +16,8 @@ import yaml
 
 from streamtune.cli.main import build_parser
 from streamtune.settings import Settings, load_settings
-from streamtune.stack.components import Weaviate
 from streamtune.stack.flink_cluster import prometheus_reporter
+from streamtune.stack.weaviate import Weaviate
 
 ROOT = Path(__file__).resolve().parents[2]
 

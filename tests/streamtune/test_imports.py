@@ -1,5 +1,6 @@
 """Dependency rules (docs/architecture.md): core ← retrieval ← streams, inference, monitor; training on core only;
-the CLI on top of everything and imported by nothing. Checked on the source, lazy imports included."""
+the CLI on top of everything and imported by nothing; the local stack one base, a module per system on it, and
+no import circle. Checked on the source, lazy imports included."""
 
 from __future__ import annotations
 
@@ -84,6 +85,71 @@ def test_streams_never_import_the_local_stack_installer() -> None:
     for module, path in _modules():
         if module.startswith("streams"):
             assert not any(n.startswith("streamtune.stack") for n in _imports(path)), module
+
+
+def _package_graph(package: str, root: Path = ROOT) -> dict[str, set[str]]:
+    """Each module of ``package`` -> the modules of the same package that it imports, lazily or not. A package
+    is named by its folder (its ``__init__``); the implicit import of a module's parent package is not an edge."""
+    modules: dict[str, Path] = {}
+    for path in sorted((root / package.replace(".", "/")).rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return {m: {n for n in _imports_all(path) if n in modules and n != m} for m, path in modules.items()}
+
+
+def _circle(graph: dict[str, set[str]]) -> list[str]:
+    """One import circle of ``graph``, as the path that closes it (``[a, b, a]``); ``[]`` where there is none."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> list[str]:
+        if module in path:
+            return [*path[path.index(module) :], module]
+        if module in done:
+            return []
+        path.append(module)
+        for imported in sorted(graph[module]):
+            if found := visit(imported):
+                return found
+        path.pop()
+        done.add(module)
+        return []
+
+    for module in sorted(graph):
+        if found := visit(module):
+            return found
+    return []
+
+
+# The local stack's own imports: one base, one module per system built on it, the manager that lists them in
+# start order, and the job client on top of the cluster. A new component is a new module on the base, listed
+# here and in the manager.
+_SYSTEMS = {f"streamtune.stack.{name}" for name in ("kafka", "weaviate", "s3", "connector", "flink_cluster")}
+STACK_LAYOUT = {
+    "streamtune.stack": {"streamtune.stack.manager"},
+    "streamtune.stack.base": set(),
+    **{system: {"streamtune.stack.base"} for system in _SYSTEMS},
+    "streamtune.stack.flink_jobs": {"streamtune.stack.flink_cluster"},
+    "streamtune.stack.manager": {"streamtune.stack.base", *_SYSTEMS},
+}
+
+
+def test_the_local_stack_is_one_base_and_a_module_per_system_without_a_circle() -> None:
+    graph = _package_graph("streamtune.stack")
+    assert _circle(graph) == []
+    assert graph == STACK_LAYOUT
+
+
+def test_a_lazy_import_circle_is_found(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from pkg.a import A\n")
+    (package / "a.py").write_text("from pkg.b import B\nA = B\n")
+    (package / "b.py").write_text("def f():\n    from pkg import a\n\nB = 1\n")
+    graph = _package_graph("pkg", tmp_path)
+    assert graph == {"pkg": {"pkg.a"}, "pkg.a": {"pkg.b"}, "pkg.b": {"pkg", "pkg.a"}}
+    assert _circle(graph) == ["pkg", "pkg.a", "pkg.b", "pkg"]
+    assert _circle({**graph, "pkg.b": set()}) == []
 
 
 # Only these may import PyFlink; every other module of streams/ (the batch work in streams.indexer among them)

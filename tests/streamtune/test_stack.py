@@ -15,7 +15,8 @@ from confluent_kafka import Consumer, Producer
 from streamtune.errors import StackError
 from streamtune.settings import Settings, load_settings
 from streamtune.stack import Stack
-from streamtune.stack.components import Kafka, port_free
+from streamtune.stack.base import port_free
+from streamtune.stack.kafka import Kafka
 
 
 def _free_port() -> int:
@@ -78,7 +79,7 @@ def test_status_of_a_fresh_home_reports_stopped_or_missing(tmp_path: Path) -> No
 
 
 def test_a_remote_s3_endpoint_is_not_started_locally() -> None:
-    from streamtune.stack.components import S3
+    from streamtune.stack.s3 import S3
 
     settings = load_settings(config_files=[], s3={"endpoint_url": "https://s3.example.com"})
     with pytest.raises(StackError, match="endpoint_url"):
@@ -174,7 +175,7 @@ def test_a_dead_broker_is_reported_and_restarted_with_its_data(side_stack: Setti
 
 
 def test_a_kafka_cluster_id_never_starts_with_a_dash() -> None:
-    from streamtune.stack.components import _cluster_id
+    from streamtune.stack.kafka import _cluster_id
 
     ids = [_cluster_id() for _ in range(3000)]  # about 47 would start with '-' without the redraw
     assert not any(i.startswith("-") for i in ids) and len(set(ids)) == 3000
