@@ -70,17 +70,81 @@ def latest_checkpoint(uri: str) -> str | None:
 
 
 def preflight(settings: Settings) -> tuple[int, str]:
-    """Start-up checks in the submitting process, so that misconfiguration fails before the job runs:
-    the embedding model loads, and an existing collection holds vectors of its dimension."""
+    """Start-up checks in the submitting process, so that misconfiguration fails before the job runs: the
+    embedding model loads, and an existing collection holds vectors of its dimension. Started while Kafka or
+    Weaviate is down, it waits for them as the job waits out an outage later (bounded backoff, one line per
+    status interval) and says so on ``flink.metrics_port`` (``streamtune_dependency_waiting{dependency}``, as
+    serve says it) until the job's own metrics take the port over."""
     from retrieval.client import connect_when_ready
     from retrieval.store import ChunkStore
     from streamtune.models import load_embedder
 
     embedder = load_embedder(settings)
     dimension = int(embedder.get_sentence_embedding_dimension())
-    with connect_when_ready(settings.weaviate) as client:
-        ChunkStore(client, settings).ensure_collection(dimension)
+    with _Waiting(settings.flink.metrics_port) as waiting:
+        _wait_for_kafka(settings, lambda now: waiting.set("kafka", now))
+        with connect_when_ready(
+            settings.weaviate, give_up=False, on_wait=lambda now: waiting.set("weaviate", now)
+        ) as client:
+            ChunkStore(client, settings).ensure_collection(dimension)
     return dimension, settings.embedding.model
+
+
+def _wait_for_kafka(settings: Settings, on_wait: Any) -> None:
+    """Until the broker answers a metadata request: the Kafka source would otherwise fail the job at its
+    first read and leave Flink's restart strategy to retry it without a word."""
+    from confluent_kafka import KafkaException
+
+    from streamtune.kafka import admin_client
+    from streamtune.retry import retrying
+
+    admin = admin_client(settings.kafka)
+    retrying(
+        lambda: admin.list_topics(timeout=settings.kafka.request_timeout_s),
+        transient=lambda exc: isinstance(exc, KafkaException),
+        backoff=settings.kafka.backoff(),
+        what=f"streams: Kafka at {settings.kafka.bootstrap_servers}",
+        fix="Start Kafka (`streamtune stack up`) or fix the [kafka] settings.",
+        log=log,
+        on_wait=on_wait,
+    )
+
+
+class _Waiting:
+    """``streamtune_dependency_waiting{dependency}`` on ``port`` while the start-up checks run (0: not served)."""
+
+    def __init__(self, port: int) -> None:
+        from prometheus_client import CollectorRegistry, Gauge
+
+        self.port = port
+        self.registry = CollectorRegistry()
+        self.gauge = Gauge(
+            "streamtune_dependency_waiting",
+            "1 while `streams run` waits at start-up for this dependency (Kafka, Weaviate) to be reachable.",
+            ["dependency"],
+            registry=self.registry,
+        )
+        for dependency in ("kafka", "weaviate"):
+            self.gauge.labels(dependency).set(0)
+        self.server: Any = None
+
+    def set(self, dependency: str, waiting: bool) -> None:
+        self.gauge.labels(dependency).set(int(waiting))
+
+    def __enter__(self) -> _Waiting:
+        from prometheus_client import start_http_server
+
+        if self.port:
+            try:
+                self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+            except OSError as exc:  # the job's reporter will say the same when it binds; the checks go on
+                log.warning("streams: cannot serve the start-up gauge on port %d: %s", self.port, exc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:  # the job's own metrics take the port over
+            self.server.shutdown()
+            self.server.server_close()
 
 
 def _flink_config(settings: Settings) -> dict[str, str]:

@@ -22,7 +22,7 @@ from retrieval import RetrievalError, connect
 from retrieval.store import ChunkStore
 from streams.processing import example_id
 from streamtune.dlq import DeadLetter, read_dead_letters
-from streamtune.harness import free_port, ingest_job, isolated_env, wait_for
+from streamtune.harness import ServiceProcess, free_port, ingest_job, isolated_env, wait_for
 from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
 from streamtune.models import load_embedder
 from streamtune.settings import Settings
@@ -462,6 +462,52 @@ def test_weaviate_outage_loses_and_duplicates_nothing(
     assert len(ids) == 2 * half and len(set(ids)) == 2 * half  # none lost, none duplicated
     states, exceptions = ingest.failures()
     assert states == ["RUNNING"] and exceptions == []
+
+
+@pytest.mark.fault
+def test_started_while_the_broker_is_down_it_waits_then_indexes_every_event(
+    private_kafka: Any, fresh: Callable[..., Ingest], tmp_path: Path
+) -> None:
+    """Issue 31: `streams run` started during a broker outage logs what it waits for, says so on its metrics
+    port, and starts the job once the broker is back; nothing sent after that is lost or doubled."""
+    metrics_port = free_port()
+    ingest = fresh(
+        **private_kafka.env,
+        STREAMTUNE__FLINK__METRICS_PORT=str(metrics_port),
+        STREAMTUNE__KAFKA__REQUEST_TIMEOUT_S="3",  # each start-up attempt's metadata wait
+    )
+    private_kafka.stop()
+    waiting = ServiceProcess(["streams", "run"], b"unavailable for", tmp_path / "waiting")
+    waiting.start(timeout_s=240, **ingest.overrides)
+    try:
+        assert f"streams: Kafka at {ingest.settings.kafka.bootstrap_servers} unavailable for" in waiting.output()
+
+        def gauge() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                    return str(response.read().decode())
+            except OSError:
+                return ""
+
+        eventually(lambda: 'streamtune_dependency_waiting{dependency="kafka"} 1.0' in gauge(), 60, "kafka gauge")
+        time.sleep(2 * ingest.settings.kafka.retry_max_s)  # a few more backoff rounds: still alive, still waiting
+        assert waiting.running(), waiting.output()[-3000:]
+        assert "streams: job " not in waiting.output()
+        private_kafka.start()
+        eventually(lambda: "streams: job " in waiting.output() or not waiting.running(), 240, "the job to start")
+        assert waiting.running(), waiting.output()[-3000:]
+        count = 10
+        _good_events(ingest, "late", 0, count)
+        eventually(lambda: ingest.chunks("late") == count, timeout_s=240, what="every document indexed")
+        eventually(lambda: len(_examples_of(ingest, "late")) >= count, timeout_s=240, what="every example")
+        for i in range(count):
+            assert ingest.chunks("late", f"doc-{i:04d}") == 1
+        ids = _examples_of(ingest, "late")
+        assert len(ids) == count and len(set(ids)) == count  # none lost, none duplicated
+        assert ingest.dead_letters() == []
+        assert "Traceback" not in waiting.output()
+    finally:
+        waiting.stop()
 
 
 @pytest.mark.fault
