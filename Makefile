@@ -24,12 +24,12 @@ ML_TESTS := $(wildcard tests/streamtune tests/training tests/inference)
 FLINK_TESTS := $(wildcard tests/streams tests/retrieval)
 MONITOR_TESTS := $(wildcard tests/monitor)
 
-.PHONY: help env env-flink env-ml env-monitor browser promtool compose bench-peers bench-peers-env lock stack-up stack-down stack-status test test-unit lint demo clean
+.PHONY: help env env-flink env-ml env-monitor browser promtool compose bench-peers bench-peers-env lock stack-up stack-down stack-status test test-unit test-fast lint demo clean
 
 help:
 	@echo "make demo   the end-to-end demonstration (installs and starts everything it needs)"
 	@echo "make test   lint, then every test against the real local stack, then stop the stack"
-	@echo "other targets: env, lock, lint, test-unit, stack-up, stack-down, stack-status, clean"
+	@echo "other targets: env, lock, lint, test-fast, test-unit, stack-up, stack-down, stack-status, clean"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -113,6 +113,12 @@ test-unit: env compose
 	$(ML)/pytest -m "not integration" $(ML_TESTS)
 	$(FLINK)/pytest -m "not integration" $(FLINK_TESTS)
 	$(MONITOR)/pytest -m "not integration" $(MONITOR_TESTS)
+
+# Minutes, not half an hour: the tests that need neither the stack nor a model to train or load.
+test-fast: env
+	$(ML)/pytest -m "not integration and not slow" $(ML_TESTS)
+	$(FLINK)/pytest -m "not integration and not slow" $(FLINK_TESTS)
+	$(MONITOR)/pytest -m "not integration and not slow" $(MONITOR_TESTS)
 
 # The stack is stopped whatever the tests' outcome; the exit code is the tests'.
 test: lint compose stack-up
