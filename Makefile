@@ -115,7 +115,7 @@ test-unit: env compose
 	$(MONITOR)/pytest -m "not integration" $(MONITOR_TESTS)
 
 # Minutes, not half an hour: the tests that need neither the stack nor a model to train or load.
-test-fast: env
+test-fast: env compose
 	$(ML)/pytest -m "not integration and not slow" $(ML_TESTS)
 	$(FLINK)/pytest -m "not integration and not slow" $(FLINK_TESTS)
 	$(MONITOR)/pytest -m "not integration and not slow" $(MONITOR_TESTS)
