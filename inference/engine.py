@@ -164,7 +164,7 @@ class Answerer:
             code = answer.error.code if answer.error else "ok"
             self.metrics.answers.labels(item.query.tenant, code).inc()
             for stage, ms in answer.timings_ms.items():
-                self.metrics.stage_seconds.labels(item.query.tenant, stage).observe(ms / 1000)
+                self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
         return answers
 
     def _stage(self, items: list[_Item], name: str, step: Any) -> None:

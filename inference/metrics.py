@@ -20,8 +20,10 @@ class ServeMetrics:
         r = self.registry
         self.stage_seconds = Histogram(
             "streamtune_answer_stage_seconds",
+            # No tenant label: with a thousand tenants it made 119 samples each (bench/tenants.py, BENCHMARKS.md);
+            # per-tenant latency is the monitor's, from the answers' own timings.
             "Time a query spent in each stage of serve.",
-            ["tenant", "stage"],
+            ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
