@@ -153,5 +153,3 @@ def group_questions(questions: Sequence[str], similarity: float, limit: int, exa
                 group.examples.append(text)
     groups.sort(key=lambda g: -g.count)
     return groups[:limit]
-
-

@@ -30,6 +30,8 @@ __all__ = [
     "FeedbackRecorded",
     "QaRecorded",
     "Query",
+    "RefreshRequest",
+    "RefreshResult",
     "TrainingExample",
     "Usage",
     "decode",
@@ -298,6 +300,47 @@ class AdapterUpdate(_Message):
     announcement from before canaries, which means ``current``."""
     canary_percent: int | None = Field(None, ge=0, le=100)
     """For ``state = "canary"``: the share of the tenant's queries it answers."""
+
+
+class RefreshRequest(_Message):
+    """A tenant is due for an adapter refresh (``train watch`` decided it, with ``training.distribute = "kafka"``),
+    on ``refresh-requests``, keyed by the tenant: the partition of the key, hence one ``train worker`` of the group
+    at a time, owns the tenant. Delivered at least once: a worker that dies mid-refresh leaves it to another."""
+
+    request_id: Identifier
+    tenant: Tenant
+    requested_at: datetime
+    up_to: dict[int, int] = Field(default_factory=dict)
+    """Per partition of ``training-examples``, the committed end offset the decision counted up to. A version
+    whose manifest's ranges reach every one of them already served the request: a repeated request (redelivered
+    after a worker died, or asked again) is skipped instead of training a second version on the same examples."""
+    pending: int = Field(0, ge=0)
+    """New examples the decision counted (for logs and operators)."""
+    reason: str = ""
+    """Why the tenant is due: enough examples, waited long enough, or its questions drifted."""
+
+
+class RefreshResult(_Message):
+    """What became of a refresh request, on ``refresh-results``, keyed by the tenant; written by the worker that
+    ran it before it commits the request's offset. Every request gets one (a repeated one may get two: the
+    second says that the version was already built)."""
+
+    request_id: str
+    """The request's id; for a record that is no valid request, ``<topic>[<partition>]@<offset>``."""
+    tenant: str
+    """The request's tenant; for an invalid record, its key as text (it may be no valid tenant)."""
+    status: Literal["promoted", "canary", "rejected", "skipped", "failed", "invalid"]
+    """``promoted``, ``canary``, ``rejected``: a version was published with that status; ``skipped``: none
+    (too few examples or too little evidence, a canary on trial, or the version was already built: ``version``
+    names it); ``failed``: the refresh raised (``reason`` says what; the watcher asks again after its backoff);
+    ``invalid``: the record is no valid request (``reason`` says why)."""
+    reason: str
+    version: str | None = None
+    worker: str
+    """``<host>:<pid>`` of the worker that ran it."""
+    finished_at: datetime
+    seconds: float = Field(ge=0)
+    """How long the refresh took."""
 
 
 _EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(DomainEvent)

@@ -422,6 +422,38 @@ class TrainingSettings(_Section):
         description="`train watch`: how often the rollout decision step runs (it reads answers and feedback from the "
         "topics; `streamtune adapters decide` runs it once).",
     )
+    # -- trainer workers: refreshes distributed through Kafka (training/worker.py) -----------------------------
+    distribute: Literal["local", "kafka"] = Field(
+        "local",
+        description="`train watch`: local: it runs each due tenant's refresh itself (one process, small "
+        "deployments); kafka: it publishes a request on refresh-requests and the `train worker` processes of "
+        "worker_group_id run them, each tenant owned by one worker at a time.",
+    )
+    worker_group_id: str = Field(
+        "streamtune-trainers", min_length=1, description="Consumer group shared by `train worker` processes."
+    )
+    worker_assignor: Literal["cooperative-sticky", "range", "roundrobin"] = Field(
+        "cooperative-sticky",
+        description="How the worker group shares refresh-requests' partitions. cooperative-sticky: a rebalance "
+        "revokes only the partitions that change owner, so the other refreshes go on; range or roundrobin "
+        "(eager): every rebalance revokes every partition, and each refresh in flight is fenced and run again "
+        "by the partition's next owner. Every worker of a group must use the same one.",
+    )
+    worker_session_timeout_s: float = Field(
+        45.0,
+        ge=6,
+        le=1800,
+        description="How long the group waits for a `train worker` that stopped heartbeating (killed, cut off) "
+        "before its partitions, and the requests in them, go to another (Kafka's session.timeout.ms; brokers "
+        "accept 6 s to 30 min by default). A worker stopped with SIGTERM leaves at once.",
+    )
+    worker_metrics_port: int = Field(
+        9313,
+        ge=0,
+        lt=65536,
+        description="Prometheus /metrics port of `train worker` on metrics_host (0: none; several workers on one "
+        "host need a port each).",
+    )
 
     def refresh_backoff(self) -> Backoff:
         """`train watch`'s policy for a tenant whose refresh failed: retried later, never given up on."""

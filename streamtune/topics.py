@@ -11,7 +11,17 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-from streamtune.contracts import AdapterUpdate, Answer, AnswerDelta, Query, TrainingExample, decode, encode
+from streamtune.contracts import (
+    AdapterUpdate,
+    Answer,
+    AnswerDelta,
+    Query,
+    RefreshRequest,
+    RefreshResult,
+    TrainingExample,
+    decode,
+    encode,
+)
 from streamtune.settings import TopicSettings
 
 __all__ = [
@@ -22,6 +32,8 @@ __all__ = [
     "DOMAIN_EVENTS",
     "DOMAIN_EVENTS_DLQ",
     "QUERIES",
+    "REFRESH_REQUESTS",
+    "REFRESH_RESULTS",
     "TRAINING_EXAMPLES",
     "TopicSpec",
     "topic_name",
@@ -71,8 +83,27 @@ ANSWERS = TopicSpec("answers", "query_id", Answer)
 # Deltas matter only while someone streams them: ten minutes (the answer of record is on `answers`).
 ANSWER_DELTAS = TopicSpec("answer-deltas", "query_id", AnswerDelta, config={"retention.ms": "600000"})
 ADAPTER_UPDATES = TopicSpec("adapter-updates", "tenant", AdapterUpdate, scaled=False, config=_KEEP_FOREVER)
+# Work for the `train worker` group, keyed by tenant: a tenant's requests share a partition, so one worker owns it at
+# a time. Compacted rather than expiring: a tenant's latest request is never lost however long the workers are
+# away, and the earlier ones it supersedes may go (the version built for the latest covers their examples).
+REFRESH_REQUESTS = TopicSpec("refresh-requests", "tenant", RefreshRequest, config={"cleanup.policy": "compact"})
+# Read by the watcher while it waits for them (minutes) and by an operator asking why a tenant was not refreshed:
+# a week. One partition: the watcher reads them in the order they were written.
+REFRESH_RESULTS = TopicSpec(
+    "refresh-results", "tenant", RefreshResult, scaled=False, config={"retention.ms": str(7 * 24 * 3600 * 1000)}
+)
 
-ALL_TOPICS = (DOMAIN_EVENTS, DOMAIN_EVENTS_DLQ, TRAINING_EXAMPLES, QUERIES, ANSWERS, ANSWER_DELTAS, ADAPTER_UPDATES)
+ALL_TOPICS = (
+    DOMAIN_EVENTS,
+    DOMAIN_EVENTS_DLQ,
+    TRAINING_EXAMPLES,
+    QUERIES,
+    ANSWERS,
+    ANSWER_DELTAS,
+    ADAPTER_UPDATES,
+    REFRESH_REQUESTS,
+    REFRESH_RESULTS,
+)
 
 
 def topic_name(spec: TopicSpec[M], settings: TopicSettings) -> str:

@@ -1,8 +1,11 @@
-"""What `train watch` measures, as Prometheus series, served on ``training.metrics_port`` (127.0.0.1).
+"""What `train watch` and `train worker` measure, as Prometheus series, served on ``training.metrics_port`` and
+``training.worker_metrics_port`` (on ``training.metrics_host``).
 
 Pending examples per tenant, refreshes by tenant and outcome (promoted, rejected, skipped, failed) with their
 duration, and the gate's figures of the latest candidate per tenant (held-out and anchor loss, exact match
-and token F1, beside the current adapter's).
+and token F1, beside the current adapter's); with ``training.distribute = "kafka"`` the watcher counts the
+requests it published. A worker adds its health: whether it waits for Kafka, the partitions it owns, whether a
+refresh is running, and the refreshes fenced because their partition went to another worker mid-way.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from streamtune.manifest import Manifest
 
-__all__ = ["WatchMetrics"]
+__all__ = ["WatchMetrics", "WorkerMetrics"]
 
 
 class WatchMetrics:
@@ -35,6 +38,12 @@ class WatchMetrics:
             ["tenant", "side", "slice", "metric"],
             registry=r,
         )
+        self.requests = Counter(
+            "streamtune_refresh_requests",
+            "Refresh requests published for the trainer workers (training.distribute = kafka), by tenant.",
+            ["tenant"],
+            registry=r,
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)
@@ -48,3 +57,30 @@ class WatchMetrics:
             for slice_, figures in (("held_out", scores.held_out), ("anchor", scores.anchor)):
                 for metric in ("loss", "exact_match", "token_f1"):
                     self.gate.labels(tenant, side, slice_, metric).set(getattr(figures, metric))
+
+
+class WorkerMetrics(WatchMetrics):
+    """`train worker`: the refreshes it ran (``streamtune_refreshes``, by outcome, ``failed`` and ``invalid``
+    included) and its health."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        r = self.registry
+        self.waiting = Gauge(
+            "streamtune_dependency_waiting",
+            "1 while the worker waits for the dependency (at start-up or through an outage).",
+            ["dependency"],
+            registry=r,
+        )
+        self.waiting.labels("kafka").set(0)
+        self.partitions = Gauge(
+            "streamtune_worker_partitions", "Partitions of refresh-requests this worker owns now.", registry=r
+        )
+        self.busy = Gauge("streamtune_worker_busy", "1 while a refresh runs in this worker.", registry=r)
+        self.fenced = Counter(
+            "streamtune_refresh_fenced",
+            "Refreshes stopped before they published or announced anything because their partition was revoked "
+            "(or the group no longer knew this worker): the partition's next owner runs the request.",
+            ["tenant"],
+            registry=r,
+        )

@@ -8,10 +8,12 @@ Also ``replay``: retrain a published version from its manifest alone and compare
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import training.registry as registry_module
 from streamtune.allocator import release_freed_memory
 from streamtune.manifest import Manifest
 from streamtune.prompt import PromptFormat
@@ -32,7 +34,12 @@ from training.publish import announce, ensure_announced, write_version
 from training.registry import AdapterRegistry, RegistryError, Version, open_registry
 from training.trainer import train_candidate
 
-__all__ = ["RefreshOutcome", "ReplayOutcome", "refresh", "replay"]
+__all__ = ["Guard", "RefreshOutcome", "ReplayOutcome", "refresh", "replay"]
+
+Guard = Callable[[str], AbstractContextManager[None]]
+"""Wraps each step of a refresh that others see (``announce``: the repair's announcement; ``publish``: the new
+version's publication and announcement): entering it raises when the caller may no longer write the tenant
+(``training.worker``: its partition was revoked), and leaving it lets a revocation waiting for it go on."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class RefreshOutcome:
     """promoted | canary | rejected | skipped"""
     reason: str
     version: str | None = None
+    """The version published; when skipped because it was made already (``up_to``), that version."""
     manifest: Manifest | None = None
     """The published version's manifest (None when skipped)."""
 
@@ -62,6 +70,8 @@ def refresh(
     *,
     missing_docs: MissingDocs | None = None,
     say: Callable[[str], None] = print,
+    up_to: Mapping[int, int] | None = None,
+    guard: Guard | None = None,
 ) -> RefreshOutcome:
     """Train on the examples after the current adapter's range; publish; promote only through the gate.
 
@@ -76,20 +86,40 @@ def refresh(
     Skipped without training when the gate would have too little evidence to decide on: fewer than the
     minimum held-out examples, the new slice and the earlier held-out ones together. Nothing is published and
     the window is not consumed, so the next refresh sees these examples again with the newer ones.
+
+    ``up_to`` (a refresh request's, ``training.worker``): per partition of ``training-examples``, the offsets the
+    request counted to; when a version already reaches them (``AdapterRegistry.covering``, read after the
+    repair), the request was served (by a worker that died before it could say so) and nothing is trained.
+    ``guard`` wraps the announcement of the repair and the publication with its announcement (``Guard``).
     """
     registry = open_registry(settings, tenant)
     # One writer per tenant from reading `current` to the announcement, so that two trainers cannot both
     # publish the next version nor announce out of order; opening it repairs what a crash left behind.
     with registry.writing():
-        ensure_announced(settings, registry)  # a crash after an earlier promotion must not leave it unserved
+        with _step(guard, "announce"):
+            ensure_announced(settings, registry)  # a crash after an earlier promotion must not leave it unserved
+        if up_to is not None:
+            made = registry.covering(up_to)
+            if made is not None:
+                reason = f"already made as {made.name} ({made.status}) from the examples up to {dict(up_to)}"
+                say(f"  {tenant}: {reason}")
+                return RefreshOutcome("skipped", reason, made.name)
         try:
-            return _refresh(settings, registry, missing_docs, say)
+            return _refresh(settings, registry, missing_docs, say, guard)
         finally:
             release_freed_memory()  # what training kept for reuse (memory.keep_freed_mb); `train watch` lives on
 
 
+def _step(guard: Guard | None, name: str) -> AbstractContextManager[None]:
+    return guard(name) if guard is not None else nullcontext()
+
+
 def _refresh(
-    settings: Settings, registry: AdapterRegistry, missing_docs: MissingDocs | None, say: Callable[[str], None]
+    settings: Settings,
+    registry: AdapterRegistry,
+    missing_docs: MissingDocs | None,
+    say: Callable[[str], None],
+    guard: Guard | None,
 ) -> RefreshOutcome:
     tenant = registry.tenant
     canary = registry.canary()
@@ -153,12 +183,16 @@ def _refresh(
             verdict=verdict,
             evidence=evidence.record,
         )
-        version = write_version(registry, manifest, candidate)
-    if version.status == "promoted":
-        announce(settings, version)
-    elif version.status == "canary":
-        say(f"  {tenant}: {version.name} passed the gate; canary for {settings.training.canary_percent}% of queries")
-        announce(settings, version, "canary")
+        registry_module._crash_point("trained")
+        # Publication and announcement in one guarded step: a revocation waits for both or fences both.
+        with _step(guard, "publish"):
+            version = write_version(registry, manifest, candidate)
+            if version.status == "promoted":
+                announce(settings, version)
+            elif version.status == "canary":
+                percent = settings.training.canary_percent
+                say(f"  {tenant}: {version.name} passed the gate; canary for {percent}% of queries")
+                announce(settings, version, "canary")
     return RefreshOutcome(version.status, verdict.reason, version.name, manifest)
 
 

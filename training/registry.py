@@ -49,7 +49,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -91,6 +91,8 @@ something for the repair to find. A test's child process replaces it (``os.kill(
 the point it wants); nothing else sets it. The points, in the order a refresh passes them:
 
 - ``locked``: the tenant's lock is held and the repair has run (nothing half-done yet);
+- ``trained``: the candidate is trained, scored and its manifest built; nothing is published yet
+  (``training.refresh``; a ``train worker`` checks that it still owns the tenant right after it);
 - ``partial``: a ``.partial-*`` directory holds the adapter's weights but not yet its manifest
   (``training.publish.write_version``);
 - ``uploading`` (object stores only): one more of the version's files is uploaded, its manifest is not yet;
@@ -457,6 +459,17 @@ class AdapterRegistry:
         """The version a rollback of the current one would make current again."""
         history = self._index()["history"]
         return self.get(history[-2]) if len(history) >= 2 else None
+
+    def covering(self, offsets: Mapping[int, int]) -> Version | None:
+        """The newest version (any status) whose new examples reach ``offsets`` (per partition of
+        ``training-examples``, the first offset not counted) on every partition named: the refresh asked for up to
+        there has been made already. None when no version reaches them (or there is none)."""
+        names = [name for name in self._index()["versions"] if _VERSION_NAME.fullmatch(name)]
+        if not names:
+            return None
+        newest = self.get(max(names, key=_number))  # ranges only grow from one version to the next
+        reached = newest.manifest.data.trained_up_to()
+        return newest if all(reached.get(p, 0) >= end for p, end in offsets.items()) else None
 
     def next_name(self) -> str:
         """After every version the index lists *and* every version directory on disk, so that a directory the

@@ -17,6 +17,15 @@ served on ``training.metrics_port`` (``training/metrics.py``). At start, every t
 opened for writing (which repairs what a crash left) and its current version is announced again if the
 announcement is missing. Only SIGTERM or Ctrl-C stop it (after the refresh in progress, if any).
 
+With ``training.distribute = "kafka"`` it decides the same way but trains nothing itself: it publishes a request
+for each due tenant on ``refresh-requests`` (``training.worker.publish_request``), which the `train worker`
+processes of one consumer group run, and reads what became of it on ``refresh-results``. A tenant with a request
+in flight is not asked again until its result arrives (or ``training.watch_minutes`` pass without one: a
+request asked twice is served once, the worker finding the version made); a ``failed`` result sends the tenant
+into the same doubling delay as a local failure, its examples still pending. The start-up repair and the
+rollout decisions stay here: they are this process's writes, serialized with the workers' by the tenant's
+registry lock (or, on an object store, its conditional writes).
+
 It logs through this module's logger (the refreshes' progress included), which the CLI configures.
 """
 
@@ -30,10 +39,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from streamtune import logs
 from streamtune.adapter_store import open_store
+from streamtune.contracts import RefreshResult
 from streamtune.errors import ContractError, KafkaUnavailableError, StreamtuneError
 from streamtune.kafka import committed_end_offsets, read_range
 from streamtune.retry import Backoff, retrying
@@ -44,6 +54,7 @@ from training.data import MissingDocs
 from training.publish import Announced, ensure_announced, last_announcements
 from training.refresh import refresh
 from training.registry import open_registry, tenants
+from training.worker import publish_request, read_results
 
 __all__ = ["pending_counts", "watch"]
 
@@ -91,6 +102,60 @@ class _Failures:
         self.not_before.pop(tenant, None)
 
 
+class RemoteRefreshFailed(StreamtuneError):
+    """A worker's refresh failed (its ``refresh-results`` record says how)."""
+
+
+@dataclass
+class _Requests:
+    """``training.distribute = "kafka"``: the requests this watcher published, and what their results say."""
+
+    settings: Settings
+    results_from: dict[int, int] | None = None
+    """Where ``refresh-results`` is read from next (None: its end, at the first read)."""
+    tenant_of: dict[str, str] = field(default_factory=dict)
+    """request id → tenant, for the requests whose result has not come."""
+    asked_at: dict[str, float] = field(default_factory=dict)
+    """tenant → when its latest request was published (monotonic)."""
+    since: Counter[str] = field(default_factory=Counter)
+    """tenant → examples counted after its latest request (still pending once it is served)."""
+
+    def in_flight(self, tenant: str, now: float) -> bool:
+        asked = self.asked_at.get(tenant)
+        return asked is not None and now - asked < self.settings.training.watch_minutes * 60
+
+    def ask(self, tenant: str, up_to: Mapping[int, int], pending: int, reason: str) -> None:
+        request = publish_request(self.settings, tenant, up_to, pending=pending, reason=reason)
+        self.tenant_of[request.request_id] = tenant
+        self.asked_at[tenant] = time.monotonic()
+        self.since.pop(tenant, None)
+        log.info(
+            "watch: %s: %d new examples (%s); requested a refresh (%s)",
+            tenant,
+            pending,
+            reason,
+            request.request_id,
+            extra={"tenant": tenant},
+        )
+
+    def counted(self, counts: Counter[str]) -> None:
+        for tenant, count in counts.items():
+            if tenant in self.asked_at:
+                self.since[tenant] += count
+
+    def results(self) -> list[RefreshResult]:
+        """The new results of this watcher's requests; each request's first one only."""
+        found, self.results_from = read_results(self.settings, self.results_from)
+        ours = []
+        for result in found:
+            tenant = self.tenant_of.pop(result.request_id, None)
+            if tenant is not None and tenant == result.tenant:
+                ours.append(result)
+                if tenant not in self.tenant_of.values():
+                    self.asked_at.pop(tenant, None)
+        return ours
+
+
 def pending_counts(
     settings: Settings, since: dict[int, int], floor: Callable[[str], dict[int, int]]
 ) -> tuple[Counter[str], dict[int, int]]:
@@ -135,7 +200,8 @@ def watch(
     until: Callable[[], bool] | None = None,
 ) -> int:
     """Run until SIGTERM / Ctrl-C (or, for tests, after ``max_refreshes`` refresh attempts, failed ones
-    included, or once ``until()`` is true, checked between steps).
+    included, or requests with ``training.distribute = "kafka"``, or once ``until()`` is true, checked between
+    steps).
 
     ``missing_docs`` is handed to every refresh (``training.refresh.refresh``)."""
     from training.metrics import WatchMetrics
@@ -147,6 +213,7 @@ def watch(
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     failures = _Failures(settings.training.refresh_backoff())
     unreconciled = set(tenants(open_store(settings)))
+    requests = _Requests(settings) if settings.training.distribute == "kafka" else None
     seen: dict[int, int] = {}
     waiting_since: dict[str, float] = {}
     pending: Counter[str] = Counter()
@@ -157,9 +224,10 @@ def watch(
         return (max_refreshes is not None and refreshes >= max_refreshes) or (until is not None and until())
 
     log.info(
-        "watch: refresh at %d new examples, or after %g min with at least one",
+        "watch: refresh at %d new examples, or after %g min with at least one%s",
         settings.training.watch_min_examples,
         settings.training.watch_minutes,
+        " (run by the `train worker` group: training.distribute = kafka)" if requests is not None else "",
     )
     try:
         while not stop.is_set() and not done():
@@ -168,10 +236,15 @@ def watch(
             if time.monotonic() >= next_decision:
                 _decide(settings, stop)
                 next_decision = time.monotonic() + settings.training.decide_every_s
+            if requests is not None:
+                for result in _kafka(settings, requests.results, stop):
+                    _resolved(result, requests, pending, waiting_since, failures, unreconciled, metrics)
             # each tenant's registry is read once per tick, not once per record
             floor = functools.cache(lambda tenant: _trained_up_to(settings, tenant))
             counts, seen = _kafka(settings, functools.partial(pending_counts, settings, seen, floor), stop)
             pending.update(counts)
+            if requests is not None:
+                requests.counted(counts)
             for tenant, count in pending.items():
                 metrics.pending.labels(tenant).set(count)
             now = time.monotonic()
@@ -192,8 +265,16 @@ def watch(
                     )
                 if not failures.ready(tenant, time.monotonic()):
                     continue  # its examples stay pending until its backoff has passed
+                if requests is not None and requests.in_flight(tenant, now):
+                    continue  # its request waits for a worker, or runs; its result says when it is done
                 if _on_trial(settings, tenant):
                     continue  # a canary awaits its decision (every decide_every_s); its examples stay pending
+                if requests is not None:
+                    why = _why(settings, pending[tenant], due, drifted.get(tenant))
+                    _kafka(settings, functools.partial(requests.ask, tenant, seen, pending[tenant], why), stop)
+                    metrics.requests.labels(tenant).inc()
+                    refreshes += 1
+                    continue
                 log.info("watch: %s: %d new examples; refreshing", tenant, pending[tenant], extra={"tenant": tenant})
                 refreshes += 1
                 begin = time.monotonic()
@@ -225,6 +306,49 @@ def watch(
         signal.signal(signal.SIGTERM, previous)
     log.info("watch: stopped after %d refreshes", refreshes)
     return 0
+
+
+def _why(settings: Settings, pending: int, due: bool, drift_p: float | None) -> str:
+    if pending >= settings.training.watch_min_examples:
+        return f"at least training.watch_min_examples ({settings.training.watch_min_examples})"
+    if due:
+        return f"waited training.watch_minutes ({settings.training.watch_minutes:g})"
+    return f"its questions drifted (p {drift_p or 0.0:.4f} < drift.significance)"
+
+
+def _resolved(
+    result: RefreshResult,
+    requests: _Requests,
+    pending: Counter[str],
+    waiting_since: dict[str, float],
+    failures: _Failures,
+    unreconciled: set[str],
+    metrics: Any,
+) -> None:
+    """A worker's result of one of this watcher's requests: the tenant's examples are served (those counted since
+    the request stay pending), or, when it failed, wait for the tenant's backoff and are asked for again."""
+    tenant = result.tenant
+    if result.status == "failed":
+        failures.failed(tenant, "refresh", RemoteRefreshFailed(f"on {result.worker}: {result.reason}"))
+        return
+    log.info(
+        "watch: %s: %s %s (%s) by %s",
+        tenant,
+        result.status,
+        result.version or "",
+        result.reason,
+        result.worker,
+        extra={"tenant": tenant},
+    )
+    failures.succeeded(tenant)
+    unreconciled.discard(tenant)  # the worker's refresh repaired and reconciled first
+    left = requests.since.pop(tenant, 0)
+    metrics.pending.labels(tenant).set(left)
+    if left:
+        pending[tenant], waiting_since[tenant] = left, time.monotonic()
+    else:
+        pending.pop(tenant, None)
+        waiting_since.pop(tenant, None)
 
 
 def drifted_tenants(settings: Settings) -> dict[str, float]:

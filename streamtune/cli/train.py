@@ -1,4 +1,6 @@
-"""``streamtune train run|watch|replay V``: refresh a tenant's adapter, keep refreshing, or rebuild a version.
+"""``streamtune train run|watch|worker|replay V``: refresh a tenant's adapter, keep refreshing (or, with
+``training.distribute = "kafka"``, keep requesting refreshes), run the requested refreshes as one of the trainer
+group's workers, or rebuild a version.
 
 ``streamtune train [--tenant T]`` and ``streamtune train --watch`` stay as aliases of ``run`` and ``watch``.
 """
@@ -24,6 +26,9 @@ def register(commands: Any) -> None:
     actions.add_parser("watch", help="refresh every tenant whenever enough new examples accumulate").set_defaults(
         func=watch, service=True
     )
+    actions.add_parser(
+        "worker", help="run the refreshes requested on refresh-requests, as one of the training.worker_group_id group"
+    ).set_defaults(func=worker, service=True)
     replay_ = actions.add_parser("replay", help="rebuild a version from its manifest and compare the sha256")
     replay_.add_argument("version")
     replay_.add_argument("--tenant", default=argparse.SUPPRESS)
@@ -64,6 +69,12 @@ def watch(settings: Settings, args: argparse.Namespace) -> int:
     from training.watch import watch as watch_forever
 
     return watch_forever(settings, missing_docs=index_check(settings))
+
+
+def worker(settings: Settings, args: argparse.Namespace) -> int:
+    from training.worker import work
+
+    return work(settings, missing_docs=index_check(settings))
 
 
 def replay(settings: Settings, args: argparse.Namespace) -> int:

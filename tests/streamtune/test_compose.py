@@ -195,6 +195,7 @@ _NEEDS = {
     ("serve",): {"kafka", "weaviate"},  # queries → retrieval → answers
     ("http",): {"kafka", "weaviate"},  # queries/answers; search (inference/http/search.py)
     ("train", "watch"): {"kafka", "weaviate"},  # examples; the index check (cli/train.py index_check)
+    ("train", "worker"): {"kafka", "weaviate"},  # refresh requests; the index check of each refresh
     ("monitor",): {"kafka", "weaviate"},  # service topics; freshness lookups (monitor/app.py)
     ("streams", "run"): {"kafka", "weaviate"},  # domain-events → chunks
 }
@@ -445,6 +446,7 @@ def test_flink_processes_enable_the_reporter_as_the_local_stack_does(compose: di
 
 
 # -- Alerts (docker/prometheus/alerts.yml; promtool tests them in tests/monitor/test_alert_rules.py) ---------------
+
 
 def test_prometheus_loads_the_rules_and_alertmanager_is_a_service(compose: dict, defaults: Settings) -> None:  # type: ignore[type-arg]
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())

@@ -14,6 +14,8 @@ def test_contract_topic_names_are_declared_once() -> None:
         "answers",
         "answer-deltas",
         "adapter-updates",
+        "refresh-requests",
+        "refresh-results",
     ]
     assert len(set(names)) == len(names)
 
