@@ -116,12 +116,31 @@ def test_every_flink_process_shares_the_checkpoint_directory(compose: dict) -> N
 
 
 def test_every_long_running_service_restarts_and_has_a_health_check(compose: dict) -> None:  # type: ignore[type-arg]
-    one_shot = {"topics"}
+    one_shot = {"topics", "s3-bucket"}
     for name, service in compose["services"].items():
         if name in one_shot:
             continue
         assert service.get("restart") in ("unless-stopped", "always", "on-failure"), name
         assert "healthcheck" in service and service["healthcheck"]["test"], name
+
+
+def test_adapters_are_shared_through_the_s3_server_by_two_trainer_workers(compose: dict, defaults: Settings) -> None:  # type: ignore[type-arg]
+    """Issue 26: the adapter store is the S3 service (no shared volume), its bucket is made before any service that
+    reads or writes adapters starts, the watcher distributes the refreshes, and two workers take them."""
+    env = compose["x-streamtune-env"]
+    assert env["STREAMTUNE__TRAINING__ADAPTERS_DIR"] == "s3://streamtune-adapters/"
+    assert env["STREAMTUNE__S3__ENDPOINT_URL"] == "http://s3:8333"
+    assert "adapters" not in compose["volumes"]
+    services = compose["services"]
+    for name in ("trainer", "trainer-worker", "inference"):
+        assert not any("/adapters" in v for v in services[name].get("volumes", [])), name
+        assert services[name]["depends_on"]["s3-bucket"] == {"condition": "service_completed_successfully"}, name
+    assert services["trainer"]["environment"]["STREAMTUNE__TRAINING__DISTRIBUTE"] == "kafka"
+    assert services["trainer-worker"]["deploy"]["replicas"] == 2
+    assert "streamtune-adapters" in " ".join(services["s3-bucket"]["command"])
+    identity = json.loads((ROOT / "docker" / "seaweedfs" / "s3.json").read_text())["identities"][0]["credentials"][0]
+    # the credentials every service uses unless told otherwise
+    assert (identity["accessKey"], identity["secretKey"]) == (defaults.s3.key_id(), defaults.s3.secret())
 
 
 def test_health_checks_use_the_configured_metrics_ports(compose: dict, defaults: Settings) -> None:  # type: ignore[type-arg]
@@ -425,6 +444,7 @@ def test_every_scrape_target_is_a_compose_service_serving_that_port(compose: dic
         ("inference", defaults.inference.metrics_port),
         ("gateway", defaults.http.metrics_port),
         ("trainer", defaults.training.metrics_port),
+        ("trainer-worker", defaults.training.worker_metrics_port),
         ("monitor", defaults.monitor.port),
         ("jobmanager", defaults.flink.cluster_metrics_port),
         ("taskmanager", defaults.flink.cluster_metrics_port + 1),
