@@ -63,6 +63,7 @@ __all__ = [
     "sample",
     "sample_manifest",
     "tiny_serving",
+    "trainer_worker",
     "wait_for",
 ]
 
@@ -150,6 +151,11 @@ def query_server(log_dir: Path, env: Mapping[str, str] | None = None, python: st
     return ServiceProcess(["serve"], b"serve: consuming", log_dir, env, python)
 
 
+def trainer_worker(log_dir: Path, env: Mapping[str, str] | None = None) -> ServiceProcess:
+    """`streamtune train worker` (ready once it has subscribed; its partitions come with the group's assignment)."""
+    return ServiceProcess(["train", "worker"], b"worker: consuming", log_dir, env)
+
+
 def isolated_env(work: Path, name: str = "it", **overrides: str) -> dict[str, str]:
     """``STREAMTUNE__`` variables of a deployment of its own: topics, collection, groups and directories."""
     tag = uuid.uuid4().hex[:10]
@@ -159,9 +165,11 @@ def isolated_env(work: Path, name: str = "it", **overrides: str) -> dict[str, st
         "STREAMTUNE__STREAMS__GROUP_ID": f"streams-{tag}",
         "STREAMTUNE__STREAMS__CHECKPOINT_DIR": str(work / "checkpoints"),
         "STREAMTUNE__INFERENCE__GROUP_ID": f"serve-{tag}",
+        "STREAMTUNE__TRAINING__WORKER_GROUP_ID": f"trainers-{tag}",
         "STREAMTUNE__TRAINING__ADAPTERS_DIR": str(work / "adapters"),
         "STREAMTUNE__INFERENCE__METRICS_PORT": "0",
         "STREAMTUNE__TRAINING__METRICS_PORT": "0",
+        "STREAMTUNE__TRAINING__WORKER_METRICS_PORT": "0",
         "STREAMTUNE__HTTP__METRICS_PORT": "0",
         "STREAMTUNE__FLINK__METRICS_PORT": "0",
         "STREAMTUNE__FLINK__LOG_DIR": str(work / "flink-logs"),
