@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -42,7 +43,7 @@ from streamtune.retry import Backoff
 from streamtune.settings import Settings, load_settings
 from streamtune.topics import ADAPTER_UPDATES, REFRESH_REQUESTS, topic_name
 from training.refresh import RefreshOutcome
-from training.registry import AdapterRegistry
+from training.registry import open_registry
 from training.worker import Fenced, Ownership, publish_request, read_results, work
 
 # -- the fence, with a fake consumer ----------------------------------------------------------------------------
@@ -339,7 +340,7 @@ class Trainers:
         return read_results(self.settings, {0: 0})[0]
 
     def versions(self, tenant: str) -> list[tuple[str, str]]:
-        return [(v.name, v.status) for v in AdapterRegistry(self.settings.adapters_dir, tenant).versions()]
+        return [(v.name, v.status) for v in open_registry(self.settings, tenant).versions()]
 
 
 @pytest.fixture
@@ -407,18 +408,20 @@ def _one_per_partition(partitions: int) -> list[str]:
 
 # Where the killed worker dies in its first refresh: the version renamed into place but not listed (the next run
 # adopts it and announces it), or announced but neither recorded nor committed (a naive rerun would train a second
-# version and announce again).
-_KILLED_AT = ["renamed", "announced"]
+# version and announce again). The second case keeps its adapters in the stack's S3 server, as workers on several
+# machines do (each run under a prefix of its own in the bucket).
+_KILLED_AT = [("renamed", "local"), ("announced", "s3")]
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.fault
-@pytest.mark.parametrize("point", _KILLED_AT)
+@pytest.mark.parametrize(("point", "store"), _KILLED_AT)
 def test_two_workers_one_killed_mid_refresh_leave_four_tenants_one_version_and_one_announcement_each(
-    trainers: Callable[..., Trainers], point: str
+    trainers: Callable[..., Trainers], point: str, store: str
 ) -> None:
-    world = trainers(STREAMTUNE__TOPICS__PARTITIONS="4")
+    adapters = {"STREAMTUNE__TRAINING__ADAPTERS_DIR": f"s3://streamtune-adapters/workers-{uuid.uuid4().hex[:8]}/"}
+    world = trainers(STREAMTUNE__TOPICS__PARTITIONS="4", **(adapters if store == "s3" else {}))
     tenants = _one_per_partition(4)
     doomed, doomed_log = world.hooked("kill", point)
     other = world.cli()
