@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 import uuid
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from inference.service import ask
 from retrieval import connect
 from retrieval.store import ChunkStore, DocumentChunks
 from streamtune.contracts import Query, encode
-from streamtune.harness import query_server
+from streamtune.harness import isolated_env, query_server, sample
 from streamtune.kafka import client_config, create_topics, delete_topics
 from streamtune.manifest import Manifest
 from streamtune.models import base_model_source, load_embedder, sha256_file
@@ -88,6 +87,39 @@ def _manifest(settings: Any, name: str, folder: Path, tenant: str) -> Manifest:
     )
 
 
+def _deployment(tmp: Path, max_new_tokens: int) -> tuple[dict[str, str], Any]:
+    """The variables of an isolated deployment (set in this process too) and its settings, its topics created.
+    Every question generates (none abstains), so the workload is what it was before grounding."""
+    import os
+
+    env = isolated_env(
+        tmp,
+        "bench",
+        STREAMTUNE__INFERENCE__MAX_NEW_TOKENS=str(max_new_tokens),
+        STREAMTUNE__INFERENCE__NO_CONTEXT="answer",
+    )
+    os.environ.update(env)
+    settings = load_settings()
+    create_topics(settings.kafka, settings.topics)
+    return env, settings
+
+
+def _index_demo_documents(settings: Any, client: Any) -> None:
+    """The bundled demo documents, indexed for ``TENANT`` and each of ``TENANTS``."""
+    documents = sample("demo_documents.jsonl")
+    embedder = load_embedder(settings)
+    store = ChunkStore(client, settings)
+    store.ensure_collection(int(embedder.get_sentence_embedding_dimension()))
+    vectors = embedder.encode([d["text"] for d in documents], normalize_embeddings=True).tolist()
+    for tenant in (TENANT, *TENANTS):
+        store.upsert(
+            [
+                DocumentChunks(tenant, d["doc_id"], d["title"], [d["text"]], [v], "bench", "2026-11-21T00:00:00Z")
+                for d, v in zip(documents, vectors, strict=True)
+            ]
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=12)
@@ -102,45 +134,14 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    tag = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    env = {
-        "STREAMTUNE__TOPICS__PREFIX": f"bench-{tag}.",
-        "STREAMTUNE__WEAVIATE__COLLECTION": f"Bench{tag}",
-        "STREAMTUNE__INFERENCE__GROUP_ID": f"bench-{tag}",
-        "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": str(args.max_new_tokens),
-        # every question generates (none abstains), so the workload is what it was before grounding
-        "STREAMTUNE__INFERENCE__NO_CONTEXT": "answer",
-        "STREAMTUNE__INFERENCE__METRICS_PORT": "0",
-        "STREAMTUNE__TRAINING__ADAPTERS_DIR": str(tmp / "adapters"),
-    }
-    import os
-
-    os.environ.update(env)
-    settings = load_settings()
-    create_topics(settings.kafka, settings.topics)
-    documents = [
-        json.loads(x) for x in files("streamtune").joinpath("data", "demo_documents.jsonl").read_text().splitlines()
-    ]
-    questions = [
-        json.loads(x)["question"]
-        for x in files("streamtune").joinpath("data", "demo_qa.jsonl").read_text().splitlines()
-    ]
+    env, settings = _deployment(tmp, args.max_new_tokens)
+    questions = [qa["question"] for qa in sample("demo_qa.jsonl")]
     questions = (questions * 4)[: args.queries]
     client = connect(settings.weaviate)
     server = query_server(tmp / "logs", env)
     try:
-        embedder = load_embedder(settings)
-        store = ChunkStore(client, settings)
-        store.ensure_collection(int(embedder.get_sentence_embedding_dimension()))
-        vectors = embedder.encode([d["text"] for d in documents], normalize_embeddings=True).tolist()
-        for tenant in (TENANT, *TENANTS):
-            store.upsert(
-                [
-                    DocumentChunks(tenant, d["doc_id"], d["title"], [d["text"]], [v], "bench", "2026-11-21T00:00:00Z")
-                    for d, v in zip(documents, vectors, strict=True)
-                ]
-            )
+        _index_demo_documents(settings, client)
 
         from inference.engine import Answerer
 
@@ -235,10 +236,10 @@ def _http_latencies(settings: Any, env: dict[str, str], tmp: Path, questions: li
     """Each question as an OpenAI chat completion through `streamtune http` (no key: loopback)."""
     import urllib.request
 
-    from streamtune.harness import ServiceProcess, free_port
+    from streamtune.harness import free_port, http_gateway
 
     port = free_port()
-    gateway = ServiceProcess(["http"], b"http: listening", tmp / "logs", {**env, "STREAMTUNE__HTTP__PORT": str(port)})
+    gateway = http_gateway(tmp / "logs", {**env, "STREAMTUNE__HTTP__PORT": str(port)})
     gateway.start()
     try:
 

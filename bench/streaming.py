@@ -30,22 +30,26 @@ import statistics
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from serving import TENANT, TENANTS, _backlog, _untrained_adapter  # bench/serving.py
+from serving import (  # bench/serving.py
+    TENANT,
+    TENANTS,
+    _backlog,
+    _deployment,
+    _index_demo_documents,
+    _untrained_adapter,
+)
 
 from retrieval import connect
-from retrieval.store import ChunkStore, DocumentChunks
+from retrieval.store import ChunkStore
 from streamtune.contracts import Query
-from streamtune.harness import ServiceProcess, free_port, query_server, wait_for
+from streamtune.harness import free_port, http_gateway, query_server, sample, wait_for
 from streamtune.kafka import create_topics, delete_topics
-from streamtune.models import load_embedder
 from streamtune.settings import load_settings
 from training.publish import announce
 from training.registry import AdapterRegistry
@@ -60,40 +64,13 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=100)
     args = parser.parse_args()
 
-    tag = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
-    env = {
-        "STREAMTUNE__TOPICS__PREFIX": f"bench-{tag}.",
-        "STREAMTUNE__WEAVIATE__COLLECTION": f"Bench{tag}",
-        "STREAMTUNE__INFERENCE__GROUP_ID": f"bench-{tag}",
-        "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": str(args.max_new_tokens),
-        # every question generates (none abstains), so the workload is what it was before grounding
-        "STREAMTUNE__INFERENCE__NO_CONTEXT": "answer",
-        "STREAMTUNE__INFERENCE__METRICS_PORT": "0",
-        "STREAMTUNE__HTTP__METRICS_PORT": "0",
-        "STREAMTUNE__TRAINING__ADAPTERS_DIR": str(tmp / "adapters"),
-        "STREAMTUNE__TRAINING__CANARY_PERCENT": "0",
-    }
-    os.environ.update(env)
-    settings = load_settings()
-    create_topics(settings.kafka, settings.topics)
-    data = files("streamtune").joinpath("data")
-    documents = [json.loads(x) for x in data.joinpath("demo_documents.jsonl").read_text().splitlines()]
-    questions = [json.loads(x)["question"] for x in data.joinpath("demo_qa.jsonl").read_text().splitlines()]
+    env, settings = _deployment(tmp, args.max_new_tokens)
+    questions = [qa["question"] for qa in sample("demo_qa.jsonl")]
     client = connect(settings.weaviate)
     report: dict[str, Any] = {"machine": f"{platform.node()} {platform.machine()}", "cpus": os.cpu_count()}
     try:
-        embedder = load_embedder(settings)
-        store = ChunkStore(client, settings)
-        store.ensure_collection(int(embedder.get_sentence_embedding_dimension()))
-        vectors = embedder.encode([d["text"] for d in documents], normalize_embeddings=True).tolist()
-        for tenant in (TENANT, *TENANTS):
-            store.upsert(
-                [
-                    DocumentChunks(tenant, d["doc_id"], d["title"], [d["text"]], [v], "bench", "2026-11-21T00:00:00Z")
-                    for d, v in zip(documents, vectors, strict=True)
-                ]
-            )
+        _index_demo_documents(settings, client)
         for i, tenant in enumerate(TENANTS):
             registry = AdapterRegistry(settings.adapters_dir, tenant)
             publish = registry.publish(
@@ -189,7 +166,7 @@ def _ttft(settings: Any, env: dict[str, str], tmp: Path, questions: list[str]) -
     del answerer
     port = free_port()
     server = query_server(tmp / "logs", env)
-    gateway = ServiceProcess(["http"], b"http: listening", tmp / "logs", {**env, "STREAMTUNE__HTTP__PORT": str(port)})
+    gateway = http_gateway(tmp / "logs", {**env, "STREAMTUNE__HTTP__PORT": str(port)})
     server.start()
     gateway.start()
     remote = []
@@ -231,7 +208,7 @@ def _burst(settings: Any, env: dict[str, str], tmp: Path, questions: list[str], 
         "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": "96",
     }
     server = query_server(tmp / "logs", burst_env)
-    gateway = ServiceProcess(["http"], b"http: listening", tmp / "logs", burst_env)
+    gateway = http_gateway(tmp / "logs", burst_env)
     server.start()
     gateway.start()
 

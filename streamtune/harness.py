@@ -1,9 +1,13 @@
-"""The one harness that tests, benchmarks and the demo share: service processes, isolated deployments,
-sample data, domain events built from the contract models, and an adapter manifest with made-up figures.
+"""The one harness that tests, benchmarks and the demo share: service processes, isolated deployments and
+the tiny-model presets they run with, sample data, and builders of what goes on the topics: domain events
+(from the contract models, or raw where a producer's mistakes are the subject), training examples, adapter
+announcements and a manifest with made-up figures.
 
 An isolated deployment is a set of ``STREAMTUNE__`` environment variables (uuid-named topic prefix,
 collection, consumer groups, checkpoint and adapter directories) that a child process loads as its
-settings, so that several deployments share one local stack without seeing each other.
+settings, so that several deployments share one local stack without seeing each other; ``Deployment``
+creates its topics, starts its services and removes it all again. It starts every service, so it sits above
+the packages it starts, as the CLI does (``tests/streamtune/test_imports.py``).
 """
 
 from __future__ import annotations
@@ -17,15 +21,20 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel
 
 from streamtune.contracts import (
+    SCHEMA_VERSION,
+    AdapterUpdate,
+    ChatMessage,
+    ContextPassage,
     DocumentDeleted,
     DocumentDeletedData,
     DocumentUpserted,
@@ -34,6 +43,7 @@ from streamtune.contracts import (
     FeedbackRecordedData,
     QaRecorded,
     QaRecordedData,
+    TrainingExample,
 )
 from streamtune.errors import StreamtuneError
 from streamtune.manifest import (
@@ -50,20 +60,36 @@ from streamtune.manifest import (
     Verdict,
 )
 
+if TYPE_CHECKING:
+    from streamtune.settings import Settings
+    from streamtune.topics import TopicSpec
+
 __all__ = [
+    "SEED_TEXT",
+    "Deployment",
     "ServiceProcess",
+    "adapter_update",
     "document_deleted",
     "document_upserted",
     "feedback_recorded",
     "free_port",
+    "http_gateway",
     "ingest_job",
     "isolated_env",
+    "publish_examples",
     "qa_recorded",
     "query_server",
+    "raw_document",
+    "raw_event",
     "sample",
     "sample_manifest",
+    "settings_for_env",
+    "tiny_gateway",
     "tiny_serving",
+    "tiny_training",
+    "train_watch",
     "trainer_worker",
+    "training_example",
     "wait_for",
 ]
 
@@ -151,6 +177,16 @@ def query_server(log_dir: Path, env: Mapping[str, str] | None = None, python: st
     return ServiceProcess(["serve"], b"serve: consuming", log_dir, env, python)
 
 
+def http_gateway(log_dir: Path, env: Mapping[str, str] | None = None) -> ServiceProcess:
+    """`streamtune http`, the OpenAI-compatible gateway."""
+    return ServiceProcess(["http"], b"http: listening", log_dir, env)
+
+
+def train_watch(log_dir: Path, env: Mapping[str, str] | None = None) -> ServiceProcess:
+    """`streamtune train watch` (ready once it has said when it refreshes)."""
+    return ServiceProcess(["train", "watch"], b"watch: refresh at", log_dir, env)
+
+
 def trainer_worker(log_dir: Path, env: Mapping[str, str] | None = None) -> ServiceProcess:
     """`streamtune train worker` (ready once it has subscribed; its partitions come with the group's assignment)."""
     return ServiceProcess(["train", "worker"], b"worker: consuming", log_dir, env)
@@ -185,7 +221,7 @@ def tiny_serving(model: Path) -> dict[str, str]:
     """``STREAMTUNE__`` variables that make `serve` quick on the tiny test model: short answers and prompts, one
     thread, and a generated answer even where no document is relevant (``inference.no_context = answer``). For
     tests where answer quality and grounding are not the subject (tenants still need a document or an adapter:
-    ``tests/inference/conftest.py`` seeds them)."""
+    ``Deployment.seed`` gives them one)."""
     return {
         "STREAMTUNE__INFERENCE__NO_CONTEXT": "answer",
         "STREAMTUNE__INFERENCE__MAX_NEW_TOKENS": "8",
@@ -193,6 +229,35 @@ def tiny_serving(model: Path) -> dict[str, str]:
         "STREAMTUNE__INFERENCE__CONTEXT_TOKENS": "128",
         "STREAMTUNE__INFERENCE__MAX_QUESTION_TOKENS": "64",
         "STREAMTUNE__MODELS__BASE_MODEL": str(model),
+    }
+
+
+def tiny_training(model: Path) -> dict[str, str]:
+    """``STREAMTUNE__`` variables that make a refresh of the tiny test model take seconds: a few steps of plain
+    LoRA on one thread, short evaluation answers, and a gate that decides on any held-out slice
+    (``training.min_eval_examples`` 1). For tests that count versions and announcements, not learning: at these
+    settings the first version of the refund examples (``training_example``) is promoted over the base model
+    (``tests/training/test_faults.py`` asserts it)."""
+    return {
+        "STREAMTUNE__MODELS__BASE_MODEL": str(model),
+        "STREAMTUNE__TRAINING__MIN_EVAL_EXAMPLES": "1",
+        "STREAMTUNE__TRAINING__MAX_STEPS": "4",
+        "STREAMTUNE__TRAINING__LEARNING_RATE": "5e-3",
+        "STREAMTUNE__TRAINING__BATCH_SIZE": "4",
+        "STREAMTUNE__TRAINING__EVAL_MAX_NEW_TOKENS": "4",
+        "STREAMTUNE__TRAINING__TORCH_THREADS": "1",
+        "STREAMTUNE__TRAINING__REPLAY_SAMPLE": "4",
+        "STREAMTUNE__TRAINING__QUANTIZE_4BIT": "false",
+    }
+
+
+def tiny_gateway() -> dict[str, str]:
+    """``STREAMTUNE__`` variables for `streamtune http` beside a tiny `serve`: its API and its metrics on free ports
+    of 127.0.0.1 (``settings.http.port`` and ``settings.http.metrics_port`` say which), one embedding thread."""
+    return {
+        "STREAMTUNE__HTTP__PORT": str(free_port()),
+        "STREAMTUNE__HTTP__METRICS_PORT": str(free_port()),
+        "STREAMTUNE__EMBEDDING__TORCH_THREADS": "1",
     }
 
 
@@ -222,6 +287,195 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str, interval_s: 
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout_s:.0f}s")
         time.sleep(interval_s)
+
+
+SEED_TEXT = "Refunds are accepted within thirty days of purchase with the receipt."
+"""The one document ``Deployment.seed`` indexes for each tenant."""
+
+_MADE_UP_TIME = "2026-11-21T10:00:00Z"  # when made-up records (raw events, indexed chunks) say they happened
+
+
+def settings_for_env(env: Mapping[str, str]) -> Settings:
+    """The settings a child process started with these extra ``STREAMTUNE__`` variables would load: the built-in
+    defaults and the environment, never the developer's ``config/*.toml``.
+
+    pydantic-settings reads the process environment only, so the variables are set for the load and restored
+    after it (load on one thread at a time)."""
+    from streamtune.settings import load_settings
+
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        return load_settings(config_files=[])
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class Deployment:
+    """One isolated deployment on the local stack (or on a test's private part of it): the ``isolated_env``
+    variables, the settings its services load from them, its topics (created here), a producer, and the services
+    it starts. ``close()``, or the end of its ``with`` block, stops those services and removes the topics and the
+    Weaviate collection.
+
+    ``presets`` (``tiny_serving(model)``, ``tiny_training(model)``, ``tiny_gateway()``) are merged in order, then
+    ``overrides``: ``Deployment(tmp, "inf", tiny_serving(model), STREAMTUNE__INFERENCE__MAX_BATCH="8")``.
+    """
+
+    def __init__(self, work: Path, name: str = "it", *presets: Mapping[str, str], **overrides: str) -> None:
+        from streamtune.kafka import create_topics, producer
+
+        merged: dict[str, str] = {}
+        for preset in presets:
+            merged.update(preset)
+        self.work = work
+        self.env = isolated_env(work, name, **{**merged, **overrides})
+        self.settings = settings_for_env(self.env)
+        self.services: list[ServiceProcess] = []
+        create_topics(self.settings.kafka, self.settings.topics)
+        self.producer = producer(self.settings.kafka)
+
+    # -- services, not started yet; each logs under <work>/logs and is stopped by close() ----------------------
+    def service(
+        self, command: Sequence[str], ready: bytes, *, python: str = sys.executable, **env: str
+    ) -> ServiceProcess:
+        """`streamtune <command>` with the deployment's variables and ``env``, ready once its log holds ``ready``."""
+        return self._kept(ServiceProcess(command, ready, self.work / "logs", {**self.env, **env}, python))
+
+    def query_server(self, **env: str) -> ServiceProcess:
+        return self._kept(query_server(self.work / "logs", {**self.env, **env}))
+
+    def http_gateway(self, **env: str) -> ServiceProcess:
+        return self._kept(http_gateway(self.work / "logs", {**self.env, **env}))
+
+    def ingest_job(self, python: str = sys.executable, **env: str) -> ServiceProcess:
+        """`streamtune streams run`; ``python`` must be the Flink environment's interpreter."""
+        return self._kept(ingest_job(self.work / "logs", {**self.env, **env}, python))
+
+    def train_watch(self, **env: str) -> ServiceProcess:
+        return self._kept(train_watch(self.work / "logs", {**self.env, **env}))
+
+    def _kept(self, service: ServiceProcess) -> ServiceProcess:
+        self.services.append(service)
+        return service
+
+    def start_while_indexing(
+        self, services: Sequence[ServiceProcess], documents: Mapping[str, str], tenants: Sequence[str]
+    ) -> None:
+        """Start ``services`` together, indexing ``documents`` for ``tenants`` meanwhile (the services load their
+        models while the documents are embedded)."""
+        with ThreadPoolExecutor(len(services)) as starting:
+            started = [starting.submit(service.start) for service in services]
+            self.index(documents, tenants)
+            for future in started:
+                future.result()
+
+    # -- Weaviate --------------------------------------------------------------------------------------------
+    def index(
+        self, documents: Mapping[str, str], tenants: Sequence[str], titles: Mapping[str, str] | None = None
+    ) -> None:
+        """Index ``documents`` (doc id -> text, one chunk each) for each of ``tenants`` in the deployment's
+        collection, created if need be, as the ingest job would; ``titles``: doc id -> title (default: the id,
+        title-cased)."""
+        from retrieval import Retriever
+        from retrieval.store import DocumentChunks
+
+        titles = titles or {}
+        with Retriever(self.settings) as retriever:
+            vectors = retriever.embed(list(documents.values()))
+            retriever.store.ensure_collection(len(vectors[0]))
+            retriever.store.upsert(
+                [
+                    DocumentChunks(
+                        tenant, doc, titles.get(doc, doc.title()), [text], [vector], f"e-{doc}", _MADE_UP_TIME
+                    )
+                    for (doc, text), vector in zip(documents.items(), vectors, strict=True)
+                    for tenant in tenants
+                ]
+            )
+
+    def seed(self, tenants: Sequence[str]) -> None:
+        """One document (``seed``, ``SEED_TEXT``) for each of ``tenants``, so that serve knows them: it answers a
+        tenant with neither documents nor adapters ``unknown_tenant``."""
+        self.index({"seed": SEED_TEXT}, tenants, titles={"seed": "Refund policy"})
+
+    # -- Kafka -----------------------------------------------------------------------------------------------
+    def produce(self, spec: TopicSpec[Any], key: str | None, value: bytes) -> None:
+        """Queue ``value`` for the deployment's topic of ``spec`` (``flush`` delivers it)."""
+        from streamtune.topics import topic_name
+
+        encoded = key.encode() if key is not None else None
+        self.producer.produce(topic_name(spec, self.settings.topics), key=encoded, value=value)
+
+    def flush(self, timeout_s: float = 15.0) -> None:
+        """Deliver what ``produce`` queued, or raise saying how many records are left."""
+        left = self.producer.flush(timeout_s)
+        if left:
+            raise StreamtuneError(f"{left} records not delivered within {timeout_s:g}s")
+
+    def records(self, spec: TopicSpec[Any]) -> list[bytes]:
+        """The value of every committed record on the deployment's topic of ``spec``, partition by partition,
+        oldest first."""
+        from streamtune.kafka import committed_end_offsets, read_range
+        from streamtune.topics import topic_name
+
+        topic = topic_name(spec, self.settings.topics)
+        ends = committed_end_offsets(self.settings.kafka, topic)
+        ranges = {partition: (0, end) for partition, end in ends.items()}
+        return [message.value() or b"" for message in read_range(self.settings.kafka, topic, ranges)]
+
+    def answers(
+        self, wanted: Iterable[str], timeout_s: float = 120, *, at_least: int = 1, linger_s: float = 0.0
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Every answer on ``answers`` (as JSON objects) by query id, read until each of ``wanted`` has
+        ``at_least`` (or ``timeout_s`` passes), then ``linger_s`` longer, to see repeats that come late."""
+        from streamtune.kafka import consumer
+        from streamtune.topics import ANSWERS, topic_name
+
+        wanted = set(wanted)
+        found: dict[str, list[dict[str, Any]]] = {}
+        reader = consumer(self.settings.kafka, uuid.uuid4().hex)
+        reader.subscribe([topic_name(ANSWERS, self.settings.topics)])
+
+        def read(until: Callable[[], bool], seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while not until() and time.monotonic() < deadline:
+                message = reader.poll(0.5)
+                if message is not None and message.error() is None:
+                    answer = json.loads(message.value() or b"")
+                    found.setdefault(answer["query_id"], []).append(answer)
+
+        try:
+            read(lambda: all(len(found.get(q, [])) >= at_least for q in wanted), timeout_s)
+            read(lambda: False, linger_s)
+        finally:
+            reader.close()
+        return found
+
+    def close(self) -> None:
+        """Stop the services started here, then remove the collection and the topics. A test's private Weaviate
+        may be down by now: its collection goes with its data directory."""
+        from retrieval import RetrievalError, connect
+        from retrieval.store import ChunkStore
+        from streamtune.kafka import delete_topics
+
+        for service in reversed(self.services):
+            service.stop()
+        try:
+            with connect(self.settings.weaviate) as client:
+                ChunkStore(client, self.settings).drop()
+        except RetrievalError:
+            pass
+        delete_topics(self.settings.kafka, self.settings.topics)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def sample(name: str) -> list[dict[str, Any]]:
@@ -295,6 +549,78 @@ def sample_manifest(tenant: str, version: str, **overrides: Any) -> Manifest:
             value = type(part).model_validate({**part.model_dump(), **value})
         fields[name] = value
     return Manifest.model_validate(fields)
+
+
+def adapter_update(
+    tenant: str,
+    version: str,
+    *,
+    uri: str | None = None,
+    base_model: str = "tiny",
+    manifest: Manifest | None = None,
+    state: Literal["current", "canary", "rolled_back"] | None = None,
+    canary_percent: int | None = None,
+    **manifest_fields: Any,
+) -> AdapterUpdate:
+    """An announcement on ``adapter-updates`` as ``training.publish.announce`` makes one: of ``manifest``
+    (default: ``sample_manifest(tenant, version, **manifest_fields)``), at ``uri`` (default:
+    ``file:///adapters/<tenant>/<version>``, where there are no weights: serve refuses it, the gateway and the
+    monitor only read it), for ``base_model``; ``state`` None: as announced before canaries (current)."""
+    if manifest is not None and manifest_fields:
+        raise TypeError(f"adapter_update: {', '.join(manifest_fields)} given beside a manifest; give either")
+    return AdapterUpdate(
+        tenant=tenant,
+        version=version,
+        uri=uri or f"file:///adapters/{tenant}/{version}",
+        base_model=base_model,
+        manifest=manifest or sample_manifest(tenant, version, **manifest_fields),
+        state=state,
+        canary_percent=canary_percent,
+    )
+
+
+def training_example(
+    tenant: str, i: int, relies_on: list[str] | None = None, *, context: list[ContextPassage] | None = None
+) -> TrainingExample:
+    """Example number ``i`` of ``tenant`` (``<tenant>-ex-<i>``): the refund question, answered "30 days.";
+    ``relies_on``: the doc ids it relies on; ``context``: what it is meant to be answered with."""
+    return TrainingExample(
+        example_id=f"{tenant}-ex-{i}",
+        tenant=tenant,
+        messages=[
+            ChatMessage(role="user", content=f"What is the refund window? ({i})"),
+            ChatMessage(role="assistant", content="30 days."),
+        ],
+        source_event_id=f"e-{i}",
+        context_doc_ids=relies_on,
+        context=context,
+    )
+
+
+def publish_examples(
+    settings: Settings,
+    tenant: str,
+    start: int,
+    count: int,
+    relies_on: dict[int, list[str]] | None = None,
+    context: list[ContextPassage] | None = None,
+) -> None:
+    """Examples ``start`` .. ``start + count - 1`` of ``tenant`` (``training_example``) onto ``training-examples``,
+    delivered before it returns; ``relies_on``: example number -> doc ids."""
+    from streamtune.kafka import producer
+    from streamtune.topics import TRAINING_EXAMPLES, topic_name
+
+    client = producer(settings.kafka)
+    for i in range(start, start + count):
+        example = training_example(tenant, i, (relies_on or {}).get(i), context=context)
+        client.produce(
+            topic_name(TRAINING_EXAMPLES, settings.topics),
+            key=example.example_id.encode(),
+            value=TRAINING_EXAMPLES.encode(example),
+        )
+    left = client.flush(15)
+    if left:
+        raise StreamtuneError(f"{left} of {count} examples of {tenant} not delivered within 15s")
 
 
 def _now() -> datetime:
@@ -372,3 +698,31 @@ def feedback_recorded(
             correction=correction,
         ),
     )
+
+
+def raw_event(
+    event_id: str, type_: str, data: dict[str, Any], *, tenant: str = "default", source: str | None = None
+) -> dict[str, Any]:
+    """A domain event as the JSON object a producer sends, not validated: for what a producer gets wrong (an
+    unknown type, a missing or mistyped field, an oversized text), which the contract models refuse to build.
+    Valid events come from ``document_upserted`` and its siblings."""
+    event: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "event_id": event_id,
+        "type": type_,
+        "tenant": tenant,
+        "occurred_at": _MADE_UP_TIME,
+        "data": data,
+    }
+    if source is not None:
+        event["source"] = source
+    return event
+
+
+def raw_document(
+    event_id: str, doc_id: str, text: str, *, tenant: str = "default", title: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """A ``document.upserted`` event as ``raw_event`` builds it (titled after its id unless ``title`` is given),
+    and the key the contract gives it, ``<tenant>:<doc_id>``."""
+    data = {"doc_id": doc_id, "title": title or doc_id, "text": text}
+    return f"{tenant}:{doc_id}", raw_event(event_id, "document.upserted", data, tenant=tenant, source="test")

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from streamtune.harness import settings_for_env
 from streamtune.settings import Settings, load_settings
 
 
@@ -30,16 +31,9 @@ def stack(settings: Settings) -> Settings:
     return settings
 
 
-def settings_for_env(env: Mapping[str, str]) -> Settings:
-    """The settings a child process started with these extra environment variables would load."""
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        return load_settings(config_files=[])
-
-
 @pytest.fixture(scope="session")
 def env_settings() -> Callable[[Mapping[str, str]], Settings]:
+    """``streamtune.harness.settings_for_env``."""
     return settings_for_env
 
 

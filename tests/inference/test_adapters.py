@@ -10,36 +10,10 @@ import pytest
 
 from inference.adapters import ADAPTER_WEIGHTS, AdapterBook, AdapterCache, verify
 from streamtune.contracts import AdapterUpdate
-from streamtune.manifest import Manifest
+from streamtune.harness import adapter_update, sample_manifest
 from streamtune.models import sha256_file
 
 BASE = "tiny-base"
-
-
-def _manifest(tenant: str, version: str, sha256: str) -> Manifest:
-    return Manifest.model_validate(
-        {
-            "tenant": tenant,
-            "version": version,
-            "created_at": "2026-11-21T10:00:00Z",
-            "base_model": {"setting": BASE, "source": BASE},
-            "parent": None,
-            "data": {"topic": "t", "ranges": {}, "replay_ranges": {}, "new_examples": 0, "train": 0, "held_out": 0,
-                     "replay": 0},
-            "split": {"seed": 0, "held_out_percent": 20},
-            "training": {},
-            "quantization": "none",
-            "libraries": {},
-            "code": {"streamtune": "test", "training_sha256": ""},
-            "metrics": {
-                "train": {"steps": 0, "tokens": 0, "seconds": 0, "tokens_per_second": 0},
-                **{side: {part: {"loss": 1.0, "exact_match": 0, "token_f1": 0, "examples": 1}
-                          for part in ("held_out", "anchor")} for side in ("candidate", "current")},
-            },
-            "gate": {"promoted": True, "reason": "test", "anchor_tolerance": 0.05},
-            "adapter": {"sha256": sha256},
-        }
-    )  # fmt: skip
 
 
 def _adapter(store: Path, tenant: str, version: str, weights: bytes = b"weights") -> Path:
@@ -50,8 +24,8 @@ def _adapter(store: Path, tenant: str, version: str, weights: bytes = b"weights"
 
 
 def _update(tenant: str, version: str, uri: str, sha256: str, manifest_tenant: str | None = None) -> AdapterUpdate:
-    owner = _manifest(manifest_tenant or tenant, version, sha256)
-    return AdapterUpdate(tenant=tenant, version=version, uri=uri, base_model=BASE, manifest=owner)
+    owner = sample_manifest(manifest_tenant or tenant, version, adapter={"sha256": sha256})
+    return adapter_update(tenant, version, uri=uri, base_model=BASE, manifest=owner)
 
 
 def test_a_genuine_announcement_passes(tmp_path: Path) -> None:

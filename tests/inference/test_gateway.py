@@ -10,9 +10,8 @@ import json
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +38,8 @@ from streamtune.contracts import (
     encode,
 )
 from streamtune.errors import ConfigError
-from streamtune.harness import ServiceProcess, free_port, isolated_env, query_server, tiny_serving, wait_for
-from streamtune.kafka import committed_end_offsets, consumer, create_topics, delete_topics, producer, read_range
-from streamtune.manifest import Manifest
+from streamtune.harness import Deployment, adapter_update, free_port, tiny_gateway, tiny_serving, wait_for
+from streamtune.kafka import consumer, producer
 from streamtune.settings import HttpSettings, Settings
 from streamtune.topics import ADAPTER_UPDATES, ANSWERS, DOMAIN_EVENTS, QUERIES, topic_name
 
@@ -145,36 +143,14 @@ def test_answers_become_what_the_openai_client_parses() -> None:
     assert answer_error(AnswerError(code="unknown_tenant", message="m")).code == "model_not_found"  # OpenAI's code
 
 
-def _manifest(tenant: str, version: str, parent: str | None = None) -> Manifest:
-    return Manifest.model_validate(
-        {
-            "tenant": tenant,
-            "version": version,
-            "created_at": "2026-11-21T10:00:00Z",
-            "base_model": {"setting": "tiny", "source": "tiny"},
-            "parent": {"version": parent, "sha256": "0" * 64} if parent else None,
-            "data": {"topic": "t", "ranges": {}, "replay_ranges": {}, "new_examples": 0, "train": 0, "held_out": 0,
-                     "replay": 0},
-            "split": {"seed": 0, "held_out_percent": 20},
-            "training": {},
-            "quantization": "none",
-            "libraries": {},
-            "code": {"streamtune": "test", "training_sha256": ""},
-            "metrics": {
-                "train": {"steps": 0, "tokens": 0, "seconds": 0, "tokens_per_second": 0},
-                **{side: {part: {"loss": 1.0, "exact_match": 0, "token_f1": 0, "examples": 1}
-                          for part in ("held_out", "anchor")} for side in ("candidate", "current")},
-            },
-            "gate": {"promoted": True, "reason": "test", "anchor_tolerance": 0.05},
-            "adapter": {"sha256": "0" * 64},
-        }
-    )  # fmt: skip
-
-
 def _announcement(base_model: str, tenant: str, version: str, parent: str | None = None) -> AdapterUpdate:
-    uri = f"file:///nowhere/{tenant}/{version}"  # serve refuses it (no weights); the gateway only lists it
-    return AdapterUpdate(
-        tenant=tenant, version=version, uri=uri, base_model=base_model, manifest=_manifest(tenant, version, parent)
+    """An announced version at a URI where there are no weights: serve refuses it; the gateway only lists it."""
+    return adapter_update(
+        tenant,
+        version,
+        uri=f"file:///nowhere/{tenant}/{version}",
+        base_model=base_model,
+        parent={"version": parent, "sha256": "0" * 64} if parent else None,
     )
 
 
@@ -206,13 +182,25 @@ def test_models_list_only_the_tenants_a_key_may_use() -> None:
 
 
 # -- against the running stack --------------------------------------------------------------------------------
-@dataclass
-class Live:
-    settings: Settings
-    env: dict[str, str]
-    serve: ServiceProcess
-    gateway: ServiceProcess
-    tmp: Path
+class Live(Deployment):
+    """serve and the gateway, with keys for acme, beta and every tenant (``extra``: more variables), on a
+    deployment of their own."""
+
+    def __init__(self, tiny_model: Path, tmp: Path, **extra: str) -> None:
+        keys = {hash_key(KEY_ACME): ["acme"], hash_key(KEY_ALL): ["*"], hash_key(KEY_BETA): ["beta"]}
+        super().__init__(
+            tmp,
+            "gw",
+            tiny_serving(tiny_model),
+            tiny_gateway(),
+            {
+                "STREAMTUNE__HTTP__API_KEYS": json.dumps(keys),
+                "STREAMTUNE__HTTP__ANSWER_TIMEOUT_S": str(ANSWER_TIMEOUT_S),
+            },
+            **extra,
+        )
+        self.serve = self.query_server()
+        self.gateway = self.http_gateway()
 
     @property
     def base_url(self) -> str:
@@ -227,92 +215,29 @@ class Live:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         return httpx.post(f"{self.base_url}{path}", content=content, headers=headers, timeout=120)
 
-
-def _live(load: Callable[[Mapping[str, str]], Settings], tiny_model: Path, tmp: Path, **extra: str) -> Live:
-    preset = {
-        **tiny_serving(tiny_model),
-        "STREAMTUNE__EMBEDDING__TORCH_THREADS": "1",
-        "STREAMTUNE__HTTP__PORT": str(free_port()),
-        "STREAMTUNE__HTTP__METRICS_PORT": str(free_port()),
-        "STREAMTUNE__HTTP__API_KEYS": json.dumps(
-            {hash_key(KEY_ACME): ["acme"], hash_key(KEY_ALL): ["*"], hash_key(KEY_BETA): ["beta"]}
-        ),
-        "STREAMTUNE__HTTP__ANSWER_TIMEOUT_S": str(ANSWER_TIMEOUT_S),
-    }
-    env = isolated_env(tmp, "gw", **{**preset, **extra})
-    settings = load(env)
-    create_topics(settings.kafka, settings.topics)
-    return Live(
-        settings,
-        env,
-        query_server(tmp / "logs", env),
-        ServiceProcess(["http"], b"http: listening", tmp / "logs", env),
-        tmp,
-    )
-
-
-def _start_with_documents(live: Live, texts: Mapping[str, str], tenants: Sequence[str]) -> None:
-    """Start serve and the gateway while ``texts`` (doc id -> text, one chunk each) are indexed for each of
-    ``tenants`` (the services load their models meanwhile); return once the gateway has reached Weaviate (it
-    connects in the background: completions never wait for it)."""
-    from retrieval import Retriever
-    from retrieval.store import DocumentChunks
-
-    with ThreadPoolExecutor(2) as starting:
-        started = [starting.submit(live.serve.start), starting.submit(live.gateway.start)]
-        with Retriever(live.settings) as retriever:
-            vectors = retriever.embed(list(texts.values()))
-            retriever.store.ensure_collection(len(vectors[0]))
-            retriever.store.upsert(
-                [
-                    DocumentChunks(tenant, doc, doc.title(), [text], [vector], f"e-{doc}", "2026-11-21T10:00:00Z")
-                    for (doc, text), vector in zip(texts.items(), vectors, strict=True)
-                    for tenant in tenants
-                ]
-            )
-        for future in started:
-            future.result()
-    health = live.base_url.removesuffix("/v1") + "/healthz"
-    wait_for(lambda: httpx.get(health, timeout=10).json().get("weaviate") == "ok", 60, "the gateway's Weaviate")
-
-
-def _close(live: Live) -> None:
-    from retrieval import connect
-    from retrieval.store import ChunkStore
-
-    live.gateway.stop()
-    live.serve.stop()
-    with connect(live.settings.weaviate) as client:
-        ChunkStore(client, live.settings).drop()
-    delete_topics(live.settings.kafka, live.settings.topics)
+    def start_with_documents(self, texts: Mapping[str, str], tenants: Sequence[str]) -> None:
+        """Start serve and the gateway while ``texts`` (doc id -> text) are indexed for each of ``tenants``; return
+        once the gateway has reached Weaviate (it connects in the background: completions never wait for it)."""
+        self.start_while_indexing([self.serve, self.gateway], texts, tenants)
+        health = self.base_url.removesuffix("/v1") + "/healthz"
+        wait_for(lambda: httpx.get(health, timeout=10).json().get("weaviate") == "ok", 60, "the gateway's Weaviate")
 
 
 @pytest.fixture(scope="module")
-def live(
-    stack: Settings,
-    env_settings: Callable[[Mapping[str, str]], Settings],
-    tiny_model: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Live]:
+def live(stack: Settings, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """serve and the gateway on a deployment of their own: acme has one indexed document, and acme and beta
     announced adapter versions (which serve refuses: no weights; acme is answered by the base model)."""
-
-    live = _live(env_settings, tiny_model, tmp_path_factory.mktemp("gateway"))
-    try:
-        settings = live.settings
-        out = producer(settings.kafka)
-        base = settings.models.base_model
+    with Live(tiny_model, tmp_path_factory.mktemp("gateway")) as live:
+        base = live.settings.models.base_model
         for update in (
             _announcement(base, "acme", "v0001"),
             _announcement(base, "acme", "v0002", parent="v0001"),
             _announcement(base, "beta", "v0001"),
         ):
-            out.produce(topic_name(ADAPTER_UPDATES, settings.topics), key=update.tenant.encode(), value=encode(update))
-        out.flush(15)
-        _start_with_documents(live, {"refunds": "Refunds are accepted within 30 days of delivery."}, ["acme"])
+            live.produce(ADAPTER_UPDATES, update.tenant, encode(update))
+        live.flush()
+        live.start_with_documents({"refunds": "Refunds are accepted within 30 days of delivery."}, ["acme"])
         yield live
-    finally:
-        _close(live)
 
 
 def _ask(live: Live, **extra: Any) -> Any:
@@ -378,11 +303,7 @@ def test_keys_decide_which_tenants_a_client_may_use(live: Live) -> None:
 
 
 def _feedback_events(live: Live) -> list[FeedbackRecorded]:
-    topic = topic_name(DOMAIN_EVENTS, live.settings.topics)
-    ends = committed_end_offsets(live.settings.kafka, topic)
-    events = [
-        decode_event(m.value()) for m in read_range(live.settings.kafka, topic, {p: (0, e) for p, e in ends.items()})
-    ]
+    events = [decode_event(value) for value in live.records(DOMAIN_EVENTS)]
     return [e for e in events if isinstance(e, FeedbackRecorded)]
 
 
@@ -548,15 +469,10 @@ def test_a_client_that_goes_away_mid_stream_leaks_nothing(live: Live) -> None:
 @pytest.mark.slow
 @pytest.mark.fault
 def test_a_burst_beyond_max_in_flight_gets_429_and_none_hangs(
-    stack: Settings,
-    env_settings: Callable[[Mapping[str, str]], Settings],
-    tiny_model: Path,
-    tmp_path: Path,
+    stack: Settings, tiny_model: Path, tmp_path: Path
 ) -> None:
     """No serve at all: two requests wait out their timeout (503), the other eight get 429 at once."""
-    live = _live(
-        env_settings, tiny_model, tmp_path, STREAMTUNE__HTTP__MAX_IN_FLIGHT="2", STREAMTUNE__HTTP__ANSWER_TIMEOUT_S="4"
-    )
+    live = Live(tiny_model, tmp_path, STREAMTUNE__HTTP__MAX_IN_FLIGHT="2", STREAMTUNE__HTTP__ANSWER_TIMEOUT_S="4")
     live.gateway.start()
     try:
         body = {"model": "acme", "messages": [{"role": "user", "content": QUESTION}]}
@@ -577,30 +493,25 @@ def test_a_burst_beyond_max_in_flight_gets_429_and_none_hangs(
         assert _gauge(live, "streamtune_http_open_completions") == 0
         assert _gauge(live, "streamtune_http_rejected_total") == 8
     finally:
-        _close(live)
+        live.close()
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.fault
 def test_a_broker_restart_during_streams_ends_each_stream_and_none_hangs(
-    private_kafka: Any,
-    env_settings: Callable[[Mapping[str, str]], Settings],
-    tiny_model: Path,
-    tmp_path: Path,
-    seed_tenants: Callable[[Settings, Sequence[str]], None],
+    private_kafka: Any, tiny_model: Path, tmp_path: Path
 ) -> None:
     """Streams open while the broker stops for 20 s: each ends (complete, or an error chunk / a 503) within its
     timeout plus a margin, never hangs; once the broker is back, a stream completes again."""
-    live = _live(
-        env_settings,
+    live = Live(
         tiny_model,
         tmp_path,
         **private_kafka.env,
         STREAMTUNE__HTTP__ANSWER_TIMEOUT_S="10",
         STREAMTUNE__INFERENCE__MAX_NEW_TOKENS="64",
     )
-    seed_tenants(live.settings, ["acme"])  # a tenant serve knows (one document)
+    live.seed(["acme"])  # a tenant serve knows (one document)
     live.serve.start()
     live.gateway.start()
     body = {"model": "acme", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
@@ -635,7 +546,7 @@ def test_a_broker_restart_during_streams_ends_each_stream_and_none_hangs(
         wait_for(lambda: stream(1)[0] == 200, 120, "a complete stream after the broker is back")
         assert live.gateway.running() and live.serve.running()
     finally:
-        _close(live)
+        live.close()
 
 
 # -- grounded answers, abstentions and unknown tenants (issue 30) ---------------------------------------------
@@ -643,17 +554,10 @@ OFF_TOPIC = "Who won the football world cup in 2022?"
 
 
 @pytest.fixture(scope="module")
-def open_live(
-    stack: Settings,
-    env_settings: Callable[[Mapping[str, str]], Settings],
-    tiny_model: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Live]:
+def open_live(stack: Settings, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """A gateway with no API keys (loopback only) and serve abstaining where nothing is relevant: acme and globex
     have a refunds document and a shipping one; no other tenant has anything."""
-
-    live = _live(
-        env_settings,
+    with Live(
         tiny_model,
         tmp_path_factory.mktemp("grounding"),
         STREAMTUNE__HTTP__API_KEYS="{}",
@@ -663,16 +567,13 @@ def open_live(
         STREAMTUNE__DRIFT__WINDOW="40",
         STREAMTUNE__DRIFT__EVERY="10",
         STREAMTUNE__DRIFT__MIN_WINDOW="20",
-    )
-    try:
+    ) as live:
         texts = {
             "refunds": "Refunds are accepted within 30 days of delivery.",
             "shipping": "Orders ship from our Lisbon warehouse by courier.",
         }
-        _start_with_documents(live, texts, ["acme", "globex"])
+        live.start_with_documents(texts, ["acme", "globex"])
         yield live
-    finally:
-        _close(live)
 
 
 @pytest.mark.integration

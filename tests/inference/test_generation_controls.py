@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncGenerator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,7 @@ from inference.http.metrics import GatewayMetrics
 from inference.metrics import ServeMetrics
 from inference.scheduler import Scheduler, _held
 from streamtune.contracts import Answer, Query, Usage
-from streamtune.harness import ServiceProcess, free_port, isolated_env, query_server, tiny_serving, wait_for
-from streamtune.kafka import create_topics, delete_topics
+from streamtune.harness import Deployment, tiny_gateway, tiny_serving, wait_for
 from streamtune.settings import HttpSettings, InferenceSettings, ModelSettings, Settings
 
 PROMPTS = [
@@ -345,47 +343,18 @@ def test_good_generation_controls_go_into_the_query(door: tuple[TestClient, _Gat
 # -- end to end: the official client, the gateway and serve on the real stack ----------------------------------
 @pytest.fixture(scope="module")
 def live(
-    stack: Settings,
-    env_settings: Callable[[Mapping[str, str]], Settings],
-    tiny_model: Path,
-    tmp_path_factory: pytest.TempPathFactory,
+    stack: Settings, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Settings, openai.OpenAI]]:
     """serve and the gateway on a deployment of their own, acme with one indexed document."""
-    from retrieval import Retriever, connect
-    from retrieval.store import ChunkStore, DocumentChunks
-
-    tmp = tmp_path_factory.mktemp("controls")
-    env = isolated_env(
-        tmp,
-        "ctl",
-        **tiny_serving(tiny_model),
-        STREAMTUNE__EMBEDDING__TORCH_THREADS="1",
-        STREAMTUNE__HTTP__PORT=str(free_port()),
-    )
-    settings = env_settings(env)
-    create_topics(settings.kafka, settings.topics)
-    serve = query_server(tmp / "logs", env)
-    gateway = ServiceProcess(["http"], b"http: listening", tmp / "logs", env)
-    try:
-        with ThreadPoolExecutor(2) as starting:
-            started = [starting.submit(serve.start), starting.submit(gateway.start)]
-            with Retriever(settings) as retriever:
-                text = "Refunds are accepted within 30 days of delivery."
-                vectors = retriever.embed([text])
-                retriever.store.ensure_collection(len(vectors[0]))
-                chunk = DocumentChunks("acme", "refunds", "Refunds", [text], vectors, "e-1", "2026-11-21T10:00:00Z")
-                retriever.store.upsert([chunk])
-            for future in started:
-                future.result()
+    with Deployment(tmp_path_factory.mktemp("controls"), "ctl", tiny_serving(tiny_model), tiny_gateway()) as deployment:
+        settings = deployment.settings
+        services = [deployment.query_server(), deployment.http_gateway()]
+        deployment.start_while_indexing(
+            services, {"refunds": "Refunds are accepted within 30 days of delivery."}, ["acme"]
+        )
         base = f"http://127.0.0.1:{settings.http.port}"
         wait_for(lambda: httpx.get(f"{base}/healthz", timeout=10).json().get("weaviate") == "ok", 60, "Weaviate")
         yield settings, openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=120)
-    finally:
-        gateway.stop()
-        serve.stop()
-        with connect(settings.weaviate) as client:
-            ChunkStore(client, settings).drop()
-        delete_topics(settings.kafka, settings.topics)
 
 
 def _complete(client: openai.OpenAI, **extra: Any) -> Any:

@@ -6,135 +6,58 @@ import json
 import shutil
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from inference.service import ask
-from streamtune.contracts import AdapterUpdate, ChatMessage, Query, TrainingExample, encode
+from streamtune.contracts import Query, encode
 from streamtune.harness import (
-    ServiceProcess,
-    ingest_job,
-    isolated_env,
-    query_server,
+    Deployment,
+    adapter_update,
+    document_upserted,
+    free_port,
+    publish_examples,
     tiny_serving,
+    tiny_training,
     wait_for,
 )
-from streamtune.kafka import consumer, create_topics, delete_topics, producer
+from streamtune.kafka import producer
 from streamtune.settings import Settings
-from streamtune.topics import (
-    ADAPTER_UPDATES,
-    ANSWER_DELTAS,
-    ANSWERS,
-    DOMAIN_EVENTS,
-    QUERIES,
-    TRAINING_EXAMPLES,
-    topic_name,
-)
+from streamtune.topics import ADAPTER_UPDATES, ANSWER_DELTAS, DOMAIN_EVENTS, QUERIES, topic_name
 from training.publish import announce
 from training.refresh import refresh
 from training.registry import AdapterRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-
-class Deployment:
-    """Uuid-named topics, collection, group and registry, with settings passed to child processes by env."""
-
-    def __init__(
-        self,
-        load: Callable[[Mapping[str, str]], Settings],
-        tiny_model: Path,
-        tmp: Path,
-        seed: Callable[[Settings, Sequence[str]], None],
-        **extra: str,
-    ) -> None:
-        preset = {
-            **tiny_serving(tiny_model),
-            "STREAMTUNE__TRAINING__MAX_STEPS": "6",
-            "STREAMTUNE__TRAINING__LEARNING_RATE": "0.005",
-            "STREAMTUNE__TRAINING__EVAL_MAX_NEW_TOKENS": "4",
-            "STREAMTUNE__TRAINING__TORCH_THREADS": "1",
-            "STREAMTUNE__TRAINING__MIN_EVAL_EXAMPLES": "1",
-        }
-        self.env = isolated_env(tmp, "inf", **{**preset, **extra})
-        self.tmp = tmp
-        self.settings = load(self.env)
-        create_topics(self.settings.kafka, self.settings.topics)
-        seed(self.settings, ["acme", "t1", "t2", "t3", "t4"])
-        self.producer = producer(self.settings.kafka)
-
-    def server(self) -> ServiceProcess:
-        return query_server(self.tmp / "logs", self.env)
-
-    def send(self, spec: Any, key: str, value: bytes) -> None:
-        self.producer.produce(topic_name(spec, self.settings.topics), key=key.encode(), value=value)
-
-    def answers(
-        self, wanted: set[str], timeout_s: float = 120, *, at_least: int = 1
-    ) -> dict[str, list[dict[str, Any]]]:
-        """Every answer on the topic, by query id, once each of ``wanted`` has ``at_least`` (or at the timeout)."""
-        reader = consumer(self.settings.kafka, uuid.uuid4().hex)
-        reader.subscribe([topic_name(ANSWERS, self.settings.topics)])
-        found: dict[str, list[dict[str, Any]]] = {}
-        deadline = time.monotonic() + timeout_s
-
-        def enough() -> bool:
-            return all(len(found.get(q, [])) >= at_least for q in wanted)
-
-        while not enough() and time.monotonic() < deadline:
-            message = reader.poll(0.5)
-            if message is not None and message.error() is None:
-                answer = json.loads(message.value() or b"")
-                found.setdefault(answer["query_id"], []).append(answer)
-        reader.close()
-        return found
-
-    def close(self) -> None:
-        from retrieval import RetrievalError, connect
-        from retrieval.store import ChunkStore
-
-        try:
-            with connect(self.settings.weaviate) as client:
-                ChunkStore(client, self.settings).drop()
-        except RetrievalError:  # a test's private Weaviate may be down; its data goes with its directory
-            pass
-        delete_topics(self.settings.kafka, self.settings.topics)
+TENANTS = ["acme", "t1", "t2", "t3", "t4"]
 
 
 @pytest.fixture
-def deployment(
-    stack: Settings,
-    env_settings: Callable[[Mapping[str, str]], Settings],
-    tiny_model: Path,
-    tmp_path: Path,
-    seed_tenants: Callable[[Settings, Sequence[str]], None],
-) -> Iterator[Deployment]:
-    d = Deployment(env_settings, tiny_model, tmp_path, seed_tenants)
-    yield d
-    d.close()
-
-
-@pytest.fixture
-def deploy(
-    stack: Settings,
-    env_settings: Callable[[Mapping[str, str]], Settings],
-    tiny_model: Path,
-    tmp_path: Path,
-    seed_tenants: Callable[[Settings, Sequence[str]], None],
-) -> Iterator[Callable[..., Deployment]]:
+def deploy(stack: Settings, tiny_model: Path, tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
+    """Deployments of their own, serving and training the tiny model (``extra``: more variables), every tenant of
+    ``TENANTS`` seeded with a document."""
     made: list[Deployment] = []
 
     def make(**extra: str) -> Deployment:
-        made.append(Deployment(env_settings, tiny_model, tmp_path / f"d{len(made)}", seed_tenants, **extra))
-        return made[-1]
+        deployment = Deployment(
+            tmp_path / f"d{len(made)}", "inf", tiny_serving(tiny_model), tiny_training(tiny_model), **extra
+        )
+        made.append(deployment)
+        deployment.seed(TENANTS)
+        return deployment
 
     yield make
-    for d in made:
-        d.close()
+    for deployment in made:
+        deployment.close()
+
+
+@pytest.fixture
+def deployment(deploy: Callable[..., Deployment]) -> Deployment:
+    return deploy()
 
 
 def query(query_id: str, question: str = "What is the refund window?", tenant: str = "acme") -> bytes:
@@ -144,8 +67,8 @@ def query(query_id: str, question: str = "What is the refund window?", tenant: s
 def test_events_to_an_answer_citing_the_right_document(deployment: Deployment, stack: Settings) -> None:
     python = stack.flink.python_executable
     assert python is not None, "set STREAMTUNE__FLINK__PYTHON_EXECUTABLE to the Flink environment's python"
-    job = ingest_job(deployment.tmp / "logs", deployment.env, python=str(python))
-    server = deployment.server()
+    job = deployment.ingest_job(python=str(python))
+    server = deployment.query_server()
     job.start()
     try:
         docs = {
@@ -154,16 +77,9 @@ def test_events_to_an_answer_citing_the_right_document(deployment: Deployment, s
             "rentals": "Electric bikes rent for 450 NOK per day.",
         }
         for i, (doc_id, text) in enumerate(docs.items()):
-            event = {
-                "schema_version": 1,
-                "event_id": f"d-{i}",
-                "type": "document.upserted",
-                "tenant": "acme",
-                "occurred_at": "2026-11-21T10:00:00Z",
-                "data": {"doc_id": doc_id, "title": doc_id, "text": text},
-            }
-            deployment.send(DOMAIN_EVENTS, f"acme:{doc_id}", json.dumps(event).encode())
-        deployment.producer.flush(15)
+            event = document_upserted(f"d-{i}", doc_id, text, tenant="acme", title=doc_id)
+            deployment.produce(DOMAIN_EVENTS, event.key, encode(event))
+        deployment.flush()
         server.start()
         deadline = time.monotonic() + 120
         while True:  # until the job has indexed the shipping document
@@ -184,31 +100,20 @@ def test_events_to_an_answer_citing_the_right_document(deployment: Deployment, s
 
 
 def _train_one(deployment: Deployment, start: int, tenant: str = "acme") -> str:
-    for i in range(start, start + 8):
-        example = TrainingExample(
-            example_id=f"{tenant}-ex-{i}",
-            tenant=tenant,
-            source_event_id=f"e-{i}",
-            messages=[
-                ChatMessage(role="user", content=f"Refund window? {i}"),
-                ChatMessage(role="assistant", content="30 days."),
-            ],
-        )
-        deployment.send(TRAINING_EXAMPLES, example.example_id, encode(example))
-    deployment.producer.flush(15)
+    publish_examples(deployment.settings, tenant, start, 8)
     outcome = refresh(deployment.settings, tenant, say=lambda _: None)
     assert outcome.version is not None
     return outcome.version
 
 
 def test_malformed_queries_get_error_answers_and_a_pinned_unknown_adapter_is_an_error(deployment: Deployment) -> None:
-    server = deployment.server()
+    server = deployment.query_server()
     server.start()
     try:
-        deployment.send(QUERIES, "bad-1", b"{not json")
-        deployment.send(QUERIES, "bad-2", json.dumps({"schema_version": 1, "query_id": "bad-2"}).encode())
-        deployment.send(QUERIES, "pin", encode(Query(query_id="pin", tenant="acme", question="x?", adapter="v0042")))
-        deployment.producer.flush(15)
+        deployment.produce(QUERIES, "bad-1", b"{not json")
+        deployment.produce(QUERIES, "bad-2", json.dumps({"schema_version": 1, "query_id": "bad-2"}).encode())
+        deployment.produce(QUERIES, "pin", encode(Query(query_id="pin", tenant="acme", question="x?", adapter="v0042")))
+        deployment.flush()
         found = deployment.answers({"bad-1", "bad-2", "pin"})
         assert found["bad-1"][0]["error"]["code"] == "invalid_query"
         assert "question" in found["bad-2"][0]["error"]["message"]
@@ -220,7 +125,7 @@ def test_malformed_queries_get_error_answers_and_a_pinned_unknown_adapter_is_an_
 
 def test_hot_swap_while_queries_flow_fails_none(deployment: Deployment) -> None:
     first = _train_one(deployment, 0)
-    server = deployment.server()
+    server = deployment.query_server()
     server.start()
     sent: list[str] = []
     stop = threading.Event()
@@ -260,9 +165,9 @@ def test_hot_swap_while_queries_flow_fails_none(deployment: Deployment) -> None:
 def test_a_killed_server_loses_no_query(deployment: Deployment) -> None:
     ids = [f"k-{i}" for i in range(30)]
     for query_id in ids:
-        deployment.send(QUERIES, query_id, query(query_id))
-    deployment.producer.flush(15)
-    server = deployment.server()
+        deployment.produce(QUERIES, query_id, query(query_id))
+    deployment.flush()
+    server = deployment.query_server()
     server.start()
     deadline = time.monotonic() + 60
     while not deployment.answers(set(ids[:3]), timeout_s=2).keys() >= set(ids[:3]) and time.monotonic() < deadline:
@@ -317,11 +222,9 @@ def _metric(server_port: int, name: str) -> float:
 def test_a_broker_outage_is_invisible_to_queries_except_for_latency(
     private_kafka: Any, deploy: Callable[..., Deployment]
 ) -> None:
-    from streamtune.harness import free_port
-
     metrics_port = free_port()
     deployment = deploy(**private_kafka.env, STREAMTUNE__INFERENCE__METRICS_PORT=str(metrics_port))
-    server = deployment.server()
+    server = deployment.query_server()
     server.start()
     try:
         with QueryFlow(deployment) as flow:
@@ -352,43 +255,30 @@ def test_a_broker_outage_is_invisible_to_queries_except_for_latency(
 def test_a_weaviate_outage_gives_error_answers_and_serve_resumes(
     private_weaviate: Any, deploy: Callable[..., Deployment]
 ) -> None:
-    from retrieval import Retriever
-
     deployment = deploy(**private_weaviate.env, STREAMTUNE__INFERENCE__RETRIEVAL_BUDGET_S="3")
-    with Retriever(deployment.settings) as retriever:
-        retriever.store.ensure_collection(int(retriever.embedder.get_sentence_embedding_dimension()))
-        from retrieval.store import DocumentChunks
-
-        text = "Refunds are accepted within 30 days of delivery."
-        retriever.store.upsert(
-            [
-                DocumentChunks(
-                    "acme", "refunds", "Refunds", [text], retriever.embed([text]), "e-1", "2026-11-21T10:00:00Z"
-                )
-            ]
-        )
-    server = deployment.server()
+    deployment.index({"refunds": "Refunds are accepted within 30 days of delivery."}, ["acme"])
+    server = deployment.query_server()
     server.start()
     try:
         before = ["w-before-0", "w-before-1"]
         for query_id in before:
-            deployment.send(QUERIES, query_id, query(query_id))
-        deployment.producer.flush(15)
+            deployment.produce(QUERIES, query_id, query(query_id))
+        deployment.flush()
         found = deployment.answers(set(before))
         assert all(found[q][0]["citations"][0]["doc_id"] == "refunds" for q in before)
         private_weaviate.stop()
         during = [f"w-during-{i}" for i in range(4)]
         for query_id in during:
-            deployment.send(QUERIES, query_id, query(query_id))
-        deployment.producer.flush(15)
+            deployment.produce(QUERIES, query_id, query(query_id))
+        deployment.flush()
         found = deployment.answers(set(during), timeout_s=120)
         assert {found[q][0]["error"]["code"] for q in during} == {"retrieval_unavailable"}
         assert server.running()
         private_weaviate.start()
         after = [f"w-after-{i}" for i in range(3)]
         for query_id in after:
-            deployment.send(QUERIES, query_id, query(query_id))
-        deployment.producer.flush(15)
+            deployment.produce(QUERIES, query_id, query(query_id))
+        deployment.flush()
         found = deployment.answers(set(after), timeout_s=120)
         assert all(found[q][0]["error"] is None and found[q][0]["citations"] for q in after)
         all_ids = before + during + after
@@ -404,16 +294,16 @@ def test_forged_announcements_never_change_whose_adapter_answers(deployment: Dep
     genuine = registry.get(first)
     update = ADAPTER_UPDATES.decode(
         encode(
-            AdapterUpdate(
-                tenant="acme",
-                version=first,
+            adapter_update(
+                "acme",
+                first,
                 uri=genuine.path.as_uri(),
                 base_model=deployment.settings.models.base_model,
                 manifest=genuine.manifest,
             )
         )
     )
-    outside = deployment.tmp / "outside" / "beta" / "v0001"
+    outside = deployment.work / "outside" / "beta" / "v0001"
     shutil.copytree(genuine.path, outside)
     pickled = deployment.settings.adapters_dir / "acme" / "v0009"
     shutil.copytree(genuine.path, pickled)
@@ -433,17 +323,17 @@ def test_forged_announcements_never_change_whose_adapter_answers(deployment: Dep
         ),
     }
     for key, value in forged.items():
-        deployment.send(ADAPTER_UPDATES, key, encode(value))
-    deployment.producer.flush(15)
-    server = deployment.server()
+        deployment.produce(ADAPTER_UPDATES, key, encode(value))
+    deployment.flush()
+    server = deployment.query_server()
     server.start()
     try:
         ids = {"acme-1": "acme", "beta-1": "beta", "acme-2": "acme", "beta-2": "beta"}
         for query_id, tenant in ids.items():
-            deployment.send(QUERIES, query_id, query(query_id, tenant=tenant))
+            deployment.produce(QUERIES, query_id, query(query_id, tenant=tenant))
         pinned = Query(query_id="acme-pin", tenant="acme", question="x?", adapter="v0009")
-        deployment.send(QUERIES, "acme-pin", encode(pinned))
-        deployment.producer.flush(15)
+        deployment.produce(QUERIES, "acme-pin", encode(pinned))
+        deployment.flush()
         found = deployment.answers({*ids, "acme-pin"})
         for query_id, tenant in ids.items():
             assert found[query_id][0]["adapter_version"] == (first if tenant == "acme" else None), query_id
@@ -454,8 +344,6 @@ def test_forged_announcements_never_change_whose_adapter_answers(deployment: Dep
 
 
 def test_one_batch_mixes_tenants_and_adapters(deploy: Callable[..., Deployment]) -> None:
-    from streamtune.harness import free_port
-
     metrics_port = free_port()
     deployment = deploy(
         STREAMTUNE__INFERENCE__MAX_BATCH="8",
@@ -466,9 +354,9 @@ def test_one_batch_mixes_tenants_and_adapters(deploy: Callable[..., Deployment])
     versions = {tenant: _train_one(deployment, 0, tenant=tenant) for tenant in ("t1", "t2", "t3")}
     ids = {f"{tenant}-{i}": tenant for i in range(4) for tenant in ("t1", "t2", "t3", "t4")}
     for query_id, tenant in ids.items():  # queued before serve starts: they arrive as full batches
-        deployment.send(QUERIES, query_id, query(query_id, tenant=tenant))
-    deployment.producer.flush(15)
-    server = deployment.server()
+        deployment.produce(QUERIES, query_id, query(query_id, tenant=tenant))
+    deployment.flush()
+    server = deployment.query_server()
     server.start()
     try:
         found = deployment.answers(set(ids))
@@ -500,13 +388,13 @@ def test_a_canary_answers_its_share_and_a_restarted_server_keeps_each_query_on_i
 
     def round_of_answers(number: int) -> dict[str, dict[str, Any]]:
         for query_id in ids:
-            deployment.send(QUERIES, query_id, query(query_id))
-        deployment.producer.flush(15)
+            deployment.produce(QUERIES, query_id, query(query_id))
+        deployment.flush()
         found = deployment.answers(set(ids), timeout_s=180, at_least=number)
         assert all(len(found.get(q, [])) >= number for q in ids)
         return {q: found[q][-1] for q in ids}
 
-    server = deployment.server()
+    server = deployment.query_server()
     server.start()
     try:
         before = round_of_answers(1)
@@ -529,18 +417,16 @@ def test_a_canary_answers_its_share_and_a_restarted_server_keeps_each_query_on_i
 def test_a_query_past_its_deadline_is_answered_without_generating(deploy: Callable[..., Deployment]) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from streamtune.harness import free_port
-
     port = free_port()
     deployment = deploy(STREAMTUNE__INFERENCE__METRICS_PORT=str(port))
-    server = deployment.server()
+    server = deployment.query_server()
     server.start()
     try:
         past = datetime.now(UTC) - timedelta(seconds=1)
         late = Query(query_id="late", tenant="acme", question="What is the refund window?", deadline=past)
-        deployment.send(QUERIES, "late", encode(late))
-        deployment.send(QUERIES, "on-time", query("on-time"))
-        deployment.producer.flush(15)
+        deployment.produce(QUERIES, "late", encode(late))
+        deployment.produce(QUERIES, "on-time", query("on-time"))
+        deployment.flush()
         found = deployment.answers({"late", "on-time"})
         assert found["late"][0]["error"]["code"] == "deadline_exceeded" and found["late"][0]["usage"] is None
         assert "generate" not in found["late"][0]["timings_ms"]  # nothing was generated for it
@@ -555,14 +441,14 @@ def test_two_replicas_one_killed_while_30_queries_stream_answers_all(deploy: Cal
     """Two serve processes in one group; one is SIGKILLed mid-stream: the other answers what it left, every
     one of the 30 queries at least once, a repeat counted as harmless."""
     deployment = deploy(STREAMTUNE__INFERENCE__MAX_NEW_TOKENS="24")
-    first, second = deployment.server(), query_server(deployment.tmp / "logs-2", deployment.env)
+    first, second = deployment.query_server(), deployment.query_server()
     first.start()
     second.start()
     ids = [f"s-{i}" for i in range(30)]
     for query_id in ids:
         streamed = Query(query_id=query_id, tenant="acme", question="What is the refund window?", stream=True)
-        deployment.send(QUERIES, query_id, encode(streamed))
-    deployment.producer.flush(15)
+        deployment.produce(QUERIES, query_id, encode(streamed))
+    deployment.flush()
     try:
         wait_for(lambda: len(deployment.answers(set(ids), timeout_s=1)) >= 3, 120, "the first answers")
         first.kill()  # mid-stream, no chance to clean up
@@ -573,16 +459,5 @@ def test_two_replicas_one_killed_while_30_queries_stream_answers_all(deploy: Cal
     assert all(found[q][0]["error"] is None for q in ids)
     repeats = sum(len(found[q]) - 1 for q in ids)
     assert repeats < len(ids)  # only what the killed one had not committed is answered again
-    deltas = _records(deployment, ANSWER_DELTAS)
+    deltas = [json.loads(value) for value in deployment.records(ANSWER_DELTAS)]
     assert {d["query_id"] for d in deltas} >= set(ids) - {q for q in ids if not found[q][0]["answer"]}
-
-
-def _records(deployment: Deployment, spec: Any) -> list[dict[str, Any]]:
-    from streamtune.kafka import committed_end_offsets, read_range
-
-    topic = topic_name(spec, deployment.settings.topics)
-    ends = committed_end_offsets(deployment.settings.kafka, topic)
-    return [
-        json.loads(m.value())
-        for m in read_range(deployment.settings.kafka, topic, {p: (0, e) for p, e in ends.items()})
-    ]

@@ -13,42 +13,36 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from streamtune.contracts import Query, encode
-from streamtune.harness import ServiceProcess, free_port, isolated_env, tiny_serving, wait_for
-from streamtune.kafka import consumer, create_topics, delete_topics, producer
+from streamtune.harness import Deployment, ServiceProcess, free_port, tiny_gateway, tiny_serving, wait_for
+from streamtune.kafka import producer
 from streamtune.settings import Settings
-from streamtune.topics import ANSWERS, QUERIES, topic_name
+from streamtune.topics import QUERIES, topic_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault]
 
 N = 12  # queries produced during the outage
 
 
-def _setup(
-    load: Callable[[Mapping[str, str]], Settings],
-    seed: Callable[[Settings, Sequence[str]], None],
-    tiny_model: Path,
-    tmp: Path,
-    **extra: str,
-) -> tuple[dict[str, str], Settings]:
-    env = isolated_env(
+def _deployment(tiny_model: Path, tmp: Path, *presets: dict[str, str], **extra: str) -> Deployment:
+    """serve's deployment, acme seeded with a document: its metrics on a free port, each start-up attempt's
+    metadata wait 3 s."""
+    deployment = Deployment(
         tmp,
         "up",
-        **tiny_serving(tiny_model),
+        tiny_serving(tiny_model),
+        *presets,
         STREAMTUNE__INFERENCE__METRICS_PORT=str(free_port()),
         STREAMTUNE__KAFKA__REQUEST_TIMEOUT_S="3",  # each start-up attempt's metadata wait
         **extra,
     )
-    settings = load(env)
-    create_topics(settings.kafka, settings.topics)
-    seed(settings, ["acme"])
-    return env, settings
+    deployment.seed(["acme"])
+    return deployment
 
 
 def _metric(port: int, line: str) -> bool:
@@ -70,45 +64,21 @@ def _queries(settings: Settings) -> tuple[Any, list[str]]:
     return out, ids
 
 
-def _answers(settings: Settings, wanted: set[str], timeout_s: float) -> dict[str, list[dict[str, Any]]]:
-    reader = consumer(settings.kafka, uuid.uuid4().hex)
-    reader.subscribe([topic_name(ANSWERS, settings.topics)])
-    found: dict[str, list[dict[str, Any]]] = {}
-    deadline = time.monotonic() + timeout_s
-    while not wanted <= set(found) and time.monotonic() < deadline:
-        message = reader.poll(0.5)
-        if message is not None and message.error() is None:
-            answer = json.loads(message.value() or b"")
-            found.setdefault(answer["query_id"], []).append(answer)
-    # a little longer, to see duplicates that come late
-    end = time.monotonic() + 3
-    while time.monotonic() < end:
-        message = reader.poll(0.5)
-        if message is not None and message.error() is None:
-            answer = json.loads(message.value() or b"")
-            found.setdefault(answer["query_id"], []).append(answer)
-    reader.close()
-    return found
-
-
-def _serve(env: dict[str, str], tmp: Path, waits_for: bytes) -> ServiceProcess:
+def _serve(deployment: Deployment, waits_for: bytes) -> ServiceProcess:
     """`streamtune serve`, started: returns once it has logged that it waits for ``waits_for``."""
-    server = ServiceProcess(["serve"], waits_for, tmp / "logs", env)
+    server = deployment.service(["serve"], waits_for)
     server.start(timeout_s=240)
     return server
 
 
 def test_serve_started_while_the_broker_is_down_waits_then_answers_every_query(
-    private_kafka: Any,
-    env_settings: Callable[[Mapping[str, str]], Settings],
-    seed_tenants: Callable[[Settings, Sequence[str]], None],
-    tiny_model: Path,
-    tmp_path: Path,
+    private_kafka: Any, tiny_model: Path, tmp_path: Path
 ) -> None:
-    env, settings = _setup(env_settings, seed_tenants, tiny_model, tmp_path, **private_kafka.env)
+    deployment = _deployment(tiny_model, tmp_path, **private_kafka.env)
+    settings = deployment.settings
     port = settings.inference.metrics_port
     private_kafka.stop()
-    server = _serve(env, tmp_path, b"unavailable for")  # retry's line: "serve: Kafka at ... unavailable for 0s"
+    server = _serve(deployment, b"unavailable for")  # retry's line: "serve: Kafka at ... unavailable for 0s"
     try:
         wait_for(lambda: _metric(port, 'streamtune_dependency_waiting{dependency="kafka"} 1.0'), 60, "kafka gauge")
         queries, sent = _queries(settings)
@@ -118,7 +88,7 @@ def test_serve_started_while_the_broker_is_down_waits_then_answers_every_query(
         private_kafka.start()
         assert queries.flush(60) == 0  # the outage's queries reach the topic
         wait_for(lambda: b"serve: consuming" in server.log.read_bytes() or not server.running(), 120, "serve up")
-        found = _answers(settings, set(sent), timeout_s=180)
+        found = deployment.answers(sent, timeout_s=180, linger_s=3)  # lingering: to see duplicates that come late
         assert server.running(), server.output()[-3000:]
         assert set(sent) <= set(found), f"unanswered: {sorted(set(sent) - set(found))} of {N}"
         assert all(found[q][0]["error"] is None for q in sent), [found[q][0]["error"] for q in sent]
@@ -130,20 +100,17 @@ def test_serve_started_while_the_broker_is_down_waits_then_answers_every_query(
     finally:
         server.stop()
         private_kafka.start()  # idempotent: the topics are deleted on a running broker
-        delete_topics(settings.kafka, settings.topics)
+        deployment.close()
 
 
 def test_serve_started_while_weaviate_is_down_waits_then_answers_every_query(
-    private_weaviate: Any,
-    env_settings: Callable[[Mapping[str, str]], Settings],
-    seed_tenants: Callable[[Settings, Sequence[str]], None],
-    tiny_model: Path,
-    tmp_path: Path,
+    private_weaviate: Any, tiny_model: Path, tmp_path: Path
 ) -> None:
-    env, settings = _setup(env_settings, seed_tenants, tiny_model, tmp_path, **private_weaviate.env)
+    deployment = _deployment(tiny_model, tmp_path, **private_weaviate.env)
+    settings = deployment.settings
     port = settings.inference.metrics_port
     private_weaviate.stop()
-    server = _serve(env, tmp_path, b"unavailable for")  # "Weaviate at http://... unavailable for 0s"
+    server = _serve(deployment, b"unavailable for")  # "Weaviate at http://... unavailable for 0s"
     try:
         assert "Weaviate at" in server.output()
         wait_for(lambda: _metric(port, 'streamtune_dependency_waiting{dependency="weaviate"} 1.0'), 60, "gauge")
@@ -153,7 +120,7 @@ def test_serve_started_while_weaviate_is_down_waits_then_answers_every_query(
         assert server.running(), server.output()[-3000:]
         private_weaviate.start()
         wait_for(lambda: b"serve: consuming" in server.log.read_bytes() or not server.running(), 120, "serve up")
-        found = _answers(settings, set(sent), timeout_s=180)
+        found = deployment.answers(sent, timeout_s=180, linger_s=3)
         assert server.running(), server.output()[-3000:]
         assert set(sent) <= set(found), f"unanswered: {sorted(set(sent) - set(found))} of {N}"
         assert all(found[q][0]["error"] is None and found[q][0]["citations"] for q in sent)
@@ -164,30 +131,16 @@ def test_serve_started_while_weaviate_is_down_waits_then_answers_every_query(
         assert "Traceback" not in server.output()
     finally:
         server.stop()
-        delete_topics(settings.kafka, settings.topics)
+        deployment.close()
 
 
 def test_http_started_while_the_broker_is_down_answers_503_with_retry_after_until_it_is_back(
-    private_kafka: Any,
-    env_settings: Callable[[Mapping[str, str]], Settings],
-    seed_tenants: Callable[[Settings, Sequence[str]], None],
-    tiny_model: Path,
-    tmp_path: Path,
+    private_kafka: Any, tiny_model: Path, tmp_path: Path
 ) -> None:
-    http_port = free_port()
-    env, settings = _setup(
-        env_settings,
-        seed_tenants,
-        tiny_model,
-        tmp_path,
-        **private_kafka.env,
-        STREAMTUNE__HTTP__PORT=str(http_port),
-        STREAMTUNE__HTTP__METRICS_PORT="0",
-        STREAMTUNE__EMBEDDING__TORCH_THREADS="1",
-    )
-    base = f"http://127.0.0.1:{http_port}"
+    deployment = _deployment(tiny_model, tmp_path, tiny_gateway(), **private_kafka.env)
+    base = f"http://127.0.0.1:{deployment.settings.http.port}"
     private_kafka.stop()
-    gateway = ServiceProcess(["http"], b"http: listening", tmp_path / "logs", env)
+    gateway = deployment.http_gateway()
     gateway.start(timeout_s=240)
 
     def get(path: str, body: Any = None) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -216,4 +169,4 @@ def test_http_started_while_the_broker_is_down_answers_503_with_retry_after_unti
     finally:
         gateway.stop()
         private_kafka.start()  # idempotent: the topics are deleted on a running broker
-        delete_topics(settings.kafka, settings.topics)
+        deployment.close()

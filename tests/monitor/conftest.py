@@ -6,6 +6,7 @@ from typing import Literal
 
 import pytest
 
+from streamtune import harness
 from streamtune.contracts import (
     AdapterUpdate,
     Answer,
@@ -15,7 +16,7 @@ from streamtune.contracts import (
     Query,
     TrainingExample,
 )
-from streamtune.harness import feedback_recorded, sample_manifest
+from streamtune.harness import feedback_recorded
 
 
 def adapter_update(
@@ -27,18 +28,9 @@ def adapter_update(
     state: Literal["current", "canary", "rolled_back"] | None = None,
     percent: int | None = None,
 ) -> AdapterUpdate:
-    """An announcement as ``training.publish.announce`` makes it, with made-up figures; ``state`` None: as
-    announced before canaries (current)."""
-    manifest = sample_manifest(tenant, version, gate={"promoted": promoted, "reason": reason})
-    return AdapterUpdate(
-        tenant=tenant,
-        version=version,
-        uri=f"file:///adapters/{tenant}/{version}",
-        base_model="tiny",
-        manifest=manifest,
-        state=state,
-        canary_percent=percent,
-    )
+    """``streamtune.harness.adapter_update`` of a version whose gate said ``promoted`` for ``reason``."""
+    gate = {"promoted": promoted, "reason": reason}
+    return harness.adapter_update(tenant, version, state=state, canary_percent=percent, gate=gate)
 
 
 def query(tenant: str, query_id: str, question: str = "What is the refund window?") -> Query:

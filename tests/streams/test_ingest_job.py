@@ -12,18 +12,18 @@ import re
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from retrieval import RetrievalError, connect
+from retrieval import connect
 from retrieval.store import ChunkStore
 from streams.processing import example_id
 from streamtune.dlq import DeadLetter, read_dead_letters
-from streamtune.harness import ServiceProcess, free_port, ingest_job, isolated_env, wait_for
-from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
+from streamtune.harness import Deployment, free_port, raw_document, raw_event, settings_for_env, wait_for
+from streamtune.kafka import producer
 from streamtune.models import load_embedder
 from streamtune.settings import Settings
 from streamtune.topics import DOMAIN_EVENTS, TRAINING_EXAMPLES, topic_name
@@ -35,36 +35,33 @@ def eventually(check: Callable[[], Any], timeout_s: float = 90.0, what: str = ""
     return wait_for(check, timeout_s, what or str(check))
 
 
-class Ingest:
+class Ingest(Deployment):
     """One isolated deployment of the job: its settings, its process, and helpers to drive and observe it."""
 
-    def __init__(self, load: Callable[[Mapping[str, str]], Settings], tmp: Path, **env: str) -> None:
-        self.load = load
-        self.tmp = tmp
-        self.overrides = isolated_env(
-            tmp,
+    def __init__(self, work: Path, **env: str) -> None:
+        super().__init__(
+            work,
             "ingest",
-            STREAMTUNE__STREAMS__CHUNK_TOKENS="24",
-            STREAMTUNE__STREAMS__CHUNK_OVERLAP="4",
-            STREAMTUNE__FLINK__CHECKPOINT_INTERVAL_MS="1000",
-            STREAMTUNE__EMBEDDING__BATCH_SIZE="16",
-            STREAMTUNE__STREAMS__MAX_EVENT_BYTES="65536",
-            STREAMTUNE__STREAMS__MAX_TEXT_CHARS="20000",
-            STREAMTUNE__FLINK__LOCAL_REST_PORT=str(free_port()),
+            {
+                "STREAMTUNE__STREAMS__CHUNK_TOKENS": "24",
+                "STREAMTUNE__STREAMS__CHUNK_OVERLAP": "4",
+                "STREAMTUNE__FLINK__CHECKPOINT_INTERVAL_MS": "1000",
+                "STREAMTUNE__EMBEDDING__BATCH_SIZE": "16",
+                "STREAMTUNE__STREAMS__MAX_EVENT_BYTES": "65536",
+                "STREAMTUNE__STREAMS__MAX_TEXT_CHARS": "20000",
+                "STREAMTUNE__FLINK__LOCAL_REST_PORT": str(free_port()),
+            },
+            **env,
         )
-        self.overrides.update(env)
-        self.settings = self.load(self.overrides)
-        self.job = ingest_job(tmp)
-        create_topics(self.settings.kafka, self.settings.topics)
-        self.producer = producer(self.settings.kafka)
+        self.job = self.ingest_job()
         self.embedder = load_embedder(self.settings)
         self.client = connect(self.settings.weaviate)
         self.store = ChunkStore(self.client, self.settings)
 
     def start(self, **extra: str) -> None:
-        self.overrides.update(extra)
-        self.settings = self.load(self.overrides)
-        self.job.start(**self.overrides)
+        self.env.update(extra)
+        self.settings = settings_for_env(self.env)
+        self.job.start(**self.env)
 
     def kill(self) -> None:
         self.job.kill()
@@ -73,13 +70,7 @@ class Ingest:
         self.job.stop()
 
     def send(self, key: str | None, value: bytes | dict[str, Any]) -> None:
-        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-        self.producer.produce(
-            topic_name(DOMAIN_EVENTS, self.settings.topics), key=key.encode() if key else None, value=raw
-        )
-
-    def flush(self) -> None:
-        assert self.producer.flush(15) == 0
+        self.produce(DOMAIN_EVENTS, key, value if isinstance(value, bytes) else json.dumps(value).encode())
 
     def chunks(self, tenant: str, doc_id: str | None = None) -> int:
         return self.store.count(tenant, doc_id)
@@ -90,12 +81,7 @@ class Ingest:
 
     def examples(self) -> list[dict[str, Any]]:
         """Every committed training example, oldest first."""
-        topic = topic_name(TRAINING_EXAMPLES, self.settings.topics)
-        ends = committed_end_offsets(self.settings.kafka, topic)
-        return [
-            json.loads(m.value() or b"")
-            for m in read_range(self.settings.kafka, topic, {p: (0, e) for p, e in ends.items()})
-        ]
+        return [json.loads(value) for value in self.records(TRAINING_EXAMPLES)]
 
     def flink(self, path: str, port: int | None = None) -> Any:
         """The local MiniCluster's REST API (``flink.local_rest_port``)."""
@@ -119,72 +105,43 @@ class Ingest:
         return list(read_dead_letters(self.settings))
 
     def close(self) -> None:
-        self.stop()
-        self.client.close()
-        try:
-            with connect(self.settings.weaviate) as client:  # a fresh client: a test may have closed its own
-                ChunkStore(client, self.settings).drop()
-        except RetrievalError:  # a test's private Weaviate may be down; its data goes with its directory
-            pass
-        delete_topics(self.settings.kafka, self.settings.topics)
-
-
-def doc_event(
-    event_id: str, doc_id: str, text: str, tenant: str = "acme", title: str = ""
-) -> tuple[str, dict[str, Any]]:
-    value = {
-        "schema_version": 1,
-        "event_id": event_id,
-        "type": "document.upserted",
-        "tenant": tenant,
-        "occurred_at": "2026-11-21T10:00:00Z",
-        "source": "test",
-        "data": {"doc_id": doc_id, "title": title or doc_id, "text": text},
-    }
-    return f"{tenant}:{doc_id}", value
-
-
-def other_event(event_id: str, type_: str, data: dict[str, Any], tenant: str = "acme") -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "event_id": event_id,
-        "type": type_,
-        "tenant": tenant,
-        "occurred_at": "2026-11-21T10:00:00Z",
-        "data": data,
-    }
+        self.client.close()  # the collection is dropped with a fresh client: a test may have closed this one
+        super().close()
 
 
 @pytest.fixture(scope="module")
-def ingest(
-    stack: Settings, env_settings: Callable[[Mapping[str, str]], Settings], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Ingest]:
-    deployment = Ingest(env_settings, tmp_path_factory.mktemp("ingest"))
-    deployment.start()
-    yield deployment
-    deployment.close()
+def ingest(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
+    with Ingest(tmp_path_factory.mktemp("ingest")) as deployment:
+        deployment.start()
+        yield deployment
 
 
 LONG_POLICY = " ".join(f"Clause {i}: refunds are issued to the original payment method." for i in range(12))
 
 
 def test_documents_updates_deletes_examples_and_dead_letters(ingest: Ingest) -> None:
-    ingest.send(*doc_event("e-1", "refund-policy", LONG_POLICY, title="Refund policy"))
-    ingest.send(*doc_event("e-2", "shipping", "Orders ship within two business days from Lisbon."))
-    ingest.send(*doc_event("e-3", "shipping", "Secret: beta tenant text about shipping.", tenant="beta"))
+    ingest.send(*raw_document("e-1", "refund-policy", LONG_POLICY, title="Refund policy", tenant="acme"))
+    ingest.send(*raw_document("e-2", "shipping", "Orders ship within two business days from Lisbon.", tenant="acme"))
+    ingest.send(*raw_document("e-3", "shipping", "Secret: beta tenant text about shipping.", tenant="beta"))
     ingest.send("bad-1", b"{not json")  # malformed JSON
     ingest.send("bad-2", b"\xff\xfe\xfd")  # not UTF-8
-    ingest.send("bad-3", other_event("e-4", "order.placed", {"order": 1}))  # unknown type
-    ingest.send("bad-4", other_event("e-5", "document.upserted", {"title": "no doc_id", "text": "x"}))  # missing field
+    ingest.send("bad-3", raw_event("e-4", "order.placed", {"order": 1}, tenant="acme"))  # unknown type
+    ingest.send(
+        "bad-4", raw_event("e-5", "document.upserted", {"title": "no doc_id", "text": "x"}, tenant="acme")
+    )  # missing field
     ingest.send(
         "bad-5",
-        other_event("e-6", "feedback.recorded", {"query_id": "q", "rating": "1", "question": "q", "answer": "a"}),
+        raw_event(
+            "e-6", "feedback.recorded", {"query_id": "q", "rating": "1", "question": "q", "answer": "a"}, tenant="acme"
+        ),
     )  # wrong type
-    ingest.send("bad-6", doc_event("e-7", "huge", "z " * 50_000)[1])  # oversized payload
-    ingest.send("bad-7", doc_event("e-7b", "long", "w " * 15_000)[1])  # text over streams.max_text_chars
+    ingest.send("bad-6", raw_document("e-7", "huge", "z " * 50_000, tenant="acme")[1])  # oversized payload
+    ingest.send(
+        "bad-7", raw_document("e-7b", "long", "w " * 15_000, tenant="acme")[1]
+    )  # text over streams.max_text_chars
     ingest.send(
         "e-8",
-        other_event(
+        raw_event(
             "e-8",
             "qa.recorded",
             {
@@ -192,23 +149,35 @@ def test_documents_updates_deletes_examples_and_dead_letters(ingest: Ingest) -> 
                 "answer": "Five business days.",
                 "context_doc_ids": ["refund-policy"],
             },
+            tenant="acme",
         ),
     )
     ingest.send(
         "e-8",
-        other_event("e-8", "qa.recorded", {"question": "How long do refunds take?", "answer": "Five business days."}),
+        raw_event(
+            "e-8",
+            "qa.recorded",
+            {"question": "How long do refunds take?", "answer": "Five business days."},
+            tenant="acme",
+        ),
     )  # duplicate event
     ingest.send(
         "e-9",
-        other_event(
+        raw_event(
             "e-9",
             "feedback.recorded",
             {"query_id": "q-1", "rating": 1, "question": "Ship from?", "answer": "Porto", "correction": "Lisbon."},
+            tenant="acme",
         ),
     )
     ingest.send(
         "e-10",
-        other_event("e-10", "feedback.recorded", {"query_id": "q-2", "rating": -1, "question": "x?", "answer": "y"}),
+        raw_event(
+            "e-10",
+            "feedback.recorded",
+            {"query_id": "q-2", "rating": -1, "question": "x?", "answer": "y"},
+            tenant="acme",
+        ),
     )
     ingest.flush()
 
@@ -254,13 +223,17 @@ def test_documents_updates_deletes_examples_and_dead_letters(ingest: Ingest) -> 
     assert by_id[example_id("acme", "e-9")][0]["messages"][1]["content"] == "Lisbon."  # the correction
 
     # Update: a shorter new version replaces every chunk, leaving no stale one.
-    ingest.send(*doc_event("e-11", "refund-policy", "Refunds: 14 days, store credit only.", title="Refund policy"))
+    ingest.send(
+        *raw_document(
+            "e-11", "refund-policy", "Refunds: 14 days, store credit only.", title="Refund policy", tenant="acme"
+        )
+    )
     ingest.flush()
     eventually(lambda: ingest.chunks("acme", "refund-policy") == 1, what="update replaced chunks")
     assert "14 days" in ingest.search("acme", "refund policy", k=1)[0].text
 
     # Delete removes the document's chunks; the other tenant's same doc_id is untouched.
-    ingest.send("acme:shipping", other_event("e-12", "document.deleted", {"doc_id": "shipping"}))
+    ingest.send("acme:shipping", raw_event("e-12", "document.deleted", {"doc_id": "shipping"}, tenant="acme"))
     ingest.flush()
     eventually(lambda: ingest.chunks("acme", "shipping") == 0, what="delete")
     assert ingest.chunks("beta", "shipping") == 1
@@ -268,7 +241,7 @@ def test_documents_updates_deletes_examples_and_dead_letters(ingest: Ingest) -> 
 
 def test_pii_in_a_document_is_not_retrievable(ingest: Ingest) -> None:
     text = "Escalations go to Dana at dana.smith@acme.com, phone +44 20 7946 0958, card 4111 1111 1111 1111."
-    ingest.send(*doc_event("e-20", "escalation", text))
+    ingest.send(*raw_document("e-20", "escalation", text, tenant="acme"))
     ingest.flush()
     eventually(lambda: ingest.chunks("acme", "escalation") == 1)
     for probe in ("dana.smith@acme.com", "+44 20 7946 0958", "4111 1111 1111 1111"):
@@ -285,7 +258,7 @@ def test_a_replay_from_the_beginning_creates_no_duplicates(ingest: Ingest) -> No
     ingest.stop()
     # A new consumer group and no checkpoint: the whole topic is processed a second time.
     ingest.start(STREAMTUNE__STREAMS__GROUP_ID=f"replay-{uuid.uuid4().hex[:8]}")
-    marker = doc_event("e-30", "replay-marker", "The replay reached the end of the topic.")
+    marker = raw_document("e-30", "replay-marker", "The replay reached the end of the topic.", tenant="acme")
     ingest.send(*marker)
     ingest.flush()
     eventually(lambda: ingest.chunks("acme", "replay-marker") == 1, what="replay reached the end")
@@ -297,17 +270,17 @@ def test_a_replay_from_the_beginning_creates_no_duplicates(ingest: Ingest) -> No
 def test_a_crash_mid_stream_loses_and_duplicates_nothing(ingest: Ingest) -> None:
     total = 120
     for i in range(total // 2):
-        ingest.send(*doc_event(f"c-{i}", f"crash-{i:03d}", f"Crash test document number {i}.", tenant="crash"))
+        ingest.send(*raw_document(f"c-{i}", f"crash-{i:03d}", f"Crash test document number {i}.", tenant="crash"))
         ingest.send(
-            f"cq-{i}", other_event(f"cq-{i}", "qa.recorded", {"question": f"q{i}?", "answer": f"a{i}."}, tenant="crash")
+            f"cq-{i}", raw_event(f"cq-{i}", "qa.recorded", {"question": f"q{i}?", "answer": f"a{i}."}, tenant="crash")
         )
     ingest.flush()
     eventually(lambda: ingest.chunks("crash") > 0, what="first half started")
     ingest.kill()  # mid-stream: some of the first half is processed, some not
     for i in range(total // 2, total):
-        ingest.send(*doc_event(f"c-{i}", f"crash-{i:03d}", f"Crash test document number {i}.", tenant="crash"))
+        ingest.send(*raw_document(f"c-{i}", f"crash-{i:03d}", f"Crash test document number {i}.", tenant="crash"))
         ingest.send(
-            f"cq-{i}", other_event(f"cq-{i}", "qa.recorded", {"question": f"q{i}?", "answer": f"a{i}."}, tenant="crash")
+            f"cq-{i}", raw_event(f"cq-{i}", "qa.recorded", {"question": f"q{i}?", "answer": f"a{i}."}, tenant="crash")
         )
     ingest.flush()
     ingest.start()
@@ -328,9 +301,11 @@ def test_a_crash_mid_stream_loses_and_duplicates_nothing(ingest: Ingest) -> None
 
 def _good_events(ingest: Ingest, tenant: str, start: int, count: int) -> None:
     for i in range(start, start + count):
-        ingest.send(*doc_event(f"{tenant}-d-{i}", f"doc-{i:04d}", f"Document {i} of tenant {tenant}.", tenant=tenant))
+        ingest.send(
+            *raw_document(f"{tenant}-d-{i}", f"doc-{i:04d}", f"Document {i} of tenant {tenant}.", tenant=tenant)
+        )
         qa = {"question": f"Question {i}?", "answer": f"Answer {i}."}
-        ingest.send(f"{tenant}-q-{i}", other_event(f"{tenant}-q-{i}", "qa.recorded", qa, tenant=tenant))
+        ingest.send(f"{tenant}-q-{i}", raw_event(f"{tenant}-q-{i}", "qa.recorded", qa, tenant=tenant))
     ingest.flush()
 
 
@@ -339,13 +314,11 @@ def _examples_of(ingest: Ingest, tenant: str) -> list[str]:
 
 
 @pytest.fixture
-def fresh(
-    stack: Settings, env_settings: Callable[[Mapping[str, str]], Settings], tmp_path: Path
-) -> Iterator[Callable[..., Ingest]]:
+def fresh(stack: Settings, tmp_path: Path) -> Iterator[Callable[..., Ingest]]:
     made: list[Ingest] = []
 
     def make(**env: str) -> Ingest:
-        deployment = Ingest(env_settings, tmp_path / f"d{len(made)}", **env)
+        deployment = Ingest(tmp_path / f"d{len(made)}", **env)
         made.append(deployment)
         return deployment
 
@@ -359,25 +332,27 @@ def test_poison_inputs_are_dead_lettered_and_the_job_never_restarts(fresh: Calla
     # Production limits (512 KiB events, 200k-character texts), not the small ones of the module fixture.
     ingest = fresh(STREAMTUNE__STREAMS__MAX_EVENT_BYTES="524288", STREAMTUNE__STREAMS__MAX_TEXT_CHARS="200000")
     ingest.start()
-    naive = doc_event("p-1", "naive-time", "A document whose timestamp has no timezone.")[1]
+    naive = raw_document("p-1", "naive-time", "A document whose timestamp has no timezone.", tenant="acme")[1]
     naive["occurred_at"] = "2026-11-21T10:00:00"
     ingest.send("poison:naive-time", naive)  # read as UTC, indexed
     # ~1 MB, which its dead letter (value + headers) would not fit under the producer's max.request.size
     ingest.flush()  # what the default producer holds goes out before it is replaced
     ingest.producer = producer(ingest.settings.kafka, **{"message.max.bytes": 1_046_000})
-    ingest.send("poison:huge", doc_event("p-2", "huge", "w " * 519_800)[1])
-    ingest.send("poison:title", doc_event("p-3", "long-title", "Short text.", title="T" * 5_000)[1])
-    ingest.send("poison:question", other_event("p-4", "qa.recorded", {"question": "q" * 50_000, "answer": "a"}))
-    ingest.send("poison:ws-id", doc_event("p-5", "spaced-id ", "An id with a trailing space.")[1])
+    ingest.send("poison:huge", raw_document("p-2", "huge", "w " * 519_800, tenant="acme")[1])
+    ingest.send("poison:title", raw_document("p-3", "long-title", "Short text.", title="T" * 5_000, tenant="acme")[1])
+    ingest.send(
+        "poison:question", raw_event("p-4", "qa.recorded", {"question": "q" * 50_000, "answer": "a"}, tenant="acme")
+    )
+    ingest.send("poison:ws-id", raw_document("p-5", "spaced-id ", "An id with a trailing space.", tenant="acme")[1])
     ingest.send("poison:surrogate", b'{"schema_version":1,"event_id":"p-6","type":"qa.recorded",'
                 b'"occurred_at":"2026-11-21T10:00:00Z","data":{"question":"\\ud800","answer":"a"}}')  # fmt: skip
     # E-mail bait (quadratic for the old pattern) in a document and in an answer: scrubbed in linear time.
     # (1 MB of bait of every kind is in tests/streams/test_pii.py; here it only has to pass through the job.)
-    bait = doc_event("p-7", "email-bait", ("a." * 10_000) + " contact x@example.com")[1]
+    bait = raw_document("p-7", "email-bait", ("a." * 10_000) + " contact x@example.com", tenant="acme")[1]
     ingest.send("poison:email-bait", bait)
     bait_qa = {"question": "What is the bait?", "answer": ("b." * 9_000) + " write to y@example.com"}
-    ingest.send("poison:qa-bait", other_event("p-9", "qa.recorded", bait_qa, tenant="baited"))
-    pii_meta = doc_event("p-8", "pii-meta", "Metadata carries personal data.")[1]
+    ingest.send("poison:qa-bait", raw_event("p-9", "qa.recorded", bait_qa, tenant="baited"))
+    pii_meta = raw_document("p-8", "pii-meta", "Metadata carries personal data.", tenant="acme")[1]
     pii_meta["data"]["metadata"] = {"owner": "dana.smith@acme.com", "phone": "+44 20 7946 0958", "n": 3}
     ingest.send("poison:pii-meta", pii_meta)
     _good_events(ingest, "after", 0, 20)
@@ -477,8 +452,8 @@ def test_started_while_the_broker_is_down_it_waits_then_indexes_every_event(
         STREAMTUNE__KAFKA__REQUEST_TIMEOUT_S="3",  # each start-up attempt's metadata wait
     )
     private_kafka.stop()
-    waiting = ServiceProcess(["streams", "run"], b"unavailable for", tmp_path / "waiting")
-    waiting.start(timeout_s=240, **ingest.overrides)
+    waiting = ingest.service(["streams", "run"], b"unavailable for")
+    waiting.start(timeout_s=240)
     try:
         assert f"streams: Kafka at {ingest.settings.kafka.bootstrap_servers} unavailable for" in waiting.output()
 
@@ -526,9 +501,9 @@ def test_a_crash_or_stop_while_batches_wait_for_weaviate_loses_and_duplicates_no
     def send(start: int, count: int) -> None:
         # one partition, fewer records than two batches: the operator never blocks, so checkpoints go on
         for i in range(start, start + count):
-            key, value = doc_event(f"w-d-{i}", f"doc-{i:04d}", f"Waiting document {i}.", tenant="waiting")
+            key, value = raw_document(f"w-d-{i}", f"doc-{i:04d}", f"Waiting document {i}.", tenant="waiting")
             ingest.producer.produce(topic, key=key.encode(), value=json.dumps(value).encode(), partition=0)
-            qa = other_event(f"w-q-{i}", "qa.recorded", {"question": f"Q{i}?", "answer": f"A{i}."}, tenant="waiting")
+            qa = raw_event(f"w-q-{i}", "qa.recorded", {"question": f"Q{i}?", "answer": f"A{i}."}, tenant="waiting")
             ingest.producer.produce(topic, key=f"w-q-{i}".encode(), value=json.dumps(qa).encode(), partition=0)
         ingest.flush()
 
@@ -580,13 +555,9 @@ def test_a_replay_beside_the_live_job_does_not_fence_it(fresh: Callable[..., Ing
     _good_events(live, "replay", 0, 20)
     eventually(lambda: len(_examples_of(live, "replay")) == 20, timeout_s=180, what="live job's first examples")
     replay_port = free_port()
-    replay = ingest_job(
-        tmp_path / "replay-job",
-        {
-            **live.overrides,
-            "STREAMTUNE__STREAMS__GROUP_ID": f"replay-{uuid.uuid4().hex[:8]}",
-            "STREAMTUNE__FLINK__LOCAL_REST_PORT": str(replay_port),
-        },
+    replay = live.ingest_job(
+        STREAMTUNE__STREAMS__GROUP_ID=f"replay-{uuid.uuid4().hex[:8]}",
+        STREAMTUNE__FLINK__LOCAL_REST_PORT=str(replay_port),
     )
     replay.start()
     try:

@@ -23,6 +23,9 @@ ALLOWED = {
     "training": {"streamtune", "training"},
     # read-only over the topics, the index and the adapter store; its own environment has no torch
     "monitor": {"streamtune", "retrieval", "monitor"},
+    # the test harness: an isolated deployment includes its Weaviate collection; below it, only the CLI (the
+    # demo) may import it
+    "harness": {"streamtune", "retrieval", "harness"},
 }
 
 
@@ -30,6 +33,8 @@ def _layer(module: str) -> str:
     # `python -m streamtune` is the command line's entry point, so it belongs to the CLI.
     if module in ("streamtune.cli", "streamtune.__main__") or module.startswith("streamtune.cli."):
         return "cli"
+    if module == "streamtune.harness" or module.startswith("streamtune.harness."):
+        return "harness"
     return module.split(".")[0]
 
 

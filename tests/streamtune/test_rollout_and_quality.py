@@ -7,21 +7,13 @@ import uuid
 from typing import Any
 
 from streamtune.contracts import AdapterUpdate, Answer, AnswerError
-from streamtune.harness import feedback_recorded, sample_manifest
+from streamtune.harness import adapter_update, feedback_recorded
 from streamtune.quality import BASE, LiveQuality
 from streamtune.rollout import Rollout, canary_arm, fold
 
 
 def _update(version: str, state: str | None = None, percent: int | None = None) -> AdapterUpdate:
-    return AdapterUpdate(
-        tenant="acme",
-        version=version,
-        uri="file:///x",
-        base_model="tiny",
-        manifest=sample_manifest("acme", version),
-        state=state,  # type: ignore[arg-type]
-        canary_percent=percent,
-    )
+    return adapter_update("acme", version, state=state, canary_percent=percent)  # type: ignore[arg-type]
 
 
 def test_announcements_fold_into_current_and_canary() -> None:

@@ -1,8 +1,8 @@
 """What the refresh tests on the real Kafka share (test_refresh, test_lineage, test_faults): their settings, and
 the numbered training examples they publish.
 
-Test modules do not import each other, nor this file (``--import-mode=importlib``, ``tests`` is no package), so
-the two builders come as fixtures, under the names the tests call them by.
+The two builders are the harness's (``streamtune.harness``); they come as fixtures too, under the names the
+tests call them by.
 """
 
 from __future__ import annotations
@@ -13,49 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from streamtune.contracts import ChatMessage, ContextPassage, TrainingExample
-from streamtune.kafka import create_topics, delete_topics, producer
+from streamtune.contracts import TrainingExample
+from streamtune.harness import publish_examples, training_example
+from streamtune.kafka import create_topics, delete_topics
 from streamtune.settings import Settings, load_settings
-from streamtune.topics import TRAINING_EXAMPLES, topic_name
-
-
-def training_example(
-    tenant: str, i: int, relies_on: list[str] | None = None, *, context: list[ContextPassage] | None = None
-) -> TrainingExample:
-    """Example number ``i`` of ``tenant`` (``<tenant>-ex-<i>``): the refund question, answered "30 days.";
-    ``relies_on``: the doc ids it relies on; ``context``: what it is meant to be answered with."""
-    return TrainingExample(
-        example_id=f"{tenant}-ex-{i}",
-        tenant=tenant,
-        messages=[
-            ChatMessage(role="user", content=f"What is the refund window? ({i})"),
-            ChatMessage(role="assistant", content="30 days."),
-        ],
-        source_event_id=f"e-{i}",
-        context_doc_ids=relies_on,
-        context=context,
-    )
-
-
-def publish_examples(
-    settings: Settings,
-    tenant: str,
-    start: int,
-    count: int,
-    relies_on: dict[int, list[str]] | None = None,
-    context: list[ContextPassage] | None = None,
-) -> None:
-    """Examples ``start`` .. ``start + count - 1`` of ``tenant`` onto ``training-examples``, flushed;
-    ``relies_on``: example number -> doc ids."""
-    client = producer(settings.kafka)
-    for i in range(start, start + count):
-        example = training_example(tenant, i, (relies_on or {}).get(i), context=context)
-        client.produce(
-            topic_name(TRAINING_EXAMPLES, settings.topics),
-            key=example.example_id.encode(),
-            value=TRAINING_EXAMPLES.encode(example),
-        )
-    assert client.flush(15) == 0
 
 
 @pytest.fixture

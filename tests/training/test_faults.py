@@ -13,8 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,9 @@ import pytest
 
 import training.watch as watch_module
 from streamtune.contracts import AdapterUpdate
-from streamtune.harness import isolated_env, wait_for
-from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, read_range
+from streamtune.harness import Deployment, publish_examples, tiny_training, wait_for
 from streamtune.settings import Settings
-from streamtune.topics import ADAPTER_UPDATES, topic_name
+from streamtune.topics import ADAPTER_UPDATES
 from training.refresh import RefreshOutcome, refresh
 from training.registry import AdapterRegistry
 
@@ -62,25 +60,19 @@ print(json.dumps({"status": outcome.status, "version": outcome.version, "reason"
 """
 
 
-@dataclass
-class Deployment:
-    env: dict[str, str]
-    settings: Settings
-    work: Path
-    publish_examples: Callable[..., None]
-    """The ``publish`` fixture."""
+class Trainers(Deployment):
+    """A deployment of its own whose refreshes train the tiny model in seconds (``tiny_training``), and the
+    trainers that crash in it."""
 
     def registry(self, tenant: str = "acme") -> AdapterRegistry:
         return AdapterRegistry(self.settings.adapters_dir, tenant)
 
     def publish(self, tenant: str, count: int, start: int = 0) -> None:
-        self.publish_examples(self.settings, tenant, start, count)
+        publish_examples(self.settings, tenant, start, count)
 
     def announcements(self, tenant: str = "acme") -> list[AdapterUpdate]:
         """Every announcement of ``tenant`` on adapter-updates, in order."""
-        topic = topic_name(ADAPTER_UPDATES, self.settings.topics)
-        ends = committed_end_offsets(self.settings.kafka, topic)
-        updates = [ADAPTER_UPDATES.decode(m.value()) for m in read_range(self.settings.kafka, topic, {0: (0, ends[0])})]
+        updates = [ADAPTER_UPDATES.decode(value) for value in self.records(ADAPTER_UPDATES)]
         return [u for u in updates if u.tenant == tenant]
 
     def trainer(
@@ -100,34 +92,12 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(
-    stack: Settings,
-    tiny_model: Path,
-    tmp_path: Path,
-    env_settings: Callable[[dict[str, str]], Settings],
-    monkeypatch: pytest.MonkeyPatch,
-    publish: Callable[..., None],
-) -> Iterator[Deployment]:
+def deployment(stack: Settings, tiny_model: Path, tmp_path: Path) -> Iterator[Trainers]:
     # Few steps: what is counted here is versions and announcements, not learning. Deterministic training
     # promotes the first version over the base model at these settings (asserted where it matters).
     # Few examples too: the gate decides on any held-out slice (min_eval_examples 1, children included).
-    env = isolated_env(
-        tmp_path,
-        "fault",
-        STREAMTUNE__MODELS__BASE_MODEL=str(tiny_model),
-        STREAMTUNE__TRAINING__MIN_EVAL_EXAMPLES="1",
-        STREAMTUNE__TRAINING__MAX_STEPS="4",
-        STREAMTUNE__TRAINING__LEARNING_RATE="5e-3",
-        STREAMTUNE__TRAINING__BATCH_SIZE="4",
-        STREAMTUNE__TRAINING__EVAL_MAX_NEW_TOKENS="4",
-        STREAMTUNE__TRAINING__TORCH_THREADS="1",
-        STREAMTUNE__TRAINING__REPLAY_SAMPLE="4",
-        STREAMTUNE__TRAINING__QUANTIZE_4BIT="false",
-    )
-    deployment = Deployment(env, env_settings(env), tmp_path, publish)
-    create_topics(deployment.settings.kafka, deployment.settings.topics)
-    yield deployment
-    delete_topics(deployment.settings.kafka, deployment.settings.topics)
+    with Trainers(tmp_path, "fault", tiny_training(tiny_model)) as deployment:
+        yield deployment
 
 
 def _quiet(_: str) -> None:
@@ -151,7 +121,7 @@ _CRASH_POINTS = {
 
 @pytest.mark.parametrize("point", list(_CRASH_POINTS))
 def test_a_trainer_killed_at_each_crash_point_loses_nothing_and_duplicates_nothing(
-    deployment: Deployment, point: str, caplog: pytest.LogCaptureFixture
+    deployment: Trainers, point: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     left, indexed, next_refresh = _CRASH_POINTS[point]
     deployment.publish("acme", 8)
@@ -178,7 +148,7 @@ def test_a_trainer_killed_at_each_crash_point_loses_nothing_and_duplicates_nothi
     assert bool(repairs) == (point != "announced"), repairs  # each repair is logged, and only those
 
 
-def test_two_trainers_for_one_tenant_publish_one_version_and_one_announcement(deployment: Deployment) -> None:
+def test_two_trainers_for_one_tenant_publish_one_version_and_one_announcement(deployment: Trainers) -> None:
     deployment.publish("acme", 8)
     held, go_on = deployment.work / "held", deployment.work / "go-on"
     first, _ = deployment.trainer("hold", "locked", "acme", held, go_on)
@@ -200,7 +170,7 @@ def test_two_trainers_for_one_tenant_publish_one_version_and_one_announcement(de
 
 
 def test_watch_retries_a_failing_tenant_later_while_another_is_promoted(
-    deployment: Deployment, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    deployment: Trainers, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="training.watch")
     settings = deployment.settings.model_copy(

@@ -25,7 +25,7 @@ from inference.adapters import AdapterBook
 from streamtune.adapter_store import AdapterStore, WriteConflict, open_store
 from streamtune.contracts import AdapterUpdate
 from streamtune.errors import RetryExhausted
-from streamtune.harness import sample_manifest
+from streamtune.harness import adapter_update, sample_manifest
 from streamtune.settings import Settings
 from streamtune.stack import Stack
 from tests.streamtune.test_stack import free_s3_ports
@@ -67,9 +67,9 @@ def _publish(registry: AdapterRegistry, name: str, weights: bytes | None = None,
 
 
 def _update(version: Version, base_model: str = "tiny", uri: str | None = None) -> AdapterUpdate:
-    return AdapterUpdate(
-        tenant=version.tenant,
-        version=version.name,
+    return adapter_update(
+        version.tenant,
+        version.name,
         uri=uri or version.uri,
         base_model=base_model,
         manifest=version.manifest,
