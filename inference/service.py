@@ -320,16 +320,15 @@ def _wait_for_kafka(settings: Settings, metrics: Any, make: Callable[[], Any]) -
     bounded backoff for as long as it lasts, one line per ``kafka.status_interval_s``, the gauge saying so."""
     from confluent_kafka import KafkaException
 
-    from streamtune.retry import retrying
+    from streamtune.kafka import while_unreachable
 
     waiting = metrics.waiting.labels("kafka")
-    return retrying(
+    return while_unreachable(
+        settings.kafka,
+        "serve",
         make,
-        transient=lambda exc: isinstance(exc, KafkaException | KeyError),
-        backoff=settings.kafka.backoff(),
-        what=f"serve: Kafka at {settings.kafka.bootstrap_servers}",
-        fix="Start Kafka (`streamtune stack up`) or fix the [kafka] settings.",
         log=log,
+        transient=lambda exc: isinstance(exc, KafkaException | KeyError),
         on_wait=lambda now: waiting.set(int(now)),
     )
 

@@ -43,8 +43,7 @@ from streamtune.contracts import DocumentDeleted, DocumentUpserted, FeedbackReco
 from streamtune.dlq import DeadLetter
 from streamtune.errors import ConfigError, ContractError, KafkaUnavailableError
 from streamtune.exposition import read_drift
-from streamtune.kafka import admin_client, client_config
-from streamtune.retry import retrying
+from streamtune.kafka import admin_client, client_config, while_unreachable
 from streamtune.settings import Settings
 from streamtune.topics import (
     ADAPTER_UPDATES,
@@ -350,14 +349,7 @@ def main(settings: Settings) -> int:
     """Run the monitor until stopped (SIGTERM / Ctrl-C)."""
     _check(settings)
     # A broker down at start-up is waited out as one that goes down later (faust reconnects by itself then)
-    retrying(
-        lambda: _check_topics(settings),
-        transient=lambda exc: isinstance(exc, KafkaUnavailableError),
-        backoff=settings.kafka.backoff(),
-        what=f"monitor: Kafka at {settings.kafka.bootstrap_servers}",
-        fix="Start Kafka (`streamtune stack up`) or fix the [kafka] settings.",
-        log=log,
-    )
+    while_unreachable(settings.kafka, "monitor", lambda: _check_topics(settings), log=log)
     # The CLI gives our packages' loggers their level; this package is new to its list, so it follows theirs.
     logging.getLogger("monitor").setLevel(logging.getLogger("streamtune").getEffectiveLevel())
     with tempfile.TemporaryDirectory(prefix="streamtune-monitor-") as datadir:

@@ -95,17 +95,15 @@ def _wait_for_kafka(settings: Settings, on_wait: Any) -> None:
     first read and leave Flink's restart strategy to retry it without a word."""
     from confluent_kafka import KafkaException
 
-    from streamtune.kafka import admin_client
-    from streamtune.retry import retrying
+    from streamtune.kafka import admin_client, while_unreachable
 
     admin = admin_client(settings.kafka)
-    retrying(
+    while_unreachable(
+        settings.kafka,
+        "streams",
         lambda: admin.list_topics(timeout=settings.kafka.request_timeout_s),
-        transient=lambda exc: isinstance(exc, KafkaException),
-        backoff=settings.kafka.backoff(),
-        what=f"streams: Kafka at {settings.kafka.bootstrap_servers}",
-        fix="Start Kafka (`streamtune stack up`) or fix the [kafka] settings.",
         log=log,
+        transient=lambda exc: isinstance(exc, KafkaException),
         on_wait=on_wait,
     )
 

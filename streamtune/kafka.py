@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -35,6 +36,49 @@ __all__ = [
     "producer",
     "read_range",
 ]
+
+
+T = TypeVar("T")
+
+KAFKA_FIX = "Start Kafka (`streamtune stack up`) or fix the [kafka] settings."
+
+
+def _unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaUnavailableError)
+
+
+def while_unreachable(
+    settings: KafkaSettings,
+    who: str,
+    operation: Callable[[], T],
+    *,
+    log: logging.Logger,
+    transient: Callable[[BaseException], bool] = _unavailable,
+    stop: threading.Event | None = None,
+    on_wait: Callable[[bool], None] | None = None,
+    fix: str = KAFKA_FIX,
+) -> T:
+    """``operation()``, retried for as long as Kafka is unreachable: how every service waits for the broker, at
+    start-up as later. The ``[kafka]`` backoff without giving up, one line per ``kafka.status_interval_s``
+    naming ``who`` and the broker, ``on_wait`` told when the wait begins and ends; a set ``stop`` (SIGTERM)
+    cuts a wait short (``operation`` checks it)."""
+
+    def sleep(seconds: float) -> None:
+        if stop is None:
+            time.sleep(seconds)
+        else:
+            stop.wait(seconds)
+
+    return retrying(
+        operation,
+        transient=transient,
+        backoff=settings.backoff(),
+        what=f"{who}: Kafka at {settings.bootstrap_servers}",
+        fix=fix,
+        log=log,
+        sleep=sleep,
+        on_wait=on_wait,
+    )
 
 
 def client_config(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:

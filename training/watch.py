@@ -44,9 +44,9 @@ from typing import Any, TypeVar
 from streamtune import logs
 from streamtune.adapter_store import open_store
 from streamtune.contracts import RefreshResult
-from streamtune.errors import ContractError, KafkaUnavailableError, StreamtuneError
-from streamtune.kafka import committed_end_offsets, read_range
-from streamtune.retry import Backoff, retrying
+from streamtune.errors import ContractError, StreamtuneError
+from streamtune.kafka import committed_end_offsets, read_range, while_unreachable
+from streamtune.retry import Backoff
 from streamtune.settings import Settings
 from streamtune.topics import TRAINING_EXAMPLES, topic_name
 from training.canary import decide
@@ -416,18 +416,4 @@ def _kafka(settings: Settings, operation: Callable[[], T], stop: threading.Event
             raise _Stopped
         return operation()
 
-    def transient(exc: BaseException) -> bool:
-        return isinstance(exc, KafkaUnavailableError)
-
-    def wait(seconds: float) -> None:
-        stop.wait(seconds)  # SIGTERM cuts the wait short
-
-    return retrying(
-        attempt,
-        transient=transient,
-        backoff=settings.kafka.backoff(),
-        what=f"watch: Kafka at {settings.kafka.bootstrap_servers}",
-        fix="Start Kafka (`streamtune stack up`) or fix the [kafka] settings.",
-        log=log,
-        sleep=wait,
-    )
+    return while_unreachable(settings.kafka, "watch", attempt, log=log, stop=stop)  # SIGTERM cuts a wait short

@@ -70,8 +70,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from streamtune import logs
 from streamtune.contracts import RefreshRequest, RefreshResult
 from streamtune.errors import ContractError, KafkaUnavailableError, StreamtuneError
-from streamtune.kafka import admin_client, committed_end_offsets, consumer, producer, read_range
-from streamtune.retry import Backoff, retrying
+from streamtune.kafka import admin_client, committed_end_offsets, consumer, producer, read_range, while_unreachable
+from streamtune.retry import Backoff
 from streamtune.settings import Settings
 from streamtune.topics import REFRESH_REQUESTS, REFRESH_RESULTS, topic_name
 from training.data import MissingDocs
@@ -624,20 +624,16 @@ def _wait_for_kafka(settings: Settings, metrics: Any, stop: threading.Event, che
             raise _Stopped
         check()
 
-    def wait(seconds: float) -> None:
-        stop.wait(seconds)
-
     waiting = metrics.waiting.labels("kafka")
-    retrying(
+    while_unreachable(
+        settings.kafka,
+        "worker",
         attempt,
-        transient=lambda exc: isinstance(exc, KafkaUnavailableError),
-        backoff=settings.kafka.backoff(),
-        what=f"worker: Kafka at {settings.kafka.bootstrap_servers}",
+        log=log,
+        stop=stop,
+        on_wait=lambda now: waiting.set(int(now)),
         fix="Start Kafka (`streamtune stack up`), create the topics (`streamtune topics create`) or fix the "
         "[kafka] settings.",
-        log=log,
-        sleep=wait,
-        on_wait=lambda now: waiting.set(int(now)),
     )
 
 
