@@ -440,22 +440,29 @@ def test_weaviate_outage_loses_and_duplicates_nothing(
 
 
 @pytest.mark.fault
-def test_started_while_the_broker_is_down_it_waits_then_indexes_every_event(
-    private_kafka: Any, fresh: Callable[..., Ingest], tmp_path: Path
+@pytest.mark.parametrize("dependency", ["kafka", "weaviate"])
+def test_started_while_a_dependency_is_down_it_waits_then_indexes_every_event(
+    dependency: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """Issue 31: `streams run` started during a broker outage logs what it waits for, says so on its metrics
-    port, and starts the job once the broker is back; nothing sent after that is lost or doubled."""
+    """Issue 31: `streams run` started while the broker or Weaviate is down logs what it waits for, says so on
+    its metrics port, and starts the job once it is back; nothing sent after that is lost or doubled."""
+    private = request.getfixturevalue(f"private_{dependency}")  # the test's own, stopped and started here
+    fresh = request.getfixturevalue("fresh")  # after it: its deployments are removed while it still runs
     metrics_port = free_port()
     ingest = fresh(
-        **private_kafka.env,
+        **private.env,
         STREAMTUNE__FLINK__METRICS_PORT=str(metrics_port),
         STREAMTUNE__KAFKA__REQUEST_TIMEOUT_S="3",  # each start-up attempt's metadata wait
     )
-    private_kafka.stop()
+    private.stop()
     waiting = ingest.service(["streams", "run"], b"unavailable for")
     waiting.start(timeout_s=240)
     try:
-        assert f"streams: Kafka at {ingest.settings.kafka.bootstrap_servers} unavailable for" in waiting.output()
+        said = {
+            "kafka": f"streams: Kafka at {ingest.settings.kafka.bootstrap_servers} unavailable for",
+            "weaviate": f"Weaviate at http://127.0.0.1:{ingest.settings.weaviate.http_port} unavailable for",
+        }
+        assert said[dependency] in waiting.output()
 
         def gauge() -> str:
             try:
@@ -464,11 +471,15 @@ def test_started_while_the_broker_is_down_it_waits_then_indexes_every_event(
             except OSError:
                 return ""
 
-        eventually(lambda: 'streamtune_dependency_waiting{dependency="kafka"} 1.0' in gauge(), 60, "kafka gauge")
+        line = f'streamtune_dependency_waiting{{dependency="{dependency}"}} 1.0'
+        eventually(lambda: line in gauge(), 60, f"{dependency} gauge")
         time.sleep(2 * ingest.settings.kafka.retry_max_s)  # a few more backoff rounds: still alive, still waiting
         assert waiting.running(), waiting.output()[-3000:]
         assert "streams: job " not in waiting.output()
-        private_kafka.start()
+        private.start()
+        if dependency == "weaviate":  # the test's own client was cut off with it
+            ingest.client = connect(ingest.settings.weaviate)
+            ingest.store = ChunkStore(ingest.client, ingest.settings)
         eventually(lambda: "streams: job " in waiting.output() or not waiting.running(), 240, "the job to start")
         assert waiting.running(), waiting.output()[-3000:]
         count = 10
