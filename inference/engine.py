@@ -69,6 +69,8 @@ class _Item:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
+    pieces: int = 0
+    """The pieces of a streamed answer published before it (``Answer.pieces``)."""
 
 
 class Answerer:
@@ -394,4 +396,5 @@ class Answerer:
             usage=Usage(prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens),
             finish_reason=item.finish_reason,
             grounded=item.grounded,
+            pieces=item.pieces,
         )

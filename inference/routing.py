@@ -10,8 +10,10 @@ outages at start or later are waited out with bounded backoff (``status`` says w
 added to the topics later are read too.
 
 A waiter gets ``delta`` for each piece of a streamed answer (in order: one key, one partition), then ``answer``
-once; or ``failed`` when its query could not be delivered. An answer can overtake the last pieces of its
-stream (two topics): the answer is the text of record, and a streaming caller sends what the pieces lacked.
+once; or ``failed`` when its query could not be delivered. The two topics are read apart, so an answer can
+overtake the last pieces of its stream: the answer says how many pieces came before it (``Answer.pieces``), and
+the router holds it until they have come, for at most ``_PIECES_GRACE_S`` (a piece lost in an outage is not
+waited for longer). The answer is the text of record: a streaming caller sends what the pieces lacked.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = ["BlockingWaiter", "QueryRouter", "Waiter"]
 log = logging.getLogger(__name__)
 
 _PROBE_INTERVAL_S = 5.0
+_PIECES_GRACE_S = 1.0
 
 
 class Waiter(Protocol):
@@ -67,6 +70,8 @@ class QueryRouter:
         self._producer = producer(settings.kafka, idempotent=True, **{"linger.ms": 1, "message.timeout.ms": timeout_ms})
         self._consumer = consumer(settings.kafka, committed_only=False, from_beginning=False)
         self._waiting: dict[str, Waiter] = {}
+        self._pieces: dict[str, int] = {}  # query id -> pieces handed to its waiter
+        self._held: dict[str, tuple[Answer, float]] = {}  # query id -> an answer ahead of its pieces, held until
         self._lock = threading.Lock()
         self._assigned: dict[tuple[str, int], int] = {}
         self.ready = threading.Event()
@@ -99,6 +104,8 @@ class QueryRouter:
         """Its asker stopped waiting: what arrives for it from now on is dropped."""
         with self._lock:
             self._waiting.pop(query_id, None)
+            self._pieces.pop(query_id, None)
+            self._held.pop(query_id, None)
 
     def publish(self, topic: str, key: bytes, value: bytes, on_delivery: Callable[[Any, Any], None]) -> None:
         """Produce any record with this router's producer (the gateway's feedback events)."""
@@ -132,6 +139,8 @@ class QueryRouter:
                 self._producer.poll(0)
                 if message is not None:
                     self._take(message)
+                if self._held:
+                    self._release_held()
                 if time.monotonic() - probed >= _PROBE_INTERVAL_S:
                     probed = time.monotonic()
                     self._probe()
@@ -200,6 +209,7 @@ class QueryRouter:
         try:
             if topic == self.topics[1]:
                 waiter.delta(ANSWER_DELTAS.decode(message.value()))
+                self._pieced(query_id)
                 return
             answer = ANSWERS.decode(message.value())
         except Exception as exc:  # a foreign, invalid record is not ours to crash on
@@ -213,8 +223,34 @@ class QueryRouter:
                 extra={"query_id": query_id, "source": logs.source(topic, message.partition(), message.offset())},
             )
             return
+        with self._lock:
+            if self._pieces.get(query_id, 0) < answer.pieces:  # ahead of its last pieces: they come first
+                self._held[query_id] = (answer, time.monotonic() + _PIECES_GRACE_S)
+                return
+        self._answer(query_id, answer)
+
+    def _answer(self, query_id: str, answer: Answer) -> None:
+        with self._lock:
+            waiter = self._waiting.get(query_id)
         self.forget(query_id)
-        waiter.answer(answer)
+        if waiter is not None:
+            waiter.answer(answer)
+
+    def _pieced(self, query_id: str) -> None:
+        """One more piece of ``query_id`` handed over: its held answer follows once it has all of them."""
+        with self._lock:
+            count = self._pieces[query_id] = self._pieces.get(query_id, 0) + 1
+            held = self._held.get(query_id)
+        if held is not None and count >= held[0].pieces:
+            self._answer(query_id, held[0])
+
+    def _release_held(self) -> None:
+        """Answers whose missing pieces did not come within the grace go out without them."""
+        now = time.monotonic()
+        with self._lock:
+            due = [(query_id, answer) for query_id, (answer, until) in self._held.items() if until <= now]
+        for query_id, answer in due:
+            self._answer(query_id, answer)
 
     def close(self) -> None:
         self._stop.set()

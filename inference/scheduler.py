@@ -183,6 +183,8 @@ class Scheduler:
                     and item.text.startswith(running.emitted)
                 ):
                     self.on_delta(item.query, running.seq, item.text[len(running.emitted) :])
+                    running.seq += 1
+                item.pieces = running.seq
                 finished.append(item)
         return self.answerer.finish(finished)
 

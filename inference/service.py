@@ -472,7 +472,7 @@ def ask_many(
                     raise event
                 if isinstance(event, Answer):
                     if on_delta is not None and event.answer.startswith(streamed) and event.answer != streamed:
-                        on_delta(event.answer[len(streamed) :])  # the answer overtook its last pieces
+                        on_delta(event.answer[len(streamed) :])  # pieces lost or later than the router's grace
                     found.append(event)
                     break
                 streamed += event.text

@@ -274,6 +274,10 @@ class Answer(_Message):
     """True: the answer was given with retrieved context that passed ``retrieval.min_similarity`` (its
     citations). False: nothing passed, so the answer abstains or was generated without context
     (``inference.no_context``) and cites nothing. None: an error answer, or a producer from before."""
+    pieces: int = Field(default=0, ge=0)
+    """How many pieces of a streamed answer ``serve`` published on ``answer-deltas`` before this answer (0: none,
+    or not streamed). The two topics are read apart, so the answer can overtake its last pieces; a reader holds
+    it briefly until they have come (``inference.routing``)."""
 
 
 class AnswerDelta(_Message):

@@ -381,7 +381,7 @@ def create_app(
                         yield sse(answer_error(event.error).body())
                     else:
                         if event.answer.startswith(sent) and len(event.answer) > len(sent):
-                            # the answer overtook its last pieces (two topics): send what they lacked
+                            # pieces lost or later than the router's grace: send what they lacked
                             yield sse(chunk(query.query_id, model, created, {"content": event.answer[len(sent) :]}))
                         gw.completions.remember(query.query_id, query.tenant, query.question, event.answer)
                         for item in final_chunks(event, created, include_usage=include_usage):

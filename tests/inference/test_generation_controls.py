@@ -204,6 +204,8 @@ def test_a_streamed_answer_never_shows_its_stop_sequence(
     assert answer.finish_reason == "stop" and stop not in answer.answer
     assert "".join(pieces["cut"]) == answer.answer and not any(stop in piece for piece in pieces["cut"])
     assert "".join(pieces["beside"]) == cut["beside"].answer
+    # each answer counts the pieces that came before it (a reader holds it until they have come)
+    assert (answer.pieces, cut["beside"].pieces, whole.pieces) == (len(pieces["cut"]), len(pieces["beside"]), 0)
     assert answer.usage is not None and whole.usage is not None
     assert answer.usage.completion_tokens < whole.usage.completion_tokens
 
