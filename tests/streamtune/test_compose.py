@@ -387,6 +387,9 @@ def test_the_dashboard_covers_the_operational_questions(dashboard: dict[str, Any
         "streamtune_adapter_evictions_total",
         "streamtune_adapter_serving",
         "streamtune_pending_examples",
+        "streamtune_knowledge_gap_ratio",
+        "streamtune_question_drift_p_value",
+        "streamtune_monitor_live_negative_share",
     ):
         assert needed in named, needed
 
