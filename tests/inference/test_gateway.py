@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import io
 import json
+import re
 import time
 import urllib.request
 import uuid
@@ -42,6 +43,9 @@ from streamtune.harness import Deployment, adapter_update, free_port, tiny_gatew
 from streamtune.kafka import consumer, producer
 from streamtune.settings import HttpSettings, Settings
 from streamtune.topics import ADAPTER_UPDATES, ANSWERS, DOMAIN_EVENTS, QUERIES, topic_name
+
+# The monitor runs in an environment of its own (faust, no torch): `make env-monitor`.
+MONITOR_PYTHON = Path(__file__).resolve().parents[2] / ".venv" / "monitor" / "bin" / "python"
 
 KEY_ACME = "key-acme"
 KEY_ALL = "key-all"
@@ -647,7 +651,7 @@ def test_a_tenant_with_neither_documents_nor_adapters_is_a_model_that_does_not_e
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_tenant_that_changes_subject_shows_question_drift_on_serves_metrics(open_live: Live) -> None:
+def test_a_tenant_that_changes_subject_shows_drift_and_its_new_questions_on_its_status_page(open_live: Live) -> None:
     from inference.service import ask_many
 
     usual = [
@@ -682,3 +686,37 @@ def test_a_tenant_that_changes_subject_shows_question_drift_on_serves_metrics(op
     assert all(a.grounded is False for a in answers)
     drifted_p = p_value()
     assert drifted_p is not None and drifted_p < settings.drift.significance, drifted_p
+
+    # What an operator sees: the monitor, reading serve's drift figures, shows globex's drift and its new questions
+    # under knowledge gaps on globex's status page; acme, asked only the usual questions, shows no alert.
+    answers = ask_many(settings, usual + usual + usual, "acme", timeout_s=300)
+    ungrounded = sum(a.grounded is False for a in answers)
+    assert ungrounded <= settings.monitor.knowledge_gap_threshold * len(answers), ungrounded  # the premise
+    monitor_port = free_port()
+    monitor = open_live.service(
+        ["monitor"],
+        b"monitor: ready",
+        python=str(MONITOR_PYTHON),
+        STREAMTUNE__MONITOR__PORT=str(monitor_port),
+        STREAMTUNE__MONITOR__SERVE_METRICS_URLS=json.dumps([f"http://127.0.0.1:{port}/metrics"]),
+        STREAMTUNE__MONITOR__SERVE_METRICS_INTERVAL_S="1",
+    )
+    monitor.start(timeout_s=120)
+    try:
+
+        def alerts(tenant: str) -> tuple[set[str], str]:
+            page = httpx.get(f"http://127.0.0.1:{monitor_port}/status/{tenant}", timeout=10).text
+            rules = set(re.findall(r'<tr class=alert id="alert-([A-Za-z]+)', page))
+            return rules, page
+
+        def globex_over() -> str | None:
+            rules, page = alerts("globex")
+            return page if {"QuestionDrift", "KnowledgeGaps"} <= rules else None
+
+        page = wait_for(globex_over, 120, "globex's page to show question drift and knowledge gaps")
+        groups = re.search(r"<table id=gap-groups>(.*?)</table>", page, re.S)
+        assert groups is not None and "risotto" in groups.group(1) and "refund" not in groups.group(1)
+        rules, page = alerts("acme")
+        assert rules == set() and "id=alerts-none" in page, rules
+    finally:
+        monitor.stop()
