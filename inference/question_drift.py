@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge
+from threadpoolctl import ThreadpoolController
 
 from streamtune.contracts import TrainingExample, decode
 from streamtune.drift import DriftReading, DriftTracker
@@ -45,7 +46,10 @@ Embed = Callable[[Sequence[str]], list[list[float]]]
 class QuestionDrift:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None, embed: Embed) -> None:
         self.settings = settings
-        self.tracker = DriftTracker(settings.drift)
+        # One BLAS thread for the test: on two busy cores two threads made it 3-5 times slower (bench/drift.py),
+        # and it runs in serve's loop between decoding steps.
+        blas = ThreadpoolController()
+        self.tracker = DriftTracker(settings.drift, computing=lambda: blas.limit(limits=1, user_api="blas"))
         self._embed = embed
         self._wanted: dict[str, Manifest] = {}  # tenant → the manifest whose questions should be its reference
         self._lock = threading.Lock()

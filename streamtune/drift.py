@@ -38,9 +38,10 @@ Not thread-safe: one tracker belongs to one serving loop.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -133,8 +134,15 @@ class _Tenant:
 class DriftTracker:
     """Per-tenant reference, sliding window and latest ``DriftReading``."""
 
-    def __init__(self, config: DriftConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: DriftConfig | None = None,
+        *,
+        computing: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    ) -> None:
+        """``computing``: the context each test runs in (serve limits numpy's BLAS to one thread there)."""
         self.config = config or DriftConfig()
+        self._computing = computing
         self._tenants: dict[str, _Tenant] = {}
 
     def set_reference(self, tenant: str, vectors: Sequence[Any] | np.ndarray | None, source: str) -> None:
@@ -247,9 +255,10 @@ class DriftTracker:
         p_value: float | None = None
         if reason is None:
             assert state.reference is not None
-            statistic, p_value = mmd_test(
-                state.reference, np.stack(state.window), permutations=self.config.permutations, rng=state.rng
-            )
+            with self._computing():
+                statistic, p_value = mmd_test(
+                    state.reference, np.stack(state.window), permutations=self.config.permutations, rng=state.rng
+                )
         state.reading = DriftReading(
             tenant=tenant,
             statistic=statistic,

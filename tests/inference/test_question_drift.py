@@ -52,6 +52,27 @@ def test_figures_per_tenant_and_the_reason_while_none_can_be_tested() -> None:
     assert _value(registry, "streamtune_question_drift_untested", tenant="beta", reason="no reference yet") == 1
 
 
+def test_each_test_runs_on_one_blas_thread_and_answering_keeps_its_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test runs in serve's loop: numpy's BLAS is limited to one thread while it runs, and only then."""
+    from threadpoolctl import threadpool_info
+
+    import streamtune.drift as drift_module
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    seen: list[set[int]] = []
+    test = drift_module.mmd_test
+    monkeypatch.setattr(drift_module, "mmd_test", lambda *a, **k: (seen.append(blas_threads()), test(*a, **k))[1])
+    before = blas_threads()
+    drift = QuestionDrift(Settings(drift=SMALL), CollectorRegistry(), embed=lambda texts: [])
+    rng = np.random.default_rng(5)
+    for vector in _gaussian(rng, 80):  # a first window (the reference), then tests
+        drift.observe("acme", vector)
+    assert len(seen) >= 2 and all(threads == {1} for threads in seen), seen
+    assert blas_threads() == before
+
+
 def _example(tenant: str, i: int, question: str) -> TrainingExample:
     return TrainingExample(
         example_id=f"{tenant}-{i}",
