@@ -9,14 +9,19 @@ The test itself is ``streamtune.drift`` (MMD with a permutation p-value, per ten
   and embedded in a background thread, and become the reference; until then, and for a tenant on the base
   model or with too few such questions, the tenant's first full window is (the tracker's own fallback).
   Announcements replayed at start-up ask for many references; only each tenant's latest is loaded.
+- **A first window outlives a restart.** It is kept under ``drift.kept_dir/<topics.prefix>/<tenant>.npz``
+  (with the embedding model it was made with) and taken up again the first time the tenant asks after a
+  restart, unless a training reference came first. Otherwise a restarted serve would take its next window,
+  which may already be the new subject, as the reference, and the drift would never show again.
 - **The figures,** on serve's ``/metrics``: ``streamtune_question_drift_statistic``, ``..._p_value`` and
   ``..._window`` per tenant (NaN statistic and p-value while no test can run, so no alert fires), and
   ``streamtune_question_drift_untested{tenant,reason}`` (1 for the reason no test ran, e.g. "no reference
   yet"), so the reason is visible where the figures are.
 
 A failure to read or embed a reference is logged and leaves the tenant on its first-window reference: drift is
-a signal beside answering and never stops it. After a restart the windows start empty and the references are
-loaded again from the announcements, so readings resume after ``drift.min_window`` questions.
+a signal beside answering and never stops it; so is a kept first window that cannot be read or written. After a
+restart the windows start empty and the references come back (from the announcements, or kept), so readings
+resume after ``drift.min_window`` questions.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import re
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 from threadpoolctl import ThreadpoolController
 
@@ -41,6 +49,10 @@ __all__ = ["QuestionDrift"]
 log = logging.getLogger(__name__)
 
 Embed = Callable[[Sequence[str]], list[list[float]]]
+
+FIRST_WINDOW = "first window"  # the tracker's own name for a reference taken from a first window
+KEPT_FIRST_WINDOW = "first window, kept from before a restart"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a tenant name that is a file name as it is
 
 
 class QuestionDrift:
@@ -57,6 +69,9 @@ class QuestionDrift:
         self._signal = threading.Event()
         self._thread: threading.Thread | None = None
         self._reasons: dict[str, str] = {}
+        kept = settings.drift.kept_dir or settings.cache_dir / "drift"
+        self._kept = kept.expanduser() / (settings.topics.prefix or "default")
+        self._looked: set[str] = set()  # tenants whose kept first window was looked for since start
         self.statistic = Gauge(
             "streamtune_question_drift_statistic",
             "MMD² between the tenant's latest questions and its reference (NaN: no test could run).",
@@ -86,14 +101,51 @@ class QuestionDrift:
     def observe(self, tenant: str, vector: Sequence[float] | None) -> DriftReading | None:
         """Take one question's embedding (serve's thread); the new reading when a test ran."""
         self._take_references()
+        if tenant not in self._looked:
+            self._looked.add(tenant)
+            self._take_kept(tenant)
+        before = self.tracker.reference(tenant)
         try:
             reading = self.tracker.observe(tenant, vector)
         except Exception:  # a bug here must never cost an answer
             log.exception("serve: drift: observing a question of %s failed", tenant)
             return None
         if reading is not None:
+            if reading.reference_source == FIRST_WINDOW and self.tracker.reference(tenant) is not before:
+                self._keep(tenant)  # the first window just became the reference
             self._publish(reading)
         return reading
+
+    # -- the first-window reference kept across restarts ---------------------------------------------
+    def _kept_file(self, tenant: str) -> Path | None:
+        return self._kept / f"{tenant}.npz" if _SAFE_NAME.fullmatch(tenant) else None
+
+    def _keep(self, tenant: str) -> None:
+        path, rows = self._kept_file(tenant), self.tracker.reference(tenant)
+        if path is None or rows is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part = path.parent / f".{tenant}.part.npz"  # no tenant's name starts with a dot
+            np.savez(part, reference=rows, model=np.array(self.settings.embedding.model))
+            part.replace(path)  # whole or not at all
+        except OSError as exc:
+            log.warning("serve: drift: could not keep %s's first window in %s (%s)", tenant, path, exc)
+
+    def _take_kept(self, tenant: str) -> None:
+        path = self._kept_file(tenant)
+        if path is None or not path.exists() or self.tracker.reference(tenant) is not None:
+            return
+        try:
+            with np.load(path) as kept:
+                model, rows = str(kept["model"]), kept["reference"]
+        except Exception as exc:  # a torn or foreign file: the next first window replaces it
+            log.warning("serve: drift: ignored %s's kept first window %s (%s)", tenant, path, exc)
+            return
+        if model != self.settings.embedding.model:
+            return  # made by another embedder: not comparable
+        self.tracker.set_reference(tenant, rows, KEPT_FIRST_WINDOW)
+        self._publish(self.tracker.reading(tenant))
 
     def reference_from(self, tenant: str, manifest: Manifest) -> None:
         """Ask for ``manifest``'s training questions as the tenant's reference (loaded in the background)."""

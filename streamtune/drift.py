@@ -202,6 +202,11 @@ class DriftTracker:
         state.since_test = 0
         return self._read(state, tenant, observed, reason=self._no_test_reason(state))
 
+    def reference(self, tenant: str) -> np.ndarray | None:
+        """``tenant``'s reference rows (None: none yet)."""
+        state = self._tenants.get(tenant)
+        return None if state is None else state.reference
+
     def reading(self, tenant: str) -> DriftReading:
         """``tenant``'s latest reading (one saying "no reference yet" for a tenant never seen)."""
         state = self._tenants.get(tenant)

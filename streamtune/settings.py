@@ -910,6 +910,13 @@ class DriftConfig:
             "training.watch_min_examples or watch_minutes."
         },
     )
+    kept_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Where serve keeps each tenant's first-window reference across restarts (a file per tenant, "
+            "under the topic prefix); default <cache_dir>/drift."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("every", "permutations"):

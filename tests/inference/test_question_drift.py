@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,9 +31,13 @@ def _gaussian(rng: np.random.Generator, rows: int, shift: float = 0.0) -> list[l
     return (rng.standard_normal((rows, 8)) + shift).tolist()  # type: ignore[no-any-return]
 
 
-def test_figures_per_tenant_and_the_reason_while_none_can_be_tested() -> None:
+def _small(kept: Path) -> DriftConfig:
+    return replace(SMALL, kept_dir=kept)
+
+
+def test_figures_per_tenant_and_the_reason_while_none_can_be_tested(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    drift = QuestionDrift(Settings(drift=SMALL), registry, embed=lambda texts: [])
+    drift = QuestionDrift(Settings(drift=_small(tmp_path)), registry, embed=lambda texts: [])
     rng = np.random.default_rng(3)
     for vector in _gaussian(rng, 40):  # the first full window becomes acme's reference
         drift.observe("acme", vector)
@@ -52,7 +58,9 @@ def test_figures_per_tenant_and_the_reason_while_none_can_be_tested() -> None:
     assert _value(registry, "streamtune_question_drift_untested", tenant="beta", reason="no reference yet") == 1
 
 
-def test_each_test_runs_on_one_blas_thread_and_answering_keeps_its_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_test_runs_on_one_blas_thread_and_answering_keeps_its_threads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """The test runs in serve's loop: numpy's BLAS is limited to one thread while it runs, and only then."""
     from threadpoolctl import threadpool_info
 
@@ -65,12 +73,54 @@ def test_each_test_runs_on_one_blas_thread_and_answering_keeps_its_threads(monke
     test = drift_module.mmd_test
     monkeypatch.setattr(drift_module, "mmd_test", lambda *a, **k: (seen.append(blas_threads()), test(*a, **k))[1])
     before = blas_threads()
-    drift = QuestionDrift(Settings(drift=SMALL), CollectorRegistry(), embed=lambda texts: [])
+    drift = QuestionDrift(Settings(drift=_small(tmp_path)), CollectorRegistry(), embed=lambda texts: [])
     rng = np.random.default_rng(5)
     for vector in _gaussian(rng, 80):  # a first window (the reference), then tests
         drift.observe("acme", vector)
     assert len(seen) >= 2 and all(threads == {1} for threads in seen), seen
     assert blas_threads() == before
+
+
+@pytest.mark.fault
+def test_a_first_window_reference_outlives_a_restart_so_a_drift_under_way_still_shows(tmp_path: Path) -> None:
+    """Restarted in the middle of a change of subject, serve compares the new questions with the reference it
+    had, not with its next window (which is already the new subject and would hide the drift for good)."""
+    rng = np.random.default_rng(11)
+    settings = Settings(drift=_small(tmp_path))
+    before = QuestionDrift(settings, CollectorRegistry(), embed=lambda texts: [])
+    for vector in _gaussian(rng, 40):  # the first window: acme's usual questions become its reference
+        before.observe("acme", vector)
+    usual = before.tracker.reference("acme")
+    assert usual is not None and (tmp_path / "default" / "acme.npz").exists()
+
+    registry = CollectorRegistry()
+    after = QuestionDrift(settings, registry, embed=lambda texts: [])  # the restart: windows empty
+    readings = [after.observe("acme", v) for v in _gaussian(rng, 40, shift=1.5)]  # the new subject
+    assert after.tracker.reading("acme").reference_source == "first window, kept from before a restart"
+    assert np.array_equal(after.tracker.reference("acme"), usual)
+    assert any(r is not None and r.drifted for r in readings)
+    p_value = _value(registry, "streamtune_question_drift_p_value", tenant="acme")
+    assert p_value is not None and p_value < 0.01
+
+    # without the kept file, the same questions are taken as the reference and nothing ever shows
+    (tmp_path / "default" / "acme.npz").unlink()
+    forgetful = QuestionDrift(settings, CollectorRegistry(), embed=lambda texts: [])
+    readings = [forgetful.observe("acme", v) for v in _gaussian(rng, 80, shift=1.5)]
+    assert forgetful.tracker.reading("acme").reference_source == "first window"
+    assert not any(r is not None and r.drifted for r in readings)
+
+
+def test_a_kept_reference_of_another_embedder_or_a_torn_file_is_ignored(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    settings = Settings(drift=_small(tmp_path))
+    kept = tmp_path / "default"
+    kept.mkdir()
+    np.savez(kept / "acme.npz", reference=np.asarray(_gaussian(rng, 40)), model=np.array("another-embedder"))
+    (kept / "beta.npz").write_bytes(b"torn")
+    drift = QuestionDrift(settings, CollectorRegistry(), embed=lambda texts: [])
+    drift.observe("acme", _gaussian(rng, 1)[0])
+    drift.observe("beta", _gaussian(rng, 1)[0])
+    assert drift.tracker.reference("acme") is None and drift.tracker.reference("beta") is None
 
 
 def _example(tenant: str, i: int, question: str) -> TrainingExample:
@@ -83,8 +133,10 @@ def _example(tenant: str, i: int, question: str) -> TrainingExample:
 
 
 @pytest.mark.integration
-def test_the_reference_is_what_the_current_adapter_was_trained_on(stack: Settings) -> None:
-    settings = load_settings(config_files=[], topics={"prefix": f"drift-{uuid.uuid4().hex[:8]}."}, drift=SMALL)
+def test_the_reference_is_what_the_current_adapter_was_trained_on(stack: Settings, tmp_path: Path) -> None:
+    settings = load_settings(
+        config_files=[], topics={"prefix": f"drift-{uuid.uuid4().hex[:8]}."}, drift=_small(tmp_path)
+    )
     create_topics(settings.kafka, settings.topics)
     topic = topic_name(TRAINING_EXAMPLES, settings.topics)
     try:
@@ -117,9 +169,11 @@ def test_the_reference_is_what_the_current_adapter_was_trained_on(stack: Setting
 @pytest.mark.integration
 @pytest.mark.fault
 def test_a_reference_that_cannot_be_embedded_leaves_the_first_window_and_the_next_one_loads(
-    stack: Settings, caplog: pytest.LogCaptureFixture
+    stack: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    settings = load_settings(config_files=[], topics={"prefix": f"drift-{uuid.uuid4().hex[:8]}."}, drift=SMALL)
+    settings = load_settings(
+        config_files=[], topics={"prefix": f"drift-{uuid.uuid4().hex[:8]}."}, drift=_small(tmp_path)
+    )
     create_topics(settings.kafka, settings.topics)
     topic = topic_name(TRAINING_EXAMPLES, settings.topics)
     try:
