@@ -8,11 +8,10 @@ import json
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from importlib.resources import files
 from typing import Any
 
 from streamtune.contracts import ChatMessage, TrainingExample
+from streamtune.harness import raw_event, sample
 
 WORDS = "refund shipping invoice warranty order parcel customer account policy return exchange store".split()  # noqa: SIM905
 
@@ -24,17 +23,12 @@ def document(i: int, words: int = 40) -> str:
 
 def send_document(producer: Any, topic: str, tenant: str, i: int, text: str, partition: int | None = None) -> None:
     """Produce a ``document.upserted`` event for document ``{tenant}-{i}`` (the producer's ``produce`` only;
-    to ``partition``, else to its key's)."""
-    event = {
-        "schema_version": 1,
-        "event_id": f"{tenant}-{i}",
-        "type": "document.upserted",
-        "tenant": tenant,
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "data": {"doc_id": f"{tenant}-{i}", "text": text},
-    }
+    to ``partition``, else to its key's). Untitled and without a source, as the benchmarks' figures were measured:
+    ``harness.raw_event``, not ``raw_document``, which titles it."""
+    doc_id = f"{tenant}-{i}"
+    event = raw_event(doc_id, "document.upserted", {"doc_id": doc_id, "text": text}, tenant=tenant)
     where = {} if partition is None else {"partition": partition}
-    producer.produce(topic, key=f"{tenant}:{tenant}-{i}".encode(), value=json.dumps(event).encode(), **where)
+    producer.produce(topic, key=f"{tenant}:{doc_id}".encode(), value=json.dumps(event).encode(), **where)
 
 
 def raw_encoder(settings: Any, texts: list[str], threads: int | None = None) -> Callable[[], float]:
@@ -58,9 +52,6 @@ def raw_encoder(settings: Any, texts: list[str], threads: int | None = None) -> 
 
 def demo_examples(prefix: str = "bench") -> list[TrainingExample]:
     """The bundled demo QA pairs as training examples, ids ``{prefix}-{i}``."""
-    pairs = [
-        json.loads(line) for line in files("streamtune").joinpath("data", "demo_qa.jsonl").read_text().splitlines()
-    ]
     return [
         TrainingExample(
             example_id=f"{prefix}-{i}",
@@ -70,7 +61,7 @@ def demo_examples(prefix: str = "bench") -> list[TrainingExample]:
                 ChatMessage(role="assistant", content=p["answer"]),
             ],
         )
-        for i, p in enumerate(pairs)
+        for i, p in enumerate(sample("demo_qa.jsonl"))
     ]
 
 

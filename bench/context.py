@@ -25,18 +25,14 @@ import json
 import platform
 import tempfile
 import time
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from streamtune.contracts import ChatMessage, ContextPassage, TrainingExample
+from streamtune.harness import sample
 from streamtune.models import base_model_source, load_embedder
 from streamtune.prompt import PromptFormat
 from streamtune.settings import Settings, load_settings
-
-
-def sample(name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in files("streamtune").joinpath("data", name).read_text().splitlines() if line]
 
 
 def retrieved(settings: Settings, questions: list[str], documents: list[dict[str, Any]], k: int) -> list[list[int]]:

@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from importlib.resources import files
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from streamtune.drift import DriftConfig, DriftTracker, mmd_test
+from streamtune.harness import sample
 from streamtune.models import load_embedder, prepare_torch
 from streamtune.settings import load_settings
 
@@ -190,8 +189,7 @@ def questions(subjects: dict[str, tuple[list[str], list[str]]]) -> list[str]:
 
 
 def demo_questions() -> list[str]:
-    lines = files("streamtune").joinpath("data", "demo_qa.jsonl").read_text().splitlines()
-    return [json.loads(line)["question"] for line in lines]
+    return [pair["question"] for pair in sample("demo_qa.jsonl")]
 
 
 def run_stream(conf: DriftConfig, reference: np.ndarray, stream: np.ndarray) -> list[tuple[int, bool]]:

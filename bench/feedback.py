@@ -31,9 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from context import example, retrieved, sample  # bench/context.py: the same pairs, documents and retrieval
+from context import example, retrieved  # bench/context.py: the same pairs, documents and retrieval
 
 from streamtune.contracts import ContextPassage, TrainingExample
+from streamtune.harness import sample
 from streamtune.models import base_model_source
 from streamtune.prompt import PromptFormat
 from streamtune.settings import load_settings

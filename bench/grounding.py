@@ -48,7 +48,6 @@ import statistics
 import time
 import uuid
 from collections.abc import Sequence
-from importlib.resources import files
 from typing import Any
 
 from common import cpus
@@ -65,6 +64,7 @@ from grounding_questions import (
 from retrieval import Retriever
 from retrieval.store import DocumentChunks, SearchHit
 from streamtune.contracts import Query
+from streamtune.harness import sample
 from streamtune.prompt import Passage, PromptFormat, render_prompt
 from streamtune.settings import Settings, load_settings
 
@@ -72,10 +72,6 @@ TENANT = "grounding"
 INJECTED = "grounding-injection"
 OFF_GOAL, IN_GOAL = 0.95, 0.05
 OFF = -1.0  # retrieval.min_similarity that admits every hit
-
-
-def sample(name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in files("streamtune").joinpath("data", name).read_text().splitlines() if line]
 
 
 def index(retriever: Retriever, tenant: str, documents: Sequence[dict[str, Any]]) -> None:

@@ -33,6 +33,8 @@ from pydantic import BaseModel
 from streamtune.contracts import (
     SCHEMA_VERSION,
     AdapterUpdate,
+    Answer,
+    AnswerError,
     ChatMessage,
     ContextPassage,
     DocumentDeleted,
@@ -43,6 +45,7 @@ from streamtune.contracts import (
     FeedbackRecordedData,
     QaRecorded,
     QaRecordedData,
+    Query,
     TrainingExample,
 )
 from streamtune.errors import StreamtuneError
@@ -69,6 +72,7 @@ __all__ = [
     "Deployment",
     "ServiceProcess",
     "adapter_update",
+    "answer",
     "document_deleted",
     "document_upserted",
     "feedback_recorded",
@@ -78,7 +82,9 @@ __all__ = [
     "isolated_env",
     "publish_examples",
     "qa_recorded",
+    "query",
     "query_server",
+    "rating",
     "raw_document",
     "raw_event",
     "sample",
@@ -90,6 +96,7 @@ __all__ = [
     "train_watch",
     "trainer_worker",
     "training_example",
+    "unique_name",
     "wait_for",
 ]
 
@@ -192,6 +199,11 @@ def trainer_worker(log_dir: Path, env: Mapping[str, str] | None = None) -> Servi
     return ServiceProcess(["train", "worker"], b"worker: consuming", log_dir, env)
 
 
+def unique_name(prefix: str) -> str:
+    """``<prefix>-`` and 12 hex digits of a uuid4: a topic, group or collection name no other test run uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
 def isolated_env(work: Path, name: str = "it", **overrides: str) -> dict[str, str]:
     """``STREAMTUNE__`` variables of a deployment of its own: topics, collection, groups and directories."""
     tag = uuid.uuid4().hex[:10]
@@ -203,6 +215,7 @@ def isolated_env(work: Path, name: str = "it", **overrides: str) -> dict[str, st
         "STREAMTUNE__INFERENCE__GROUP_ID": f"serve-{tag}",
         "STREAMTUNE__TRAINING__WORKER_GROUP_ID": f"trainers-{tag}",
         "STREAMTUNE__TRAINING__ADAPTERS_DIR": str(work / "adapters"),
+        "STREAMTUNE__DRIFT__KEPT_DIR": str(work / "drift"),
         "STREAMTUNE__INFERENCE__METRICS_PORT": "0",
         "STREAMTUNE__TRAINING__METRICS_PORT": "0",
         "STREAMTUNE__TRAINING__WORKER_METRICS_PORT": "0",
@@ -697,6 +710,50 @@ def feedback_recorded(
             answer=answer,
             correction=correction,
         ),
+    )
+
+
+def rating(tenant: str, query_id: str, rating: int = 1, correction: str | None = None) -> FeedbackRecorded:
+    """A rating of the refund answer to ``query_id``, as the gateway's POST /v1/feedback publishes it, with its
+    event id ``feedback-<query_id>``: a second rating of the same query has the same key, so the same partition
+    of ``domain-events``, and which of the two counts first is the same at every re-read (across partitions there
+    is no order to rely on)."""
+    return feedback_recorded(
+        f"feedback-{query_id}",
+        "What is the refund window?",
+        "30 days",
+        rating=rating,
+        correction=correction,
+        tenant=tenant,
+        query_id=query_id,
+    )
+
+
+def query(tenant: str, query_id: str, question: str = "What is the refund window?") -> Query:
+    """A question on ``queries``."""
+    return Query(query_id=query_id, tenant=tenant, question=question)
+
+
+def answer(
+    tenant: str,
+    query_id: str,
+    *,
+    version: str | None = None,
+    error: str | None = None,
+    arm: Literal["canary", "incumbent"] | None = None,
+    grounded: bool | None = None,
+) -> Answer:
+    """The answer on ``answers`` to ``query_id``: "30 days" from adapter ``version`` (None: the base model) in
+    12 ms, or, with ``error``, the error of that code and no answer."""
+    return Answer(
+        query_id=query_id,
+        tenant=tenant,
+        answer="" if error else "30 days",
+        adapter_version=version,
+        error=AnswerError(code=error, message="made up") if error else None,
+        timings_ms={"total": 12.0},
+        arm=arm,
+        grounded=grounded,
     )
 
 

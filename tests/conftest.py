@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from streamtune.harness import settings_for_env
+from streamtune.harness import settings_for_env, unique_name
 from streamtune.settings import Settings, load_settings
 
 
@@ -31,12 +30,6 @@ def stack(settings: Settings) -> Settings:
     return settings
 
 
-@pytest.fixture(scope="session")
-def env_settings() -> Callable[[Mapping[str, str]], Settings]:
-    """``streamtune.harness.settings_for_env``."""
-    return settings_for_env
-
-
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No STREAMTUNE__ variables from the shell: for tests about the built-in defaults."""
@@ -45,12 +38,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def unique_name() -> Callable[[str], str]:
-    return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def new_topic(stack: Settings, unique_name: Callable[[str], str]) -> Iterator[Callable[..., str]]:
+def new_topic(stack: Settings) -> Iterator[Callable[..., str]]:
     """Create uuid-named topics for one test; deleted afterwards."""
     from confluent_kafka.admin import AdminClient, NewTopic
 

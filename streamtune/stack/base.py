@@ -6,16 +6,18 @@ Installs go to ``<cache_dir>`` (reused by every checkout); data, logs and pid fi
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 
 from streamtune.errors import StackError
 from streamtune.settings import Settings
 
-__all__ = ["LOCAL_HOSTS", "Component", "port_free", "require_tool", "run_logged"]
+__all__ = ["LOCAL_HOSTS", "Component", "GoBuilt", "port_free", "require_tool", "run_logged", "run_maven"]
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 """The host names a local server of the stack may be configured with; any other is a remote one."""
@@ -109,3 +111,47 @@ class Component(ABC):
 
     def after_start(self) -> None:
         """Once healthy (started now or found running): create what its clients expect to find."""
+
+
+def run_maven(component: Component, args: Sequence[str], fix: str) -> None:
+    """Maven, quiet and in batch mode, on the local repository every component shares (``<cache_dir>/m2``), run as
+    ``run_logged`` runs a command: into the component's install log, within ``stack.build_timeout_s``."""
+    run_logged(
+        component.name,
+        ["mvn", "-q", "-B", f"-Dmaven.repo.local={component.cache / 'm2'}", *args],
+        component.install_log,
+        component.settings.stack.build_timeout_s,
+        fix,
+    )
+
+
+class GoBuilt(Component):
+    """A component whose server is one Go binary, ``binary``, built from source into the cache: `go` is needed
+    until it is built, and every build shares the module and build caches under ``<cache_dir>/go``."""
+
+    binary: Path
+
+    @property
+    def go_cache(self) -> Path:
+        return self.cache / "go"
+
+    def check_tools(self) -> None:
+        if not self.installed():
+            require_tool(
+                self.name, "go", "install Go 1.24 or newer (https://go.dev/doc/install or apt-get install golang)"
+            )
+
+    def installed(self) -> bool:
+        return self.binary.is_file() and os.access(self.binary, os.X_OK)
+
+    def go_env(self, goflags: str, **extra: str) -> dict[str, str]:
+        """The environment of a `go` command of the build: this process's, the shared caches, ``GOFLAGS``, no cgo
+        (a static binary), and ``extra`` (``GOBIN=...``)."""
+        return {
+            **os.environ,
+            **extra,
+            "GOMODCACHE": str(self.go_cache / "mod"),
+            "GOCACHE": str(self.go_cache / "build"),
+            "GOFLAGS": goflags,
+            "CGO_ENABLED": "0",
+        }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from streamtune.errors import StackError
-from streamtune.stack.base import Component, require_tool, run_logged
+from streamtune.stack.base import Component, require_tool, run_maven
 
 __all__ = ["FlinkConnector"]
 
@@ -38,18 +38,12 @@ class FlinkConnector(Component):
                 "point STREAMTUNE__FLINK__CONNECTOR_JAR at an existing jar, or unset it to download one",
             )
         version = self.settings.flink.connector_version
-        run_logged(
-            self.name,
+        run_maven(
+            self,
             [
-                "mvn",
-                "-q",
-                "-B",
-                f"-Dmaven.repo.local={self.cache / 'm2'}",
                 "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
                 f"-Dartifact=org.apache.flink:flink-sql-connector-kafka:{version}",
                 f"-DoutputDirectory={self.jar.parent}",
             ],
-            self.install_log,
-            self.settings.stack.build_timeout_s,
             "check that Maven Central is reachable and flink.connector_version names a released version",
         )

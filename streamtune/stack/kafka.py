@@ -12,7 +12,7 @@ import uuid
 
 from streamtune.errors import StackError
 from streamtune.settings import Settings
-from streamtune.stack.base import LOCAL_HOSTS, Component, port_free, require_tool, run_logged
+from streamtune.stack.base import LOCAL_HOSTS, Component, port_free, require_tool, run_logged, run_maven
 
 __all__ = ["Kafka"]
 
@@ -55,21 +55,15 @@ class Kafka(Component):
         (work / "pom.xml").write_text(_KAFKA_POM.format(kafka=stack.kafka_version, log4j=stack.log4j_slf4j_version))
         staging = work / "libs.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        run_logged(
-            self.name,
+        run_maven(
+            self,
             [
-                "mvn",
-                "-q",
-                "-B",
-                f"-Dmaven.repo.local={self.cache / 'm2'}",
                 "-f",
                 str(work / "pom.xml"),
                 "dependency:copy-dependencies",
                 f"-DoutputDirectory={staging}",
                 "-DincludeScope=runtime",
             ],
-            self.install_log,
-            stack.build_timeout_s,
             "check that Maven Central is reachable, then run `streamtune stack up` again",
         )
         shutil.rmtree(self.libs, ignore_errors=True)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 
 from streamtune.errors import StackError
 from streamtune.settings import Settings
-from streamtune.stack.base import Component, require_tool, run_logged
+from streamtune.stack.base import GoBuilt, run_logged
 
 __all__ = ["S3"]
 
 
-class S3(Component):
+class S3(GoBuilt):
     """An S3-compatible object store for ``training.adapters_dir = "s3://..."``: SeaweedFS (Apache-2.0) in one
     ``weed server`` process (master, volume server, filer and S3 gateway), every port on 127.0.0.1, one identity
     with the ``[s3]`` settings' fixed local credentials, and the ``s3.bucket`` bucket created at start.
@@ -45,24 +44,8 @@ class S3(Component):
         http = [s3.master_port, s3.volume_port, s3.filer_port, self.port]
         return [*http, *(port + 10000 for port in http)]  # SeaweedFS's gRPC convention, made explicit below
 
-    def check_tools(self) -> None:
-        if not self.installed():
-            require_tool(
-                self.name, "go", "install Go 1.24 or newer (https://go.dev/doc/install or apt-get install golang)"
-            )
-
-    def installed(self) -> bool:
-        return self.binary.is_file() and os.access(self.binary, os.X_OK)
-
     def install(self) -> None:
-        gocache = self.cache / "go"
-        env = {
-            **os.environ,
-            "GOMODCACHE": str(gocache / "mod"),
-            "GOCACHE": str(gocache / "build"),
-            "GOFLAGS": "-mod=readonly",
-            "CGO_ENABLED": "0",
-        }
+        env = self.go_env("-mod=readonly")
         self.cache.mkdir(parents=True, exist_ok=True)
         module = f"github.com/seaweedfs/seaweedfs@{self.settings.s3.seaweedfs_version}"
         fix = "check that the Go module proxy is reachable and ~3 GB of disk are free, then `streamtune stack up` again"
@@ -75,7 +58,7 @@ class S3(Component):
             env=env,
             cwd=self.cache,
         )
-        source = gocache / "mod" / module
+        source = self.go_cache / "mod" / module
         partial = self.binary.with_name("weed.partial")
         partial.parent.mkdir(parents=True, exist_ok=True)
         run_logged(

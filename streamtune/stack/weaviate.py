@@ -3,17 +3,16 @@ access, no vectorizer modules, a single node that elects itself on the configure
 
 from __future__ import annotations
 
-import os
 import urllib.request
 
 from streamtune.errors import StackError
 from streamtune.settings import Settings
-from streamtune.stack.base import LOCAL_HOSTS, Component, require_tool, run_logged
+from streamtune.stack.base import LOCAL_HOSTS, GoBuilt, run_logged
 
 __all__ = ["Weaviate"]
 
 
-class Weaviate(Component):
+class Weaviate(GoBuilt):
     name = "weaviate"
 
     def __init__(self, settings: Settings) -> None:
@@ -55,25 +54,7 @@ class Weaviate(Component):
         metrics = [s.weaviate_metrics_port] if s.weaviate_metrics_port else []
         return [self.settings.weaviate.grpc_port, s.weaviate_gossip_port + 1, *metrics]
 
-    def check_tools(self) -> None:
-        if not self.installed():
-            require_tool(
-                self.name, "go", "install Go 1.24 or newer (https://go.dev/doc/install or apt-get install golang)"
-            )
-
-    def installed(self) -> bool:
-        return self.binary.is_file() and os.access(self.binary, os.X_OK)
-
     def install(self) -> None:
-        gocache = self.cache / "go"
-        env = {
-            **os.environ,
-            "GOBIN": str(self.gobin),
-            "GOMODCACHE": str(gocache / "mod"),
-            "GOCACHE": str(gocache / "build"),
-            "GOFLAGS": "-mod=mod",
-            "CGO_ENABLED": "0",
-        }
         run_logged(
             self.name,
             [
@@ -84,7 +65,7 @@ class Weaviate(Component):
             self.install_log,
             self.settings.stack.build_timeout_s,
             "check that the Go module proxy is reachable and ~5 GB of disk are free, then `streamtune stack up` again",
-            env=env,
+            env=self.go_env("-mod=mod", GOBIN=str(self.gobin)),
         )
 
     def prepare(self) -> None:

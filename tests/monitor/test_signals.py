@@ -19,6 +19,7 @@ from monitor.metrics import KNOWLEDGE_GAP_RATIO, PREFIX, MonitorMetrics
 from monitor.page import index_page, status_page
 from monitor.signals import ALERTS, Reading, SinceWhen, group_questions, jaccard, normalise
 from monitor.state import MonitorState
+from streamtune import harness
 from streamtune.dlq import DeadLetter
 from streamtune.exposition import DriftSource, parse_drift
 from streamtune.settings import MonitorSettings
@@ -48,23 +49,23 @@ def alerts_of(state: MonitorState, tenant: str) -> dict[str, Any]:
     return {a.reading.alert + (f"/{a.reading.subject}" if a.reading.subject else ""): a for a in state.alerts()[tenant]}
 
 
-def ask(state: MonitorState, records: Any, tenant: str, qid: str, at: float, grounded: bool | None, **kw: Any) -> None:
-    state.on_query(records.query(tenant, qid, kw.pop("question", "What is the refund window?")), at)
-    state.on_answer(records.answer(tenant, qid, grounded=grounded, **kw), at + 0.5)
+def ask(state: MonitorState, tenant: str, qid: str, at: float, grounded: bool | None, **kw: Any) -> None:
+    state.on_query(harness.query(tenant, qid, kw.pop("question", "What is the refund window?")), at)
+    state.on_answer(harness.answer(tenant, qid, grounded=grounded, **kw), at + 0.5)
 
 
 # -- knowledge gaps --------------------------------------------------------------------------------------
-def test_the_gap_ratio_counts_only_answers_that_say_over_the_last_n_of_them(records: Any) -> None:
+def test_the_gap_ratio_counts_only_answers_that_say_over_the_last_n_of_them() -> None:
     clock = Clock()
     state = make_state(clock, knowledge_gap_window=4)
     t = clock.now - 100
-    state.on_answer(records.answer("acme", "e", error="retrieval_unavailable"), t)  # an error: grounded None
-    state.on_answer(records.answer("acme", "old"), t)  # an older producer: grounded None
+    state.on_answer(harness.answer("acme", "e", error="retrieval_unavailable"), t)  # an error: grounded None
+    state.on_answer(harness.answer("acme", "old"), t)  # an older producer: grounded None
     assert state.figures("acme")["knowledge_gap_ratio"] is None
     assert math.isnan(gauge(state, KNOWLEDGE_GAP_RATIO, tenant="acme") or 0.0)  # NaN: nothing says, no alert
     assert "KnowledgeGaps" not in {r.alert for r in state.readings("acme")}
     for n, grounded in enumerate([False, False, True, True, True, False]):  # the window keeps the last 4
-        ask(state, records, "acme", f"q{n}", t + n, grounded)
+        ask(state, "acme", f"q{n}", t + n, grounded)
     assert state.figures("acme")["knowledge_gap_ratio"] == pytest.approx(1 / 4)
     assert state.figures("acme")["knowledge_gap_n"] == 4
     assert gauge(state, KNOWLEDGE_GAP_RATIO, tenant="acme") == pytest.approx(0.25)
@@ -74,18 +75,18 @@ def test_the_gap_ratio_counts_only_answers_that_say_over_the_last_n_of_them(reco
     assert "quiet" not in state.alerts()
 
 
-def test_ungrounded_questions_are_joined_from_queries_whichever_is_read_first_and_kept_bounded(records: Any) -> None:
+def test_ungrounded_questions_are_joined_from_queries_whichever_is_read_first_and_kept_bounded() -> None:
     clock = Clock()
     state = make_state(clock, knowledge_gap_questions=3)
     t = clock.now
-    state.on_answer(records.answer("acme", "a", grounded=False), t - 9)  # its query is read after it
-    state.on_query(records.query("acme", "a", "Do you ship to Mars?"), t - 10)
-    ask(state, records, "acme", "b", t - 8, False, question="Can I pay in bitcoin?")
-    ask(state, records, "acme", "c", t - 7, True, question="What is the refund window?")  # grounded: no gap
-    state.on_query(records.query("globex", "a", "Someone else's question"), t - 6)  # same id, another tenant
+    state.on_answer(harness.answer("acme", "a", grounded=False), t - 9)  # its query is read after it
+    state.on_query(harness.query("acme", "a", "Do you ship to Mars?"), t - 10)
+    ask(state, "acme", "b", t - 8, False, question="Can I pay in bitcoin?")
+    ask(state, "acme", "c", t - 7, True, question="What is the refund window?")  # grounded: no gap
+    state.on_query(harness.query("globex", "a", "Someone else's question"), t - 6)  # same id, another tenant
     assert list(state.tenants["acme"].gap_questions) == ["Do you ship to Mars?", "Can I pay in bitcoin?"]
     for n in range(3):
-        ask(state, records, "acme", f"x{n}", t - 5 + n, False, question=f"Question {n}")
+        ask(state, "acme", f"x{n}", t - 5 + n, False, question=f"Question {n}")
     assert list(state.tenants["acme"].gap_questions) == ["Question 0", "Question 1", "Question 2"]
 
 
@@ -117,42 +118,43 @@ def test_questions_are_grouped_by_shared_words_most_asked_first() -> None:
     assert group_questions([], similarity=0.5, limit=3) == []
 
 
-def test_the_gap_signal_is_over_since_the_answer_that_took_it_over_and_resets(records: Any) -> None:
+def test_the_gap_signal_is_over_since_the_answer_that_took_it_over_and_resets() -> None:
     clock = Clock()
     state = make_state(clock, knowledge_gap_window=10)
     t = clock.now - 1000
     for n in range(8):
-        ask(state, records, "acme", f"g{n}", t + n, True)
+        ask(state, "acme", f"g{n}", t + n, True)
     for n in range(3):  # 2 of 10: not over (> 0.2); 3 of 10: over, since that answer
-        ask(state, records, "acme", f"u{n}", t + 100 + n, False)
+        ask(state, "acme", f"u{n}", t + 100 + n, False)
     (alert,) = state.alerts()["acme"]
     assert alert.reading.alert == "KnowledgeGaps" and alert.reading.value == pytest.approx(0.3)
     assert alert.since == t + 102 + 0.5
     clock.now += 600  # no new record: the record time stays the since-when
     assert state.alerts()["acme"][0].since == t + 102 + 0.5
-    ask(state, records, "acme", "back", t + 200, True)  # each pushes out the oldest, a grounded one
-    ask(state, records, "acme", "back2", t + 201, True)
-    ask(state, records, "acme", "back3", t + 202, True)
+    ask(state, "acme", "back", t + 200, True)  # each pushes out the oldest, a grounded one
+    ask(state, "acme", "back2", t + 201, True)
+    ask(state, "acme", "back3", t + 202, True)
     assert state.figures("acme")["knowledge_gap_ratio"] == pytest.approx(0.3)  # still 3 ungrounded in the last 10
     for n in range(5):
-        ask(state, records, "acme", f"ok{n}", t + 300 + n, True)
+        ask(state, "acme", f"ok{n}", t + 300 + n, True)
     assert "acme" not in state.alerts() and state.tenants["acme"].gap_over_since is None
 
 
 # -- adapter age and pending examples -------------------------------------------------------------------
-def test_adapter_age_and_pending_examples_follow_the_current_adapters_trained_ranges(records: Any) -> None:
+def test_adapter_age_and_pending_examples_follow_the_current_adapters_trained_ranges() -> None:
     clock = Clock()
     state = make_state(clock, adapter_max_age_s=3600, stale_min_pending=3)
     t = clock.now
     for offset in range(14):  # offsets 0..13 of partition 0, read before the announcement (a replay)
-        state.on_training_example(records.example("acme", offset), t - 7200 + offset, partition=0, offset=offset)
-    state.on_training_example(records.example("acme", 99), t - 7000, partition=1, offset=0)
-    state.on_training_example(records.example("acme", 12), t - 7188, partition=0, offset=12)  # delivered again
+        example = harness.training_example("acme", offset)
+        state.on_training_example(example, t - 7200 + offset, partition=0, offset=offset)
+    state.on_training_example(harness.training_example("acme", 99), t - 7000, partition=1, offset=0)
+    state.on_training_example(harness.training_example("acme", 12), t - 7188, partition=0, offset=12)  # delivered again
     assert state.figures("acme")["adapter_age_s"] is None  # the base model: no age
     assert state.figures("acme")["pending_examples"] == 15  # without an adapter every example waits
     assert math.isnan(gauge(state, f"{PREFIX}adapter_age_seconds", tenant="acme") or 0.0)
     # sample_manifest: trained on [0, 10) of partition 0, so 10..13 of it and partition 1's one wait
-    state.on_adapter_update(records.adapter_update("acme", "v0001"), t - 5000)
+    state.on_adapter_update(harness.adapter_update("acme", "v0001"), t - 5000)
     assert state.tenants["acme"].current is not None
     assert state.figures("acme")["pending_examples"] == 5
     assert state.figures("acme")["adapter_age_s"] == 5000
@@ -164,31 +166,31 @@ def test_adapter_age_and_pending_examples_follow_the_current_adapters_trained_ra
     assert "5 examples waiting" in alert.reading.detail
 
 
-def test_a_stale_adapter_needs_enough_examples_and_since_is_the_one_that_made_enough(records: Any) -> None:
+def test_a_stale_adapter_needs_enough_examples_and_since_is_the_one_that_made_enough() -> None:
     clock = Clock()
     state = make_state(clock, adapter_max_age_s=60, stale_min_pending=2)
     t = clock.now
-    state.on_adapter_update(records.adapter_update("acme", "v0001"), t - 1000)
-    state.on_training_example(records.example("acme", 10), t - 500, partition=0, offset=10)
+    state.on_adapter_update(harness.adapter_update("acme", "v0001"), t - 1000)
+    state.on_training_example(harness.training_example("acme", 10), t - 500, partition=0, offset=10)
     assert "acme" not in state.alerts()  # one waits, two are needed
-    state.on_training_example(records.example("acme", 11), t - 400, partition=0, offset=11)
+    state.on_training_example(harness.training_example("acme", 11), t - 400, partition=0, offset=11)
     assert state.alerts()["acme"][0].since == t - 400
 
 
 # -- the other signals --------------------------------------------------------------------------------------
-def test_negative_feedback_counts_versions_with_enough_ratings_that_still_answer(records: Any) -> None:
+def test_negative_feedback_counts_versions_with_enough_ratings_that_still_answer() -> None:
     clock = Clock()
     state = make_state(clock, negative_min_ratings=4, negative_active_s=3600)
     t = clock.now
     for n in range(4):  # v1 answered long ago, 3 of 4 ratings negative: not answering lately, no alert
-        state.on_answer(records.answer("acme", f"old{n}", version="v1"), t - 7200)
-        state.on_feedback(records.feedback("acme", f"old{n}", -1 if n else 1))
+        state.on_answer(harness.answer("acme", f"old{n}", version="v1"), t - 7200)
+        state.on_feedback(harness.rating("acme", f"old{n}", -1 if n else 1))
     for n in range(3):  # v2 answers now, but only 3 ratings
-        state.on_answer(records.answer("acme", f"new{n}", version="v2"), t - 10)
-        state.on_feedback(records.feedback("acme", f"new{n}", -1))
+        state.on_answer(harness.answer("acme", f"new{n}", version="v2"), t - 10)
+        state.on_feedback(harness.rating("acme", f"new{n}", -1))
     assert "acme" not in state.alerts()
-    state.on_answer(records.answer("acme", "new3", version="v2"), t - 5)
-    state.on_feedback(records.feedback("acme", "new3", 1))
+    state.on_answer(harness.answer("acme", "new3", version="v2"), t - 5)
+    state.on_feedback(harness.rating("acme", "new3", 1))
     (alert,) = state.alerts()["acme"]
     assert (alert.reading.alert, alert.reading.subject, alert.reading.value) == ("NegativeFeedback", "v2", 0.75)
     assert alert.since == t  # no record time for it: first seen over now
@@ -196,12 +198,12 @@ def test_negative_feedback_counts_versions_with_enough_ratings_that_still_answer
     assert not old.over and "not answering lately" in old.detail
 
 
-def test_windowed_signals_compare_the_windows_figures_with_their_slos(records: Any) -> None:
+def test_windowed_signals_compare_the_windows_figures_with_their_slos() -> None:
     clock = Clock()
     state = make_state(clock, window_s=100, error_ratio_slo=0.25, dlq_rate_slo=0.02)
     t = clock.now
     for n in range(4):
-        state.on_answer(records.answer("acme", f"q{n}", error="generation_failed" if n < 2 else None), t - 10)
+        state.on_answer(harness.answer("acme", f"q{n}", error="generation_failed" if n < 2 else None), t - 10)
     for n in range(3):
         state.on_dead_letter(DeadLetter(None, b'{"tenant": "acme"}', "InvalidEvent", "bad", "d", 0, n), t - 5)
     assert set(alerts_of(state, "acme")) == {"ErrorAnswers", "DeadLetterRate"}
@@ -259,9 +261,7 @@ def serve_metrics() -> Iterator[str]:
     server.server_close()
 
 
-def test_drift_is_read_from_serves_metrics_and_an_unreachable_serve_is_shown_not_raised(
-    serve_metrics: str, records: Any
-) -> None:
+def test_drift_is_read_from_serves_metrics_and_an_unreachable_serve_is_shown_not_raised(serve_metrics: str) -> None:
     from streamtune.exposition import read_drift
 
     figures = parse_drift(SERVE_TEXT)
@@ -270,7 +270,7 @@ def test_drift_is_read_from_serves_metrics_and_an_unreachable_serve_is_shown_not
     clock = Clock()
     state = make_state(clock)
     for tenant in ("acme", "globex"):
-        state.on_answer(records.answer(tenant, "q"), clock.now - 1)
+        state.on_answer(harness.answer(tenant, "q"), clock.now - 1)
     source = read_drift(serve_metrics, timeout_s=5)
     assert source.error is None and source.figures == figures
     state.on_drift(source)
@@ -286,15 +286,13 @@ def test_drift_is_read_from_serves_metrics_and_an_unreachable_serve_is_shown_not
 
 
 # -- the page ---------------------------------------------------------------------------------------------------
-def test_the_page_shows_each_signal_over_with_its_threshold_and_since_when_and_none_for_another(
-    records: Any,
-) -> None:
+def test_the_page_shows_each_signal_over_with_its_threshold_and_since_when_and_none_for_another() -> None:
     clock = Clock()
     state = make_state(clock, knowledge_gap_window=4)
     t = clock.now
     for n, question in enumerate(["Do you ship to <Mars>?", "do you ship to mars", "Refund window?"]):
-        ask(state, records, "acme", f"q{n}", t - 3700 + n, False, question=question)
-    ask(state, records, "globex", "q", t - 10, True)
+        ask(state, "acme", f"q{n}", t - 3700 + n, False, question=question)
+    ask(state, "globex", "q", t - 10, True)
     state.on_drift(DriftSource("http://serve:9310/metrics", t, parse_drift(SERVE_TEXT)))
     page = status_page(state, "acme", with_curves=False) or ""
     rows = re.findall(r'<tr class=alert id="alert-([^"]+)">(.*?)</tr>', page)

@@ -10,16 +10,14 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from streamtune.contracts import Query, encode
-from streamtune.harness import ServiceProcess, free_port, isolated_env, wait_for
+from streamtune.harness import ServiceProcess, free_port, isolated_env, settings_for_env, wait_for
 from streamtune.kafka import create_topics, delete_topics, producer
-from streamtune.settings import Settings
 from streamtune.topics import QUERIES, topic_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -27,9 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.fault]
 N = 10
 
 
-def test_the_monitor_started_while_the_broker_is_down_waits_then_counts(
-    private_kafka: Any, env_settings: Callable[[Mapping[str, str]], Settings], tmp_path: Path
-) -> None:
+def test_the_monitor_started_while_the_broker_is_down_waits_then_counts(private_kafka: Any, tmp_path: Path) -> None:
     env = isolated_env(
         tmp_path,
         "mon",
@@ -39,7 +35,7 @@ def test_the_monitor_started_while_the_broker_is_down_waits_then_counts(
         STREAMTUNE__MONITOR__SERVE_METRICS_URLS=f'["http://127.0.0.1:{free_port()}/metrics"]',
         STREAMTUNE__KAFKA__REQUEST_TIMEOUT_S="3",
     )
-    settings = env_settings(env)
+    settings = settings_for_env(env)
     create_topics(settings.kafka, settings.topics)
     private_kafka.stop()
     monitor = ServiceProcess(["monitor"], b"unavailable for", tmp_path / "logs", env, python=sys.executable)

@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from monitor.metrics import KNOWLEDGE_GAP_RATIO, NAMES, PREFIX, MonitorMetrics
 from monitor.page import index_page, loss_curve_file, status_page, stored_versions
 from monitor.state import UNKNOWN_TENANT, MonitorState, Window, letter_tenant, percentile
+from streamtune import harness
 from streamtune.dlq import DeadLetter
 from streamtune.harness import document_upserted
 from streamtune.settings import MonitorSettings
@@ -60,15 +61,15 @@ def test_a_window_keeps_only_the_last_span_even_out_of_order() -> None:
     assert window.values(now=300.0) == []
 
 
-def test_latency_joins_query_and_answer_in_either_order(records: Any) -> None:
+def test_latency_joins_query_and_answer_in_either_order() -> None:
     clock = Clock()
     state = make_state(clock)
     t = clock.now
-    state.on_query(records.query("acme", "q1"), t - 10)
-    state.on_answer(records.answer("acme", "q1"), t - 9.5)  # 0.5 s
-    state.on_answer(records.answer("acme", "q2"), t - 5)  # answer read before its query: 2 s
-    state.on_query(records.query("acme", "q2"), t - 7)
-    state.on_answer(records.answer("acme", "q3"), t - 1)  # its query is never read: no latency
+    state.on_query(harness.query("acme", "q1"), t - 10)
+    state.on_answer(harness.answer("acme", "q1"), t - 9.5)  # 0.5 s
+    state.on_answer(harness.answer("acme", "q2"), t - 5)  # answer read before its query: 2 s
+    state.on_query(harness.query("acme", "q2"), t - 7)
+    state.on_answer(harness.answer("acme", "q3"), t - 1)  # its query is never read: no latency
     figures = state.figures("acme")
     assert figures["latency_n"] == 2
     assert figures["latency_p50_s"] == pytest.approx(0.5)
@@ -78,15 +79,15 @@ def test_latency_joins_query_and_answer_in_either_order(records: Any) -> None:
     assert sample(state, f"{PREFIX}queries_total", tenant="acme") == 2
 
 
-def test_error_ratio_and_dlq_rate_cover_the_window_only(records: Any) -> None:
+def test_error_ratio_and_dlq_rate_cover_the_window_only() -> None:
     clock = Clock()
     state = make_state(clock, window_s=60)
     t = clock.now
-    state.on_answer(records.answer("acme", "old", error="retrieval_unavailable"), t - 600)  # outside the window
-    state.on_answer(records.answer("acme", "a"), t - 10)
-    state.on_answer(records.answer("acme", "b"), t - 9)
-    state.on_answer(records.answer("acme", "c"), t - 8)
-    state.on_answer(records.answer("acme", "d", error="question_too_long"), t - 7)
+    state.on_answer(harness.answer("acme", "old", error="retrieval_unavailable"), t - 600)  # outside the window
+    state.on_answer(harness.answer("acme", "a"), t - 10)
+    state.on_answer(harness.answer("acme", "b"), t - 9)
+    state.on_answer(harness.answer("acme", "c"), t - 8)
+    state.on_answer(harness.answer("acme", "d", error="question_too_long"), t - 7)
     for offset in range(3):
         state.on_dead_letter(letter(b'{"tenant": "acme"}', offset=offset), t - 5)
     state.on_dead_letter(letter(b'{"tenant": "acme"}'), t - 3600)
@@ -100,10 +101,10 @@ def test_error_ratio_and_dlq_rate_cover_the_window_only(records: Any) -> None:
     assert sample(state, f"{PREFIX}error_ratio", tenant="acme") == pytest.approx(0.25)
 
 
-def test_an_empty_window_publishes_nan_not_zero(records: Any) -> None:
+def test_an_empty_window_publishes_nan_not_zero() -> None:
     clock = Clock()
     state = make_state(clock, window_s=60)
-    state.on_answer(records.answer("acme", "a"), clock.now - 600)
+    state.on_answer(harness.answer("acme", "a"), clock.now - 600)
     state.refresh()
     assert math.isnan(sample(state, f"{PREFIX}answer_latency_p99_seconds", tenant="acme") or 0.0)
     assert math.isnan(sample(state, f"{PREFIX}error_ratio", tenant="acme") or 0.0)
@@ -116,17 +117,17 @@ def test_a_dead_letter_is_counted_for_the_tenant_its_value_or_key_names() -> Non
     assert letter_tenant(letter(b"\xff\xfe", key=None)) == UNKNOWN_TENANT
 
 
-def test_promotion_to_first_answer_whichever_is_read_first(records: Any) -> None:
+def test_promotion_to_first_answer_whichever_is_read_first() -> None:
     clock = Clock()
     state = make_state(clock)
     t = clock.now
-    state.on_adapter_update(records.adapter_update("acme", "v0001"), t - 100)
-    state.on_answer(records.answer("acme", "q0", version="v0001"), t - 90)  # 10 s
-    state.on_answer(records.answer("acme", "q1", version="v0001"), t - 80)
+    state.on_adapter_update(harness.adapter_update("acme", "v0001"), t - 100)
+    state.on_answer(harness.answer("acme", "q0", version="v0001"), t - 90)  # 10 s
+    state.on_answer(harness.answer("acme", "q1", version="v0001"), t - 80)
     # replay: the answers with v0002 are read before its announcement
-    state.on_answer(records.answer("acme", "q2", version="v0002"), t - 40)
-    state.on_answer(records.answer("acme", "q3", version="v0002", error="generation_failed"), t - 49)  # an error
-    state.on_adapter_update(records.adapter_update("acme", "v0002"), t - 50)  # 10 s again
+    state.on_answer(harness.answer("acme", "q2", version="v0002"), t - 40)
+    state.on_answer(harness.answer("acme", "q3", version="v0002", error="generation_failed"), t - 49)  # an error
+    state.on_adapter_update(harness.adapter_update("acme", "v0002"), t - 50)  # 10 s again
     history = state.tenants["acme"].adapters
     assert [(r.version, r.to_first_answer_s) for r in history] == [("v0001", 10.0), ("v0002", 10.0)]
     assert state.figures("acme")["promotion_to_first_answer_s"] == 10.0
@@ -169,14 +170,14 @@ def test_due_documents_are_rate_limited_and_rotated() -> None:
     assert first == ["d0", "d1"] and second == ["d2", "d3"]
 
 
-def test_pending_joins_are_bounded(records: Any) -> None:
+def test_pending_joins_are_bounded() -> None:
     clock = Clock()
     state = make_state(clock, max_pending=3)
     for n in range(10):
-        state.on_query(records.query("acme", f"q{n}"), clock.now)
+        state.on_query(harness.query("acme", f"q{n}"), clock.now)
     assert len(state._queries) == 3
-    state.on_answer(records.answer("acme", "q0"), clock.now)  # forgotten: no latency
-    state.on_answer(records.answer("acme", "q9"), clock.now)
+    state.on_answer(harness.answer("acme", "q0"), clock.now)  # forgotten: no latency
+    state.on_answer(harness.answer("acme", "q9"), clock.now)
     assert state.figures("acme")["latency_n"] == 1
 
 
@@ -191,13 +192,13 @@ def test_every_declared_name_is_a_published_series_and_the_other_way_round() -> 
     assert generate_latest(metrics.registry)  # renders
 
 
-def test_the_page_escapes_user_data_and_shows_the_figures(records: Any) -> None:
+def test_the_page_escapes_user_data_and_shows_the_figures() -> None:
     clock = Clock()
     state = make_state(clock)
     t = clock.now
-    state.on_adapter_update(records.adapter_update("acme", "v0001", reason="<b>won</b>"), t - 30)
-    state.on_query(records.query("acme", "q1"), t - 3)
-    state.on_answer(records.answer("acme", "q1", version="v0001"), t - 2)
+    state.on_adapter_update(harness.adapter_update("acme", "v0001", gate={"reason": "<b>won</b>"}), t - 30)
+    state.on_query(harness.query("acme", "q1"), t - 3)
+    state.on_answer(harness.answer("acme", "q1", version="v0001"), t - 2)
     state.on_dead_letter(letter(b'{"tenant": "acme"}', message="<script>alert(1)</script> & more"), t - 1)
     page = status_page(state, "acme", with_curves=True) or ""
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
@@ -224,14 +225,14 @@ def test_loss_curves_are_served_only_from_inside_the_adapter_store(tmp_path: Pat
     assert loss_curve_file(store, "acme", "v0003") is None
 
 
-def test_versions_the_gate_rejected_are_read_from_the_adapter_store(records: Any, tmp_path: Path) -> None:
+def test_versions_the_gate_rejected_are_read_from_the_adapter_store(tmp_path: Path) -> None:
     clock = Clock()
     state = make_state(clock)
-    state.on_adapter_update(records.adapter_update("acme", "v0001"), clock.now - 60)
+    state.on_adapter_update(harness.adapter_update("acme", "v0001"), clock.now - 60)
     for version, promoted in (("v0001", True), ("v0002", False)):
         folder = tmp_path / "acme" / version
         folder.mkdir(parents=True)
-        manifest = records.adapter_update("acme", version, promoted=promoted, reason=f"why {version}").manifest
+        manifest = harness.sample_manifest("acme", version, gate={"promoted": promoted, "reason": f"why {version}"})
         (folder / "manifest.json").write_text(manifest.to_json())
     (tmp_path / "acme" / "v0003").mkdir()  # no manifest (yet): skipped
     (tmp_path / "acme" / "v0003" / "manifest.json").write_text("{")
@@ -254,34 +255,34 @@ def live_row(page: str, version: str) -> list[str]:
     return re.findall(r"<td[^>]*>(.*?)</td>", match.group(1))
 
 
-def test_ratings_join_their_answers_per_version_and_arm_and_the_rest_is_counted_and_ignored(records: Any) -> None:
+def test_ratings_join_their_answers_per_version_and_arm_and_the_rest_is_counted_and_ignored() -> None:
     clock = Clock()
     state = make_state(clock)
     t = clock.now
-    state.on_adapter_update(records.adapter_update("acme", "v0001"), t - 100)
-    state.on_adapter_update(records.adapter_update("acme", "v0002", state="canary", percent=20), t - 90)
+    state.on_adapter_update(harness.adapter_update("acme", "v0001"), t - 100)
+    state.on_adapter_update(harness.adapter_update("acme", "v0002", state="canary", canary_percent=20), t - 90)
     served = [
-        records.answer("acme", "q1", version="v0001", arm="incumbent"),
-        records.answer("acme", "q2", version="v0001", arm="incumbent"),
-        records.answer("acme", "q3", version="v0002", arm="canary"),
-        records.answer("acme", "q4", version="v0002", arm="canary"),
-        records.answer("acme", "q5", version="v0001"),  # pinned: outside the canary
-        records.answer("acme", "q1", version="v0001", arm="incumbent"),  # the same answer read twice
-        records.answer("acme", "q6", version="v0001", arm="incumbent", error="generation_failed"),
-        records.answer("globex", "g1", version="v0009"),
+        harness.answer("acme", "q1", version="v0001", arm="incumbent"),
+        harness.answer("acme", "q2", version="v0001", arm="incumbent"),
+        harness.answer("acme", "q3", version="v0002", arm="canary"),
+        harness.answer("acme", "q4", version="v0002", arm="canary"),
+        harness.answer("acme", "q5", version="v0001"),  # pinned: outside the canary
+        harness.answer("acme", "q1", version="v0001", arm="incumbent"),  # the same answer read twice
+        harness.answer("acme", "q6", version="v0001", arm="incumbent", error="generation_failed"),
+        harness.answer("globex", "g1", version="v0009"),
     ]
     for n, answer in enumerate(served):
         state.on_answer(answer, t - 80 + n)
     ratings = [
-        records.feedback("acme", "q1", 1),
-        records.feedback("acme", "q2", -1, correction="60 days"),
-        records.feedback("acme", "q3", -1, correction="45 days"),
-        records.feedback("acme", "q4", 1),
-        records.feedback("acme", "q5", -1),
-        records.feedback("acme", "q3", 1),  # rated twice: the first rating stands
-        records.feedback("acme", "g1", -1),  # another tenant's answer
-        records.feedback("acme", "nowhere", 1),  # no such answer (yet)
-        records.feedback("acme", "q6", 1),  # an error answer is no served answer: never joined
+        harness.rating("acme", "q1", 1),
+        harness.rating("acme", "q2", -1, correction="60 days"),
+        harness.rating("acme", "q3", -1, correction="45 days"),
+        harness.rating("acme", "q4", 1),
+        harness.rating("acme", "q5", -1),
+        harness.rating("acme", "q3", 1),  # rated twice: the first rating stands
+        harness.rating("acme", "g1", -1),  # another tenant's answer
+        harness.rating("acme", "nowhere", 1),  # no such answer (yet)
+        harness.rating("acme", "q6", 1),  # an error answer is no served answer: never joined
     ]
     for rating in ratings:
         state.on_feedback(rating)
@@ -320,12 +321,12 @@ def test_ratings_join_their_answers_per_version_and_arm_and_the_rest_is_counted_
     assert sample(state, f"{PREFIX}canary_percent", tenant="acme", version="v0002") == 20
 
 
-def test_a_rating_read_before_its_answer_waits_for_it(records: Any) -> None:
+def test_a_rating_read_before_its_answer_waits_for_it() -> None:
     state = make_state(Clock())
-    state.on_feedback(records.feedback("acme", "q1", -1))
+    state.on_feedback(harness.rating("acme", "q1", -1))
     state.refresh()
     assert sample(state, f"{PREFIX}feedback_unknown", tenant="acme") == 1
-    state.on_answer(records.answer("acme", "q1"), Clock().now)  # the base model's
+    state.on_answer(harness.answer("acme", "q1"), Clock().now)  # the base model's
     state.refresh()
     assert sample(state, f"{PREFIX}feedback_unknown", tenant="acme") == 0
     assert sample(state, f"{PREFIX}live_ratings", tenant="acme", version="base", arm="none", rating="negative") == 1
@@ -333,24 +334,24 @@ def test_a_rating_read_before_its_answer_waits_for_it(records: Any) -> None:
     assert (base.version, base.role, base.figures.rated) == ("base", "current", 1)
 
 
-def test_the_rollout_is_folded_and_a_rolled_back_version_is_never_shown_current(records: Any) -> None:
+def test_the_rollout_is_folded_and_a_rolled_back_version_is_never_shown_current() -> None:
     clock = Clock()
     state = make_state(clock)
     t = clock.now
     acme = state.tenant("acme")
     promotions = f"{PREFIX}promotion_to_first_answer_seconds_count"
-    state.on_adapter_update(records.adapter_update("acme", "v0001"), t - 100)  # from before canaries
-    state.on_answer(records.answer("acme", "a1", version="v0001"), t - 90)  # 10 s
-    state.on_adapter_update(records.adapter_update("acme", "v0002", state="canary", percent=20), t - 80)
-    state.on_answer(records.answer("acme", "a2", version="v0001", arm="incumbent"), t - 78)
-    state.on_answer(records.answer("acme", "a3", version="v0002", arm="canary"), t - 75)  # 5 s to the canary's
+    state.on_adapter_update(harness.adapter_update("acme", "v0001"), t - 100)  # from before canaries
+    state.on_answer(harness.answer("acme", "a1", version="v0001"), t - 90)  # 10 s
+    state.on_adapter_update(harness.adapter_update("acme", "v0002", state="canary", canary_percent=20), t - 80)
+    state.on_answer(harness.answer("acme", "a2", version="v0001", arm="incumbent"), t - 78)
+    state.on_answer(harness.answer("acme", "a3", version="v0002", arm="canary"), t - 75)  # 5 s to the canary's
     assert acme.current is not None and acme.current.version == "v0001"
     assert acme.canary is not None and acme.canary.version == "v0002" and acme.canary.to_first_answer_s == 5.0
     assert sample(state, promotions, tenant="acme") == 1  # a canary's first answer is no promotion's
     state.refresh()
     assert sample(state, f"{PREFIX}canary_percent", tenant="acme", version="v0002") == 20
 
-    state.on_adapter_update(records.adapter_update("acme", "v0002", state="rolled_back"), t - 60)
+    state.on_adapter_update(harness.adapter_update("acme", "v0002", state="rolled_back"), t - 60)
     assert (acme.rollout.current, acme.rollout.canary) == ("v0001", None)
     assert acme.current is not None and acme.current.version == "v0001" and acme.canary is None
     assert sample(state, f"{PREFIX}current_adapter", tenant="acme", version="v0001") == 1
@@ -363,18 +364,18 @@ def test_the_rollout_is_folded_and_a_rolled_back_version_is_never_shown_current(
 
     # a canary promoted: its answers on the canary arm after the promotion (serve not caught up) are not the
     # first answers as the current version
-    state.on_adapter_update(records.adapter_update("acme", "v0003", state="canary", percent=50), t - 50)
-    state.on_adapter_update(records.adapter_update("acme", "v0003", state="current"), t - 40)
-    state.on_answer(records.answer("acme", "a4", version="v0003", arm="canary"), t - 39)
-    state.on_answer(records.answer("acme", "a5", version="v0003"), t - 30)
+    state.on_adapter_update(harness.adapter_update("acme", "v0003", state="canary", canary_percent=50), t - 50)
+    state.on_adapter_update(harness.adapter_update("acme", "v0003", state="current"), t - 40)
+    state.on_answer(harness.answer("acme", "a4", version="v0003", arm="canary"), t - 39)
+    state.on_answer(harness.answer("acme", "a5", version="v0003"), t - 30)
     assert acme.current is not None and acme.current.version == "v0003" and acme.current.to_first_answer_s == 10.0
     assert [r.to_first_answer_s for r in acme.adapters if r.version == "v0003"] == [11.0, 10.0]
     assert sample(state, promotions, tenant="acme") == 2
 
     # the current version rolled back: it stays current until the version current again is announced
-    state.on_adapter_update(records.adapter_update("acme", "v0003", state="rolled_back"), t - 20)
+    state.on_adapter_update(harness.adapter_update("acme", "v0003", state="rolled_back"), t - 20)
     assert acme.current is not None and acme.current.version == "v0003"
-    state.on_adapter_update(records.adapter_update("acme", "v0001", state="current"), t - 19)
+    state.on_adapter_update(harness.adapter_update("acme", "v0001", state="current"), t - 19)
     assert acme.current is not None and acme.current.version == "v0001" and acme.current.first_answer_at is None
     assert sample(state, f"{PREFIX}current_adapter", tenant="acme", version="v0001") == 1
     assert sample(state, f"{PREFIX}current_adapter", tenant="acme", version="v0003") is None
@@ -390,21 +391,21 @@ def test_the_rollout_is_folded_and_a_rolled_back_version_is_never_shown_current(
     assert [live.version for live in state.live("acme")] == ["v0001", "v0003", "v0002"]
 
 
-def test_the_page_shows_live_quality_per_version_and_the_arms_side_by_side(records: Any) -> None:
+def test_the_page_shows_live_quality_per_version_and_the_arms_side_by_side() -> None:
     clock = Clock()
     state = make_state(clock)
     t = clock.now
-    state.on_adapter_update(records.adapter_update("acme", "v0001"), t - 100)
-    state.on_adapter_update(records.adapter_update("acme", "v0002", state="canary", percent=25), t - 90)
+    state.on_adapter_update(harness.adapter_update("acme", "v0001"), t - 100)
+    state.on_adapter_update(harness.adapter_update("acme", "v0002", state="canary", canary_percent=25), t - 90)
     for n in range(6):
-        state.on_answer(records.answer("acme", f"i{n}", version="v0001", arm="incumbent"), t - 50)
-        state.on_feedback(records.feedback("acme", f"i{n}", 1 if n < 5 else -1))
+        state.on_answer(harness.answer("acme", f"i{n}", version="v0001", arm="incumbent"), t - 50)
+        state.on_feedback(harness.rating("acme", f"i{n}", 1 if n < 5 else -1))
     for n in range(2):
-        state.on_answer(records.answer("acme", f"c{n}", version="v0002", arm="canary"), t - 50)
-        state.on_feedback(records.feedback("acme", f"c{n}", -1, correction="no: 60 days"))
-    state.on_answer(records.answer("acme", "old", version="<i>v0000</i>"), t - 40)  # answers are anyone's text
-    state.on_feedback(records.feedback("acme", "c0", 1))
-    state.on_feedback(records.feedback("acme", "later", 1))
+        state.on_answer(harness.answer("acme", f"c{n}", version="v0002", arm="canary"), t - 50)
+        state.on_feedback(harness.rating("acme", f"c{n}", -1, correction="no: 60 days"))
+    state.on_answer(harness.answer("acme", "old", version="<i>v0000</i>"), t - 40)  # answers are anyone's text
+    state.on_feedback(harness.rating("acme", "c0", 1))
+    state.on_feedback(harness.rating("acme", "later", 1))
     page = status_page(state, "acme", with_curves=False) or ""
     assert "<h2>Live quality</h2>" in page
     assert live_row(page, "v0001") == ["v0001", "<b>current</b>", "6", "6", "5", "1", "16.7%", "0"]

@@ -13,7 +13,7 @@ import sys
 import urllib.request
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 
 from monitor.metrics import PREFIX
+from streamtune import harness
 from streamtune.contracts import encode
 from streamtune.dlq import DeadLetter
-from streamtune.harness import ServiceProcess, document_upserted, free_port, isolated_env, wait_for
+from streamtune.harness import ServiceProcess, document_upserted, free_port, isolated_env, settings_for_env, wait_for
 from streamtune.kafka import admin_client, create_topics, delete_topics, producer
 from streamtune.settings import Settings
 from streamtune.topics import ADAPTER_UPDATES, ANSWERS, DOMAIN_EVENTS, DOMAIN_EVENTS_DLQ, QUERIES, topic_name
@@ -72,7 +73,7 @@ def series(text: str, name: str, **labels: str) -> float | None:
 
 
 @pytest.fixture
-def deployment(stack: Settings, tmp_path: Path, env_settings: Callable[[Mapping[str, str]], Settings]) -> Iterator[Any]:
+def deployment(stack: Settings, tmp_path: Path) -> Iterator[Any]:
     """An isolated deployment's topics (created by the test, not the monitor) and an adapter store."""
     group = f"mon-{uuid.uuid4().hex[:10]}"
     nobody = f'["http://127.0.0.1:{free_port()}/metrics"]'  # a serve that is not running: drift unreachable
@@ -80,7 +81,7 @@ def deployment(stack: Settings, tmp_path: Path, env_settings: Callable[[Mapping[
         tmp_path, "mon", STREAMTUNE__MONITOR__PORT=str(free_port()), STREAMTUNE__MONITOR__GROUP_ID=group,
         STREAMTUNE__MONITOR__SERVE_METRICS_URLS=nobody, STREAMTUNE__MONITOR__SERVE_METRICS_INTERVAL_S="1",
     )  # fmt: skip
-    settings = env_settings(env)
+    settings = settings_for_env(env)
     create_topics(settings.kafka, settings.topics)
     curve = settings.adapters_dir / TENANT / VERSION / "loss.png"
     curve.parent.mkdir(parents=True)
@@ -90,30 +91,30 @@ def deployment(stack: Settings, tmp_path: Path, env_settings: Callable[[Mapping[
 
 
 def produce_answers(
-    settings: Settings, records: Any, first: int, count: int, *, version: str | None = None, arm: str | None = None
+    settings: Settings, first: int, count: int, *, version: str | None = None, arm: str | None = None
 ) -> None:
     """Queries ``q<first>``... and their answers; every fourth answer is an error, unless on the canary arm."""
     client = producer(settings.kafka)
     prefix = "c" if arm == "canary" else "q"
     for n in range(first, first + count):
         qid = f"{prefix}{n}"
-        client.produce(topic_name(QUERIES, settings.topics), key=qid, value=encode(records.query(TENANT, qid)))
+        client.produce(topic_name(QUERIES, settings.topics), key=qid, value=encode(harness.query(TENANT, qid)))
         client.flush(15)
         error = "retrieval_unavailable" if n % 4 == 3 and arm != "canary" else None
-        answer = records.answer(TENANT, qid, version=version, error=error, arm=arm)
+        answer = harness.answer(TENANT, qid, version=version, error=error, arm=arm)
         client.produce(topic_name(ANSWERS, settings.topics), key=qid, value=encode(answer))
     assert client.flush(15) == 0
 
 
-def produce_gaps(settings: Settings, records: Any, tenant: str, questions: list[str], grounded: bool) -> None:
+def produce_gaps(settings: Settings, tenant: str, questions: list[str], grounded: bool) -> None:
     """Queries with these questions, answered with (grounded) or without (not) a relevant document."""
     client = producer(settings.kafka)
     for n, question in enumerate(questions):
         qid = f"{tenant}-{n}"
         client.produce(
-            topic_name(QUERIES, settings.topics), key=qid, value=encode(records.query(tenant, qid, question))
+            topic_name(QUERIES, settings.topics), key=qid, value=encode(harness.query(tenant, qid, question))
         )
-        answer = records.answer(tenant, qid, grounded=grounded)
+        answer = harness.answer(tenant, qid, grounded=grounded)
         client.produce(topic_name(ANSWERS, settings.topics), key=qid, value=encode(answer))
     assert client.flush(15) == 0
 
@@ -131,7 +132,7 @@ def produce_feedback(settings: Settings, events: list[Any]) -> None:
 
 
 def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_nothing(
-    deployment: Any, tmp_path: Path, records: Any
+    deployment: Any, tmp_path: Path
 ) -> None:
     settings, env, group = deployment
     chromium = shutil.which("chromium")
@@ -144,9 +145,9 @@ def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_no
     monitor.start(timeout_s=120)
     try:
         client = producer(settings.kafka)
-        update = records.adapter_update(TENANT, VERSION)
+        update = harness.adapter_update(TENANT, VERSION)
         client.produce(topic_name(ADAPTER_UPDATES, settings.topics), key=TENANT, value=encode(update))
-        canary = records.adapter_update(TENANT, CANARY, state="canary", percent=25)
+        canary = harness.adapter_update(TENANT, CANARY, state="canary", canary_percent=25)
         client.produce(topic_name(ADAPTER_UPDATES, settings.topics), key=TENANT, value=encode(canary))
         for n in range(3):
             source = topic_name(DOMAIN_EVENTS, settings.topics)
@@ -156,7 +157,7 @@ def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_no
                            headers=list(bad.headers().items()))  # fmt: skip
         client.produce(topic_name(ANSWERS, settings.topics), key=b"garbage", value=b"{not json")  # skipped, counted
         assert client.flush(15) == 0
-        produce_answers(settings, records, 0, 8, version=VERSION, arm="incumbent")
+        produce_answers(settings, 0, 8, version=VERSION, arm="incumbent")
 
         def metrics_show(answers: int) -> str | None:
             status, body, _ = get(f"{base}/metrics")
@@ -174,18 +175,18 @@ def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_no
         assert (series(text, f"{PREFIX}answer_latency_p99_seconds", tenant=TENANT) or -1) >= 0
 
         # the series move while records keep coming
-        produce_answers(settings, records, 8, 4, version=VERSION, arm="incumbent")
+        produce_answers(settings, 8, 4, version=VERSION, arm="incumbent")
         wait_for(lambda: metrics_show(12), 90, "the monitor's /metrics counting 12 answers")
 
         # live quality: ratings on domain-events joined to the answers of each arm; the rest counted and ignored
-        produce_answers(settings, records, 0, 4, version=CANARY, arm="canary")
+        produce_answers(settings, 0, 4, version=CANARY, arm="canary")
         produce_feedback(settings, [
-            records.feedback(TENANT, "q0", 1), records.feedback(TENANT, "q1", -1, correction="60 days"),
-            records.feedback(TENANT, "q2", 1), records.feedback(TENANT, "c0", -1), records.feedback(TENANT, "c1", -1),
-            records.feedback(TENANT, "c0", 1),  # rated twice
-            records.feedback("globex", "q4", -1),  # another tenant's answer
-            records.feedback(TENANT, "q3", 1),  # an error answer: never joined, it waits
-            records.feedback(TENANT, "nowhere", 1),  # no such answer
+            harness.rating(TENANT, "q0", 1), harness.rating(TENANT, "q1", -1, correction="60 days"),
+            harness.rating(TENANT, "q2", 1), harness.rating(TENANT, "c0", -1), harness.rating(TENANT, "c1", -1),
+            harness.rating(TENANT, "c0", 1),  # rated twice
+            harness.rating("globex", "q4", -1),  # another tenant's answer
+            harness.rating(TENANT, "q3", 1),  # an error answer: never joined, it waits
+            harness.rating(TENANT, "nowhere", 1),  # no such answer
         ])  # fmt: skip
 
         def live_quality_shows() -> str | None:
@@ -207,8 +208,8 @@ def test_monitor_serves_metrics_and_a_status_page_chromium_renders_and_writes_no
         text = wait_for(live_quality_shows, 90, "the monitor's /metrics joining 5 ratings and ignoring 2")
         # knowledge gaps: initech's questions find no document; globex's do (its only other record: a rating)
         gaps = ["Do you ship to Mars?", "do you ship to mars", "Can I pay in bitcoin?"]
-        produce_gaps(settings, records, "initech", gaps, grounded=False)
-        produce_gaps(settings, records, "globex", ["What is the refund window?"], grounded=True)
+        produce_gaps(settings, "initech", gaps, grounded=False)
+        produce_gaps(settings, "globex", ["What is the refund window?"], grounded=True)
 
         def gaps_show() -> str | None:
             _, body, _ = get(f"{base}/metrics")
@@ -328,11 +329,9 @@ def test_freshness_is_read_from_weaviate_for_the_events_own_chunk(deployment: An
         client.close()
 
 
-def test_without_its_topics_the_monitor_stops_naming_them_and_creates_none(
-    stack: Settings, tmp_path: Path, env_settings: Callable[[Mapping[str, str]], Settings]
-) -> None:
+def test_without_its_topics_the_monitor_stops_naming_them_and_creates_none(stack: Settings, tmp_path: Path) -> None:
     env = isolated_env(tmp_path, "mon", STREAMTUNE__MONITOR__PORT=str(free_port()))
-    settings = env_settings(env)
+    settings = settings_for_env(env)
     done = subprocess.run(
         [sys.executable, "-m", "streamtune", "monitor"],
         env={**os.environ, **env},

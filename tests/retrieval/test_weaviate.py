@@ -1,19 +1,18 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from retrieval import RetrievalError, connect
+from streamtune.harness import unique_name
 from streamtune.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
 
-def test_collection_is_created_written_and_searched_by_vector(
-    stack: Settings, unique_name: Callable[[str], str]
-) -> None:
+def test_collection_is_created_written_and_searched_by_vector(stack: Settings) -> None:
     from weaviate.classes.config import Configure, DataType, Property
     from weaviate.classes.data import DataObject
     from weaviate.classes.query import MetadataQuery
@@ -50,9 +49,7 @@ def test_unreachable_weaviate_is_a_clear_error() -> None:
         connect(settings.weaviate)
 
 
-def test_a_collection_of_another_dimension_is_a_start_up_error(
-    stack: Settings, unique_name: Callable[[str], str]
-) -> None:
+def test_a_collection_of_another_dimension_is_a_start_up_error(stack: Settings) -> None:
     from retrieval.store import ChunkStore
     from streamtune.errors import ConfigError
 
@@ -89,7 +86,7 @@ def _doc(doc_id: str, chunks: int, dimension: int = 8, tenant: str = "acme") -> 
 
 
 @pytest.fixture
-def store(stack: Settings, unique_name: Callable[[str], str]) -> Iterator[object]:
+def store(stack: Settings) -> Iterator[object]:
     from retrieval.store import ChunkStore
 
     settings = load_settings(config_files=[], weaviate={"collection": "Store" + unique_name("c").replace("-", "")})

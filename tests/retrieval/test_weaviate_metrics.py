@@ -8,7 +8,6 @@ are among what it serves, and its batch counter has counted the write.
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from retrieval import connect
-from streamtune.harness import wait_for
+from streamtune.harness import unique_name, wait_for
 from streamtune.stack.weaviate import Weaviate
 
 pytestmark = pytest.mark.integration
@@ -43,7 +42,7 @@ def test_the_stack_lists_the_exporter_port_as_open_on_every_interface(private_we
     assert component.command()[1]["PROMETHEUS_MONITORING_PORT"] == str(port)
 
 
-def test_the_exporter_serves_the_dashboard_series(private_weaviate: Any, unique_name: Callable[[str], str]) -> None:
+def test_the_exporter_serves_the_dashboard_series(private_weaviate: Any) -> None:
     from weaviate.classes.config import Configure, DataType, Property
     from weaviate.classes.data import DataObject
 

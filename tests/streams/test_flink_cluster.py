@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from retrieval import connect
 from retrieval.store import ChunkStore
 from streamtune.contracts import encode
 from streamtune.errors import StackError
-from streamtune.harness import document_upserted, isolated_env, qa_recorded, wait_for
+from streamtune.harness import document_upserted, isolated_env, qa_recorded, settings_for_env, wait_for
 from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
 from streamtune.settings import Settings, load_settings
 from streamtune.stack import Stack
@@ -132,9 +132,7 @@ def _examples_once_complete(settings: Settings, expected: int) -> list[dict[str,
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.fault
-def test_a_killed_taskmanager_loses_and_duplicates_nothing(
-    cluster: Settings, env_settings: Callable[[Mapping[str, str]], Settings], tmp_path: Path
-) -> None:
+def test_a_killed_taskmanager_loses_and_duplicates_nothing(cluster: Settings, tmp_path: Path) -> None:
     env = isolated_env(
         tmp_path,
         "cluster",
@@ -142,7 +140,7 @@ def test_a_killed_taskmanager_loses_and_duplicates_nothing(
         STREAMTUNE__EMBEDDING__BATCH_SIZE="16",
         STREAMTUNE__EMBEDDING__TORCH_THREADS="1",  # two Python workers on two cores
     )
-    deployment = env_settings(env)
+    deployment = settings_for_env(env)
     create_topics(deployment.kafka, deployment.topics)
     events = producer(deployment.kafka)
     client = connect(deployment.weaviate)

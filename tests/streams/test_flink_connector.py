@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from streamtune.harness import unique_name
 from streamtune.kafka import client_config
 from streamtune.settings import Settings
 
@@ -18,7 +19,7 @@ JOB = Path(__file__).with_name("copy_job.py")
 
 
 def test_pyflink_job_reads_one_topic_through_the_connector_and_writes_another(
-    stack: Settings, new_topic: Callable[..., str], unique_name: Callable[[str], str]
+    stack: Settings, new_topic: Callable[..., str]
 ) -> None:
     source, target = new_topic(partitions=2), new_topic()
     producer = Producer(client_config(stack.kafka))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from streamtune.harness import (
     feedback_recorded,
     isolated_env,
     qa_recorded,
+    settings_for_env,
     wait_for,
 )
 from streamtune.settings import Settings
@@ -96,9 +97,7 @@ def counts(results: Sequence[BatchResult]) -> Counter[str]:
 
 
 @pytest.fixture
-def make_settings(
-    stack: Settings, env_settings: Callable[[Mapping[str, str]], Settings], tmp_path: Path
-) -> Iterator[Callable[..., Settings]]:
+def make_settings(stack: Settings, tmp_path: Path) -> Iterator[Callable[..., Settings]]:
     """Settings of a deployment of its own (its collection is dropped afterwards), with a fast retry policy."""
     made: list[Settings] = []
 
@@ -111,7 +110,7 @@ def make_settings(
             "STREAMTUNE__EMBEDDING__TORCH_THREADS": "1",
             **env,
         }
-        settings = env_settings(isolated_env(tmp_path / f"d{len(made)}", "indexer", **overrides))
+        settings = settings_for_env(isolated_env(tmp_path / f"d{len(made)}", "indexer", **overrides))
         made.append(settings)
         return settings
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from streamtune.harness import (
     ingest_job,
     isolated_env,
     qa_recorded,
+    settings_for_env,
     wait_for,
 )
 from streamtune.kafka import create_topics, delete_topics, producer
@@ -60,7 +61,7 @@ def total(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name:
 
 
 @pytest.fixture
-def job(stack: Settings, env_settings: Callable[[Mapping[str, str]], Settings], tmp_path: Path) -> Iterator[Settings]:
+def job(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
     env = isolated_env(
         tmp_path,
         "metrics",
@@ -68,7 +69,7 @@ def job(stack: Settings, env_settings: Callable[[Mapping[str, str]], Settings], 
         STREAMTUNE__FLINK__LOCAL_REST_PORT=str(free_port()),
         STREAMTUNE__FLINK__CHECKPOINT_INTERVAL_MS="1000",
     )
-    settings = env_settings(env)
+    settings = settings_for_env(env)
     create_topics(settings.kafka, settings.topics)
     process = ingest_job(tmp_path, env)
     process.start()

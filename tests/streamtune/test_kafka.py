@@ -6,6 +6,7 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streamtune.harness import unique_name
 from streamtune.kafka import client_config, create_topics
 from streamtune.settings import Settings, load_settings
 from streamtune.topics import ALL_TOPICS, topic_name
@@ -13,9 +14,7 @@ from streamtune.topics import ALL_TOPICS, topic_name
 pytestmark = pytest.mark.integration
 
 
-def test_produce_consume_round_trip_commits_the_group_offset(
-    stack: Settings, new_topic: Callable[..., str], unique_name: Callable[[str], str]
-) -> None:
+def test_produce_consume_round_trip_commits_the_group_offset(stack: Settings, new_topic: Callable[..., str]) -> None:
     topic = new_topic()
     producer = Producer(client_config(stack.kafka))
     for i in range(3):
@@ -41,7 +40,7 @@ def test_produce_consume_round_trip_commits_the_group_offset(
     assert committed[0].offset == 3
 
 
-def test_topics_create_is_harmless_twice(stack: Settings, unique_name: Callable[[str], str]) -> None:
+def test_topics_create_is_harmless_twice(stack: Settings) -> None:
     settings = load_settings(config_files=[], topics={"prefix": unique_name("p") + "."})
     first = create_topics(settings.kafka, settings.topics)
     second = create_topics(settings.kafka, settings.topics)

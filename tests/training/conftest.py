@@ -1,34 +1,19 @@
-"""What the refresh tests on the real Kafka share (test_refresh, test_lineage, test_faults): their settings, and
-the numbered training examples they publish.
+"""What the refresh tests on the real Kafka share (test_refresh, test_lineage, test_faults): their settings.
 
-The two builders are the harness's (``streamtune.harness``); they come as fixtures too, under the names the
-tests call them by.
+The numbered training examples they publish are the harness's (``streamtune.harness.training_example`` and
+``publish_examples``), imported where they are used.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from streamtune.contracts import TrainingExample
-from streamtune.harness import publish_examples, training_example
 from streamtune.kafka import create_topics, delete_topics
 from streamtune.settings import Settings, load_settings
-
-
-@pytest.fixture
-def example() -> Callable[..., TrainingExample]:
-    """``training_example``."""
-    return training_example
-
-
-@pytest.fixture
-def publish() -> Callable[..., None]:
-    """``publish_examples``."""
-    return publish_examples
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from streamtune.contracts import AdapterUpdate, Answer
-from streamtune.harness import feedback_recorded, isolated_env, sample_manifest
+from streamtune.harness import feedback_recorded, isolated_env, sample_manifest, settings_for_env
 from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
 from streamtune.quality import Figures
 from streamtune.settings import Settings, TrainingSettings
@@ -168,9 +168,9 @@ class Canary:
 
 
 @pytest.fixture
-def canary(stack: Settings, tmp_path: Path, env_settings: Callable[[dict[str, str]], Settings]) -> Iterator[Canary]:
+def canary(stack: Settings, tmp_path: Path) -> Iterator[Canary]:
     env = isolated_env(tmp_path, "canary", STREAMTUNE__TRAINING__CANARY_PERCENT="20")
-    settings = env_settings(env)
+    settings = settings_for_env(env)
     create_topics(settings.kafka, settings.topics)
     try:
         yield Canary(settings, env, tmp_path)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from streamtune.contracts import ChatMessage, TrainingExample
+from streamtune.harness import publish_examples, training_example
 from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
 from streamtune.manifest import Manifest
 from streamtune.settings import Settings, load_settings
@@ -45,11 +46,11 @@ def promoted(outcome: RefreshOutcome) -> Manifest:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_an_example_whose_document_was_deleted_since_is_left_out_of_the_replay_sample(
-    lineage_settings: Settings, publish: Callable[..., None]
+    lineage_settings: Settings,
 ) -> None:
     settings = lineage_settings
     # seed 42, 20 %: none of acme-ex-0..7 is held out by the split's hash, so all 8 are in the replay pool
-    publish(settings, "acme", 0, 8, relies_on={2: ["doc-a"], 5: ["doc-b"]})
+    publish_examples(settings, "acme", 0, 8, relies_on={2: ["doc-a"], 5: ["doc-b"]})
     deleted: set[str] = set()
     asked: list[set[str]] = []
 
@@ -61,7 +62,7 @@ def test_an_example_whose_document_was_deleted_since_is_left_out_of_the_replay_s
     assert first.data.new_examples == 8 and first.data.excluded_example_ids == []
 
     deleted.add("doc-a")  # erased after the first version trained on acme-ex-2
-    publish(settings, "acme", 8, 6)
+    publish_examples(settings, "acme", 8, 6)
     second = published(refresh(settings, "acme", missing_docs=missing_docs, say=lambda _: None))
     assert second.parent is not None and second.parent.version == first.version
     assert second.data.replay == 7, "the erased document's example came back into training through replay"
@@ -121,9 +122,7 @@ def _document_event(settings: Settings, tenant: str, doc_id: str, kind: str) -> 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_an_example_whose_document_is_not_indexed_yet_is_deferred_not_lost(
-    lineage_settings: Settings, publish: Callable[..., None]
-) -> None:
+def test_an_example_whose_document_is_not_indexed_yet_is_deferred_not_lost(lineage_settings: Settings) -> None:
     from streamtune.cli.train import index_check
 
     settings = lineage_settings
@@ -137,7 +136,7 @@ def test_an_example_whose_document_is_not_indexed_yet_is_deferred_not_lost(
         with connect(settings.weaviate) as client:  # ...and removed the chunks
             ChunkStore(client, settings).delete([("acme", "doc-gone")])
         _document_event(settings, "acme", "doc-later", "document.upserted")  # on the topic, not indexed yet
-        publish(settings, "acme", 0, 8, relies_on={1: ["doc-gone"], 3: ["doc-later"], 6: ["doc-kept"]})
+        publish_examples(settings, "acme", 0, 8, relies_on={1: ["doc-gone"], 3: ["doc-later"], 6: ["doc-kept"]})
 
         first = promoted(refresh(settings, "acme", missing_docs=index_check(settings), say=lambda _: None))
         assert first.data.excluded_example_ids == ["acme-ex-1"], "a not-yet-indexed document counted as deleted"
@@ -146,7 +145,7 @@ def test_an_example_whose_document_is_not_indexed_yet_is_deferred_not_lost(
         assert len(first.data.deferred) == 1
 
         _index(settings, "acme", "doc-later")  # the job caught up
-        publish(settings, "acme", 8, 6)
+        publish_examples(settings, "acme", 8, 6)
         second = published(refresh(settings, "acme", missing_docs=index_check(settings), say=lambda _: None))
         trained = [e.example_id for e in read_recorded(settings, "acme", second.data).examples]
         assert "acme-ex-3" in trained, "the deferred example was never trained on"
@@ -160,9 +159,7 @@ def test_an_example_whose_document_is_not_indexed_yet_is_deferred_not_lost(
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_examples_are_read_in_partition_offset_order_whatever_the_poll_order(
-    stack: Settings, example: Callable[..., TrainingExample]
-) -> None:
+def test_examples_are_read_in_partition_offset_order_whatever_the_poll_order(stack: Settings) -> None:
     # A fetch returns at most ~1 KB per partition, so the consumer hands records of the three partitions over
     # interleaved: poll order is not (partition, offset) order.
     settings = load_settings(
@@ -176,7 +173,7 @@ def test_examples_are_read_in_partition_offset_order_whatever_the_poll_order(
         client = producer(settings.kafka)
         for i in range(12):
             for p in (2, 0, 1):
-                ex = example("acme", i).model_copy(update={"example_id": f"acme-p{p}-{i:02d}"})
+                ex = training_example("acme", i).model_copy(update={"example_id": f"acme-p{p}-{i:02d}"})
                 client.produce(topic, key=ex.example_id.encode(), value=TRAINING_EXAMPLES.encode(ex), partition=p)
                 assert client.flush(15) == 0  # one record per batch: fetches stop between records
         ends = committed_end_offsets(settings.kafka, topic)
@@ -192,18 +189,16 @@ def test_examples_are_read_in_partition_offset_order_whatever_the_poll_order(
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_child_version_replays_byte_identically(
-    lineage_settings: Settings, publish: Callable[..., None], example: Callable[..., TrainingExample]
-) -> None:
+def test_a_child_version_replays_byte_identically(lineage_settings: Settings) -> None:
     settings = lineage_settings.model_copy(
         update={"training": lineage_settings.training.model_copy(update={"replay_sample": 4})}
     )
-    publish(settings, "acme", 0, 8)
+    publish_examples(settings, "acme", 0, 8)
     first = promoted(refresh(settings, "acme", say=lambda _: None))
-    publish(settings, "acme", 8, 8)
-    publish(settings, "other", 0, 4)  # another tenant's records in both ranges
+    publish_examples(settings, "acme", 8, 8)
+    publish_examples(settings, "other", 0, 4)  # another tenant's records in both ranges
     # one the trainer cuts at training.max_length (512 tokens), one it cannot use (no answer at the end)
-    long = example("acme", 16).model_copy(
+    long = training_example("acme", 16).model_copy(
         update={
             "messages": [
                 ChatMessage(role="user", content="q?"),
@@ -211,7 +206,7 @@ def test_a_child_version_replays_byte_identically(
             ]
         }
     )
-    unanswered = example("acme", 18).model_copy(
+    unanswered = training_example("acme", 18).model_copy(
         update={"messages": [ChatMessage(role="assistant", content="hi"), ChatMessage(role="user", content="q?")]}
     )
     client = producer(settings.kafka)
@@ -233,7 +228,7 @@ def test_a_child_version_replays_byte_identically(
 
 
 def test_the_recorded_replay_pool_draws_what_a_full_read_would_across_versions_and_deletions(
-    settings: Settings, example: Callable[..., TrainingExample]
+    settings: Settings,
 ) -> None:
     """Eight versions of 30 new examples each, documents deleted along the way: the replay sample drawn from
     the parent's recorded candidates is the one a read of the whole history draws, version after version
@@ -259,7 +254,7 @@ def test_the_recorded_replay_pool_draws_what_a_full_read_would_across_versions_a
     held: list[TrainingExample] = []
     from_pool = fallbacks = 0
     for version in range(8):
-        new = [example("acme", version * 30 + i, [f"doc-{rng.randrange(40)}"]) for i in range(30)]
+        new = [training_example("acme", version * 30 + i, [f"doc-{rng.randrange(40)}"]) for i in range(30)]
         for i, e in enumerate(new):
             at[e.example_id] = (i % 3, version * 10 + i // 3)
             by_position[at[e.example_id]] = e
@@ -285,9 +280,7 @@ def test_the_recorded_replay_pool_draws_what_a_full_read_would_across_versions_a
     assert from_pool >= 4  # the recorded candidates did the work, not the full read
 
 
-def test_examples_the_trainer_drops_or_truncates_are_named(
-    tiny_model: Path, settings: Settings, example: Callable[..., TrainingExample]
-) -> None:
+def test_examples_the_trainer_drops_or_truncates_are_named(tiny_model: Path, settings: Settings) -> None:
     from transformers import AutoTokenizer
 
     from streamtune.contracts import ContextPassage
@@ -295,11 +288,11 @@ def test_examples_the_trainer_drops_or_truncates_are_named(
     from training.trainer import fates
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    short = example("acme", 0)
-    unanswered = example("acme", 1).model_copy(
+    short = training_example("acme", 0)
+    unanswered = training_example("acme", 1).model_copy(
         update={"messages": [ChatMessage(role="assistant", content="hi"), ChatMessage(role="user", content="q?")]}
     )
-    long_answer = example("acme", 2).model_copy(
+    long_answer = training_example("acme", 2).model_copy(
         update={
             "messages": [
                 ChatMessage(role="user", content="q?"),
@@ -308,7 +301,7 @@ def test_examples_the_trainer_drops_or_truncates_are_named(
         }
     )
     passage = ContextPassage(doc_id="policy", chunk_id="policy#0", title="Policy", text="Refunds in thirty days. " * 40)
-    long_context = example("acme", 3).model_copy(update={"context": [passage]})
+    long_context = training_example("acme", 3).model_copy(update={"context": [passage]})
 
     rows, dropped, truncated = fates([short, unanswered, long_answer], None, tokenizer, 64)
     assert (len(rows), dropped, truncated) == (2, ["acme-ex-1"], ["acme-ex-2"])
@@ -319,12 +312,10 @@ def test_examples_the_trainer_drops_or_truncates_are_named(
     assert fates([short, long_context], form, tokenizer, 4096)[1:] == ([], [])
 
 
-def test_a_new_example_ranked_past_the_recorded_bound_does_not_jump_unlisted_earlier_ones(
-    example: Callable[..., TrainingExample],
-) -> None:
+def test_a_new_example_ranked_past_the_recorded_bound_does_not_jump_unlisted_earlier_ones() -> None:
     from training.data import next_pool, replay_sample
 
-    everything = replay_sample([example("acme", i) for i in range(20)], 20, 42)  # in rank order (seed 42)
+    everything = replay_sample([training_example("acme", i) for i in range(20)], 20, 42)  # in rank order (seed 42)
     earlier, new = everything[:10], everything[10:]  # every new one ranks above every earlier one
     listed, bound = next_pool(earlier, None, 5, 42)
     assert listed == earlier[:5] and bound is not None

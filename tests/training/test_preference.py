@@ -3,13 +3,13 @@ trains on, and a refresh on the real Kafka with the tiny model that records them
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
 from streamtune.contracts import ChatMessage, TrainingExample
+from streamtune.harness import publish_examples
 from streamtune.kafka import producer
 from streamtune.prompt import PromptFormat
 from streamtune.settings import InferenceSettings, Settings
@@ -65,7 +65,7 @@ def _publish(settings: Settings, examples: list[TrainingExample]) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_refresh_learns_from_feedback_once_there_is_enough_and_replays_byte_identically(
-    trainer_settings: Settings, publish: Callable[..., None]
+    trainer_settings: Settings,
 ) -> None:
     settings = trainer_settings.model_copy(
         update={
@@ -74,7 +74,7 @@ def test_a_refresh_learns_from_feedback_once_there_is_enough_and_replays_byte_id
             )
         }
     )
-    publish(settings, "acme", 0, 10)
+    publish_examples(settings, "acme", 0, 10)
     _publish(settings, [rated("acme", 0, "preference"), rated("acme", 1, "rating", label=False)])
     first = refresh(settings, "acme", say=lambda _: None)
     assert first.manifest is not None and first.status == "promoted", first.reason
@@ -82,7 +82,7 @@ def test_a_refresh_learns_from_feedback_once_there_is_enough_and_replays_byte_id
     assert first.manifest.metrics.preference is None and first.manifest.data.preference_offsets == []
     assert len(first.manifest.data.preference_pending) == 2
 
-    publish(settings, "acme", 100, 10)
+    publish_examples(settings, "acme", 100, 10)
     more = [
         rated("acme", 2, "preference"),
         rated("acme", 3, "rating", label=False),

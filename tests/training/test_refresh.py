@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 
 import pytest
 
 from streamtune.contracts import AdapterUpdate, ContextPassage
+from streamtune.harness import publish_examples
 from streamtune.kafka import committed_end_offsets, producer, read_range
 from streamtune.manifest import EvalEvidence, Manifest
 from streamtune.prompt import PromptFormat
@@ -41,13 +41,11 @@ def published(outcome: RefreshOutcome) -> Manifest:
     return outcome.manifest
 
 
-def test_refresh_promotes_records_exact_offsets_and_replays_byte_identically(
-    trainer_settings: Settings, publish: Callable[..., None]
-) -> None:
+def test_refresh_promotes_records_exact_offsets_and_replays_byte_identically(trainer_settings: Settings) -> None:
     settings = trainer_settings
-    publish(settings, "acme", 0, 16)
-    publish(settings, "other", 0, 5)  # another tenant's examples are not trained on
-    publish(settings, "acme", 3, 1)  # a producer's retry: the example is trained on once
+    publish_examples(settings, "acme", 0, 16)
+    publish_examples(settings, "other", 0, 5)  # another tenant's examples are not trained on
+    publish_examples(settings, "acme", 3, 1)  # a producer's retry: the example is trained on once
     publish_raw(settings, b"junk", b"not a training example")  # a foreign producer's record is skipped
     lines: list[str] = []
     first = refresh(settings, "acme", say=lines.append)
@@ -79,7 +77,7 @@ def test_refresh_promotes_records_exact_offsets_and_replays_byte_identically(
     assert refresh(settings, "acme", say=lambda _: None).status == "skipped"  # nothing new
 
     # New examples: the next candidate continues from v0001 and reads only the new offsets.
-    publish(settings, "acme", 16, 8)
+    publish_examples(settings, "acme", 16, 8)
     second = published(refresh(settings, "acme", say=lambda _: None))
     assert second.parent is not None and second.parent.version == "v0001"
     assert second.parent.sha256 == manifest.adapter.sha256
@@ -90,13 +88,11 @@ def test_refresh_promotes_records_exact_offsets_and_replays_byte_identically(
     assert second.data.replay_ranges == {p: (0, ends[p]) for p in later}
 
 
-def test_the_gate_rejects_a_worse_candidate_and_keeps_it(
-    trainer_settings: Settings, publish: Callable[..., None]
-) -> None:
+def test_the_gate_rejects_a_worse_candidate_and_keeps_it(trainer_settings: Settings) -> None:
     settings = trainer_settings
-    publish(settings, "acme", 0, 12)
+    publish_examples(settings, "acme", 0, 12)
     assert refresh(settings, "acme", say=lambda _: None).status == "promoted"
-    publish(settings, "acme", 12, 12)
+    publish_examples(settings, "acme", 12, 12)
     # A learning rate this large wrecks the adapter: the held-out loss rises, and the gate must say no.
     wrecked = settings.model_copy(update={"training": settings.training.model_copy(update={"learning_rate": 5.0})})
     outcome = refresh(wrecked, "acme", say=lambda _: None)
@@ -111,24 +107,20 @@ def test_the_gate_rejects_a_worse_candidate_and_keeps_it(
     assert [a.version for a in announcements(settings)] == ["v0001"]  # a rejected one is never announced
 
 
-def test_too_few_examples_is_skipped(
-    trainer_settings: Settings, unique_name: Callable[[str], str], publish: Callable[..., None]
-) -> None:
-    publish(trainer_settings, "lonely", 0, 1)
+def test_too_few_examples_is_skipped(trainer_settings: Settings) -> None:
+    publish_examples(trainer_settings, "lonely", 0, 1)
     outcome = refresh(trainer_settings, "lonely", say=lambda _: None)
     assert outcome.status == "skipped" and "fewer than 2" in outcome.reason
 
 
-def test_watch_refreshes_on_count_and_on_time(
-    trainer_settings: Settings, caplog: pytest.LogCaptureFixture, publish: Callable[..., None]
-) -> None:
+def test_watch_refreshes_on_count_and_on_time(trainer_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     from training.watch import watch
 
     caplog.set_level(logging.INFO, logger="training.watch")
     by_count = trainer_settings.model_copy(
         update={"training": trainer_settings.training.model_copy(update={"watch_min_examples": 6, "watch_minutes": 60})}
     )
-    publish(by_count, "acme", 0, 6)
+    publish_examples(by_count, "acme", 0, 6)
     watch(by_count, poll_s=0.2, max_refreshes=1)
     lines = caplog.messages
     assert any("acme: 6 new examples; refreshing" in line for line in lines)
@@ -141,7 +133,7 @@ def test_watch_refreshes_on_count_and_on_time(
             "training": trainer_settings.training.model_copy(update={"watch_min_examples": 100, "watch_minutes": 0.01})
         }
     )
-    publish(by_time, "acme", 6, 3)
+    publish_examples(by_time, "acme", 6, 3)
     caplog.clear()
     watch(by_time, poll_s=0.2, max_refreshes=1)
     lines = caplog.messages
@@ -149,13 +141,11 @@ def test_watch_refreshes_on_count_and_on_time(
     assert len(AdapterRegistry(by_time.adapters_dir, "acme").versions()) == 2
 
 
-def test_plain_lora_when_4bit_is_off_and_the_manifest_says_so(
-    trainer_settings: Settings, publish: Callable[..., None]
-) -> None:
+def test_plain_lora_when_4bit_is_off_and_the_manifest_says_so(trainer_settings: Settings) -> None:
     plain = trainer_settings.model_copy(
         update={"training": trainer_settings.training.model_copy(update={"quantize_4bit": False})}
     )
-    publish(plain, "acme", 0, 8)
+    publish_examples(plain, "acme", 0, 8)
     lines: list[str] = []
     manifest = published(refresh(plain, "acme", say=lines.append))
     assert manifest.quantization == "none (disabled by setting)"
@@ -165,13 +155,11 @@ def test_plain_lora_when_4bit_is_off_and_the_manifest_says_so(
     assert anchor.examples >= 5
 
 
-def test_examples_relying_on_deleted_documents_are_left_out_recorded_and_replayed(
-    trainer_settings: Settings, publish: Callable[..., None]
-) -> None:
+def test_examples_relying_on_deleted_documents_are_left_out_recorded_and_replayed(trainer_settings: Settings) -> None:
     settings = trainer_settings.model_copy(
         update={"training": trainer_settings.training.model_copy(update={"max_steps": 2})}
     )
-    publish(settings, "acme", 0, 8, relies_on={1: ["doc-gone"], 4: ["doc-kept", "doc-gone"], 6: ["doc-kept"]})
+    publish_examples(settings, "acme", 0, 8, relies_on={1: ["doc-gone"], 4: ["doc-kept", "doc-gone"], 6: ["doc-kept"]})
     asked: list[tuple[str, set[str]]] = []
 
     def missing_docs(tenant: str, doc_ids: set[str]) -> set[str]:
@@ -204,19 +192,19 @@ POLICY = [
 
 
 def test_examples_with_context_are_gated_on_enough_evidence_recorded_and_replayed(
-    trainer_settings: Settings, monkeypatch: pytest.MonkeyPatch, publish: Callable[..., None]
+    trainer_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = trainer_settings.model_copy(
         update={"training": trainer_settings.training.model_copy(update={"min_eval_examples": 3})}
     )
     # which acme-ex-<i> the split holds out (hash of the id, seed 42, 20 %): 8, 13, 17, 20, 23, 28 below 30
-    publish(settings, "acme", 0, 10, context=POLICY)  # one held out (8)
+    publish_examples(settings, "acme", 0, 10, context=POLICY)  # one held out (8)
     lines: list[str] = []
     outcome = refresh(settings, "acme", say=lines.append)
     assert (outcome.status, outcome.reason) == ("skipped", "too little evidence (1 held-out examples, minimum 3)")
     assert outcome.version is None and AdapterRegistry(settings.adapters_dir, "acme").versions() == []
 
-    publish(settings, "acme", 10, 14, context=POLICY)  # the skipped ten are new again: 5 held out of 24
+    publish_examples(settings, "acme", 10, 14, context=POLICY)  # the skipped ten are new again: 5 held out of 24
     first = published(refresh(settings, "acme", say=lambda _: None))
     assert first.data.new_examples == 24 and first.data.held_out == 5
     assert first.data.evaluation == EvalEvidence(minimum=3, new_held_out=5, earlier_held_out=0)
@@ -224,7 +212,8 @@ def test_examples_with_context_are_gated_on_enough_evidence_recorded_and_replaye
     assert first.prompt == PromptFormat.of(settings)  # trained and gated as serve prompts
     assert first.data.replay_excludes_held_out and first.gate.quality_tolerance == settings.training.quality_tolerance
 
-    publish(settings, "acme", 24, 6, context=POLICY)  # one held out (28): topped up with the newest earlier two
+    # one held out (28): topped up with the newest earlier two
+    publish_examples(settings, "acme", 24, 6, context=POLICY)
     lines.clear()
     second = published(refresh(settings, "acme", say=lines.append))
     assert second.data.new_examples == 6 and second.data.held_out == 1

@@ -37,7 +37,16 @@ import training.worker as worker_module
 from streamtune.cli.main import build_parser
 from streamtune.contracts import RefreshRequest, RefreshResult
 from streamtune.errors import ConfigError
-from streamtune.harness import ServiceProcess, free_port, isolated_env, trainer_worker, wait_for
+from streamtune.harness import (
+    ServiceProcess,
+    free_port,
+    isolated_env,
+    publish_examples,
+    settings_for_env,
+    tiny_training,
+    trainer_worker,
+    wait_for,
+)
 from streamtune.kafka import admin_client, committed_end_offsets, create_topics, delete_topics, producer, read_range
 from streamtune.retry import Backoff
 from streamtune.settings import Settings, load_settings
@@ -195,10 +204,8 @@ def test_settings_of_the_trainer_group_are_checked_at_start_and_the_command_exis
 
 
 @pytest.fixture
-def worker_topics(
-    stack: Settings, tmp_path: Path, env_settings: Callable[[dict[str, str]], Settings]
-) -> Iterator[Settings]:
-    settings = env_settings(isolated_env(tmp_path, "worker", STREAMTUNE__TRAINING__WORKER_SESSION_TIMEOUT_S="6"))
+def worker_topics(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
+    settings = settings_for_env(isolated_env(tmp_path, "worker", STREAMTUNE__TRAINING__WORKER_SESSION_TIMEOUT_S="6"))
     create_topics(settings.kafka, settings.topics)
     yield settings
     delete_topics(settings.kafka, settings.topics)
@@ -303,11 +310,10 @@ class Trainers:
     env: dict[str, str]
     settings: Settings
     work: Path
-    publish_examples: Callable[..., None]
     started: list[subprocess.Popen[str] | ServiceProcess]
 
     def publish(self, tenant: str, count: int) -> None:
-        self.publish_examples(self.settings, tenant, 0, count)
+        publish_examples(self.settings, tenant, 0, count)
 
     def hooked(self, action: str, point: str, *files: Path, **env: str) -> tuple[subprocess.Popen[str], Path]:
         """A worker that dies (kill) or waits (hold) at the crash point ``point``, and its log."""
@@ -348,10 +354,8 @@ def trainers(
     stack: Settings,
     tiny_model: Path,
     tmp_path: Path,
-    env_settings: Callable[[dict[str, str]], Settings],
-    publish: Callable[..., None],
 ) -> Iterator[Callable[..., Trainers]]:
-    """A deployment of its own whose refreshes train the tiny model in seconds (the settings of test_faults.py),
+    """A deployment of its own whose refreshes train the tiny model in seconds (``harness.tiny_training``),
     with a worker group that declares a dead member after 6 s (the broker's least); ``extra``: more variables."""
     made: list[Trainers] = []
 
@@ -359,20 +363,14 @@ def trainers(
         env = isolated_env(
             tmp_path,
             "trainers",
-            STREAMTUNE__MODELS__BASE_MODEL=str(tiny_model),
-            STREAMTUNE__TRAINING__MIN_EVAL_EXAMPLES="1",
-            STREAMTUNE__TRAINING__MAX_STEPS="4",
-            STREAMTUNE__TRAINING__LEARNING_RATE="5e-3",
-            STREAMTUNE__TRAINING__BATCH_SIZE="4",
-            STREAMTUNE__TRAINING__EVAL_MAX_NEW_TOKENS="4",
-            STREAMTUNE__TRAINING__TORCH_THREADS="1",
-            STREAMTUNE__TRAINING__REPLAY_SAMPLE="4",
-            STREAMTUNE__TRAINING__QUANTIZE_4BIT="false",
-            STREAMTUNE__TRAINING__WORKER_SESSION_TIMEOUT_S="6",
-            STREAMTUNE__KAFKA__STATUS_INTERVAL_S="2",
-            **extra,
+            **{
+                **tiny_training(tiny_model),
+                "STREAMTUNE__TRAINING__WORKER_SESSION_TIMEOUT_S": "6",
+                "STREAMTUNE__KAFKA__STATUS_INTERVAL_S": "2",
+                **extra,
+            },
         )
-        deployment = Trainers(env, env_settings(env), tmp_path, publish, [])
+        deployment = Trainers(env, settings_for_env(env), tmp_path, [])
         create_topics(deployment.settings.kafka, deployment.settings.topics)
         made.append(deployment)
         return deployment
@@ -506,9 +504,7 @@ def _metric(port: int, line: str) -> bool:
 
 
 @pytest.mark.integration
-def test_a_worker_started_while_kafka_is_down_waits_says_so_and_stops_on_sigterm(
-    tmp_path: Path, env_settings: Callable[[dict[str, str]], Settings]
-) -> None:
+def test_a_worker_started_while_kafka_is_down_waits_says_so_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     env = isolated_env(
         tmp_path,
