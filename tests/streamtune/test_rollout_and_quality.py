@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from streamtune import harness
 from streamtune.contracts import AdapterUpdate, Answer, AnswerError
 from streamtune.harness import adapter_update, feedback_recorded
 from streamtune.quality import BASE, LiveQuality
@@ -40,7 +41,7 @@ def test_the_canary_split_is_stable_and_has_the_configured_share() -> None:
 
 
 def _answer(query_id: str, tenant: str = "acme", version: str | None = "v0001", arm: str | None = None) -> Answer:
-    return Answer(query_id=query_id, tenant=tenant, answer="a", adapter_version=version, arm=arm)  # type: ignore[arg-type]
+    return harness.answer(tenant, query_id, version=version, arm=arm)  # type: ignore[arg-type]
 
 
 def _rating(query_id: str, rating: int, tenant: str = "acme", correction: str | None = None) -> object:

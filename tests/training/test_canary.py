@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from streamtune.contracts import AdapterUpdate, Answer
+from streamtune import harness
+from streamtune.contracts import AdapterUpdate
 from streamtune.harness import feedback_recorded, isolated_env, sample_manifest, settings_for_env
 from streamtune.kafka import committed_end_offsets, create_topics, delete_topics, producer, read_range
 from streamtune.quality import Figures
@@ -138,7 +139,7 @@ class Canary:
         client = producer(self.settings.kafka)
         for i in range(positive + negative):
             query_id = f"{arm}-{uuid.uuid4().hex[:8]}"
-            answer = Answer(query_id=query_id, tenant="acme", answer="a", adapter_version=version, arm=arm)  # type: ignore[arg-type]
+            answer = harness.answer("acme", query_id, version=version, arm=arm)  # type: ignore[arg-type]
             client.produce(
                 topic_name(ANSWERS, self.settings.topics), key=query_id.encode(), value=ANSWERS.encode(answer)
             )
