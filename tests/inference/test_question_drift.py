@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,81 +132,83 @@ def _example(tenant: str, i: int, question: str) -> TrainingExample:
     )
 
 
-@pytest.mark.integration
-def test_the_reference_is_what_the_current_adapter_was_trained_on(stack: Settings, tmp_path: Path) -> None:
+@pytest.fixture
+def examples(stack: Settings, tmp_path: Path) -> Iterator[tuple[Settings, str]]:
+    """Settings on topics of their own (removed after), and their ``training-examples`` topic."""
     settings = load_settings(
         config_files=[], topics={"prefix": f"drift-{uuid.uuid4().hex[:8]}."}, drift=_small(tmp_path)
     )
     create_topics(settings.kafka, settings.topics)
-    topic = topic_name(TRAINING_EXAMPLES, settings.topics)
     try:
-        out = producer(settings.kafka)
-        for i in range(24):
-            out.produce(topic, partition=0, key=b"acme", value=encode(_example("acme", i, f"acme question {i}?")))
-            out.produce(topic, partition=0, key=b"beta", value=encode(_example("beta", i, f"beta question {i}?")))
-        assert out.flush(15) == 0
-        embedded: list[str] = []
-
-        def embed(texts: Sequence[str]) -> list[list[float]]:
-            embedded.extend(texts)
-            return [[float(len(t)), float(i), 1.0] for i, t in enumerate(texts)]
-
-        drift = QuestionDrift(settings, CollectorRegistry(), embed)
-        manifest = sample_manifest("acme", "v0001", data={"topic": topic, "ranges": {0: (0, 48)}})
-        drift.reference_from("acme", manifest)
-
-        def loaded() -> bool:
-            drift.observe("acme", [1.0, 2.0, 3.0])  # references are taken on serve's thread, between questions
-            return drift.tracker.reading("acme").reference_source == "v0001 training questions"
-
-        wait_for(loaded, 60, "acme's reference")
-        assert drift.tracker.reading("acme").reference == 24  # acme's questions only, every one
-        assert sorted(embedded) == sorted(f"acme question {i}?" for i in range(24))
+        yield settings, topic_name(TRAINING_EXAMPLES, settings.topics)
     finally:
         delete_topics(settings.kafka, settings.topics)
+
+
+def _publish_questions(settings: Settings, topic: str, tenants: Sequence[str], count: int = 24) -> None:
+    """``count`` demonstrations per tenant on partition 0, interleaved: "<tenant> question <i>?"."""
+    out = producer(settings.kafka)
+    for i in range(count):
+        for tenant in tenants:
+            example = _example(tenant, i, f"{tenant} question {i}?")
+            out.produce(topic, partition=0, key=tenant.encode(), value=encode(example))
+    assert out.flush(15) == 0
+
+
+@pytest.mark.integration
+def test_the_reference_is_what_the_current_adapter_was_trained_on(examples: tuple[Settings, str]) -> None:
+    settings, topic = examples
+    _publish_questions(settings, topic, ["acme", "beta"])
+    embedded: list[str] = []
+
+    def embed(texts: Sequence[str]) -> list[list[float]]:
+        embedded.extend(texts)
+        return [[float(len(t)), float(i), 1.0] for i, t in enumerate(texts)]
+
+    drift = QuestionDrift(settings, CollectorRegistry(), embed)
+    manifest = sample_manifest("acme", "v0001", data={"topic": topic, "ranges": {0: (0, 48)}})
+    drift.reference_from("acme", manifest)
+
+    def loaded() -> bool:
+        drift.observe("acme", [1.0, 2.0, 3.0])  # references are taken on serve's thread, between questions
+        return drift.tracker.reading("acme").reference_source == "v0001 training questions"
+
+    wait_for(loaded, 60, "acme's reference")
+    assert drift.tracker.reading("acme").reference == 24  # acme's questions only, every one
+    assert sorted(embedded) == sorted(f"acme question {i}?" for i in range(24))
 
 
 @pytest.mark.integration
 @pytest.mark.fault
 def test_a_reference_that_cannot_be_embedded_leaves_the_first_window_and_the_next_one_loads(
-    stack: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path
+    examples: tuple[Settings, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = load_settings(
-        config_files=[], topics={"prefix": f"drift-{uuid.uuid4().hex[:8]}."}, drift=_small(tmp_path)
-    )
-    create_topics(settings.kafka, settings.topics)
-    topic = topic_name(TRAINING_EXAMPLES, settings.topics)
-    try:
-        out = producer(settings.kafka)
-        for i in range(24):
-            out.produce(topic, partition=0, key=b"acme", value=encode(_example("acme", i, f"acme question {i}?")))
-        assert out.flush(15) == 0
-        calls: list[int] = []
+    settings, topic = examples
+    _publish_questions(settings, topic, ["acme"])
+    calls: list[int] = []
 
-        def embed(texts: Sequence[str]) -> list[list[float]]:
-            calls.append(len(texts))
-            if len(calls) == 1:
-                raise RuntimeError("the embedder ran out of memory")
-            return [[float(len(t)), float(i), 1.0] for i, t in enumerate(texts)]
+    def embed(texts: Sequence[str]) -> list[list[float]]:
+        calls.append(len(texts))
+        if len(calls) == 1:
+            raise RuntimeError("the embedder ran out of memory")
+        return [[float(len(t)), float(i), 1.0] for i, t in enumerate(texts)]
 
-        registry = CollectorRegistry()
-        drift = QuestionDrift(settings, registry, embed)
-        drift.reference_from("acme", sample_manifest("acme", "v0001", data={"topic": topic, "ranges": {0: (0, 24)}}))
-        wait_for(lambda: "could not read the questions acme v0001" in caplog.text, 60, "the failure logged")
-        rng = np.random.default_rng(5)
-        for vector in _gaussian(rng, 40):  # serve goes on: the first window becomes the reference meanwhile
-            drift.observe("acme", vector[:3])
-        assert drift.tracker.reading("acme").reference_source == "first window"
-        assert _value(registry, "streamtune_question_drift_untested", tenant="acme", reason="no reference yet") is None
+    registry = CollectorRegistry()
+    drift = QuestionDrift(settings, registry, embed)
+    drift.reference_from("acme", sample_manifest("acme", "v0001", data={"topic": topic, "ranges": {0: (0, 24)}}))
+    wait_for(lambda: "could not read the questions acme v0001" in caplog.text, 60, "the failure logged")
+    rng = np.random.default_rng(5)
+    for vector in _gaussian(rng, 40):  # serve goes on: the first window becomes the reference meanwhile
+        drift.observe("acme", vector[:3])
+    assert drift.tracker.reading("acme").reference_source == "first window"
+    assert _value(registry, "streamtune_question_drift_untested", tenant="acme", reason="no reference yet") is None
 
-        drift.reference_from("acme", sample_manifest("acme", "v0002", data={"topic": topic, "ranges": {0: (0, 24)}}))
+    drift.reference_from("acme", sample_manifest("acme", "v0002", data={"topic": topic, "ranges": {0: (0, 24)}}))
 
-        def loaded() -> bool:
-            drift.observe("acme", [1.0, 2.0, 3.0])
-            return drift.tracker.reading("acme").reference_source == "v0002 training questions"
+    def loaded() -> bool:
+        drift.observe("acme", [1.0, 2.0, 3.0])
+        return drift.tracker.reading("acme").reference_source == "v0002 training questions"
 
-        wait_for(loaded, 60, "the next version's reference")  # the background thread outlived the failure
-        assert calls == [24, 24]
-        assert drift.tracker.reading("acme").reference == 24
-    finally:
-        delete_topics(settings.kafka, settings.topics)
+    wait_for(loaded, 60, "the next version's reference")  # the background thread outlived the failure
+    assert calls == [24, 24]
+    assert drift.tracker.reading("acme").reference == 24
