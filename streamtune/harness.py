@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,7 @@ __all__ = [
     "http_gateway",
     "ingest_job",
     "isolated_env",
+    "metrics_has",
     "publish_examples",
     "qa_recorded",
     "query",
@@ -300,6 +302,15 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str, interval_s: 
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout_s:.0f}s")
         time.sleep(interval_s)
+
+
+def metrics_has(port: int, line: str) -> bool:
+    """Whether the /metrics of the process on ``port`` (127.0.0.1) holds ``line``; False while it cannot be read."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return line in response.read().decode()
+    except OSError:
+        return False
 
 
 SEED_TEXT = "Refunds are accepted within thirty days of purchase with the receipt."

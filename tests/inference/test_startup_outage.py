@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 
 from streamtune.contracts import Query, encode
-from streamtune.harness import Deployment, ServiceProcess, free_port, tiny_gateway, tiny_serving, wait_for
+from streamtune.harness import (
+    Deployment,
+    ServiceProcess,
+    free_port,
+    metrics_has,
+    tiny_gateway,
+    tiny_serving,
+    wait_for,
+)
 from streamtune.kafka import producer
 from streamtune.settings import Settings
 from streamtune.topics import QUERIES, topic_name
@@ -43,14 +51,6 @@ def _deployment(tiny_model: Path, tmp: Path, *presets: dict[str, str], **extra: 
     )
     deployment.seed(["acme"])
     return deployment
-
-
-def _metric(port: int, line: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            return line in response.read().decode()
-    except OSError:
-        return False
 
 
 def _queries(settings: Settings) -> tuple[Any, list[str]]:
@@ -80,7 +80,7 @@ def test_serve_started_while_the_broker_is_down_waits_then_answers_every_query(
     private_kafka.stop()
     server = _serve(deployment, b"unavailable for")  # retry's line: "serve: Kafka at ... unavailable for 0s"
     try:
-        wait_for(lambda: _metric(port, 'streamtune_dependency_waiting{dependency="kafka"} 1.0'), 60, "kafka gauge")
+        wait_for(lambda: metrics_has(port, 'streamtune_dependency_waiting{dependency="kafka"} 1.0'), 60, "kafka gauge")
         queries, sent = _queries(settings)
         time.sleep(2 * settings.kafka.retry_max_s)  # a few more backoff rounds: still alive, still waiting
         assert server.running(), server.output()[-3000:]
@@ -95,7 +95,7 @@ def test_serve_started_while_the_broker_is_down_waits_then_answers_every_query(
         twice = sum(len(found[q]) > 1 for q in sent)
         print(f"broker down at start-up: {N} queries produced, {len(set(sent) & set(found))} answered, {twice} twice")
         assert twice == 0  # serve was never interrupted once it consumed: no redelivery
-        assert _metric(port, 'streamtune_dependency_waiting{dependency="kafka"} 0.0')
+        assert metrics_has(port, 'streamtune_dependency_waiting{dependency="kafka"} 0.0')
         assert "Traceback" not in server.output()
     finally:
         server.stop()
@@ -113,7 +113,7 @@ def test_serve_started_while_weaviate_is_down_waits_then_answers_every_query(
     server = _serve(deployment, b"unavailable for")  # "Weaviate at http://... unavailable for 0s"
     try:
         assert "Weaviate at" in server.output()
-        wait_for(lambda: _metric(port, 'streamtune_dependency_waiting{dependency="weaviate"} 1.0'), 60, "gauge")
+        wait_for(lambda: metrics_has(port, 'streamtune_dependency_waiting{dependency="weaviate"} 1.0'), 60, "gauge")
         queries, sent = _queries(settings)
         assert queries.flush(15) == 0
         time.sleep(2 * settings.weaviate.retry_max_s)
@@ -127,7 +127,7 @@ def test_serve_started_while_weaviate_is_down_waits_then_answers_every_query(
         twice = sum(len(found[q]) > 1 for q in sent)
         print(f"Weaviate down at start-up: {N} queries produced, {len(set(sent) & set(found))} answered, {twice} twice")
         assert twice == 0
-        assert _metric(port, 'streamtune_dependency_waiting{dependency="weaviate"} 0.0')
+        assert metrics_has(port, 'streamtune_dependency_waiting{dependency="weaviate"} 0.0')
         assert "Traceback" not in server.output()
     finally:
         server.stop()

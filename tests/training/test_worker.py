@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 import zlib
 from collections import Counter
@@ -41,6 +40,7 @@ from streamtune.harness import (
     ServiceProcess,
     free_port,
     isolated_env,
+    metrics_has,
     publish_examples,
     settings_for_env,
     tiny_training,
@@ -479,7 +479,7 @@ def test_a_worker_whose_partition_is_revoked_mid_refresh_announces_nothing_and_c
 
     wait_for(lambda: world.results(), 180, "the request's result")
     wait_for(lambda: "refresh fenced" in first_log.read_text(), 30, "the fenced refresh ending")
-    assert _metric(port, 'streamtune_refresh_fenced_total{tenant="acme"} 1.0'), first_log.read_text()[-3000:]
+    assert metrics_has(port, 'streamtune_refresh_fenced_total{tenant="acme"} 1.0'), first_log.read_text()[-3000:]
     (result,) = world.results()
     # trained and published by the request's next run: the fenced one left no version behind (else "skipped")
     assert (result.tenant, result.status, result.version) == ("acme", "promoted", "v0001"), result
@@ -495,14 +495,6 @@ def _example_ends(settings: Settings) -> dict[int, int]:
     return committed_end_offsets(settings.kafka, topic_name(TRAINING_EXAMPLES, settings.topics))
 
 
-def _metric(port: int, line: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            return line in response.read().decode()
-    except OSError:
-        return False
-
-
 @pytest.mark.integration
 def test_a_worker_started_while_kafka_is_down_waits_says_so_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
@@ -516,7 +508,7 @@ def test_a_worker_started_while_kafka_is_down_waits_says_so_and_stops_on_sigterm
     worker = ServiceProcess(["train", "worker"], b"unavailable for", tmp_path / "logs", env)
     worker.start(timeout_s=120)  # retry's line: "worker: Kafka at ... unavailable for 0s ..."
     try:
-        wait_for(lambda: _metric(port, 'streamtune_dependency_waiting{dependency="kafka"} 1.0'), 60, "the gauge")
+        wait_for(lambda: metrics_has(port, 'streamtune_dependency_waiting{dependency="kafka"} 1.0'), 60, "the gauge")
         assert worker.running()
         assert b"worker: consuming" not in worker.log.read_bytes()
     finally:
