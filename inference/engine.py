@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference.adapters import AdapterBook, AdapterCache, Announced
+from inference.batching import grouped_query_attention
 from inference.metrics import ServeMetrics
 from inference.question_drift import QuestionDrift
 from retrieval.client import RetrievalError, address, is_transient
@@ -90,6 +91,7 @@ class Answerer:
         self._own_client = self.retriever.client
         self.tokenizer, model = load_base_model(settings, dtype=torch.float32)
         model.eval()
+        grouped_query_attention(model)
         self.tokenizer.padding_side = "left"  # decoder-only models generate a batch from left-padded prompts
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -105,6 +107,22 @@ class Answerer:
         self._embedding = threading.Lock()  # the drift references are embedded in a thread of their own
         self.drift = QuestionDrift(settings, self.metrics.registry, self._embed_texts)
         self._check_context_window(model)
+        self.prompt_prefix = self._prompt_prefix()
+
+    def _prompt_prefix(self) -> list[int]:
+        """The tokens every prompt begins with, whose cache the batcher computes once (``Batcher.shared_prefix``):
+        what two prompts of different questions and passages share, cut back to just after its last special
+        token (``<|im_start|>``), where the text that follows can never merge into the tokens before it. A prompt
+        that does not begin with them after all is simply prefilled whole (the batcher compares the tokens)."""
+        first = self._encode(render_prompt(self.tokenizer, self.form, "Where?", []))
+        second = self._encode(render_prompt(self.tokenizer, self.form, "How long?", [Passage("A", "Text.", None)]))
+        common = 0
+        while common < min(len(first), len(second)) and first[common] == second[common]:
+            common += 1
+        special = set(self.tokenizer.all_special_ids)
+        while common and first[common - 1] not in special:
+            common -= 1
+        return first[:common]
 
     def _check_context_window(self, model: Any) -> None:
         """A prompt can never outgrow the model: system prompt + context budget + longest question + answer."""
@@ -359,6 +377,7 @@ class Answerer:
             pad_id=self.tokenizer.pad_token_id,
             mixed_adapters=lambda: bool(self.cache.loaded),
             decode=self._decode,
+            shared_prefix=self.prompt_prefix,
         )
         for row in rows:
             row.prompt_ids = self._encode(row.key.prompt)

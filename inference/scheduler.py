@@ -58,6 +58,7 @@ class Scheduler:
             pad_id=tokenizer.pad_token_id,
             mixed_adapters=lambda: bool(answerer.cache.loaded),
             decode=answerer._decode,
+            shared_prefix=answerer.prompt_prefix,
         )
         self.waiting: deque[Any] = deque()
         self.running: dict[int, _Running] = {}  # id(row) -> what it answers

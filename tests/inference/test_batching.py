@@ -1,5 +1,6 @@
 """Continuous batching (``inference.batching``) on the tiny model: rows that join a running batch, leave it
-when done, and use different adapters per row give the tokens each prompt gives alone."""
+when done, use different adapters per row, or reuse the cache of a shared prompt beginning give the tokens each
+prompt gives alone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from inference.batching import PADDING_SLACK, Batcher, Row, prefill_groups
+from inference.batching import PADDING_SLACK, Batcher, Row, grouped_query_attention, prefill_groups
 
 PROMPTS = [
     "What is the refund window?",
@@ -111,3 +112,86 @@ def test_prompts_of_very_different_lengths_are_prefilled_in_groups_and_decode_as
     _run(batcher, rows, {})
     for row, prompt in zip(rows, prompts, strict=True):
         assert row.generated == _alone(model, tokenizer, prompt, 8), prompt
+
+
+def _two_adapters(model: Any, tmp_path: Path) -> Any:
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(model.name_or_path).eval()
+    for name, seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(seed)
+        lora = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(model.name_or_path),
+            LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+        )
+        lora.save_pretrained(tmp_path / name)
+    peft = PeftModel.from_pretrained(base, str(tmp_path / "a"), adapter_name="a").eval()
+    peft.load_adapter(str(tmp_path / "b"), adapter_name="b")
+    return peft
+
+
+def test_rows_reusing_a_shared_prefix_decode_as_they_would_alone(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    peft = _two_adapters(model, tmp_path)
+    preamble = "<|im_start|>system: refunds are accepted within thirty days of purchase.<|im_end|><|im_start|>"
+    shared = tokenizer(preamble, add_special_tokens=False)["input_ids"]
+    batcher = Batcher(
+        lambda: peft,
+        eos_ids=[tokenizer.eos_token_id],
+        pad_id=tokenizer.pad_token_id,
+        mixed_adapters=lambda: True,
+        shared_prefix=shared,
+    )
+    plan = [
+        ("a", preamble + PROMPTS[0]),
+        ("__base__", preamble + PROMPTS[3] * 3),  # long: the others are padded after the prefix, then it leaves
+        ("b", preamble + PROMPTS[2]),
+        ("a", PROMPTS[1]),  # does not begin with the prefix: prefilled whole, beside the others
+        ("b", preamble + PROMPTS[1]),  # joins the running batch later
+    ]
+    budgets = [10, 3, 12, 10, 8]
+    rows = [
+        Row(i, tokenizer(p, add_special_tokens=False)["input_ids"], adapter, n)
+        for i, ((adapter, p), n) in enumerate(zip(plan, budgets, strict=True))
+    ]
+    _run(batcher, rows[:4], {2: [rows[4]]})
+    for row, (adapter, prompt), budget in zip(rows, plan, budgets, strict=True):
+        assert row.generated == _alone(peft, tokenizer, prompt, budget, adapter_names=[adapter]), (adapter, prompt)
+    assert set(batcher._prefixes) == {"a", "b", "__base__"}  # one prefix cache per adapter, computed once each
+    assert rows[0].generated != _alone(peft, tokenizer, plan[0][1], 10, adapter_names=["b"])  # the adapter counts
+
+
+def test_a_shared_prefix_leaves_no_padding_column_behind(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    preamble = "user assistant system: refunds are accepted within thirty days of purchase."
+    batcher = Batcher(
+        lambda: model,
+        eos_ids=[tokenizer.eos_token_id],
+        pad_id=tokenizer.pad_token_id,
+        mixed_adapters=lambda: False,
+        shared_prefix=tokenizer(preamble, add_special_tokens=False)["input_ids"],
+    )
+    long, short = (
+        Row(i, tokenizer(preamble + p, add_special_tokens=False)["input_ids"], "__base__", n)
+        for i, (p, n) in enumerate(((PROMPTS[3] * 3, 1), (PROMPTS[2], 6)))
+    )
+    batcher.add([long, short])  # the long row ends at its first token: the short one's padding goes with it
+    assert batcher.rows == [short] and "__base__" in batcher._prefixes  # both reused the prefix
+    assert bool(batcher._mask.bool().all())
+    assert batcher._cache.layers[0].keys.shape[2] == len(short.prompt_ids)
+
+
+def test_grouped_query_attention_gives_the_tokens_of_the_default_attention(tiny_model: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # the tiny model groups its heads
+    grouped_query_attention(model)
+    assert model.config._attn_implementation != "sdpa"
+    batcher = Batcher(
+        lambda: model, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, mixed_adapters=lambda: False
+    )
+    rows = [Row(i, tokenizer(p, add_special_tokens=False)["input_ids"], "__base__", 10) for i, p in enumerate(PROMPTS)]
+    _run(batcher, rows[:3], {2: [rows[3]]})  # padded prompts and a join: every step has a padding mask
+    default = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    for row, prompt in zip(rows, PROMPTS, strict=True):
+        assert row.generated == _alone(default, tokenizer, prompt, 10), prompt

@@ -156,6 +156,7 @@ class _Unretrieved(Answerer):
         self.model_name = "tiny"
         self.book = AdapterBook(settings.adapters_dir, settings.models.base_model)
         self.cache = AdapterCache(model, settings.inference.max_loaded_adapters)
+        self.prompt_prefix: list[int] = []  # the prompt is the question: no beginning that all prompts share
 
     def _embed_and_retrieve(self, items: list[Any]) -> None:
         for item in items:
