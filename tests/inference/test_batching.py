@@ -69,10 +69,9 @@ def test_rows_joining_and_leaving_a_running_batch_decode_as_they_would_alone(tin
     assert len(batcher) == 0 and batcher._cache is None
 
 
-def test_rows_of_different_adapters_share_a_batch(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+def _two_adapters(model: Any, tmp_path: Path) -> Any:
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    model, tokenizer = tiny
     base = AutoModelForCausalLM.from_pretrained(model.name_or_path).eval()
     for name, seed in (("a", 1), ("b", 2)):
         torch.manual_seed(seed)
@@ -83,6 +82,12 @@ def test_rows_of_different_adapters_share_a_batch(tiny: tuple[Any, Any], tmp_pat
         lora.save_pretrained(tmp_path / name)
     peft = PeftModel.from_pretrained(base, str(tmp_path / "a"), adapter_name="a").eval()
     peft.load_adapter(str(tmp_path / "b"), adapter_name="b")
+    return peft
+
+
+def test_rows_of_different_adapters_share_a_batch(tiny: tuple[Any, Any], tmp_path: Path) -> None:
+    model, tokenizer = tiny
+    peft = _two_adapters(model, tmp_path)
     batcher = Batcher(
         lambda: peft, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, mixed_adapters=lambda: True
     )
@@ -112,22 +117,6 @@ def test_prompts_of_very_different_lengths_are_prefilled_in_groups_and_decode_as
     _run(batcher, rows, {})
     for row, prompt in zip(rows, prompts, strict=True):
         assert row.generated == _alone(model, tokenizer, prompt, 8), prompt
-
-
-def _two_adapters(model: Any, tmp_path: Path) -> Any:
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    base = AutoModelForCausalLM.from_pretrained(model.name_or_path).eval()
-    for name, seed in (("a", 1), ("b", 2)):
-        torch.manual_seed(seed)
-        lora = get_peft_model(
-            AutoModelForCausalLM.from_pretrained(model.name_or_path),
-            LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
-        )
-        lora.save_pretrained(tmp_path / name)
-    peft = PeftModel.from_pretrained(base, str(tmp_path / "a"), adapter_name="a").eval()
-    peft.load_adapter(str(tmp_path / "b"), adapter_name="b")
-    return peft
 
 
 def test_rows_reusing_a_shared_prefix_decode_as_they_would_alone(tiny: tuple[Any, Any], tmp_path: Path) -> None:
