@@ -45,6 +45,9 @@ _TRANSIENT_WORDS = (
     "shutting down",
     # a restarted node's shards are still loading: "object search at index ...: no read replica found"
     "no read replica",
+    # ... and a write to one of them, just after a restart: "could not find index for class X. It might have been
+    # deleted in the meantime" (the ingest job's own collection, which it created and never deletes)
+    "could not find index for class",
 )
 
 

@@ -13,6 +13,9 @@ from retrieval.client import RetrievalError, is_transient
     [
         # seen after a restart, while the node's shards load (tests/streams/test_ingest_job.py outage test)
         "object search at index ingest252abddc5f: no read replica found",
+        # a write just after a restart (the same outage test, under load)
+        "Every object failed during insertion. Here is the set of all errors: could not find index for class "
+        "Ingest79ed24b52f. It might have been deleted in the meantime",
         "connection refused",
         "the node is not ready",
     ],
