@@ -172,8 +172,9 @@ class Batcher:
             raise ValueError("rows with stop sequences need the Batcher's decode (token ids to text)")
         events: list[TokenEvent] = []
         shared = len(self.shared_prefix)
-        prefixed = [r for r in rows if shared and _starts_with(r.prompt_ids, self.shared_prefix)]
-        whole = [r for r in rows if not (shared and _starts_with(r.prompt_ids, self.shared_prefix))]
+        reuses = {id(r) for r in rows if shared and _starts_with(r.prompt_ids, self.shared_prefix)}
+        prefixed = [r for r in rows if id(r) in reuses]
+        whole = [r for r in rows if id(r) not in reuses]
         for skip, part in ((shared, prefixed), (0, whole)):
             for group in prefill_groups(part, skip):
                 logits = self._prefill(group, skip)

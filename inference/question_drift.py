@@ -38,7 +38,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 from threadpoolctl import ThreadpoolController
 
-from streamtune.contracts import TrainingExample, decode
+from streamtune.contracts import TENANT_PATTERN, TrainingExample, decode
 from streamtune.drift import DriftReading, DriftTracker
 from streamtune.errors import ContractError
 from streamtune.manifest import Manifest
@@ -52,7 +52,6 @@ Embed = Callable[[Sequence[str]], list[list[float]]]
 
 FIRST_WINDOW = "first window"  # the tracker's own name for a reference taken from a first window
 KEPT_FIRST_WINDOW = "first window, kept from before a restart"
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a tenant name that is a file name as it is
 
 
 class QuestionDrift:
@@ -118,7 +117,7 @@ class QuestionDrift:
 
     # -- the first-window reference kept across restarts ---------------------------------------------
     def _kept_file(self, tenant: str) -> Path | None:
-        return self._kept / f"{tenant}.npz" if _SAFE_NAME.fullmatch(tenant) else None
+        return self._kept / f"{tenant}.npz" if re.fullmatch(TENANT_PATTERN, tenant) else None  # a file name as it is
 
     def _keep(self, tenant: str) -> None:
         path, rows = self._kept_file(tenant), self.tracker.reference(tenant)
@@ -126,7 +125,7 @@ class QuestionDrift:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            part = path.parent / f".{tenant}.part.npz"  # no tenant's name starts with a dot
+            part = path.parent / f".{tenant}.part.npz"  # TENANT_PATTERN has no dot: never another tenant's file
             np.savez(part, reference=rows, model=np.array(self.settings.embedding.model))
             part.replace(path)  # whole or not at all
         except OSError as exc:
