@@ -5,7 +5,8 @@ sequence or its token budget) leaves at once and frees its slot; rows that arriv
 between two steps: they are prefilled together (one forward over the prompts of each group of similar length,
 ``prefill_groups``), their first token comes out of that prefill, and their KV cache joins the running one, so
 they decode in the very next step beside rows that started earlier. Rows of different tenants use different
-LoRA adapters in the same forward (PEFT's ``adapter_names``, ``"__base__"`` for the base model).
+LoRA adapters in the same forward: each row's adapter is added by ``grouped_lora`` (two matrix products per layer
+for the whole batch) on PEFT's layers and weights, ``"__base__"`` for the base model.
 
 Why not the library's: transformers' ``ContinuousBatchingManager`` schedules at the iteration level with a
 paged cache, but takes no adapter per request, and serving many tenants' adapters in one batch is what
@@ -45,6 +46,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from inference.grouped_lora import GroupedLora
 
 if TYPE_CHECKING:
     from streamtune.contracts import Query
@@ -159,6 +162,7 @@ class Batcher:
         self._lengths: list[int] = []  # real tokens of each row in the cache
         self.shared_prefix = list(shared_prefix)
         self._prefixes: OrderedDict[str, list[tuple[Any, Any]]] = OrderedDict()  # adapter -> per layer (keys, values)
+        self._lora = GroupedLora()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -263,13 +267,15 @@ class Batcher:
         import torch
 
         kwargs: dict[str, Any] = {}
-        if self.mixed_adapters():
-            kwargs["adapter_names"] = adapters
         if last_only:
             kwargs["logits_to_keep"] = 1
         cache_position = torch.arange(past, past + ids.shape[1], dtype=torch.long)
-        with torch.no_grad():
-            out = self.get_model()(
+        model = self.get_model()
+        mixed = self.mixed_adapters()
+        with torch.no_grad(), self._lora.rows(model, adapters if mixed else []) as names:
+            if mixed:
+                kwargs["adapter_names"] = names
+            out = model(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
