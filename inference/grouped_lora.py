@@ -135,6 +135,7 @@ class GroupedLora:
         x = args[0].to(stack.a.dtype)
         low = F.linear(x, stack.a)  # [rows, tokens, sum of ranks]
         low *= masks[stack.spans].unsqueeze(1) if low.dim() == 3 else masks[stack.spans]
+        output = output.contiguous()  # a no-op for a linear layer's fresh output; ``view`` below needs it
         flat = output.view(-1, output.shape[-1])
         flat.addmm_(low.view(-1, low.shape[-1]).to(output.dtype), stack.b.t().to(output.dtype))
         return output

@@ -199,39 +199,76 @@ class QuestionDrift:
                 with self._lock:
                     if not self._wanted:
                         break
-                    tenant, manifest = self._wanted.popitem()
-                try:
-                    questions = self._questions(tenant, manifest)
-                    vectors = self._embed(questions) if questions else []
-                except Exception as exc:  # Kafka or the embedder failing: the first window stays the reference
-                    log.warning(
-                        "serve: drift: could not read the questions %s %s was trained on (%s); its first window "
-                        "of questions is its reference meanwhile",
-                        tenant,
-                        manifest.version,
-                        exc,
-                        extra={"tenant": tenant},
-                    )
-                    continue
-                self._ready.put((tenant, vectors, f"{manifest.version} training questions"))
+                    wanted, self._wanted = self._wanted, {}
+                for tenant, manifest, vectors, error in self._references(wanted):
+                    if error is not None:  # Kafka or the embedder failing: the first window stays the reference
+                        log.warning(
+                            "serve: drift: could not read the questions %s %s was trained on (%s); its first "
+                            "window of questions is its reference meanwhile",
+                            tenant,
+                            manifest.version,
+                            error,
+                            extra={"tenant": tenant},
+                        )
+                    else:
+                        self._ready.put((tenant, vectors, f"{manifest.version} training questions"))
 
-    def _questions(self, tenant: str, manifest: Manifest) -> list[str]:
-        """The questions of the tenant's demonstrations in the version's new examples (at most
-        ``drift.max_reference`` x 4 read, the tracker subsamples)."""
+    def _references(
+        self, wanted: dict[str, Manifest]
+    ) -> list[tuple[str, Manifest, list[list[float]], Exception | None]]:
+        """Each wanted tenant's reference vectors (or the error that kept them from it): the manifests' ranges of
+        one topic are read in one pass and the questions embedded in one call, since at start-up every tenant
+        asks at once (one read per tenant took 64 s for 1,000 tenants, ``bench/tenants.py``)."""
+        by_topic: dict[str, dict[str, Manifest]] = {}
+        for tenant, manifest in wanted.items():
+            by_topic.setdefault(manifest.data.topic, {})[tenant] = manifest
+        questions: dict[str, list[str]] = {}
+        failed: dict[str, Exception] = {}
+        for topic, manifests in by_topic.items():
+            try:
+                questions.update(self._questions(topic, manifests))
+            except Exception as exc:
+                failed.update(dict.fromkeys(manifests, exc))
+        asked = [t for t in wanted if questions.get(t)]
+        vectors: dict[str, list[list[float]]] = {t: [] for t in wanted}
+        try:
+            every = self._embed([q for t in asked for q in questions[t]]) if asked else []
+        except Exception as exc:
+            failed.update(dict.fromkeys(asked, exc))
+        else:
+            begin = 0
+            for tenant in asked:
+                vectors[tenant] = every[begin : begin + len(questions[tenant])]
+                begin += len(questions[tenant])
+        return [(t, m, vectors[t], failed.get(t)) for t, m in wanted.items()]
+
+    def _questions(self, topic: str, manifests: dict[str, Manifest]) -> dict[str, list[str]]:
+        """The questions of each tenant's demonstrations in its version's new examples on ``topic`` (at most
+        ``drift.max_reference`` x 4 a tenant, the tracker subsamples), in one read of the ranges' union."""
         from streamtune.kafka import read_range
 
-        questions: list[str] = []
+        union: dict[int, tuple[int, int]] = {}
+        for manifest in manifests.values():
+            for partition, (start, end) in manifest.data.ranges.items():
+                if end > start:
+                    first, last = union.get(partition, (start, end))
+                    union[partition] = (min(first, start), max(last, end))
         limit = self.settings.drift.max_reference * 4
-        for message in read_range(self.settings.kafka, manifest.data.topic, manifest.data.ranges):
+        questions: dict[str, list[str]] = {tenant: [] for tenant in manifests}
+        full = 0  # tenants with ``limit`` questions: the read ends when every one has
+        for message in read_range(self.settings.kafka, topic, union):
             try:
                 example = decode(message.value() or b"", TrainingExample)
             except ContractError:
                 continue
-            if example.tenant != tenant or example.kind not in (None, "demonstration"):
+            owner = manifests.get(example.tenant)
+            if owner is None or example.kind not in (None, "demonstration"):
                 continue
+            start, end = owner.data.ranges.get(message.partition() or 0, (0, 0))
             asked = [m.content for m in example.messages if m.role == "user"]
-            if asked:
-                questions.append(asked[-1])
-            if len(questions) >= limit:
-                break
+            if asked and start <= (message.offset() or 0) < end and len(questions[example.tenant]) < limit:
+                questions[example.tenant].append(asked[-1])
+                full += len(questions[example.tenant]) == limit
+                if full == len(manifests):
+                    break
         return questions

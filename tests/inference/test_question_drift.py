@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,6 +177,45 @@ def test_the_reference_is_what_the_current_adapter_was_trained_on(examples: tupl
     wait_for(loaded, 60, "acme's reference")
     assert drift.tracker.reading("acme").reference == 24  # acme's questions only, every one
     assert sorted(embedded) == sorted(f"acme question {i}?" for i in range(24))
+
+
+@pytest.mark.integration
+def test_many_tenants_references_are_read_in_one_pass_and_embedded_in_one_call(
+    examples: tuple[Settings, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At start-up every tenant asks at once: one read of the ranges' union, one embedding call, and still each
+    tenant's own questions from its own range only."""
+    import streamtune.kafka
+
+    settings, topic = examples
+    _publish_questions(settings, topic, ["acme", "beta", "gamma"])  # acme at offsets 0, 3, 6 ..., beta 1, 4, ...
+    reads: list[dict[int, tuple[int, int]]] = []
+    real_read = streamtune.kafka.read_range
+
+    def counted(kafka: Any, topic: str, ranges: dict[int, tuple[int, int]], *args: Any) -> Any:
+        reads.append(dict(ranges))
+        return real_read(kafka, topic, ranges, *args)
+
+    monkeypatch.setattr(streamtune.kafka, "read_range", counted)
+    embedded: list[list[str]] = []
+
+    def embed(texts: Sequence[str]) -> list[list[float]]:
+        embedded.append(list(texts))
+        return [[float(i), 0.0, 1.0] for i, _ in enumerate(texts)]
+
+    drift = QuestionDrift(settings, CollectorRegistry(), embed)
+    wanted = {
+        "acme": sample_manifest("acme", "v0001", data={"topic": topic, "ranges": {0: (0, 36)}}),
+        "beta": sample_manifest("beta", "v0003", data={"topic": topic, "ranges": {0: (36, 72)}}),
+        "gamma": sample_manifest("gamma", "v0002", data={"topic": topic, "ranges": {0: (0, 72)}}),
+        "delta": sample_manifest("delta", "v0001", data={"topic": topic, "ranges": {0: (0, 72)}}),  # none of its own
+    }
+    references = {tenant: (len(vectors), error) for tenant, _, vectors, error in drift._references(wanted)}
+    assert reads == [{0: (0, 72)}]
+    assert references == {"acme": (12, None), "beta": (12, None), "gamma": (24, None), "delta": (0, None)}
+    assert len(embedded) == 1 and len(embedded[0]) == 48
+    assert embedded[0][:12] == [f"acme question {i}?" for i in range(12)]
+    assert embedded[0][12:24] == [f"beta question {i}?" for i in range(12, 24)]
 
 
 @pytest.mark.integration
