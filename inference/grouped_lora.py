@@ -17,7 +17,8 @@ The model's forward is still PEFT's, with every row named ``"__base__"`` so that
 forward hook on each LoRA layer adds the grouped sum while ``rows`` is active, in the thread that entered it.
 Stacks are kept per set of adapters (``STACKS``, least recently used out): an adapter's name names a published
 version whose weights never change, so a stack stays right after its adapter is evicted and loaded again (and
-holds at most ``STACKS`` sets' copies meanwhile). Adapters that are not plain linear LoRA (a ``lora_variant``
+holds at most ``STACKS`` sets' copies meanwhile). They are of one model: ``rows`` with another drops them and
+the old model's hooks. Adapters that are not plain linear LoRA (a ``lora_variant``
 such as DoRA, a LoRA bias, an embedding or convolution layer) are left to PEFT: ``rows`` then yields the
 adapters themselves.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ class GroupedLora:
     """The grouped LoRA of one PEFT model's layers (see the module docstring)."""
 
     def __init__(self) -> None:
+        self._model: weakref.ref[Any] | None = None  # the model the stacks and hooks below are of
         self._hooked: dict[int, Any] = {}  # id(layer) -> the hook's handle
         self._stacks: OrderedDict[tuple[str, ...], dict[int, _Stack | None]] = OrderedDict()
         self._local = threading.local()  # .active: this thread's (stacks, masks) while ``rows`` is active
@@ -68,6 +71,12 @@ class GroupedLora:
         are where one of them is not plain linear LoRA (PEFT mixes those itself)."""
         import torch
 
+        if self._model is None or self._model() is not model:  # another model: its layers are other objects
+            self._stacks.clear()
+            for handle in self._hooked.values():
+                handle.remove()
+            self._hooked.clear()
+            self._model = weakref.ref(model)
         distinct = tuple(dict.fromkeys(a for a in adapters if a != BASE))
         stacks = self._stacks_of(model, distinct) if distinct else {}
         if stacks is None:

@@ -93,3 +93,20 @@ def test_an_adapter_it_cannot_group_is_left_to_peft(tiny_model: Path, tmp_path: 
         got = _logits(model, ids, names)
     torch.testing.assert_close(got, _logits(model, ids, adapters))
     assert not grouped._stacks
+
+
+def test_the_same_grouping_follows_another_model(tiny_model: Path, tmp_path: Path, peft: Any) -> None:
+    """``serve`` wraps its base model in a PEFT model at the first load: the stacks and hooks of a model that is no
+    longer the one passed are dropped, and the new model's rows get their own adapters."""
+    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    _save(str(tiny_model), tmp_path / "x", 5, config)
+    _save(str(tiny_model), tmp_path / "y", 6, config)
+    other = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model)), str(tmp_path / "x"), "a")
+    other.load_adapter(str(tmp_path / "y"), adapter_name="b")  # the same names as the first model's, other weights
+    other.eval()
+    ids = torch.randint(0, 200, (2, 3))
+    grouped = GroupedLora()
+    for model in (peft, other, peft):
+        expected = _logits(model, ids, ["a", "b"])
+        with grouped.rows(model, ["a", "b"]) as names:
+            torch.testing.assert_close(_logits(model, ids, names), expected, rtol=1e-4, atol=1e-5)
