@@ -31,7 +31,7 @@ import math
 import queue
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,8 @@ Embed = Callable[[Sequence[str]], list[list[float]]]
 
 FIRST_WINDOW = "first window"  # the tracker's own name for a reference taken from a first window
 KEPT_FIRST_WINDOW = "first window, kept from before a restart"
+EMBED_BATCH = 512
+"""Reference questions embedded in one call (several tenants' when they are few each)."""
 
 
 class QuestionDrift:
@@ -215,32 +217,38 @@ class QuestionDrift:
 
     def _references(
         self, wanted: dict[str, Manifest]
-    ) -> list[tuple[str, Manifest, list[list[float]], Exception | None]]:
-        """Each wanted tenant's reference vectors (or the error that kept them from it): the manifests' ranges of
-        one topic are read in one pass and the questions embedded in one call, since at start-up every tenant
-        asks at once (one read per tenant took 64 s for 1,000 tenants, ``bench/tenants.py``)."""
+    ) -> Iterator[tuple[str, Manifest, list[list[float]], Exception | None]]:
+        """Each wanted tenant's reference vectors (or the error that kept them from it). The manifests' ranges of one
+        topic are read in one pass, and the questions embedded ``EMBED_BATCH`` at a time across tenants, since at
+        start-up every tenant asks at once (one read per tenant took 64 s for 1,000 tenants, ``bench/tenants.py``);
+        tenants are yielded batch by batch, so only one batch's vectors are held here."""
         by_topic: dict[str, dict[str, Manifest]] = {}
         for tenant, manifest in wanted.items():
             by_topic.setdefault(manifest.data.topic, {})[tenant] = manifest
         questions: dict[str, list[str]] = {}
-        failed: dict[str, Exception] = {}
         for topic, manifests in by_topic.items():
             try:
                 questions.update(self._questions(topic, manifests))
             except Exception as exc:
-                failed.update(dict.fromkeys(manifests, exc))
-        asked = [t for t in wanted if questions.get(t)]
-        vectors: dict[str, list[list[float]]] = {t: [] for t in wanted}
-        try:
-            every = self._embed([q for t in asked for q in questions[t]]) if asked else []
-        except Exception as exc:
-            failed.update(dict.fromkeys(asked, exc))
-        else:
-            begin = 0
-            for tenant in asked:
-                vectors[tenant] = every[begin : begin + len(questions[tenant])]
-                begin += len(questions[tenant])
-        return [(t, m, vectors[t], failed.get(t)) for t, m in wanted.items()]
+                yield from ((t, m, [], exc) for t, m in manifests.items())
+        tenants = list(questions)
+        batch: list[str] = []
+        size = 0
+        for index, tenant in enumerate(tenants):
+            batch.append(tenant)
+            size += len(questions[tenant])
+            if size < EMBED_BATCH and index < len(tenants) - 1:
+                continue
+            try:
+                every = self._embed([q for t in batch for q in questions[t]]) if size else []
+            except Exception as exc:
+                yield from ((t, wanted[t], [], exc) for t in batch)
+            else:
+                begin = 0
+                for t in batch:
+                    yield t, wanted[t], every[begin : begin + len(questions[t])], None
+                    begin += len(questions[t])
+            batch, size = [], 0
 
     def _questions(self, topic: str, manifests: dict[str, Manifest]) -> dict[str, list[str]]:
         """The questions of each tenant's demonstrations in its version's new examples on ``topic`` (at most

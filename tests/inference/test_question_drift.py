@@ -180,12 +180,16 @@ def test_the_reference_is_what_the_current_adapter_was_trained_on(examples: tupl
 
 
 @pytest.mark.integration
-def test_many_tenants_references_are_read_in_one_pass_and_embedded_in_one_call(
-    examples: tuple[Settings, str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("embed_batch", "calls"), [(512, [48]), (20, [24, 24])])
+def test_many_tenants_references_are_read_in_one_pass_and_embedded_together(
+    examples: tuple[Settings, str], monkeypatch: pytest.MonkeyPatch, embed_batch: int, calls: list[int]
 ) -> None:
-    """At start-up every tenant asks at once: one read of the ranges' union, one embedding call, and still each
-    tenant's own questions from its own range only."""
+    """At start-up every tenant asks at once: one read of the ranges' union, the questions embedded across tenants
+    ``EMBED_BATCH`` at a time, and still each tenant's own questions from its own range only."""
+    import inference.question_drift
     import streamtune.kafka
+
+    monkeypatch.setattr(inference.question_drift, "EMBED_BATCH", embed_batch)
 
     settings, topic = examples
     _publish_questions(settings, topic, ["acme", "beta", "gamma"])  # acme at offsets 0, 3, 6 ..., beta 1, 4, ...
@@ -213,9 +217,11 @@ def test_many_tenants_references_are_read_in_one_pass_and_embedded_in_one_call(
     references = {tenant: (len(vectors), error) for tenant, _, vectors, error in drift._references(wanted)}
     assert reads == [{0: (0, 72)}]
     assert references == {"acme": (12, None), "beta": (12, None), "gamma": (24, None), "delta": (0, None)}
-    assert len(embedded) == 1 and len(embedded[0]) == 48
-    assert embedded[0][:12] == [f"acme question {i}?" for i in range(12)]
-    assert embedded[0][12:24] == [f"beta question {i}?" for i in range(12, 24)]
+    assert [len(call) for call in embedded] == calls
+    every = [question for call in embedded for question in call]
+    assert every[:12] == [f"acme question {i}?" for i in range(12)]
+    assert every[12:24] == [f"beta question {i}?" for i in range(12, 24)]
+    assert every[24:] == [f"gamma question {i}?" for i in range(24)]
 
 
 @pytest.mark.integration
