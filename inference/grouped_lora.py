@@ -18,9 +18,9 @@ forward hook on each LoRA layer adds the grouped sum while ``rows`` is active, i
 Stacks are kept per set of adapters (``STACKS``, least recently used out): an adapter's name names a published
 version whose weights never change, so a stack stays right after its adapter is evicted and loaded again (and
 holds at most ``STACKS`` sets' copies meanwhile). They are of one model: ``rows`` with another drops them and
-the old model's hooks. Adapters that are not plain linear LoRA (a ``lora_variant``
-such as DoRA, a LoRA bias, an embedding or convolution layer) are left to PEFT: ``rows`` then yields the
-adapters themselves.
+the old model's hooks. Adapters that are not plain linear LoRA (a LoRA bias, a ``lora_variant``, an embedding or
+convolution layer) are left to PEFT's own mixing, as before: ``rows`` then yields the adapters themselves (and
+PEFT refuses what it cannot mix either, such as DoRA, with its own error).
 
 Dropout is not applied: serving runs the model in eval mode, where LoRA's dropout is the identity.
 """
