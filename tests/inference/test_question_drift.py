@@ -226,6 +226,47 @@ def test_many_tenants_references_are_read_in_one_pass_and_embedded_together(
 
 @pytest.mark.integration
 @pytest.mark.fault
+def test_a_topic_that_cannot_be_read_fails_only_its_tenants_references_each_once(
+    examples: tuple[Settings, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One read serves every tenant of a topic, so a failed read fails all of them, once each, and only them: a
+    tenant whose versions were trained on another topic still gets its reference."""
+    import streamtune.kafka
+    from streamtune.errors import KafkaUnavailableError
+
+    settings, topic = examples
+    _publish_questions(settings, topic, ["acme"])
+    real_read = streamtune.kafka.read_range
+
+    def failing(kafka: Any, name: str, ranges: dict[int, tuple[int, int]], *args: Any) -> Any:
+        if name == "unreadable":
+            raise KafkaUnavailableError("cannot read unreadable from 127.0.0.1:9092: broker down")
+        return real_read(kafka, name, ranges, *args)
+
+    monkeypatch.setattr(streamtune.kafka, "read_range", failing)
+    embedded: list[int] = []
+
+    def embed(texts: Sequence[str]) -> list[list[float]]:
+        embedded.append(len(texts))
+        return [[float(i), 0.0, 1.0] for i, _ in enumerate(texts)]
+
+    drift = QuestionDrift(settings, CollectorRegistry(), embed)
+    wanted = {
+        "acme": sample_manifest("acme", "v0001", data={"topic": topic, "ranges": {0: (0, 24)}}),
+        "beta": sample_manifest("beta", "v0001", data={"topic": "unreadable", "ranges": {0: (0, 24)}}),
+        "gamma": sample_manifest("gamma", "v0002", data={"topic": "unreadable", "ranges": {0: (5, 9)}}),
+    }
+    results = [(tenant, len(vectors), type(error).__name__) for tenant, _, vectors, error in drift._references(wanted)]
+    assert sorted(results) == [
+        ("acme", 24, "NoneType"),
+        ("beta", 0, "KafkaUnavailableError"),
+        ("gamma", 0, "KafkaUnavailableError"),
+    ]
+    assert embedded == [24]
+
+
+@pytest.mark.integration
+@pytest.mark.fault
 def test_a_reference_that_cannot_be_embedded_leaves_the_first_window_and_the_next_one_loads(
     examples: tuple[Settings, str], caplog: pytest.LogCaptureFixture
 ) -> None:
