@@ -35,7 +35,7 @@ from streamtune.kafka import consumer, producer
 from streamtune.settings import Settings
 from streamtune.topics import ANSWER_DELTAS, ANSWERS, QUERIES, topic_name
 
-__all__ = ["BlockingWaiter", "QueryRouter", "Waiter"]
+__all__ = ["BlockingWaiter", "QueryRouter", "Waiter", "unsent"]
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +259,13 @@ class QueryRouter:
         self._producer.flush(1)
         with contextlib.suppress(RuntimeError):
             self._consumer.close()
+
+
+def unsent(answer: Answer, streamed: str) -> str:
+    """What a streaming caller still owes its client once the answer (the text of record) has come: the end of
+    its text that the pieces relayed so far (``streamed``) lacked, because they were lost or later than the
+    grace. Nothing when the pieces already make it up or do not begin it."""
+    return answer.answer[len(streamed) :] if answer.answer.startswith(streamed) else ""
 
 
 def _kafka_status(exc: Exception) -> str:

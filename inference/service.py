@@ -434,7 +434,7 @@ def ask_many(
 ) -> list[Answer]:
     """Produce one query per question at once (so that ``serve`` batches them) and wait for every answer
     (``inference.routing``); the answers in the questions' order."""
-    from inference.routing import BlockingWaiter, QueryRouter
+    from inference.routing import BlockingWaiter, QueryRouter, unsent
 
     router = QueryRouter(settings, name="ask", message_timeout_s=timeout_s, report_waits=False)
     router.start()
@@ -471,8 +471,8 @@ def ask_many(
                 if isinstance(event, Exception):
                     raise event
                 if isinstance(event, Answer):
-                    if on_delta is not None and event.answer.startswith(streamed) and event.answer != streamed:
-                        on_delta(event.answer[len(streamed) :])  # pieces lost or later than the router's grace
+                    if on_delta is not None and (rest := unsent(event, streamed)):
+                        on_delta(rest)
                     found.append(event)
                     break
                 streamed += event.text

@@ -43,7 +43,7 @@ from inference.http.protocol import (
     sse,
 )
 from inference.http.search import Retrieval
-from inference.routing import QueryRouter
+from inference.routing import QueryRouter, unsent
 from streamtune.contracts import TENANT_PATTERN, Answer, AnswerDelta, FeedbackRecorded, FeedbackRecordedData, Query
 from streamtune.errors import ConfigError
 from streamtune.settings import Settings
@@ -380,9 +380,8 @@ def create_app(
                     if event.error is not None:
                         yield sse(answer_error(event.error).body())
                     else:
-                        if event.answer.startswith(sent) and len(event.answer) > len(sent):
-                            # pieces lost or later than the router's grace: send what they lacked
-                            yield sse(chunk(query.query_id, model, created, {"content": event.answer[len(sent) :]}))
+                        if rest := unsent(event, sent):
+                            yield sse(chunk(query.query_id, model, created, {"content": rest}))
                         gw.completions.remember(query.query_id, query.tenant, query.question, event.answer)
                         for item in final_chunks(event, created, include_usage=include_usage):
                             yield sse(item)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from inference import routing
-from inference.routing import BlockingWaiter, QueryRouter
+from inference.routing import BlockingWaiter, QueryRouter, unsent
 from streamtune.contracts import Answer, AnswerDelta
 from streamtune.settings import Settings
 from streamtune.topics import ANSWER_DELTAS, ANSWERS
@@ -105,6 +105,14 @@ def test_an_answer_not_streamed_or_after_all_its_pieces_goes_out_at_once(router:
     router._take(_answer(router, "q-4", "No.", pieces=1))
     assert _events(plain) == ["answer:Yes."]
     assert _events(streamed) == ["piece:No.", "answer:No."]
+
+
+def test_a_streaming_caller_owes_only_what_the_pieces_lacked() -> None:
+    answer = Answer(query_id="q-9", answer="Open until 18:00.")
+    assert unsent(answer, "") == "Open until 18:00."  # every piece lost
+    assert unsent(answer, "Open until") == " 18:00."  # the last pieces lost
+    assert unsent(answer, "Open until 18:00.") == ""  # all came
+    assert unsent(answer, "Closed") == ""  # pieces that do not begin the answer: nothing can be appended
 
 
 def test_a_forgotten_query_drops_its_held_answer(router: QueryRouter) -> None:
