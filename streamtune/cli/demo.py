@@ -185,8 +185,9 @@ def main(settings: Settings) -> int:
         _show_http(HTTP_QUESTION, reply)
 
         if outcome.status == "canary" and outcome.version:
-            step(f"the canary on live feedback: {outcome.version} against the base model")
-            _canary_on_feedback(settings, outcome.version, qa, reply)
+            incumbent = _incumbent(settings)
+            step(f"the canary on live feedback: {outcome.version} against {incumbent}")
+            _canary_on_feedback(settings, outcome.version, incumbent, qa, reply)
 
         step(f"change a fact: {CHANGED_DOC} now says the tune-up costs 699 NOK")
         changed_at = time.monotonic()
@@ -220,7 +221,18 @@ _ROUNDS = 4
 _ROUND = 40
 
 
-def _canary_on_feedback(settings: Settings, version: str, qa: list[dict[str, Any]], reply: dict[str, Any]) -> None:
+def _incumbent(settings: Settings) -> str:
+    """What the canary is measured against: the tenant's current version (one an earlier demo on this stack
+    promoted), else the base model."""
+    from training.registry import open_registry
+
+    current = open_registry(settings, TENANT).current()
+    return current.name if current is not None else "the base model"
+
+
+def _canary_on_feedback(
+    settings: Settings, version: str, incumbent: str, qa: list[dict[str, Any]], reply: dict[str, Any]
+) -> None:
     """Rounds of the vetted questions through ``queries``, each answer rated against the vetted answer as a user
     who knows it would (token F1 >= 0.5 up, else down with the vetted answer as the correction), published as
     ``feedback.recorded``; the HTTP completion is rated over ``POST /v1/feedback``. The decision step runs
@@ -232,7 +244,7 @@ def _canary_on_feedback(settings: Settings, version: str, qa: list[dict[str, Any
     from training.trainer import token_f1
 
     share = settings.training.canary_percent
-    _say(f"{version} answers {share}% of {TENANT}'s queries (a stable hash of query_id), the base model the rest")
+    _say(f"{version} answers {share}% of {TENANT}'s queries (a stable hash of query_id), {incumbent} the rest")
     _say(f"rated over HTTP: {_rate_http(settings, reply['id'])}")
     out = producer(settings.kafka)
     events = topic_name(DOMAIN_EVENTS, settings.topics)
