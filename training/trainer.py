@@ -238,6 +238,28 @@ seed itself and the replay sample by seed + 1; ranked by the seed, the slice wou
 held-out ones, which never reach ``train``."""
 
 
+def progress(say: Callable[[str], None], every: int = 10) -> Any:
+    """A ``TrainerCallback`` that says the loss every ``every`` steps and at the last, with the rate so far
+    (tokens/s where the trainer counts tokens, as trl's SFT does; else seconds per step), and each validation
+    loss."""
+    from transformers import TrainerCallback
+
+    begin = time.monotonic()
+
+    class Progress(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
+            step = f"    step {state.global_step}/{state.max_steps}"
+            if logs and "eval_loss" in logs:
+                say(f"{step}  validation loss {float(logs['eval_loss']):.3f}")
+            if logs and "loss" in logs and (state.global_step % every == 0 or state.global_step == state.max_steps):
+                seconds = max(time.monotonic() - begin, 1e-9)
+                tokens = float(logs.get("num_tokens", 0))
+                rate = f"{tokens / seconds:.0f} tokens/s" if tokens else f"{seconds / state.global_step:.1f} s/step"
+                say(f"{step}  loss {float(logs['loss']):.3f}  {rate}")
+
+    return Progress()
+
+
 def validation_slice(
     examples: Sequence[TrainingExample], settings: TrainingSettings
 ) -> tuple[list[TrainingExample], list[TrainingExample]]:
@@ -271,7 +293,7 @@ def train(
     manifest, so a replay trains in the precision its version was trained in)."""
     import torch
     from datasets import Dataset
-    from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, set_seed
+    from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
     # Seeded before loading: the fresh LoRA weights are drawn here. Deterministic algorithms only on CUDA,
@@ -309,19 +331,6 @@ def train(
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    begin = time.monotonic()
-
-    class Progress(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
-            if logs and "eval_loss" in logs:
-                say(f"    step {state.global_step}/{state.max_steps}  validation loss {float(logs['eval_loss']):.3f}")
-            if logs and "loss" in logs and (state.global_step % 10 == 0 or state.global_step == state.max_steps):
-                rate = float(logs.get("num_tokens", 0)) / max(time.monotonic() - begin, 1e-9)
-                say(
-                    f"    step {state.global_step}/{state.max_steps}  "
-                    f"loss {float(logs['loss']):.3f}  {rate:.0f} tokens/s"
-                )
-
     early_stopping = [EarlyStoppingCallback(early_stopping_patience=settings.patience)] if validating else []
     trainer = SFTTrainer(
         model=model,
@@ -329,9 +338,9 @@ def train(
         train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(eval_rows) if validating else None,
         processing_class=tokenizer,
-        callbacks=[Progress(), *early_stopping],
+        callbacks=[progress(say), *early_stopping],
     )
-    trainer.remove_callback(PrinterCallback)  # our Progress callback reports instead
+    trainer.remove_callback(PrinterCallback)  # our progress callback reports instead
     output = trainer.train()  # with validation: ends holding the best checkpoint's adapter (load_best_model_at_end)
     state = trainer.state
     history = state.log_history
@@ -552,9 +561,16 @@ def prefer(
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+    say(
+        f"    preference step (KTO): {config.max_steps} steps on {desirable} desirable + {undesirable} undesirable rows"
+    )
     begin = time.monotonic()
     trainer = KTOTrainer(
-        model=model, args=config, train_dataset=Dataset.from_list(list(rows)), processing_class=tokenizer
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(list(rows)),
+        processing_class=tokenizer,
+        callbacks=[progress(say, every=5)],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
@@ -562,8 +578,8 @@ def prefer(
     losses = [(int(h["step"]), float(h["loss"])) for h in history if "loss" in h]
     seconds = time.monotonic() - begin
     say(
-        f"    preference step (KTO): {trainer.state.global_step} steps on {desirable} desirable + {undesirable} "
-        f"undesirable rows, loss {losses[-1][1] if losses else float('nan'):.3f}, {seconds:.0f}s"
+        f"    preference step (KTO) done: {trainer.state.global_step} steps, "
+        f"loss {losses[-1][1] if losses else float('nan'):.3f}, {seconds:.0f}s"
     )
     trained: Any = trainer.model
     if "ref" in getattr(trained, "peft_config", {}):

@@ -102,5 +102,8 @@ def test_a_refresh_learns_from_feedback_once_there_is_enough_and_replays_byte_id
     # rows: 2 corrections x (good + bad), 2 thumbs down, 1 thumbs up among the ratings
     assert (figures.desirable, figures.undesirable) == (3, 4)
     assert data.new_examples == 10  # rated-down answers are never SFT examples, held out or replayed
-    assert any("preference step (KTO)" in line for line in lines)
+    assert "    preference step (KTO): 3 steps on 3 desirable + 4 undesirable rows" in lines
+    # its progress is said as SFT's is (here only the last step: 3 steps, said every 5)
+    assert sum(line.startswith("    step 3/3  loss ") for line in lines) == 1
+    assert any(line.startswith("    preference step (KTO) done: 3 steps, loss ") for line in lines)
     assert replay(settings, "acme", second.version or "", say=lambda _: None).identical
