@@ -65,7 +65,8 @@ def best_trade(off: np.ndarray, inside: np.ndarray) -> dict[str, float | bool]:
     }
 
 
-def scores(question: Encode, passage: Encode, documents: Sequence[dict[str, str]]) -> dict[str, Callable]:
+def scorers(passage: Encode, documents: Sequence[dict[str, str]]) -> dict[str, Callable]:
+    """Each scorer: question vectors -> each question's best similarity over the documents."""
     texts = [d["text"] for d in documents]
     chunk = passage(texts)
     titled = passage([f"{d['title']}. {d['text']}" for d in documents])
@@ -148,7 +149,7 @@ def main() -> None:
     passed: list[set[int]] = []  # per scorer, the off-topic questions at or above its best-trade threshold
     for model, (question, passage) in models.items():
         off_vectors, in_vectors = question(off_questions), question(in_questions)
-        for name, score in scores(question, passage, documents).items():
+        for name, score in scorers(passage, documents).items():
             off, inside = score(off_vectors), score(in_vectors)
             row = {"model": model, "scorer": name, **best_trade(off, inside)}
             row["off_topic_median"] = round(float(np.median(off)), 3)
