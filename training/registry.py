@@ -67,6 +67,7 @@ __all__ = [
     "RegistryError",
     "Version",
     "open_registry",
+    "state_of",
     "status_of",
     "tenants",
 ]
@@ -615,6 +616,16 @@ def status_of(manifest: Manifest) -> str:
     if not manifest.gate.promoted:
         return "rejected"
     return "canary" if manifest.gate.canary_percent else "promoted"
+
+
+def state_of(version: Version, current: Version | None) -> str:
+    """A version's state as people are shown it (``adapters list``, the demo): ``current`` for the current version
+    (``current``, read once by the caller), ``canary N%`` for a running canary, else its status."""
+    if current is not None and version.name == current.name:
+        return "current"
+    if version.status == "canary":
+        return f"canary {version.manifest.gate.canary_percent}%"
+    return version.status
 
 
 def open_registry(settings: Settings, tenant: str) -> AdapterRegistry:

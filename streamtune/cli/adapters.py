@@ -58,14 +58,14 @@ def _registry(settings: Settings, tenant: str) -> Any:
 
 
 def list_versions(settings: Settings, args: argparse.Namespace) -> int:
+    from training.registry import state_of
+
     registry = _registry(settings, args.tenant)
     current = registry.current()
     versions = registry.versions()
     for v in versions:
         is_current = current is not None and v.name == current.name
-        state = "current" if is_current else v.status
-        if state == "canary":
-            state = f"canary {v.manifest.gate.canary_percent}%"
+        state = state_of(v, current)
         held = v.manifest.metrics.candidate.held_out
         print(
             f"{'*' if is_current else ' '} {v.name}  {state:<11} held-out loss {held.loss:.4f}  "

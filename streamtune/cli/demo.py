@@ -240,7 +240,7 @@ def _canary_on_feedback(
     from inference.service import ask_many
     from streamtune.harness import feedback_recorded
     from training.canary import decide
-    from training.registry import open_registry
+    from training.registry import open_registry, state_of
     from training.trainer import token_f1
 
     share = settings.training.canary_percent
@@ -277,8 +277,10 @@ def _canary_on_feedback(
                 _say(f"decision: {d.action} {d.version}: {d.reason}")
             break
         _say("the decision step waits for more rated answers")
-    for version_ in open_registry(settings, TENANT).versions():
-        _say(f"{version_.name}: {version_.status}")
+    registry = open_registry(settings, TENANT)
+    current = registry.current()
+    for version_ in registry.versions():
+        _say(f"{version_.name}: {state_of(version_, current)}")
 
 
 def _rate_http(settings: Settings, completion_id: str) -> str:

@@ -26,7 +26,7 @@ from streamtune.settings import Settings, TrainingSettings
 from streamtune.topics import ADAPTER_UPDATES, ANSWERS, DOMAIN_EVENTS, topic_name
 from training.canary import decide, degradation, judge, log_likelihood_ratio
 from training.publish import announce
-from training.registry import AdapterRegistry, RegistryError
+from training.registry import AdapterRegistry, RegistryError, state_of
 
 
 def _figures(positive: int, negative: int) -> Figures:
@@ -93,6 +93,16 @@ def test_the_registry_keeps_one_canary_and_records_each_decision(tmp_path: Path)
     assert registry.current().name == "v0003" and registry.previous().name == "v0001"  # type: ignore[union-attr]
     back = registry.rollback(decision={"decision": "rollback", "reason": "degraded"})
     assert back.name == "v0001" and registry.get("v0003").status == "rolled_back"
+
+
+def test_each_version_is_shown_current_canary_or_by_its_status(tmp_path: Path) -> None:
+    registry = AdapterRegistry(tmp_path, "acme")
+    registry.publish("v0001", _write("v0001"), "promoted")
+    registry.publish("v0002", _write("v0002"), "promoted")
+    registry.publish("v0003", _write("v0003", 20), "canary")
+    current = registry.current()
+    # one current: the version promoted before it is shown as promoted, not current
+    assert [state_of(v, current) for v in registry.versions()] == ["promoted", "current", "canary 20%"]
 
 
 def test_a_canary_a_crash_left_out_of_the_index_is_adopted_as_the_canary(tmp_path: Path) -> None:
