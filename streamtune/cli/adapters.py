@@ -64,11 +64,10 @@ def list_versions(settings: Settings, args: argparse.Namespace) -> int:
     current = registry.current()
     versions = registry.versions()
     for v in versions:
-        is_current = current is not None and v.name == current.name
         state = state_of(v, current)
         held = v.manifest.metrics.candidate.held_out
         print(
-            f"{'*' if is_current else ' '} {v.name}  {state:<11} held-out loss {held.loss:.4f}  "
+            f"{'*' if state == 'current' else ' '} {v.name}  {state:<11} held-out loss {held.loss:.4f}  "
             f"examples {v.manifest.data.new_examples}  {v.manifest.created_at.isoformat()}"
         )
         if v.decision:
