@@ -123,6 +123,12 @@ class AdapterBook:
             log.error("serve: could not fetch %s; the tenant keeps what it had", reason)
             self.on_refusal("unavailable")
             return False
+        except OSError as exc:  # the store refused a read, or the copy could not be written (a full disk)
+            reason = f"{update.tenant} {update.version}: could not copy it for loading: {exc}"
+            self.refused.append(reason)
+            log.error("serve: %s; the tenant keeps what it had", reason)
+            self.on_refusal("copy")
+            return False
         except ValueError as exc:
             reason = f"{update.tenant} {update.version}: {exc}"
             self.refused.append(reason)

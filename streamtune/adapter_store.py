@@ -18,7 +18,8 @@ A request that fails on a connection, a time-out or a 5xx is retried with the on
 (a missing object, a refused credential) are raised at once.
 
 ``fetch`` copies a version of a remote store into ``<cache_dir>/adapters-cache/<tenant>/<version>`` (safetensors
-only, the weights' sha256 checked against the manifest's) so that PEFT and the trainer read local files.
+only, the weights' sha256 checked against the manifest's) so that PEFT and the trainer read local files. Processes
+that share the cache copy each version once, under a lock file beside it (``.<version>.lock``).
 """
 
 from __future__ import annotations
@@ -177,8 +178,19 @@ class AdapterStore:
         target = (cache / tenant / version).resolve()
         if target.parent.parent != cache:
             raise ValueError(f"{tenant} {version} does not name a place inside {cache}")
-        if (target / WEIGHTS).is_file() and _sha256_file(target / WEIGHTS) == sha256:
-            return target  # published versions never change, so a verified copy stays good
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Replicas and trainer workers on one host share the cache: one copies a version while the others wait,
+        # then find it verified. Without the lock a second copier would remove the first one's copy under it.
+        from filelock import FileLock
+
+        # kept, not unlinked on release, so that no waiter can hold a lock on a file that is already gone
+        with FileLock(target.with_name(f".{version}.lock"), preserve_lock_file=True):
+            if (target / WEIGHTS).is_file() and _sha256_file(target / WEIGHTS) == sha256:
+                return target  # published versions never change, so a verified copy stays good
+            self._copy(tenant, version, sha256, target)
+        return target
+
+    def _copy(self, tenant: str, version: str, sha256: str, target: Path) -> None:
         names = self.names(tenant, version)
         if pickled := [n for n in names if n in PICKLES]:
             raise ValueError(
@@ -197,11 +209,10 @@ class AdapterStore:
             digest = _sha256_file(partial / WEIGHTS)
             if digest != sha256:
                 raise ValueError(f"the weights' sha256 {digest[:16]}... is not the manifest's {sha256[:16]}...")
-            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)  # a copy that failed its check (the lock is held)
             partial.rename(target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-        return target
 
 
 def _sha256_file(path: Path) -> str:

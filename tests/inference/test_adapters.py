@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,11 @@ from typing import Any
 import pytest
 
 from inference.adapters import ADAPTER_WEIGHTS, AdapterBook, AdapterCache, verify
+from streamtune.adapter_store import AdapterStore, open_store
 from streamtune.contracts import AdapterUpdate
 from streamtune.harness import adapter_update, sample_manifest
 from streamtune.models import sha256_file
+from streamtune.settings import load_settings
 
 BASE = "tiny-base"
 
@@ -72,6 +75,28 @@ def test_forged_announcements_are_refused(tmp_path: Path, forge: str, refusal: s
     assert not book.record(updates[forge])
     assert refusal in book.refused[0] and len(refused) == 1
     assert book.latest == {} and book.resolve("beta", None) is None and book.resolve("acme", None) is None
+
+
+def test_a_version_that_cannot_be_copied_is_refused_and_the_tenant_keeps_what_it_had(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"memory://streamtune-{tmp_path.name}/adapters"
+    store = open_store(load_settings(config_files=[], cache_dir=tmp_path, training={"adapters_dir": url}))
+    book = AdapterBook(store, BASE)
+    for version in ("v0001", "v0002"):
+        store.write("acme", version, ADAPTER_WEIGHTS, data=b"weights")
+    digest = sha256_file(_adapter(tmp_path / "plain", "acme", "v0001") / ADAPTER_WEIGHTS)
+    assert book.record(_update("acme", "v0001", store.uri("acme", "v0001"), digest))
+
+    def full_disk(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(AdapterStore, "_copy", full_disk)
+    refusals: list[str] = []
+    book.on_refusal = refusals.append
+    assert not book.record(_update("acme", "v0002", store.uri("acme", "v0002"), digest))
+    assert refusals == ["copy"] and "No space left on device" in book.refused[-1]
+    assert book.latest == {"acme": "v0001"}
 
 
 def test_pinned_versions_are_looked_up_among_verified_announcements_only(tmp_path: Path) -> None:

@@ -5,12 +5,13 @@ conditional writes there; tests/training/test_s3_store.py runs the same against 
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
-from streamtune.adapter_store import _transient, open_store
+from streamtune.adapter_store import WEIGHTS, AdapterStore, _transient, open_store
 from streamtune.errors import ConfigError
 from streamtune.harness import sample_manifest
 from streamtune.settings import load_settings
@@ -90,3 +91,45 @@ def test_the_registry_on_an_fsspec_url_lists_only_committed_versions(tmp_path: P
     with registry.writing():
         assert registry.repaired == ["removed the half-written v0003 (no manifest: its publish never finished)"]
     assert registry.next_name() == "v0003"
+
+
+def test_processes_sharing_a_cache_copy_a_version_once_and_never_under_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas (here two threads: the lock is an OS file lock either way) fetch one version together."""
+    url = f"memory://streamtune-{uuid.uuid4().hex[:8]}/adapters"
+    store = open_store(load_settings(config_files=[], cache_dir=tmp_path, training={"adapters_dir": url}))
+    weights = b"the weights of v0001"
+    store.write("acme", "v0001", WEIGHTS, data=weights)
+    store.write("acme", "v0001", "manifest.json", data=b"{}")
+    reads: list[tuple[str, ...]] = []
+    first_read, go_on = threading.Event(), threading.Event()
+    read = AdapterStore.read
+
+    def held_read(self: AdapterStore, *parts: str) -> bytes:
+        reads.append(parts)
+        if len(reads) == 1:  # the first copier stops half-way through its copy
+            first_read.set()
+            assert go_on.wait(timeout=60)
+        return read(self, *parts)
+
+    monkeypatch.setattr(AdapterStore, "read", held_read)
+    got: dict[str, Path] = {}
+
+    def fetch(name: str) -> None:
+        got[name] = store.fetch("acme", "v0001", hashlib.sha256(weights).hexdigest())
+
+    first = threading.Thread(target=fetch, args=("first",))
+    first.start()
+    assert first_read.wait(timeout=60)
+    second = threading.Thread(target=fetch, args=("second",))
+    second.start()
+    second.join(timeout=1.0)
+    went_ahead = not second.is_alive()
+    go_on.set()
+    assert not went_ahead, "the second fetch went ahead while the first was still copying"
+    first.join(timeout=60)
+    second.join(timeout=60)
+    assert got["first"] == got["second"] == tmp_path.resolve() / "adapters-cache" / "acme" / "v0001"
+    assert (got["first"] / WEIGHTS).read_bytes() == weights
+    assert len(reads) == 2  # the weights and the manifest, copied once: the second found the verified copy

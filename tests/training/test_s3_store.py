@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -132,6 +134,62 @@ def test_serve_loads_only_a_verified_copy_from_inside_the_store(s3_settings: Set
     assert not book.record(_update(other))
     assert any("sha256" in reason for reason in book.refused)
     assert book.resolve("acme", None) == loaded
+
+
+_FETCHER = """
+import hashlib, sys, time
+from pathlib import Path
+from streamtune.adapter_store import open_store
+from streamtune.settings import load_settings
+
+ready, go, sha256 = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+store = open_store(load_settings(config_files=[]))
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+path = store.fetch("acme", "v0001", sha256)
+for _ in range(10):  # what serve and a trainer do next: read the copy
+    assert hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest() == sha256
+print(path)
+"""
+
+
+def test_processes_sharing_a_cache_fetch_one_version_together(s3_settings: Settings, tmp_path: Path) -> None:
+    """Four processes (serve replicas, trainer workers) on one host, one cache, fetching the same version at the
+    same moment. Without the copy lock one of them failed in 2 of 6 runs of this test: it read a copy that
+    another had just removed, or its own rename was refused. tests/training/test_adapter_store.py pins that
+    interleaving; this runs it for real."""
+    weights = os.urandom(16 << 20)
+    _publish(AdapterRegistry(open_store(s3_settings), "acme"), "v0001", weights)
+    sha256 = hashlib.sha256(weights).hexdigest()
+    env = {
+        **os.environ,
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "STREAMTUNE__TRAINING__ADAPTERS_DIR": s3_settings.adapter_store,
+        "STREAMTUNE__CACHE_DIR": str(s3_settings.cache_dir),
+    }
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(4)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FETCHER, str(r), str(go), sha256],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for r in ready
+    ]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        assert all(c.poll() is None for c in children), [c.communicate() for c in children]
+        time.sleep(0.05)
+    go.touch()
+    outputs = [c.communicate(timeout=120) for c in children]
+    assert [c.returncode for c in children] == [0, 0, 0, 0], [err.splitlines()[-1:] for _, err in outputs]
+    copy = s3_settings.cache_dir.resolve() / "adapters-cache" / "acme" / "v0001"
+    assert [out.strip() for out, _ in outputs] == [str(copy)] * 4
+    assert [p.name for p in copy.parent.iterdir() if p.suffix != ".lock"] == ["v0001"]  # no partial copy left
 
 
 def test_a_second_writer_is_refused_and_nothing_is_lost(s3_settings: Settings) -> None:
