@@ -2,7 +2,8 @@
 for the outage tests. Each test writes under its own uuid-named prefix of the stack's bucket.
 
 What is promised (training/registry.py, streamtune/adapter_store.py): a version published to ``s3://...`` reads
-back through the registry, exports, is copied and verified for loading; a second writer is refused, never lost;
+back through the registry, exports, is copied and verified for loading (once, by processes sharing a cache); a
+second writer is refused, never lost;
 and a store that goes away during a publish is waited out (bounded) or fails the publish with nothing listed,
 while what serve loaded keeps serving.
 """
