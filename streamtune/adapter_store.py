@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from streamtune.errors import StreamtuneError
+from streamtune.errors import RetryExhausted, StreamtuneError
 from streamtune.retry import Backoff, retrying
 from streamtune.settings import Settings
 
-__all__ = ["WEIGHTS", "AdapterStore", "WriteConflict", "open_store", "store_at"]
+__all__ = ["WEIGHTS", "AdapterStore", "CopyFailed", "WriteConflict", "open_store", "store_at"]
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,17 @@ T = TypeVar("T")
 WEIGHTS = "adapter_model.safetensors"
 PICKLES = ("adapter_model.bin", "pytorch_model.bin")
 _CACHE = "adapters-cache"
+_COPY_WAIT_S = 600.0
+"""How long a copier waits for another process's copy of the same version when ``s3.give_up_s`` is unset."""
 
 
 class WriteConflict(StreamtuneError):
     """A conditional write was refused: another writer created or changed the object first."""
+
+
+class CopyFailed(StreamtuneError):
+    """A version could not be copied into the local cache: a read the store refused, or a write the disk refused
+    (full, read-only)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,9 @@ class AdapterStore:
 
         return self._call(f"list {'/'.join(parts) or 'the root'}", listing)
 
+    def _isdir(self, *parts: str) -> bool:
+        return bool(self._call(f"look up {'/'.join(parts)}", lambda: self.fs.isdir(self.key(*parts))))
+
     def write(self, *parts: str, data: bytes) -> None:
         """Write one object whole (a retry writes the same bytes again: harmless)."""
         self._call(f"write {'/'.join(parts)}", lambda: self.fs.pipe_file(self.key(*parts), data))
@@ -171,26 +181,39 @@ class AdapterStore:
     # -- local copies ---------------------------------------------------------------------------
     def fetch(self, tenant: str, version: str, sha256: str) -> Path:
         """A local folder holding ``tenant`` ``version`` (a local store's own; a remote one's copy under
-        ``<cache_dir>/adapters-cache``), its weights checked against ``sha256``. ValueError when a check fails."""
+        ``<cache_dir>/adapters-cache``), its weights checked against ``sha256``. ValueError when a check fails,
+        ``CopyFailed`` when the copy could not be made, ``RetryExhausted`` when the store stayed unreachable or
+        another process held the version's copy lock past ``s3.give_up_s``.
+
+        Processes on one host (``serve`` replicas, trainer workers) share the cache: one copies a version under
+        the lock file ``.<version>.lock`` while the others wait, then find the copy verified. Without the lock a
+        second copier removed the first one's copy while it was being read."""
         if self.local:
             return Path(self.location) / tenant / version
         cache = (self.cache_dir / _CACHE).resolve()
         target = (cache / tenant / version).resolve()
         if target.parent.parent != cache:
             raise ValueError(f"{tenant} {version} does not name a place inside {cache}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Replicas and trainer workers on one host share the cache: one copies a version while the others wait,
-        # then find it verified. Without the lock a second copier would remove the first one's copy under it.
-        from filelock import FileLock
+        from filelock import FileLock, Timeout
 
-        # kept, not unlinked on release, so that no waiter can hold a lock on a file that is already gone
-        with FileLock(target.with_name(f".{version}.lock"), preserve_lock_file=True):
-            if (target / WEIGHTS).is_file() and _sha256_file(target / WEIGHTS) == sha256:
-                return target  # published versions never change, so a verified copy stays good
-            self._copy(tenant, version, sha256, target)
+        wait_s = self.backoff.give_up_s or _COPY_WAIT_S
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(target.with_name(f".{version}.lock"), timeout=wait_s):
+                if (target / WEIGHTS).is_file() and _sha256_file(target / WEIGHTS) == sha256:
+                    return target  # published versions never change, so a verified copy stays good
+                self._copy(tenant, version, sha256, target)
+        except Timeout as exc:
+            raise RetryExhausted(
+                f"another process has been copying {self.uri(tenant, version)} into {target.parent} for over "
+                f"{wait_s:.0f}s; the store is slow or down (`streamtune stack status` for the local one)"
+            ) from exc
+        except OSError as exc:
+            raise CopyFailed(f"could not copy {self.uri(tenant, version)} into {target.parent}: {exc}") from exc
         return target
 
     def _copy(self, tenant: str, version: str, sha256: str, target: Path) -> None:
+        """Copy, check and rename into place; the caller holds the version's lock."""
         names = self.names(tenant, version)
         if pickled := [n for n in names if n in PICKLES]:
             raise ValueError(
@@ -198,18 +221,19 @@ class AdapterStore:
             )
         if WEIGHTS not in names:
             raise ValueError(f"{self.uri(tenant, version)}/{WEIGHTS} is missing")
+        for stale in target.parent.glob(f".partial-{version}-*"):  # a copier that was killed mid-copy
+            shutil.rmtree(stale, ignore_errors=True)
         partial = target.with_name(f".partial-{version}-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         try:
             for name in names:
-                if self.fs.isdir(self.key(tenant, version, name)):
+                if self._isdir(tenant, version, name):
                     continue  # a version is flat; nothing below it is ever loaded
                 (partial / name).write_bytes(self.read(tenant, version, name))
             digest = _sha256_file(partial / WEIGHTS)
             if digest != sha256:
                 raise ValueError(f"the weights' sha256 {digest[:16]}... is not the manifest's {sha256[:16]}...")
-            shutil.rmtree(target, ignore_errors=True)  # a copy that failed its check (the lock is held)
+            shutil.rmtree(target, ignore_errors=True)  # a copy that failed its check
             partial.rename(target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from inference.adapters import ADAPTER_WEIGHTS, AdapterBook, AdapterCache, verify
-from streamtune.adapter_store import AdapterStore, open_store
+from streamtune.adapter_store import open_store
 from streamtune.contracts import AdapterUpdate
 from streamtune.harness import adapter_update, sample_manifest
 from streamtune.models import sha256_file
@@ -88,15 +88,25 @@ def test_a_version_that_cannot_be_copied_is_refused_and_the_tenant_keeps_what_it
     digest = sha256_file(_adapter(tmp_path / "plain", "acme", "v0001") / ADAPTER_WEIGHTS)
     assert book.record(_update("acme", "v0001", store.uri("acme", "v0001"), digest))
 
-    def full_disk(*args: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    write_bytes = Path.write_bytes
 
-    monkeypatch.setattr(AdapterStore, "_copy", full_disk)
+    def full_disk(path: Path, data: Any) -> int:
+        if path.parent.name.startswith(".partial-v0002"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_bytes(path, data)
+
     refusals: list[str] = []
     book.on_refusal = refusals.append
-    assert not book.record(_update("acme", "v0002", store.uri("acme", "v0002"), digest))
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_bytes", full_disk)
+        assert not book.record(_update("acme", "v0002", store.uri("acme", "v0002"), digest))
     assert refusals == ["copy"] and "No space left on device" in book.refused[-1]
     assert book.latest == {"acme": "v0001"}
+    cached = tmp_path / "adapters-cache" / "acme"
+    assert sorted(p.name for p in cached.iterdir() if p.suffix != ".lock") == ["v0001"]  # no partial copy left
+    # with room on the disk again, the next announcement of it is copied: the failure let go of the lock
+    assert book.record(_update("acme", "v0002", store.uri("acme", "v0002"), digest))
+    assert book.latest == {"acme": "v0002"}
 
 
 def test_pinned_versions_are_looked_up_among_verified_announcements_only(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from streamtune.adapter_store import WEIGHTS, AdapterStore, _transient, open_store
-from streamtune.errors import ConfigError
+from streamtune.errors import ConfigError, RetryExhausted
 from streamtune.harness import sample_manifest
 from streamtune.settings import load_settings
 from training.registry import AdapterRegistry, status_of, tenants
@@ -93,15 +93,19 @@ def test_the_registry_on_an_fsspec_url_lists_only_committed_versions(tmp_path: P
     assert registry.next_name() == "v0003"
 
 
-def test_processes_sharing_a_cache_copy_a_version_once_and_never_under_each_other(
+def test_copiers_sharing_a_cache_copy_a_version_once_and_never_under_each_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two replicas (here two threads: the lock is an OS file lock either way) fetch one version together."""
+    """Two copiers fetch one version together: here two threads, as the lock is an OS file lock either way
+    (tests/training/test_s3_store.py runs four processes against a real server)."""
     url = f"memory://streamtune-{uuid.uuid4().hex[:8]}/adapters"
     store = open_store(load_settings(config_files=[], cache_dir=tmp_path, training={"adapters_dir": url}))
     weights = b"the weights of v0001"
     store.write("acme", "v0001", WEIGHTS, data=weights)
     store.write("acme", "v0001", "manifest.json", data=b"{}")
+    stale = tmp_path / "adapters-cache" / "acme" / ".partial-v0001-99999"  # a copier killed mid-copy
+    stale.mkdir(parents=True)
+    (stale / WEIGHTS).write_bytes(b"the first half")
     reads: list[tuple[str, ...]] = []
     first_read, go_on = threading.Event(), threading.Event()
     read = AdapterStore.read
@@ -133,3 +137,18 @@ def test_processes_sharing_a_cache_copy_a_version_once_and_never_under_each_othe
     assert got["first"] == got["second"] == tmp_path.resolve() / "adapters-cache" / "acme" / "v0001"
     assert (got["first"] / WEIGHTS).read_bytes() == weights
     assert len(reads) == 2  # the weights and the manifest, copied once: the second found the verified copy
+    assert not stale.exists()
+
+
+def test_a_copy_held_up_by_another_process_past_the_give_up_time_is_reported_unavailable(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    url = f"memory://streamtune-{uuid.uuid4().hex[:8]}/adapters"
+    settings = load_settings(config_files=[], cache_dir=tmp_path, training={"adapters_dir": url}, s3={"give_up_s": 1})
+    store = open_store(settings)
+    store.write("acme", "v0001", WEIGHTS, data=b"weights")
+    lock = tmp_path / "adapters-cache" / "acme" / ".v0001.lock"
+    lock.parent.mkdir(parents=True)
+    with FileLock(lock), pytest.raises(RetryExhausted, match=r"another process has been copying .* for over 1s"):
+        store.fetch("acme", "v0001", hashlib.sha256(b"weights").hexdigest())
+    assert not (lock.parent / "v0001").exists()

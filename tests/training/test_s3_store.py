@@ -185,6 +185,7 @@ def test_processes_sharing_a_cache_fetch_one_version_together(s3_settings: Setti
     while not all(r.exists() for r in ready) and time.monotonic() < deadline:
         assert all(c.poll() is None for c in children), [c.communicate() for c in children]
         time.sleep(0.05)
+    assert all(r.exists() for r in ready), "the fetchers did not start within 120 s"
     go.touch()
     outputs = [c.communicate(timeout=120) for c in children]
     assert [c.returncode for c in children] == [0, 0, 0, 0], [err.splitlines()[-1:] for _, err in outputs]
