@@ -46,11 +46,10 @@ import numpy as np
 from grounding import IN_GOAL, OFF_GOAL
 from grounding_questions import IN_DOMAIN, OFF_TOPIC
 
+from streamtune.harness import sample
 from streamtune.models import load_embedder
 from streamtune.settings import load_settings
 
-DATA = Path(__file__).resolve().parent.parent / "streamtune" / "data"
-DOCUMENTS, VETTED_QA = DATA / "demo_documents.jsonl", DATA / "demo_qa.jsonl"
 Encode = Callable[[Sequence[str]], np.ndarray]
 
 
@@ -72,10 +71,6 @@ def best_trade(off: np.ndarray, inside: np.ndarray) -> dict[str, float | bool]:
         "margin": round(margin, 3),
         "meets_both_goals": margin >= 0,
     }
-
-
-def read_jsonl(path: Path) -> list[dict[str, str]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def scorers(passage: Encode, documents: Sequence[dict[str, str]], qa: Sequence[dict[str, str]]) -> dict[str, Callable]:
@@ -137,7 +132,7 @@ def main() -> None:
     if args.path:
         sys.path.append(str(args.path))
 
-    documents, qa = read_jsonl(DOCUMENTS), read_jsonl(VETTED_QA)
+    documents, qa = sample("demo_documents.jsonl"), sample("demo_qa.jsonl")
     off_questions = [q for _, q in OFF_TOPIC]
     in_questions = [q for _, q in IN_DOMAIN]
 

@@ -118,17 +118,12 @@ class AdapterBook:
             return True
         try:
             announced = verify(update, self.store, self.base_model)
-        except UnavailableError as exc:  # the store, not the announcement: the loaded adapters keep serving
-            reason = f"{update.tenant} {update.version}: unavailable: the adapter store: {exc}"
+        except (UnavailableError, CopyFailed) as exc:  # the store or the local disk, not the announcement
+            check = "unavailable" if isinstance(exc, UnavailableError) else "copy"
+            reason = f"{update.tenant} {update.version}: {check}: {exc}"
             self.refused.append(reason)
             log.error("serve: could not fetch %s; the tenant keeps what it had", reason)
-            self.on_refusal("unavailable")
-            return False
-        except CopyFailed as exc:  # the store refused a read, or the disk refused the copy (full, read-only)
-            reason = f"{update.tenant} {update.version}: {exc}"
-            self.refused.append(reason)
-            log.error("serve: %s; the tenant keeps what it had", reason)
-            self.on_refusal("copy")
+            self.on_refusal(check)
             return False
         except ValueError as exc:
             reason = f"{update.tenant} {update.version}: {exc}"
