@@ -184,10 +184,14 @@ def main(settings: Settings) -> int:
         reply = _ask_http(settings, HTTP_QUESTION)
         _show_http(HTTP_QUESTION, reply)
 
-        if outcome.status == "canary" and outcome.version:
+        # The new canary, or one an earlier demo left on trial (its rounds ended undecided, or it was stopped):
+        # the trial goes on with this run's ratings, else no run on this stack would train or decide again.
+        trial = outcome.version if outcome.status == "canary" else _on_trial(settings)
+        if trial:
             incumbent = _incumbent(settings)
-            step(f"the canary on live feedback: {outcome.version} against {incumbent}")
-            _canary_on_feedback(settings, outcome.version, incumbent, qa, reply)
+            since = "" if trial == outcome.version else " (on trial since an earlier run)"
+            step(f"the canary on live feedback: {trial}{since} against {incumbent}")
+            _canary_on_feedback(settings, trial, incumbent, qa, reply)
 
         step(f"change a fact: {CHANGED_DOC} now says the tune-up costs 699 NOK")
         changed_at = time.monotonic()
@@ -219,6 +223,13 @@ def main(settings: Settings) -> int:
 
 _ROUNDS = 4
 _ROUND = 40
+
+
+def _on_trial(settings: Settings) -> str | None:
+    from training.registry import open_registry
+
+    canary = open_registry(settings, TENANT).canary()
+    return canary.name if canary is not None else None
 
 
 def _incumbent(settings: Settings) -> str:
@@ -277,6 +288,11 @@ def _canary_on_feedback(
                 _say(f"decision: {d.action} {d.version}: {d.reason}")
             break
         _say("the decision step waits for more rated answers")
+    else:
+        _say(
+            f"undecided after {_ROUNDS} rounds: the next `make demo` goes on with this trial (its examples wait), "
+            f"and after training.canary_max_hours ({settings.training.canary_max_hours:g} h) the decision step ends it"
+        )
     registry = open_registry(settings, TENANT)
     current = registry.current()
     for version_ in registry.versions():
