@@ -4,7 +4,8 @@ Stack up → ingest job → publish the sample domain (documents and vetted QA p
 → train and gate the first adapter, which becomes the canary beside the base model → answer questions
 through ``queries`` / ``answers`` with citations and the adapter version → rate answers as a user who knows
 the truth would (events, and one over HTTP) until the decision step promotes or rolls back the canary →
-change a fact and show the answer change.
+change a fact and show the answer change. A canary that an earlier run left undecided is not trained over (one
+trial at a time): its trial goes on with this run's rounds.
 """
 
 from __future__ import annotations
