@@ -559,8 +559,8 @@ OFF_TOPIC = "Who won the football world cup in 2022?"
 
 @pytest.fixture(scope="module")
 def open_live(stack: Settings, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    """A gateway with no API keys (loopback only) and serve abstaining where nothing is relevant: acme and globex
-    have a refunds document and a shipping one; no other tenant has anything."""
+    """A gateway with no API keys (loopback only) and serve abstaining where nothing is relevant: acme, globex and
+    initech have a refunds document and a shipping one; no other tenant has anything."""
     with Live(
         tiny_model,
         tmp_path_factory.mktemp("grounding"),
@@ -576,7 +576,7 @@ def open_live(stack: Settings, tiny_model: Path, tmp_path_factory: pytest.TempPa
             "refunds": "Refunds are accepted within 30 days of delivery.",
             "shipping": "Orders ship from our Lisbon warehouse by courier.",
         }
-        live.start_with_documents(texts, ["acme", "globex"])
+        live.start_with_documents(texts, ["acme", "globex", "initech"])
         yield live
 
 
@@ -667,10 +667,11 @@ def test_a_tenant_that_changes_subject_shows_drift_and_its_new_questions_on_its_
     settings = open_live.settings
     port = settings.inference.metrics_port
 
-    def p_value() -> float | None:
+    def p_value(tenant: str = "globex") -> float | None:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         line = next(
-            (x for x in text.splitlines() if x.startswith('streamtune_question_drift_p_value{tenant="globex"}')), ""
+            (x for x in text.splitlines() if x.startswith(f'streamtune_question_drift_p_value{{tenant="{tenant}"}}')),
+            "",
         )
         return float(line.split()[-1]) if line else None
 
@@ -688,8 +689,15 @@ def test_a_tenant_that_changes_subject_shows_drift_and_its_new_questions_on_its_
     assert drifted_p is not None and drifted_p < settings.drift.significance, drifted_p
 
     # What an operator sees: the monitor, reading serve's drift figures, shows globex's drift and its new questions
-    # under knowledge gaps on globex's status page; acme, asked only the usual questions, shows no alert.
-    answers = ask_many(settings, usual + usual + usual, "acme", timeout_s=300)
+    # under knowledge gaps on globex's status page; initech, asked only the usual questions, shows no alert.
+    # initech is asked nothing before (acme's earlier questions would sit in its reference), and as globex is: the
+    # first call is its whole reference and the second its window, each the same questions in whatever order they
+    # arrive (one call's queries spread over partitions). With windows cut across a call, as acme's were, a window
+    # of usual questions fell under the significance in 5 of 200 simulated arrival orders; this way, in none.
+    answers = ask_many(settings, usual + usual, "initech", timeout_s=300)
+    answers += ask_many(settings, usual, "initech", timeout_s=300)
+    control_p = p_value("initech")
+    assert control_p is not None and control_p >= settings.drift.significance, control_p  # a test ran: no drift
     ungrounded = sum(a.grounded is False for a in answers)
     assert ungrounded <= settings.monitor.knowledge_gap_threshold * len(answers), ungrounded  # the premise
     monitor_port = free_port()
@@ -716,7 +724,7 @@ def test_a_tenant_that_changes_subject_shows_drift_and_its_new_questions_on_its_
         page = wait_for(globex_over, 120, "globex's page to show question drift and knowledge gaps")
         groups = re.search(r"<table id=gap-groups>(.*?)</table>", page, re.S)
         assert groups is not None and "risotto" in groups.group(1) and "refund" not in groups.group(1)
-        rules, page = alerts("acme")
+        rules, page = alerts("initech")
         assert rules == set() and "id=alerts-none" in page, rules
     finally:
         monitor.stop()
