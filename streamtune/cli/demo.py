@@ -185,11 +185,11 @@ def main(settings: Settings) -> int:
         reply = _ask_http(settings, HTTP_QUESTION)
         _show_http(HTTP_QUESTION, reply)
 
-        # The new canary, or one an earlier demo left on trial (its rounds ended undecided, or it was stopped):
-        # the trial goes on with this run's ratings, else no run on this stack would train or decide again.
-        trial = outcome.version if outcome.status == "canary" else _on_trial(settings)
+        # The registry's canary: the one just made, or one an earlier demo left on trial (its rounds ended
+        # undecided, or it was stopped): the trial goes on with this run's ratings, else no run on this stack
+        # would train or decide again.
+        trial, incumbent = _trial(settings)
         if trial:
-            incumbent = _incumbent(settings)
             since = "" if trial == outcome.version else " (on trial since an earlier run)"
             step(f"the canary on live feedback: {trial}{since} against {incumbent}")
             _canary_on_feedback(settings, trial, incumbent, qa, reply)
@@ -226,20 +226,14 @@ _ROUNDS = 4
 _ROUND = 40
 
 
-def _on_trial(settings: Settings) -> str | None:
+def _trial(settings: Settings) -> tuple[str | None, str]:
+    """The tenant's canary on trial (None: none), and what it is measured against: the tenant's current version
+    (one an earlier demo on this stack promoted), else the base model."""
     from training.registry import open_registry
 
-    canary = open_registry(settings, TENANT).canary()
-    return canary.name if canary is not None else None
-
-
-def _incumbent(settings: Settings) -> str:
-    """What the canary is measured against: the tenant's current version (one an earlier demo on this stack
-    promoted), else the base model."""
-    from training.registry import open_registry
-
-    current = open_registry(settings, TENANT).current()
-    return current.name if current is not None else "the base model"
+    registry = open_registry(settings, TENANT)
+    canary, current = registry.canary(), registry.current()
+    return (canary.name if canary else None), (current.name if current else "the base model")
 
 
 def _canary_on_feedback(
