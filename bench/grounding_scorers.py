@@ -70,6 +70,8 @@ def sentences(text: str) -> list[str]:
 
 FOLDS = 4
 GRID = np.arange(0.0, 1.0, 0.0025)
+Trade = tuple[float, float, float, float]
+"""(margin, in-domain abstained, threshold, off-topic abstained)"""
 
 
 def cuts(*scores: np.ndarray) -> np.ndarray:
@@ -78,9 +80,9 @@ def cuts(*scores: np.ndarray) -> np.ndarray:
     return np.concatenate([values[:1] - 1, (values[1:] + values[:-1]) / 2, values[-1:] + 1])
 
 
-def _trade(off: np.ndarray, inside: np.ndarray, thresholds: np.ndarray) -> tuple[float, float, float, float]:
-    """(margin, in-domain abstained, threshold, off-topic abstained) of the threshold with the largest margin =
-    min(off-topic abstained - goal, goal - in-domain abstained); on a tie, the one abstaining less in-domain."""
+def _trade(off: np.ndarray, inside: np.ndarray, thresholds: np.ndarray) -> Trade:
+    """The threshold with the largest margin = min(off-topic abstained - goal, goal - in-domain abstained); on a
+    tie, the one abstaining less in-domain."""
     rows = []
     for t in thresholds:
         off_share, in_share = float((off < t).mean()), float((inside < t).mean())
@@ -88,9 +90,18 @@ def _trade(off: np.ndarray, inside: np.ndarray, thresholds: np.ndarray) -> tuple
     return max(rows, key=lambda r: (round(r[0], 6), -r[1]))
 
 
-def best_trade(off: np.ndarray, inside: np.ndarray, thresholds: np.ndarray = GRID) -> dict[str, float | bool]:
-    """The best trade of ``_trade``, rounded for printing."""
-    margin, in_share, threshold, off_share = _trade(off, inside, thresholds)
+def _fit(off: np.ndarray, inside: np.ndarray, grid: np.ndarray | None) -> tuple[int, Trade]:
+    """The variant (row of ``off`` and ``inside``, one per scorer variant such as a weight; 1-D: one variant)
+    with the best trade, and that trade. Thresholds: ``grid``, or where None every cut of the variant's scores.
+    On a tie the first variant."""
+    off, inside = np.atleast_2d(off), np.atleast_2d(inside)
+    trades = [_trade(o, i, cuts(o, i) if grid is None else grid) for o, i in zip(off, inside, strict=True)]
+    variant = max(range(len(trades)), key=lambda v: (round(trades[v][0], 6), -trades[v][1]))
+    return variant, trades[variant]
+
+
+def _printed(trade: Trade) -> dict[str, float | bool]:
+    margin, in_share, threshold, off_share = trade
     return {
         "threshold": round(threshold, 4),
         "off_topic_abstained": round(off_share, 3),
@@ -101,21 +112,15 @@ def best_trade(off: np.ndarray, inside: np.ndarray, thresholds: np.ndarray = GRI
 
 
 def held_out(off: np.ndarray, inside: np.ndarray, folds: int = FOLDS) -> dict[str, float]:
-    """The shares when each fold's questions are judged at the threshold, and the variant (row of ``off`` and
-    ``inside``: one per scorer variant, such as a weight), fitted on the other folds."""
+    """The shares when each fold's questions are judged at the threshold, and the variant (as in ``_fit``),
+    fitted on the other folds."""
     off, inside = np.atleast_2d(off), np.atleast_2d(inside)
     rng = np.random.default_rng(30)
     off_fold = rng.permutation(off.shape[1]) % folds
     in_fold = rng.permutation(inside.shape[1]) % folds
     off_abstained = in_abstained = 0
     for k in range(folds):
-        fits = []
-        for variant in range(off.shape[0]):
-            train_off, train_in = off[variant, off_fold != k], inside[variant, in_fold != k]
-            margin, in_share, threshold, _ = _trade(train_off, train_in, cuts(train_off, train_in))
-            fits.append((round(margin, 6), -in_share, -variant, threshold))  # ties: the first variant
-        _, _, negated, threshold = max(fits)
-        variant = -negated
+        variant, (_, _, threshold, _) = _fit(off[:, off_fold != k], inside[:, in_fold != k], None)
         off_abstained += int((off[variant, off_fold == k] < threshold).sum())
         in_abstained += int((inside[variant, in_fold == k] < threshold).sum())
     off_share, in_share = off_abstained / off.shape[1], in_abstained / inside.shape[1]
@@ -190,11 +195,11 @@ def reader_pmi(settings: Settings, texts: Sequence[str], questions: Sequence[str
     tokenizer, model = load_base_model(settings)
     model.eval()
     prefixes = [tokenizer(READER_PROMPT.format(text=t), add_special_tokens=False).input_ids for t in ["", *texts]]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scores = np.zeros((len(questions), len(texts)))
     for row, question in enumerate(questions):
         asked = tokenizer(" " + question, add_special_tokens=False).input_ids
         width = max(len(p) for p in prefixes) + len(asked)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         ids = torch.tensor([p + asked + [pad] * (width - len(p) - len(asked)) for p in prefixes])
         with torch.no_grad():
             logits = model(ids).logits.float()
@@ -259,14 +264,23 @@ def main() -> None:
     results = []
     passed: list[set[int]] = []  # per scorer, the off-topic questions at or above its best-trade threshold
 
-    def report(model: str, name: str, off: np.ndarray, inside: np.ndarray, thresholds: np.ndarray = GRID) -> None:
-        _, _, threshold, _ = _trade(off, inside, thresholds)
-        row = {"model": model, "scorer": name, **best_trade(off, inside, thresholds), **held_out(off, inside)}
-        row["off_topic_median"] = round(float(np.median(off)), 3)
-        row["in_domain_median"] = round(float(np.median(inside)), 3)
+    def report(
+        model: str,
+        name: str,
+        off: np.ndarray,
+        inside: np.ndarray,
+        grid: np.ndarray | None = GRID,
+        labels: Sequence[str] = ("",),
+    ) -> None:
+        """One row: the best variant's trade at its fitted threshold, and the held-out estimate."""
+        variant, trade = _fit(off, inside, grid)
+        chosen_off, chosen_in = np.atleast_2d(off)[variant], np.atleast_2d(inside)[variant]
+        row = {"model": model, "scorer": name + labels[variant], **_printed(trade), **held_out(off, inside)}
+        row["off_topic_median"] = round(float(np.median(chosen_off)), 3)
+        row["in_domain_median"] = round(float(np.median(chosen_in)), 3)
         results.append(row)
         print(json.dumps(row))
-        passed.append({i for i, value in enumerate(off) if value >= threshold})
+        passed.append({i for i, value in enumerate(chosen_off) if value >= trade[2]})
 
     for model, (question, passage) in models.items():
         off_vectors, in_vectors = question(off_questions), question(in_questions)
@@ -278,28 +292,17 @@ def main() -> None:
         pmi = reader_pmi(settings, texts, off_questions + in_questions)
         off_pmi, in_pmi = pmi[: len(off_questions)], pmi[len(off_questions) :]
         base = settings.models.base_model
-        report(base, "reader PMI", off_pmi.max(1), in_pmi.max(1), cuts(off_pmi.max(1), in_pmi.max(1)))
+        report(base, "reader PMI", off_pmi.max(1), in_pmi.max(1), grid=None)
         likeliest = np.argsort(-off_pmi.max(1))[:6]
         highest = [[*OFF_TOPIC[i], round(off_pmi[i].max(), 1)] for i in likeliest]
         print(json.dumps({"off_topic_highest_reader_pmi": highest}))
         chunk = encode(texts)
         off_cos, in_cos = encode(off_questions) @ chunk.T, encode(in_questions) @ chunk.T
-        # per weight, each question's best document by cosine + w * PMI; held_out fits w with the threshold
+        # per weight, each question's best document by cosine + w * PMI; the weight is fitted with the threshold
         off_mix = np.array([(off_cos + w * off_pmi).max(1) for w in READER_WEIGHTS])
         in_mix = np.array([(in_cos + w * in_pmi).max(1) for w in READER_WEIGHTS])
-        fits = [_trade(o, i, cuts(o, i)) for o, i in zip(off_mix, in_mix, strict=True)]
-        best = max(range(len(fits)), key=lambda v: (round(fits[v][0], 6), -fits[v][1]))
-        off_best, in_best = off_mix[best], in_mix[best]
-        threshold = fits[best][2]
-        row = {
-            "model": f"{settings.embedding.model} + {base}",
-            "scorer": f"chunk + w * reader PMI (w = {READER_WEIGHTS[best]}, fitted)",
-            **best_trade(off_best, in_best, cuts(off_best, in_best)),
-            **held_out(off_mix, in_mix),
-        }
-        results.append(row)
-        print(json.dumps(row))
-        passed.append({i for i, value in enumerate(off_best) if value >= threshold})
+        labels = [f" (w = {w}, fitted)" for w in READER_WEIGHTS]
+        report(f"{settings.embedding.model} + {base}", "chunk + w * reader PMI", off_mix, in_mix, None, labels)
 
     print(json.dumps({"any_meets_both_goals": any(r["meets_both_goals"] for r in results)}))
     common = sorted(set.intersection(*passed))
